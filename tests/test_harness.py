@@ -1,0 +1,113 @@
+"""The test harness itself: each fixture is proven against the real thing it stands for."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import kubernetes
+import pytest
+
+from tests.conftest import RedisServer, RunningOperator
+from tests.kube import KubeCluster
+
+
+def test_redis_server_is_real_and_private(redis_server: RedisServer) -> None:
+    assert redis_server.port != 6379
+    client = redis_server.client()
+    client.lpush("celery", "a", "b")
+    assert client.llen("celery") == 2
+    assert client.info("server")["tcp_port"] == redis_server.port
+
+
+def test_redis_server_restart_loses_data_and_comes_back(redis_server: RedisServer) -> None:
+    redis_server.client().set("k", "v")
+    redis_server.restart()
+    assert redis_server.client().get("k") is None  # --save "" --appendonly no: nothing persisted
+
+
+def _apps(kube: KubeCluster) -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(kube.api_client())
+
+
+def _deployment(name: str, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "apps"}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "w", "image": "busybox"}]},
+            },
+        },
+    }
+
+
+def test_kube_create_read_and_metadata(kube: KubeCluster) -> None:
+    apps = _apps(kube)
+    created = apps.create_namespaced_deployment("apps", _deployment("one"))
+    assert created.metadata.uid
+    assert created.metadata.generation == 1
+    assert created.metadata.resource_version
+    fetched = apps.read_namespaced_deployment("one", "apps")
+    assert fetched.spec.replicas == 1
+    assert fetched.metadata.uid == created.metadata.uid
+
+    # A spec change bumps generation; a status or metadata change does not.
+    apps.patch_namespaced_deployment("one", "apps", {"spec": {"replicas": 3}})
+    apps.patch_namespaced_deployment("one", "apps", {"metadata": {"labels": {"x": "y"}}})
+    after = apps.read_namespaced_deployment("one", "apps")
+    assert after.spec.replicas == 3
+    assert after.metadata.generation == 2
+    assert int(after.metadata.resource_version) > int(created.metadata.resource_version)
+
+
+def test_kube_watch_sees_changes(kube: KubeCluster) -> None:
+    apps = _apps(kube)
+    seen: list[tuple[str, str]] = []
+
+    def watch() -> None:
+        w = kubernetes.watch.Watch()
+        for event in w.stream(apps.list_namespaced_deployment, "apps", timeout_seconds=5):
+            seen.append((event["type"], event["object"].metadata.name))
+            if len(seen) >= 2:
+                w.stop()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    time.sleep(0.3)
+    apps.create_namespaced_deployment("apps", _deployment("watched"))
+    apps.patch_namespaced_deployment("watched", "apps", {"spec": {"replicas": 2}})
+    thread.join(10)
+    assert seen == [("ADDED", "watched"), ("MODIFIED", "watched")]
+
+
+def test_kube_garbage_collects_owned_objects(kube: KubeCluster) -> None:
+    apps = _apps(kube)
+    owner = apps.create_namespaced_deployment("apps", _deployment("owner"))
+    ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "owner", "uid": owner.metadata.uid}
+    apps.create_namespaced_deployment("apps", _deployment("child", owner=ref))
+    apps.create_namespaced_deployment("apps", _deployment("bystander"))
+    apps.delete_namespaced_deployment("owner", "apps")
+    assert set(kube.objects("apps/v1/deployments")) == {"bystander"}
+
+
+def test_kube_not_found_is_a_real_404(kube: KubeCluster) -> None:
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        core.read_namespaced_secret("missing", "apps")
+    assert info.value.status == 404
+
+
+def test_operator_logs_in_through_kubeconfig_and_watches(operator: RunningOperator) -> None:
+    requests = operator.cluster.requests()
+    assert any(r.headers.get("Authorization") == "Bearer test-token" for r in requests), "no authenticated call"
+    assert any(r.params.get("watch") for r in requests), "kopf started no watch"
+    assert operator.unexpected_errors() == []
