@@ -1,0 +1,121 @@
+"""Status conditions of a WorkerPool, in the standard Kubernetes shape. Pure: no I/O, no clock.
+
+A condition's ``lastTransitionTime`` moves only when its ``status`` changes, so recomputing the
+same conditions every poll produces the same list, and the status is not rewritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+READY = "Ready"
+BROKER_REACHABLE = "BrokerReachable"
+
+# Reasons (CamelCase, as the API conventions want).
+REASON_SCALING = "Scaling"  # Ready=True: workloads applied, broker observed
+REASON_AWAITING_OBSERVATION = "AwaitingObservation"  # workloads applied, first poll not back yet
+REASON_OBSERVED = "Observed"  # BrokerReachable=True
+REASON_SECRET_NOT_FOUND = "SecretNotFound"
+REASON_SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+REASON_INVALID_BROKER_URL = "InvalidBrokerURL"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_REDIS_UNREACHABLE = "RedisUnreachable"
+REASON_APPLY_FAILED = "WorkloadApplyFailed"
+
+# Problems that stop a pool from being served at all (no broker to observe).
+CONFIG_REASONS = frozenset(
+    {REASON_SECRET_NOT_FOUND, REASON_SECRET_KEY_NOT_FOUND, REASON_INVALID_BROKER_URL, REASON_INVALID_SPEC}
+)
+
+Status = Literal["True", "False", "Unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """What a condition says now; the transition time is filled in by :func:`merge_conditions`."""
+
+    type: str
+    status: Status
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a pool cannot be served (or observed): a condition reason and a message a user can act on."""
+
+    reason: str
+    message: str
+
+
+def pool_conditions(
+    *,
+    config_problem: Problem | None,
+    broker_error: str | None,
+    observed: bool,
+    apply_problem: Problem | None = None,
+) -> list[Condition]:
+    """The ``Ready`` and ``BrokerReachable`` conditions of a pool.
+
+    ``config_problem``: the spec or its Secret cannot be used (nothing is observed then);
+    ``broker_error``: the last poll of the broker failed; ``observed``: at least one poll came back.
+    """
+    if config_problem is not None:
+        reachable = Condition(BROKER_REACHABLE, "Unknown", config_problem.reason, config_problem.message)
+        ready = Condition(READY, "False", config_problem.reason, config_problem.message)
+        return [ready, reachable]
+    if broker_error is not None:
+        message = f"cannot observe the broker: {broker_error}; replicas are held (no scale-down)"
+        reachable = Condition(BROKER_REACHABLE, "False", REASON_REDIS_UNREACHABLE, message)
+    elif observed:
+        reachable = Condition(BROKER_REACHABLE, "True", REASON_OBSERVED, "the broker answered the last poll")
+    else:
+        reachable = Condition(BROKER_REACHABLE, "Unknown", REASON_AWAITING_OBSERVATION, "first poll pending")
+    if apply_problem is not None:
+        ready = Condition(READY, "False", apply_problem.reason, apply_problem.message)
+    elif reachable.status == "False":
+        ready = Condition(READY, "False", reachable.reason, reachable.message)
+    elif reachable.status == "Unknown":
+        ready = Condition(READY, "Unknown", REASON_AWAITING_OBSERVATION, "workloads applied; first poll pending")
+    else:
+        ready = Condition(READY, "True", REASON_SCALING, "workloads applied and scaled on the broker's backlog")
+    return [ready, reachable]
+
+
+def merge_conditions(
+    previous: Iterable[Mapping[str, Any]] | None,
+    current: Sequence[Condition],
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """The full conditions list to write: ``current`` in order, each keeping its previous
+    ``lastTransitionTime`` when its status did not change. Conditions not in ``current`` are dropped
+    (a merge patch replaces lists whole, so the list we write is the list users see).
+    """
+    before = {str(c.get("type")): c for c in previous or () if isinstance(c, Mapping)}
+    merged: list[dict[str, Any]] = []
+    for condition in current:
+        old = before.get(condition.type)
+        unchanged = old is not None and old.get("status") == condition.status and old.get("lastTransitionTime")
+        entry: dict[str, Any] = {
+            "type": condition.type,
+            "status": condition.status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": old["lastTransitionTime"] if unchanged and old is not None else now,
+        }
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        merged.append(entry)
+    return merged
+
+
+def condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    """The condition of ``type_`` in a status list, if present."""
+    for entry in conditions or ():
+        if entry.get("type") == type_:
+            return entry
+    return None

@@ -1,0 +1,143 @@
+"""The WorkerPool status document, built from what the operator saw and decided. Pure: no I/O, no clock.
+
+Status is written only when something a user cares about changed: :func:`build_status` returns the
+same document for the same facts (condition times and last-scale times are carried over), and
+:func:`write_needed` tells a change of state (conditions, replicas, decisions: write now) from a mere
+change of figures (backlog and in-flight counts move with every poll: refreshed at most every
+``figures_refresh`` seconds, so a busy queue does not cost an API write per poll).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workerpool_operator.conditions import Condition, merge_conditions
+
+# Figures that move with every poll; every other status field is state.
+FIGURE_FIELDS = frozenset({"backlog", "inFlight"})
+TOTAL_FIGURE_FIELDS = frozenset({"totalBacklog"})
+DEFAULT_FIGURES_REFRESH = 30.0
+
+
+def rfc3339(timestamp: float) -> str:
+    """A unix time as Kubernetes writes times (second precision, UTC)."""
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """What the last poll of one queue showed. ``None`` keeps the previous figure (the poll failed)."""
+
+    name: str
+    backlog: int | None = None
+    in_flight: int | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    desired_replicas: int | None = None
+    reason: str | None = None
+    scaled: bool = False  # the replica count was changed by this poll
+
+
+def build_status(
+    previous: Mapping[str, Any] | None,
+    *,
+    generation: int | None,
+    queue_names: Sequence[str],
+    conditions: Sequence[Condition],
+    figures: Mapping[str, QueueFigures] | None = None,
+    scaler_state: Mapping[str, Mapping[str, Any]] | None = None,
+    now: float,
+) -> dict[str, Any]:
+    """The whole status to write. Queues are listed in spec order; removed queues disappear."""
+    previous = previous or {}
+    stamp = rfc3339(now)
+    before = {q.get("name"): q for q in previous.get("queues") or () if isinstance(q, Mapping)}
+    queues: list[dict[str, Any]] = []
+    for name in queue_names:
+        entry: dict[str, Any] = {k: v for k, v in (before.get(name) or {}).items() if v is not None}
+        entry["name"] = name
+        update = (figures or {}).get(name)
+        if update is not None:
+            _set(entry, "backlog", update.backlog)
+            _set(entry, "inFlight", update.in_flight)
+            _set(entry, "replicas", update.replicas)
+            _set(entry, "readyReplicas", update.ready_replicas)
+            _set(entry, "desiredReplicas", update.desired_replicas)
+            _set(entry, "reason", update.reason)
+            if update.scaled:
+                entry["lastScaleTime"] = stamp
+        queues.append(entry)
+
+    status: dict[str, Any] = {
+        "conditions": merge_conditions(previous.get("conditions"), conditions, generation=generation, now=stamp),
+        "queues": queues,
+        "queueCount": len(queue_names),
+        "totalBacklog": sum(int(q.get("backlog", 0)) for q in queues),
+        "totalReplicas": sum(int(q.get("replicas", 0)) for q in queues),
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    elif "observedGeneration" in previous:
+        status["observedGeneration"] = previous["observedGeneration"]
+    state = dict(previous.get("scalerState") or {})
+    if scaler_state is not None:
+        state.update({q: dict(s) for q, s in scaler_state.items()})
+    state = {q: s for q, s in state.items() if q in queue_names}
+    if state:
+        status["scalerState"] = state
+    return status
+
+
+def _set(entry: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
+        entry[key] = value
+
+
+def _without_figures(status: Mapping[str, Any]) -> dict[str, Any]:
+    stripped = {k: v for k, v in status.items() if k not in TOTAL_FIGURE_FIELDS}
+    stripped["queues"] = [{k: v for k, v in q.items() if k not in FIGURE_FIELDS} for q in status.get("queues") or ()]
+    return stripped
+
+
+def write_needed(
+    written: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    *,
+    seconds_since_write: float,
+    figures_refresh: float = DEFAULT_FIGURES_REFRESH,
+) -> bool:
+    """Whether ``new`` must be written, given the status last written."""
+    if written is None:
+        return True
+    if _without_figures(written) != _without_figures(new):
+        return True
+    return _as_plain(written) != _as_plain(new) and seconds_since_write >= figures_refresh
+
+
+def _as_plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _as_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_plain(v) for v in value]
+    return value
+
+
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) turning ``old`` into ``new``: removed keys become ``None``."""
+    old = old or {}
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif _as_plain(before) != _as_plain(value) or key not in old:
+            patch[key] = _as_plain(value)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
