@@ -17,7 +17,7 @@ from typing import Any
 from workerpool_operator.conditions import Condition, merge_conditions
 
 # Figures that move with every poll; every other status field is state.
-FIGURE_FIELDS = frozenset({"backlog", "inFlight"})
+FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})
 TOTAL_FIGURE_FIELDS = frozenset({"totalBacklog"})
 DEFAULT_FIGURES_REFRESH = 30.0
 
@@ -37,7 +37,8 @@ class QueueFigures:
     replicas: int | None = None
     ready_replicas: int | None = None
     desired_replicas: int | None = None
-    reason: str | None = None
+    oldest_age: float | None = None
+    reason: str | None = None  # the decision's reason: written (as lastScaleReason) when this poll scaled
     scaled: bool = False  # the replica count was changed by this poll
 
 
@@ -66,9 +67,11 @@ def build_status(
             _set(entry, "replicas", update.replicas)
             _set(entry, "readyReplicas", update.ready_replicas)
             _set(entry, "desiredReplicas", update.desired_replicas)
-            _set(entry, "reason", update.reason)
+            if update.oldest_age is not None:
+                entry["oldestTaskAgeSeconds"] = round(update.oldest_age, 1)
             if update.scaled:
                 entry["lastScaleTime"] = stamp
+                _set(entry, "lastScaleReason", update.reason)
         queues.append(entry)
 
     status: dict[str, Any] = {
@@ -99,7 +102,18 @@ def _set(entry: dict[str, Any], key: str, value: object) -> None:
 def _without_figures(status: Mapping[str, Any]) -> dict[str, Any]:
     stripped = {k: v for k, v in status.items() if k not in TOTAL_FIGURE_FIELDS}
     stripped["queues"] = [{k: v for k, v in q.items() if k not in FIGURE_FIELDS} for q in status.get("queues") or ()]
+    stripped["scalerState"] = {q: _state_milestones(s) for q, s in (status.get("scalerState") or {}).items()}
     return stripped
+
+
+def _state_milestones(state: Any) -> Any:
+    """The part of a queue's engine state whose change is written at once: when the queue went idle and
+    whether observations are failing. The stabilization window's timestamps move with every poll and are
+    persisted with the figures (a fresh window is the conservative side: it never scales down sooner).
+    """
+    if not isinstance(state, Mapping):
+        return state
+    return {"idleSince": state.get("idleSince"), "failing": bool(state.get("failures"))}
 
 
 def write_needed(

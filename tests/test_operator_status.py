@@ -1,0 +1,124 @@
+"""Pure parts of the operator: conditions, status documents and when they are worth writing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workerpool_operator import conditions as c
+from workerpool_operator.status import QueueFigures, build_status, merge_patch, rfc3339, write_needed
+
+T0 = 1_800_000_000.0
+
+
+def _status(previous: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "generation": 2,
+        "queue_names": ["default", "mail"],
+        "conditions": c.pool_conditions(config_problem=None, broker_error=None, observed=True),
+        "now": T0,
+    }
+    args.update(kwargs)
+    return build_status(previous, **args)
+
+
+def test_ready_when_observed_and_no_problem() -> None:
+    ready, reachable = c.pool_conditions(config_problem=None, broker_error=None, observed=True)
+    assert (ready.type, ready.status, ready.reason) == ("Ready", "True", "Scaling")
+    assert (reachable.type, reachable.status) == ("BrokerReachable", "True")
+
+
+def test_config_problem_makes_pool_not_ready_with_its_reason() -> None:
+    problem = c.Problem(c.REASON_SECRET_NOT_FOUND, "Secret apps/redis not found")
+    ready, reachable = c.pool_conditions(config_problem=problem, broker_error="ignored", observed=True)
+    assert (ready.status, ready.reason, ready.message) == ("False", "SecretNotFound", "Secret apps/redis not found")
+    assert reachable.status == "Unknown"
+
+
+def test_unreachable_broker_says_replicas_are_held() -> None:
+    ready, reachable = c.pool_conditions(config_problem=None, broker_error="connection refused", observed=True)
+    assert (reachable.status, reachable.reason) == ("False", "RedisUnreachable")
+    assert "connection refused" in reachable.message and "no scale-down" in reachable.message
+    assert (ready.status, ready.reason) == ("False", "RedisUnreachable")
+
+
+def test_before_first_poll_ready_is_unknown() -> None:
+    ready, reachable = c.pool_conditions(config_problem=None, broker_error=None, observed=False)
+    assert ready.status == reachable.status == "Unknown"
+
+
+def test_transition_time_kept_while_status_unchanged_and_moved_on_change() -> None:
+    first = c.merge_conditions(None, [c.Condition("Ready", "True", "Scaling")], generation=1, now="t1")
+    same = c.merge_conditions(first, [c.Condition("Ready", "True", "Scaling", "new words")], generation=2, now="t2")
+    assert same[0]["lastTransitionTime"] == "t1"
+    assert same[0]["message"] == "new words" and same[0]["observedGeneration"] == 2
+    flipped = c.merge_conditions(same, [c.Condition("Ready", "False", "RedisUnreachable")], generation=2, now="t3")
+    assert flipped[0]["lastTransitionTime"] == "t3"
+    assert c.condition(flipped, "Ready") == flipped[0]
+    assert c.condition(flipped, "Other") is None
+
+
+def test_status_lists_queues_in_spec_order_with_totals() -> None:
+    status = _status(
+        figures={
+            "mail": QueueFigures("mail", backlog=4, in_flight=1, replicas=2, desired_replicas=2, reason="up"),
+            "default": QueueFigures("default", backlog=3, replicas=1, ready_replicas=1, reason="why", scaled=True),
+        }
+    )
+    assert [q["name"] for q in status["queues"]] == ["default", "mail"]
+    assert status["totalBacklog"] == 7 and status["totalReplicas"] == 3 and status["queueCount"] == 2
+    assert status["observedGeneration"] == 2
+    assert status["queues"][0]["lastScaleTime"] == rfc3339(T0)
+    assert status["queues"][0]["lastScaleReason"] == "why"
+    assert "lastScaleTime" not in status["queues"][1] and "lastScaleReason" not in status["queues"][1]
+
+
+def test_failed_poll_keeps_previous_figures_and_removed_queues_disappear() -> None:
+    before = _status(figures={"mail": QueueFigures("mail", backlog=9, replicas=3)}, scaler_state={"mail": {"f": 1}})
+    after = _status(
+        before, queue_names=["mail"], figures={"mail": QueueFigures("mail", backlog=None, replicas=None)}
+    )
+    assert after["queues"] == [{"name": "mail", "backlog": 9, "replicas": 3}]
+    assert after["scalerState"] == {"mail": {"f": 1}}
+    gone = _status(after, queue_names=["default"])
+    assert "scalerState" not in gone and [q["name"] for q in gone["queues"]] == ["default"]
+
+
+def test_same_facts_same_status_so_no_write() -> None:
+    figures = {"default": QueueFigures("default", backlog=1, replicas=1, desired_replicas=1)}
+    first = _status(figures=figures)
+    again = _status(first, figures=figures, now=T0 + 500)
+    assert again == first
+    assert not write_needed(first, again, seconds_since_write=500)
+
+
+def test_figures_alone_are_rate_limited_but_state_changes_are_written_at_once() -> None:
+    first = _status(figures={"default": QueueFigures("default", backlog=1, replicas=1)})
+    busier = _status(first, figures={"default": QueueFigures("default", backlog=5, replicas=1)})
+    assert not write_needed(first, busier, seconds_since_write=1, figures_refresh=30)
+    assert write_needed(first, busier, seconds_since_write=31, figures_refresh=30)
+    scaled = _status(first, figures={"default": QueueFigures("default", backlog=1, replicas=2)})
+    assert write_needed(first, scaled, seconds_since_write=0)
+    broken = _status(first, conditions=c.pool_conditions(config_problem=None, broker_error="x", observed=True))
+    assert write_needed(first, broken, seconds_since_write=0)
+    assert write_needed(None, first, seconds_since_write=0)
+
+
+def test_merge_patch_carries_only_changes_and_removals() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2], "gone": True}
+    new = {"a": 1, "b": {"c": 2, "d": 4}, "l": [1, 2, 3]}
+    assert merge_patch(old, new) == {"b": {"d": 4}, "l": [1, 2, 3], "gone": None}
+    assert merge_patch(new, new) == {}
+
+
+def test_engine_state_milestones_are_written_at_once_window_times_with_the_figures() -> None:
+    state = {"failures": 0, "idleSince": None, "recommendations": [[T0, 2]], "scaleUps": []}
+    first = _status(scaler_state={"default": state})
+    moved = _status(first, scaler_state={"default": {**state, "recommendations": [[T0 + 5, 2]]}})
+    assert not write_needed(first, moved, seconds_since_write=5, figures_refresh=30)
+    assert write_needed(first, moved, seconds_since_write=30, figures_refresh=30)
+    idle = _status(first, scaler_state={"default": {**state, "idleSince": T0}})
+    assert write_needed(first, idle, seconds_since_write=0)
+    failing = _status(first, scaler_state={"default": {**state, "failures": 1}})
+    assert write_needed(first, failing, seconds_since_write=0)
+    more_failing = _status(failing, scaler_state={"default": {**state, "failures": 2}})
+    assert not write_needed(failing, more_failing, seconds_since_write=0)
