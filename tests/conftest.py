@@ -195,7 +195,7 @@ def operator(kube: KubeCluster) -> Iterator[RunningOperator]:
     running = RunningOperator(cluster=kube, errors=collector, runner=runner)
     try:
         with runner:
-            _wait_for_watch(kube)
+            _wait_for_watch(kube, "workerpools")
             yield running
     finally:
         root.removeHandler(collector)

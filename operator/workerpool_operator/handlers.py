@@ -5,12 +5,21 @@ Run with ``kopf run -m workerpool_operator.handlers`` (``workerpool-operator run
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import kopf
 
-from workerpool_operator import API_GROUP
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL, metrics
+from workerpool_operator.kube_backend import KubeApi
+from workerpool_operator.kube_operator import PoolNotServed, PoolOperator
+from workerpool_operator.observe import Observer
+from workerpool_operator.render import POOL_LABEL
+from workerpool_operator.scaling_loop import ScalingLoop
+
+logger = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -31,3 +40,52 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then the kubeconfig named by ``KUBECONFIG`` (read at call time)."""
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def start_scaling(memo: kopf.Memo, **_: Any) -> None:
+    """The scaling loop and the retry loop run beside kopf's watches, for as long as the operator runs."""
+    metrics.serve()
+    pools = PoolOperator(KubeApi())
+    observer = Observer()
+    pools.loop = ScalingLoop(pools.backend, pools.report, observer)
+    stop = asyncio.Event()
+    memo.pools = pools
+    memo.observer = observer
+    memo.stop = stop
+    memo.tasks = [
+        asyncio.create_task(pools.loop.run(stop), name="scaling loop"),
+        asyncio.create_task(pools.run_retries(stop), name="retries"),
+    ]
+
+
+@kopf.on.cleanup()
+async def stop_scaling(memo: kopf.Memo, **_: Any) -> None:
+    memo.stop.set()
+    await asyncio.gather(*memo.tasks, return_exceptions=True)
+    await memo.observer.aclose()
+    memo.pools.api.close()
+
+
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Deployments, scaling and status from the spec. A pool that cannot be served says why in its status
+    and an Event, and is retried by the operator (no handler failure: one bad pool never blocks others)."""
+    with contextlib.suppress(PoolNotServed):
+        await memo.pools.reconcile(body)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+async def pool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Forget a deleted pool (its Deployments are garbage-collected through their owner reference)."""
+    if event.get("type") == "DELETED":
+        meta = event["object"].get("metadata") or {}
+        memo.pools.forget((meta.get("namespace"), meta.get("name")))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={POOL_LABEL: kopf.PRESENT})
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the replica cache current and put back a Deployment edited or deleted by hand."""
+    await memo.pools.deployment_changed(str(event.get("type")), event["object"])

@@ -87,7 +87,8 @@ def build_status(
         status["observedGeneration"] = previous["observedGeneration"]
     state = dict(previous.get("scalerState") or {})
     if scaler_state is not None:
-        state.update({q: dict(s) for q, s in scaler_state.items()})
+        # null fields are dropped, as a merge patch would drop them on the server
+        state.update({q: {k: v for k, v in s.items() if v is not None} for q, s in scaler_state.items()})
     state = {q: s for q, s in state.items() if q in queue_names}
     if state:
         status["scalerState"] = state

@@ -1,0 +1,197 @@
+"""Deployment manifests for a WorkerPool: one per queue. Pure: the same pool renders the same manifests.
+
+The replica count is not rendered: it belongs to the scaler (the operator adds it on creation and when a
+spec change moves the bounds). Everything else a Deployment says comes from here, so the operator can
+tell drift (a manual edit) from its own state by comparing a live object with these manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from workerpool_operator import API_GROUP, API_VERSION, KIND
+from workerpool_operator.spec import QueueSpec, WorkerPool
+
+POOL_LABEL = f"{API_GROUP}/pool"
+QUEUE_LABEL = f"{API_GROUP}/queue"
+QUEUE_ANNOTATION = f"{API_GROUP}/queue"
+MANAGED_BY = "workerpool-operator"
+CONTAINER_NAME = "worker"
+STATE_VOLUME = "workerpool-state"
+STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR)
+ENTRYPOINT = ["workerpool-worker"]
+BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
+
+
+def deployment_name(pool: str, queue: str) -> str:
+    """``<pool>-<queue>``, DNS-safe. A queue name with ``_`` or ``.`` gets a short hash of itself, so two
+    queues that differ only there (``a_b``, ``a.b``, ``a-b``) never share a Deployment."""
+    safe = re.sub(r"[^a-z0-9-]", "-", queue.lower())
+    name = f"{pool}-{safe}"
+    if safe != queue:
+        name += "-" + hashlib.sha256(queue.encode()).hexdigest()[:6]
+    return name
+
+
+def selector_labels(pool: str, queue: str) -> dict[str, str]:
+    """The Deployment's selector (immutable once created): pool and queue."""
+    return {POOL_LABEL: pool, QUEUE_LABEL: queue}
+
+
+def standard_labels(pool: str, queue: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "celery-worker",
+        "app.kubernetes.io/instance": pool,
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/part-of": pool,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **selector_labels(pool, queue),
+    }
+
+
+def owner_reference(pool: WorkerPool, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": pool.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def render_deployments(pool: WorkerPool, uid: str) -> dict[str, dict[str, Any]]:
+    """Every queue's Deployment, by queue name, in spec order."""
+    return {queue.name: render_deployment(pool, queue, uid) for queue in pool.spec.queues}
+
+
+def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str, Any]:
+    """The Deployment of one queue, without ``spec.replicas`` (the scaler's)."""
+    labels = standard_labels(pool.name, queue.name)
+    template = pool.spec.template
+    pod_labels = {**template.pod_labels, **labels}
+    pod_meta: dict[str, Any] = {"labels": pod_labels}
+    if template.pod_annotations:
+        pod_meta["annotations"] = dict(template.pod_annotations)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(pool.name, queue.name),
+            "namespace": pool.namespace,
+            "labels": labels,
+            "annotations": {QUEUE_ANNOTATION: queue.name},
+            "ownerReferences": [owner_reference(pool, uid)],
+        },
+        "spec": {
+            "selector": {"matchLabels": selector_labels(pool.name, queue.name)},
+            # Surge, never take a worker away for a rollout before its replacement is up.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {"metadata": pod_meta, "spec": _pod_spec(pool, queue)},
+        },
+    }
+
+
+def _pod_spec(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
+    template = pool.spec.template
+    spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": template.termination_grace_period_seconds,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(pool, queue)],
+        "volumes": [{"name": STATE_VOLUME, "emptyDir": {}}, *[dict(v) for v in template.volumes]],
+    }
+    if template.service_account_name:
+        spec["serviceAccountName"] = template.service_account_name
+    else:  # the worker talks to Redis, not to the Kubernetes API
+        spec["automountServiceAccountToken"] = False
+    if template.image_pull_secrets:
+        spec["imagePullSecrets"] = [dict(s) for s in template.image_pull_secrets]
+    if template.node_selector:
+        spec["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        spec["tolerations"] = [dict(t) for t in template.tolerations]
+    if template.affinity:
+        spec["affinity"] = dict(template.affinity)
+    if template.topology_spread_constraints:
+        spec["topologySpreadConstraints"] = [dict(t) for t in template.topology_spread_constraints]
+    if template.priority_class_name:
+        spec["priorityClassName"] = template.priority_class_name
+    return spec
+
+
+def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
+    template = pool.spec.template
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": template.image,
+        "command": list(template.command) if template.command else list(ENTRYPOINT),
+        "env": _env(pool, queue),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+            *[dict(m) for m in template.volume_mounts],
+        ],
+        "startupProbe": _probe("ready", period=2, failures=150),  # up to 5 minutes to import the app
+        "readinessProbe": _probe("ready", period=10, failures=3),
+        "livenessProbe": _probe("alive", period=30, failures=3),
+    }
+    if template.extra_args:
+        container["args"] = ["--", *template.extra_args]
+    if template.image_pull_policy:
+        container["imagePullPolicy"] = template.image_pull_policy
+    if template.env_from:
+        container["envFrom"] = [dict(e) for e in template.env_from]
+    resources = queue.resources or template.resources
+    rendered = resources.model_dump(exclude_defaults=True)
+    if rendered:
+        container["resources"] = rendered
+    return container
+
+
+def soft_shutdown_timeout(pool: WorkerPool) -> int:
+    """Seconds running tasks get after SIGTERM: the grace period less a margin for the worker to put
+    unstarted messages back before the kubelet's SIGKILL."""
+    grace = pool.spec.template.termination_grace_period_seconds
+    return grace - 5 if grace > 10 else max(grace // 2, 1)
+
+
+def _probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "exec": {"command": [*ENTRYPOINT, "check", kind]},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def _env(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any]]:
+    """The worker's settings; the user's ``template.env`` comes last, so it can override any of them."""
+    env: list[dict[str, Any]] = [
+        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
+        {"name": "WORKERPOOL_QUEUES", "value": queue.name},
+        {"name": "WORKERPOOL_POOL", "value": str(queue.pool.value)},
+        {"name": "WORKERPOOL_CONCURRENCY", "value": str(queue.concurrency)},
+        {"name": "WORKERPOOL_PREFETCH_MULTIPLIER", "value": str(queue.prefetch_multiplier)},
+    ]
+    if queue.max_tasks_per_child is not None:
+        env.append({"name": "WORKERPOOL_MAX_TASKS_PER_CHILD", "value": str(queue.max_tasks_per_child)})
+    env.append({"name": "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT", "value": str(soft_shutdown_timeout(pool))})
+    env.append({"name": "WORKERPOOL_WORKER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    env.append({"name": "WORKERPOOL_STATE_DIR", "value": STATE_DIR})
+    broker = pool.spec.broker
+    if broker.url_from is not None:
+        ref = {"name": broker.url_from.name, "key": broker.url_from.key}
+        env.append({"name": BROKER_URL_ENV, "valueFrom": {"secretKeyRef": ref}})
+    elif broker.url is not None:
+        env.append({"name": BROKER_URL_ENV, "value": broker.url})
+    user = [dict(e) for e in pool.spec.template.env]
+    overridden = {e.get("name") for e in user}
+    return [e for e in env if e["name"] not in overridden] + user

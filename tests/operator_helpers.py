@@ -1,0 +1,129 @@
+"""Helpers for the operator tests: WorkerPool manifests, API calls, waiting, real Celery producers."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Celery
+
+from tests.kube import KubeCluster
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL
+from workerpool_operator.kube_backend import KubeApi
+
+NS = "apps"
+T = TypeVar("T")
+
+# Short windows so the story plays out in seconds.
+FAST_SCALING: dict[str, Any] = {
+    "pollIntervalSeconds": 0.5,
+    "scaleDownStabilizationSeconds": 2,
+    "idleSecondsBeforeZero": 3,
+    "scaleUp": {"pods": 10, "percent": 100, "periodSeconds": 1},
+}
+
+
+def api(kube: KubeCluster) -> KubeApi:
+    return KubeApi(kube.api_client())
+
+
+def pool_manifest(
+    name: str,
+    *,
+    secret: str = "redis",
+    queues: list[dict[str, Any]] | None = None,
+    scaling: dict[str, Any] | None = None,
+    template: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "broker": {"urlFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
+            "app": "shop.celery:app",
+            "template": template or {"image": "registry.example/shop-worker:1.2"},
+            "queues": queues or [{"name": "default", "concurrency": 2, "maxReplicas": 5}],
+            "scaling": {**FAST_SCALING, **(scaling or {})},
+        },
+    }
+
+
+def create_pool(kube: KubeCluster, manifest: dict[str, Any]) -> dict[str, Any]:
+    created: dict[str, Any] = api(kube).request(
+        "POST", f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NS}/{PLURAL}", body=manifest
+    )
+    return created
+
+
+def patch_pool(kube: KubeCluster, name: str, patch: dict[str, Any]) -> None:
+    api(kube).request(
+        "PATCH",
+        f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NS}/{PLURAL}/{name}",
+        body=patch,
+        content_type="application/merge-patch+json",
+    )
+
+
+def delete_pool(kube: KubeCluster, name: str) -> None:
+    api(kube).request("DELETE", f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NS}/{PLURAL}/{name}")
+
+
+def get_pool(kube: KubeCluster, name: str) -> dict[str, Any]:
+    return kube.objects(f"{API_GROUP}/{API_VERSION}/{PLURAL}", NS)[name]
+
+
+def create_secret(kube: KubeCluster, name: str, data: dict[str, str]) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    api(kube).request("POST", f"/api/v1/namespaces/{NS}/secrets", body=body)
+
+
+def deployments(kube: KubeCluster) -> dict[str, dict[str, Any]]:
+    return kube.objects("apps/v1/deployments", NS)
+
+
+def replicas(kube: KubeCluster, name: str) -> int | None:
+    found = deployments(kube).get(name)
+    return None if found is None else int(found["spec"].get("replicas", 1))
+
+
+def events(kube: KubeCluster, reason: str | None = None) -> list[dict[str, Any]]:
+    found = list(kube.objects("v1/events", NS).values())
+    return [e for e in found if reason is None or e.get("reason") == reason]
+
+
+def condition(kube: KubeCluster, pool: str, type_: str) -> dict[str, Any] | None:
+    for entry in (get_pool(kube, pool).get("status") or {}).get("conditions") or ():
+        if entry.get("type") == type_:
+            return dict(entry)
+    return None
+
+
+def wait_for(what: Callable[[], T], timeout: float = 20.0, message: str = "") -> T:
+    """Poll ``what`` until it returns something truthy; its last value on timeout fails the test."""
+    deadline = time.monotonic() + timeout
+    value = what()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {message or what}: last {value!r}")
+        time.sleep(0.1)
+        value = what()
+    return value
+
+
+def enqueue(url: str, queue: str, count: int) -> None:
+    """Real Celery messages, as a producer in the user's app would send them."""
+    app = Celery("producer", broker=url)
+    try:
+        with app.producer_or_acquire() as producer:
+            for i in range(count):
+                app.send_task("shop.tasks.work", args=(i,), queue=queue, producer=producer)
+    finally:
+        app.close()
