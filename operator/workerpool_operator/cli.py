@@ -57,7 +57,55 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--standalone", action="store_true", help="no peering: for a single local run")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
+    _add_local_commands(sub)
     return parser
+
+
+def _local(args: argparse.Namespace) -> int:
+    from workerpool_operator.local import runtime
+
+    return runtime.main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from workerpool_operator.local import demo
+    except ModuleNotFoundError as error:  # the demo's app and load generator need Celery
+        print(f"workerpool-operator demo: {error}: install the worker extra (pip install -e '.[worker]')")
+        return 1
+    return demo.main(args)
+
+
+def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`local` and `demo`: the same WorkerPool, engine and scaling loop on this machine, no cluster."""
+    view = argparse.ArgumentParser(add_help=False)
+    view.add_argument(
+        "--redis", metavar="URL", default=None, help="use this Redis; default: start an embedded redis-server"
+    )
+    view.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the live terminal view (default: when stdout is a terminal; else plain log lines)",
+    )
+    local = sub.add_parser(
+        "local", parents=[view], help="run a WorkerPool on this machine: worker processes, real autoscaling"
+    )
+    local.add_argument("-f", "--file", required=True, help="the WorkerPool YAML")
+    local.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds a stopping worker gets to finish its tasks (default: terminationGracePeriodSeconds)",
+    )
+    local.add_argument("--loglevel", default="info", help="the workers' log level (their logs go to files)")
+    local.set_defaults(func=_local)
+    demo = sub.add_parser(
+        "demo", parents=[view], help="about a minute of real autoscaling: demo app, load bursts, summary"
+    )
+    demo.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
+    demo.add_argument("--plot", metavar="PNG", default=None, help="write backlog and workers over time to this PNG")
+    demo.set_defaults(func=_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
