@@ -266,7 +266,7 @@ def _first_line(error: BaseException) -> str:
 
 def _tls_detail(chain: Sequence[BaseException], text: str) -> str:
     for error in chain:
-        if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        if isinstance(error, ssl.SSLCertVerificationError) and getattr(error, "verify_message", None):
             return f"{error.verify_message} (is the CA right?)"
     for marker in ("certificate verify failed: ", "CERTIFICATE_VERIFY_FAILED] "):
         if marker in text:

@@ -1,0 +1,396 @@
+"""The observer against a real redis-server and real Celery producers; and its pure reply reading."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.signals import before_task_publish
+from redis.exceptions import ResponseError
+
+from tests.conftest import RedisServer, free_port
+from workerpool_operator import reports
+from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.observation import WorkerLoad
+from workerpool_operator.observe import (
+    ObservationError,
+    Observer,
+    describe_failure,
+    message_timestamp,
+    poll_plan,
+    read_replies,
+    scrub,
+)
+
+CUSTOM = {"global_keyprefix": "shop:", "sep": ":", "priority_steps": [0, 2, 4, 6, 8]}
+
+
+@pytest.fixture
+async def observer() -> AsyncIterator[Observer]:
+    async with Observer() as running:
+        yield running
+
+
+def producer(url: str, **transport_options: Any) -> Celery:
+    app = Celery("producer", broker=url, set_as_current=False)
+    app.conf.broker_transport_options = transport_options
+    return app
+
+
+def config_for(url: str, **transport_options: Any) -> BrokerConfig:
+    return BrokerConfig(
+        url=url,
+        global_keyprefix=transport_options.get("global_keyprefix", ""),
+        priority_steps=tuple(transport_options.get("priority_steps", (0, 3, 6, 9))),
+        separator=transport_options.get("sep", "\x06\x16"),
+    )
+
+
+def send(app: Celery, queue: str, count: int, priority: int | None = None) -> None:
+    for _ in range(count):
+        app.send_task("tasks.noop", queue=queue, priority=priority)
+
+
+# --- backlog from real Celery producers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, CUSTOM], ids=["kombu-defaults", "prefix-sep-steps"])
+async def test_backlog_is_exactly_what_celery_sent_with_every_priority(
+    redis_server: RedisServer, observer: Observer, options: dict[str, Any]
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/2"
+    app = producer(url, **options)
+    sent = {"emails": 0, "reports": 0}
+    for priority in range(10):
+        send(app, "emails", priority + 1, priority=priority)
+        sent["emails"] += priority + 1
+    send(app, "reports", 7)  # no priority: the bare list
+    send(app, "reports", 2, priority=9)
+    sent["reports"] += 9
+    app.close()
+
+    client = redis.Redis(port=redis_server.port, db=2)
+    lists = [key for key in client.keys("*") if client.type(key) == b"list"]
+    assert len(lists) >= 5, lists  # the tasks really spread over several priority lists
+    assert redis_server.client().dbsize() == 0  # and db 2, not db 0, holds them
+
+    observed = await observer.observe({config_for(url, **options): ["emails", "reports", "idle"]}, timeout=5)
+    (observation,) = observed.values()
+    assert observation.ok, observation.error
+    assert {name: q.backlog for name, q in observation.queues.items()} == {**sent, "idle": 0}
+    assert all(q.ok and q.in_flight == 0 for q in observation.queues.values())
+
+
+async def test_other_transport_options_would_miss_messages(redis_server: RedisServer, observer: Observer) -> None:
+    # The same data read with kombu's defaults instead of the producer's options: not the real backlog.
+    app = producer(redis_server.url, **CUSTOM)
+    send(app, "emails", 3, priority=5)
+    app.close()
+    right = await observer.observe({config_for(redis_server.url, **CUSTOM): ["emails"]}, timeout=5)
+    wrong = await observer.observe({config_for(redis_server.url): ["emails"]}, timeout=5)
+    assert [o.queues["emails"].backlog for o in (*right.values(), *wrong.values())] == [3, 0]
+
+
+async def test_wrong_typed_key_is_an_error_for_its_queue_only(redis_server: RedisServer, observer: Observer) -> None:
+    client = redis_server.client()
+    client.set("emails\x06\x166", "not a list")
+    client.set(reports.report_key("billing"), "not a hash")
+    client.lpush("reports", "m1", "m2")
+    config = BrokerConfig(url=redis_server.url)
+    (observation,) = (await observer.observe({config: ["emails", "billing", "reports"]}, timeout=5)).values()
+    assert observation.ok  # the broker answered
+    emails, billing, reports_queue = (observation.queues[q] for q in ("emails", "billing", "reports"))
+    assert emails.error == r"wrong type: 'emails\x06\x166' is not a list"
+    assert billing.error == "wrong type: 'workerpool:reports:billing' is not a hash"
+    assert not emails.ok and not billing.ok
+    assert reports_queue.ok and reports_queue.backlog == 2
+
+
+# --- in-flight from worker reports -----------------------------------------------------------------------
+
+
+async def test_in_flight_sums_live_reports_by_the_servers_clock(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    seconds, micros = client.time()
+    now = seconds + micros / 1e6
+    key = reports.report_key("emails", "shop:")
+    client.hset(
+        key,
+        mapping={
+            "w-1": reports.encode_report(WorkerLoad("w-1", running=4, reserved=12, heartbeat=now - 1, concurrency=4)),
+            "w-2": reports.encode_report(WorkerLoad("w-2", running=1, reserved=0, heartbeat=now, concurrency=4)),
+            "gone": reports.encode_report(WorkerLoad("gone", running=9, reserved=9, heartbeat=now - 60)),
+            "junk": "{not json",
+        },
+    )
+    client.lpush("shop:emails", "m")
+    config = BrokerConfig(url=redis_server.url, global_keyprefix="shop:")
+    async with Observer(report_ttl=15) as observer:
+        (observation,) = (await observer.observe({config: ["emails"]}, timeout=5)).values()
+    emails = observation.queues["emails"]
+    assert (emails.backlog, emails.in_flight, emails.demand) == (1, 17, 18)
+    assert [w.worker for w in emails.workers] == ["w-1", "w-2"]
+    assert emails.workers[0].reserved == 12
+    async with Observer(report_ttl=0.5) as strict:  # w-1's report is now too old as well
+        (observation,) = (await strict.observe({config: ["emails"]}, timeout=5)).values()
+    assert observation.queues["emails"].in_flight == 1
+
+
+# --- the oldest waiting task (optional) ------------------------------------------------------------------
+
+
+async def test_oldest_age_from_producer_timestamps(redis_server: RedisServer) -> None:
+    def stamp(properties: dict[str, Any], **_: Any) -> None:
+        properties["timestamp"] = time.time() - stamp.age  # type: ignore[attr-defined]
+
+    before_task_publish.connect(stamp, weak=False)
+    try:
+        app = producer(redis_server.url)
+        stamp.age = 40  # type: ignore[attr-defined]
+        send(app, "emails", 1, priority=9)  # the oldest, in the highest-priority list
+        stamp.age = 5  # type: ignore[attr-defined]
+        send(app, "emails", 2)
+        app.close()
+    finally:
+        before_task_publish.disconnect(stamp)
+    unstamped = producer(redis_server.url)
+    send(unstamped, "plain", 1)
+    unstamped.close()
+
+    config = BrokerConfig(url=redis_server.url)
+    async with Observer(read_oldest_age=True) as observer:
+        (observation,) = (await observer.observe({config: ["emails", "plain", "idle"]}, timeout=5)).values()
+    emails = observation.queues["emails"]
+    assert emails.backlog == 3
+    assert emails.oldest_age is not None and 39 < emails.oldest_age < 60
+    assert observation.queues["plain"].oldest_age is None  # Celery does not stamp messages itself
+    assert observation.queues["idle"].oldest_age is None
+    async with Observer() as cheap:
+        (observation,) = (await cheap.observe({config: ["emails"]}, timeout=5)).values()
+    assert observation.queues["emails"].oldest_age is None
+
+
+def test_message_timestamp_ignores_what_is_not_a_kombu_timestamp() -> None:
+    assert message_timestamp(b'{"properties": {"timestamp": 12.5}}') == 12.5
+    for raw in (b"x", b"[]", b'{"properties": {}}', b'{"properties": {"timestamp": "soon"}}', b'{"properties": 3}'):
+        assert message_timestamp(raw) is None
+    assert message_timestamp('{"properties": {"timestamp": true}}') is None
+
+
+# --- errors are values -----------------------------------------------------------------------------------
+
+
+async def test_refused_and_bad_url_are_values_and_other_brokers_still_answer(
+    redis_server: RedisServer, observer: Observer, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.client().lpush("emails", "m")
+    good = BrokerConfig(url=redis_server.url)
+    refused = BrokerConfig(url=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    bad = BrokerConfig(url="redis://:hunter2@redis:port/0")
+    nameless = BrokerConfig(url="sentinel://:hunter2@127.0.0.1:1")
+    observed = await observer.observe({good: ["emails"], refused: ["emails"], bad: ["a"], nameless: ["b"]}, timeout=5)
+    assert list(observed) == [good, refused, bad, nameless]
+    assert observed[good].ok and observed[good].queues["emails"].backlog == 1
+    assert observed[refused].error is not None and observed[refused].error.startswith("refused: ")
+    assert observed[bad].error is not None and observed[bad].error.startswith("bad broker URL: ")
+    assert observed[nameless].error is not None and "needs the master name" in observed[nameless].error
+    for failed in (refused, bad, nameless):
+        assert all(q.error == observed[failed].error for q in observed[failed].queues.values())
+        assert not any(q.ok for q in observed[failed].queues.values())  # never an empty queue
+    assert "hunter2" not in caplog.text + repr(observed)
+
+
+@pytest.fixture
+def secured_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir=tmp_path / "secured").start()
+    admin = redis.Redis(port=server.port)
+    # the default user keeps working for the test; the observer gets users of its own
+    admin.acl_setuser("observer", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["-@all"])
+    admin.execute_command("ACL", "SETUSER", "observer", "+llen", "+hgetall", "+time", "+lindex")
+    admin.acl_setuser("blind", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["-@all", "+llen", "+time"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_auth_failure_is_a_clear_value(secured_redis: RedisServer, observer: Observer) -> None:
+    config = BrokerConfig(url=f"redis://observer:wrong-pass@127.0.0.1:{secured_redis.port}/0")
+    (observation,) = (await observer.observe({config: ["emails"]}, timeout=5)).values()
+    assert observation.error is not None and observation.error.startswith("auth failed: ")
+    assert "wrong-pass" not in observation.error
+
+
+async def test_read_only_acl_user_is_enough_and_the_observer_never_writes(secured_redis: RedisServer) -> None:
+    admin = redis.Redis(port=secured_redis.port)
+    admin.lpush("emails", "a", "b")
+    admin.lpush("emails\x06\x169", "c")
+    admin.hset(reports.report_key("emails"), "w", reports.encode_report(WorkerLoad("w", running=1, heartbeat=1e12)))
+    changes_before = admin.info("persistence")["rdb_changes_since_last_save"]
+    admin.config_resetstat()
+    admin.acl_log_reset()
+
+    config = BrokerConfig(url=f"redis://observer:s3cret@127.0.0.1:{secured_redis.port}/0")
+    async with Observer(read_oldest_age=True) as observer:
+        for _ in range(3):
+            (observation,) = (await observer.observe({config: ["emails", "idle"]}, timeout=5)).values()
+            assert observation.ok, observation.error
+            assert observation.queues["emails"].backlog == 3
+
+    stats = admin.info("commandstats")
+    used = {name.removeprefix("cmdstat_") for name in stats}
+    assert used <= {"auth", "llen", "hgetall", "time", "lindex", "config|resetstat", "acl|log"}, used
+    assert {"llen", "hgetall", "time", "lindex"} <= used
+    assert stats["cmdstat_llen"]["calls"] == 3 * 8  # every priority list of both queues, per poll
+    assert stats["cmdstat_auth"]["calls"] == 1  # one connection, reused by every poll
+    assert admin.acl_log() == []  # nothing denied: it never even tried another command
+    assert admin.info("persistence")["rdb_changes_since_last_save"] == changes_before
+
+
+async def test_missing_permission_is_reported_not_read_as_empty(secured_redis: RedisServer, observer: Observer) -> None:
+    redis.Redis(port=secured_redis.port).lpush("emails", "a")
+    config = BrokerConfig(url=f"redis://blind:s3cret@127.0.0.1:{secured_redis.port}/0")
+    (observation,) = (await observer.observe({config: ["emails"]}, timeout=5)).values()
+    assert observation.error is not None and observation.error.startswith("permission denied: ")
+    assert "hgetall" in observation.error
+    assert not observation.queues["emails"].ok
+
+
+async def test_a_timed_out_poll_does_not_poison_the_next_one(redis_server: RedisServer, observer: Observer) -> None:
+    client = redis_server.client()
+    client.lpush("emails", "a")
+    config = BrokerConfig(url=redis_server.url)
+    assert (await observer.observe({config: ["emails"]}, timeout=5))[config].queues["emails"].backlog == 1
+    client.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the broker stops answering for a while
+    slow = (await observer.observe({config: ["emails"]}, timeout=0.3))[config]
+    assert slow.error == "timed out after 0.3 s"
+    client.execute_command("CLIENT", "UNPAUSE")
+    client.lpush("emails", "b", "c")
+    fresh = (await observer.observe({config: ["emails", "other"]}, timeout=5))[config]
+    assert fresh.ok, fresh.error
+    assert (fresh.queues["emails"].backlog, fresh.queues["other"].backlog) == (3, 0)
+
+
+async def test_one_pool_per_config_and_forget_closes_it(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    connections = client.info("stats")["total_connections_received"]
+    one = BrokerConfig(url=redis_server.url)
+    other_db = BrokerConfig(url=f"redis://127.0.0.1:{redis_server.port}/1")
+    async with Observer() as observer:
+        for _ in range(3):
+            observed = await observer.observe({one: ["a", "a", "b"], other_db: []}, timeout=5)
+            assert list(observed[one].queues) == ["a", "b"]
+            assert observed[other_db].ok and observed[other_db].queues == {}
+        assert client.info("stats")["total_connections_received"] == connections + 2
+        await observer.forget(keep=[one])
+        assert await _eventually(lambda: _observer_dbs(client) == ["0"]), _observer_dbs(client)
+
+
+def _observer_dbs(client: redis.Redis) -> list[str]:
+    return sorted(c["db"] for c in client.client_list() if c["cmd"] != "client|list")
+
+
+async def _eventually(check: Any, timeout: float = 5.0) -> bool:
+    # the server notices a closed connection a moment after the client closed it
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_as_completed_yields_each_broker_as_it_arrives(redis_server: RedisServer, observer: Observer) -> None:
+    fast = BrokerConfig(url=redis_server.url)
+    stalled_socket, stalled = _listening_socket()
+    with stalled_socket:
+        order = [config async for config, _ in observer.observe_as_completed({stalled: ["a"], fast: ["a"]}, timeout=1)]
+    assert order == [fast, stalled]
+
+
+def _listening_socket() -> tuple[Any, BrokerConfig]:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)  # the kernel accepts connections; nobody ever answers
+    return sock, BrokerConfig(url=f"redis://127.0.0.1:{sock.getsockname()[1]}/0")
+
+
+# --- pure: the request and the reading of its replies ----------------------------------------------------
+
+
+def test_plan_is_one_request_for_every_queue() -> None:
+    config = BrokerConfig(url="redis://r", global_keyprefix="p:")
+    plan = poll_plan(config, ("a", "b", "c"))
+    assert plan.commands[0] == ("TIME",)
+    assert plan.reply_count == 1 + 3 * (4 + 1)
+    assert Counter(c[0] for c in plan.commands) == {"TIME": 1, "LLEN": 12, "HGETALL": 3}
+    assert ("HGETALL", "p:workerpool:reports:b") in plan.commands
+    assert plan.payload.count(b"\r\n$4\r\nLLEN\r\n") == 12
+    assert poll_plan(config, ("a", "b", "c")) is plan  # packed once per queue set
+    with_age = poll_plan(config, ("a",), True)
+    assert Counter(c[0] for c in with_age.commands)["LINDEX"] == 4
+
+
+def _replies(*per_queue: tuple[list[object], object]) -> list[object]:
+    replies: list[object] = [[b"1000", b"500000"]]
+    for lengths, report in per_queue:
+        replies += [*lengths, report]
+    return replies
+
+
+def test_read_replies_sums_lists_and_reads_reports() -> None:
+    plan = poll_plan(BrokerConfig(url="redis://r"), ("a", "b"))
+    load = reports.encode_report(WorkerLoad("w", running=2, reserved=3, heartbeat=999.0)).encode()
+    observed = read_replies(plan, _replies(([1, 0, 2, 0], [b"w", load]), ([0, 0, 0, 0], [])))
+    assert (observed["a"].backlog, observed["a"].in_flight) == (3, 5)
+    assert (observed["b"].backlog, observed["b"].in_flight, observed["b"].workers) == (0, 0, ())
+
+
+def test_read_replies_errors() -> None:
+    plan = poll_plan(BrokerConfig(url="redis://r"), ("a",))
+    with pytest.raises(ObservationError, match="expected 6 replies"):
+        read_replies(plan, [[b"1", b"0"]])
+    with pytest.raises(ObservationError, match="unexpected reply to TIME"):
+        read_replies(plan, [b"noon", 0, 0, 0, 0, []])
+    denied = ResponseError("NOPERM User x has no permissions to run the 'llen' command")
+    with pytest.raises(ObservationError, match="^permission denied: User x"):
+        read_replies(plan, _replies(([denied, 0, 0, 0], [])))
+    odd = read_replies(plan, _replies(([0, b"?", 0, 0], [])))
+    assert odd["a"].error is not None and "unexpected reply to LLEN" in odd["a"].error
+    other = read_replies(plan, _replies(([0, 0, ResponseError("LOADING dataset"), 0], [])))
+    assert other["a"].error == r"error reading 'a\x06\x166': LOADING dataset"
+
+
+def test_describe_failure_reasons() -> None:
+    import ssl
+
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    assert describe_failure(TimeoutError(), 2.5) == "timed out after 2.5 s"
+    assert describe_failure(AuthenticationError("invalid username-password pair"), 1).startswith("auth failed")
+    wrapped = RedisConnectionError("Error connecting")
+    wrapped.__cause__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    assert describe_failure(wrapped, 1).startswith("TLS verification failed")
+    assert describe_failure(RedisConnectionError("Error -2 connecting to nowhere. Name or service not known."), 1) == (
+        "unknown host: Error -2 connecting to nowhere. Name or service not known."
+    )
+    assert describe_failure(ValueError("boom"), 1) == "unexpected error: ValueError: boom"
+
+
+def test_scrub_removes_secrets_plain_and_quoted() -> None:
+    assert scrub("pw=p@ss and p%40ss", ["p@ss", None]) == "pw=*** and ***"
+
+
+async def test_observing_nothing_is_nothing(observer: Observer) -> None:
+    assert await observer.observe({}, timeout=1) == {}
+    await asyncio.sleep(0)
