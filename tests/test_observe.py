@@ -297,9 +297,9 @@ def _observer_dbs(client: redis.Redis) -> list[str]:
     return sorted(c["db"] for c in client.client_list() if c["cmd"] != "client|list")
 
 
-async def _eventually(check: Any, timeout: float = 5.0) -> bool:
+async def _eventually(check: Any, within: float = 5.0) -> bool:
     # the server notices a closed connection a moment after the client closed it
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             return False
@@ -362,7 +362,7 @@ def test_read_replies_errors() -> None:
     with pytest.raises(ObservationError, match="unexpected reply to TIME"):
         read_replies(plan, [b"noon", 0, 0, 0, 0, []])
     denied = ResponseError("NOPERM User x has no permissions to run the 'llen' command")
-    with pytest.raises(ObservationError, match="^permission denied: User x"):
+    with pytest.raises(ObservationError, match=r"^permission denied: User x"):
         read_replies(plan, _replies(([denied, 0, 0, 0], [])))
     odd = read_replies(plan, _replies(([0, b"?", 0, 0], [])))
     assert odd["a"].error is not None and "unexpected reply to LLEN" in odd["a"].error
