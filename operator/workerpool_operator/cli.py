@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
     _add_local_commands(sub)
+    _add_simulate_command(sub)
     return parser
 
 
@@ -98,7 +99,9 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         default=None,
         help="seconds a stopping worker gets to finish its tasks (default: terminationGracePeriodSeconds)",
     )
-    local.add_argument("--loglevel", default="info", help="the workers' log level (their logs go to files)")
+    local.add_argument(
+        "--loglevel", default=None, help="the workers' log level (default: the YAML's; their logs go to files)"
+    )
     local.set_defaults(func=_local)
     demo = sub.add_parser(
         "demo", parents=[view], help="about a minute of real autoscaling: demo app, load bursts, summary"
@@ -106,6 +109,53 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     demo.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
     demo.add_argument("--plot", metavar="PNG", default=None, help="write backlog and workers over time to this PNG")
     demo.set_defaults(func=_demo)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from workerpool_operator import simulate
+
+    try:
+        text = simulate.run_command(
+            args.file,
+            args.trace,
+            queue=args.queue,
+            policy=args.policy,
+            startup_delay=args.startup_delay,
+            service_time=args.service_time,
+            seed=args.seed,
+            replicas=args.replicas,
+            out=args.out,
+            plot=args.plot,
+        )
+    except ValueError as error:  # bad file, queue, trace or distribution: the message says which
+        print(f"workerpool-operator simulate: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`simulate`: replay a workload trace under our scaling policy or a model of KEDA's (docs/simulator.md)."""
+    sim = sub.add_parser(
+        "simulate", help="replay a workload trace against a simulated queue: our scaling engine or a KEDA model"
+    )
+    sim.add_argument("-f", "--file", required=True, help="the WorkerPool YAML (its queue's scaling settings)")
+    sim.add_argument("--trace", required=True, help="CSV: `time,rate[,service_time]` or `time,duration`")
+    sim.add_argument("--queue", default=None, help="which queue of the WorkerPool (default: the first)")
+    sim.add_argument("--policy", choices=["ours", "keda", "both"], default="ours", help="default: ours")
+    sim.add_argument("--startup-delay", type=float, default=20.0, help="seconds a new pod takes to start (20)")
+    sim.add_argument(
+        "--service-time",
+        metavar="DIST",
+        default=None,
+        help="task durations: exp:MEAN, const:S, uniform:LOW,HIGH, lognormal:MEAN,SIGMA "
+        "(default: the trace's own, else exp:1)",
+    )
+    sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same run (1)")
+    sim.add_argument("--replicas", type=int, default=None, help="replicas at the start (default: min replicas)")
+    sim.add_argument("--out", metavar="CSV", default=None, help="write the timeline to this CSV")
+    sim.add_argument("--plot", metavar="PNG", default=None, help="write backlog and replicas over time to this PNG")
+    sim.set_defaults(func=_simulate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
