@@ -1,0 +1,236 @@
+"""The worker's settings, from command-line arguments or ``WORKERPOOL_*`` environment variables.
+
+Pure: parsing and validation only, no Celery import (the probe command and the gevent/eventlet
+monkey-patching both need the settings before anything heavy is imported). An argument wins over
+its environment variable; the environment wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from workerpool_operator.reports import DEFAULT_INTERVAL, DEFAULT_TTL
+
+POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
+# Pools the entrypoint runs through `--pool custom`: Celery's own, minus starting prefetched tasks at shutdown.
+POOL_CLASSES = {
+    "threads": "workerpool_operator.worker.pools:ThreadPool",
+    "gevent": "workerpool_operator.worker.gevent_pool:GeventPool",
+    "eventlet": "workerpool_operator.worker.eventlet_pool:EventletPool",
+}
+LOGLEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_STATE_DIR = "/tmp/workerpool"  # an emptyDir in the pod; readOnlyRootFilesystem-friendly
+DEFAULT_PROBE_MAX_AGE = 30.0
+DEFAULT_BROKER_CHECK_TIMEOUT = 5.0
+
+# Exit codes: one per kind of bad configuration, so a CrashLoopBackOff says which one it is.
+EX_CONFIG = 2  # an argument or environment variable is invalid (unknown pool, bad number, ...)
+EX_APP = 3  # the Celery app cannot be imported
+EX_BROKER = 4  # the broker URL cannot be read, is not a Redis URL, or the broker does not answer
+
+# (environment variable, argparse destination, help) for every setting; the single source for the docs.
+ENV_VARS: tuple[tuple[str, str, str], ...] = (
+    ("WORKERPOOL_APP", "app", "the Celery app, as for `celery -A` (module:attribute or module)"),
+    ("WORKERPOOL_QUEUES", "queues", "comma-separated queues to consume (default: the app's default queue)"),
+    ("WORKERPOOL_POOL", "pool", f"execution pool: {', '.join(POOLS)} (default prefork)"),
+    ("WORKERPOOL_CONCURRENCY", "concurrency", "processes, threads or greenlets (default: Celery's, CPU count)"),
+    ("WORKERPOOL_PREFETCH_MULTIPLIER", "prefetch_multiplier", "messages reserved per unit of concurrency"),
+    ("WORKERPOOL_MAX_TASKS_PER_CHILD", "max_tasks_per_child", "recycle a prefork child after N tasks"),
+    (
+        "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT",
+        "soft_shutdown_timeout",
+        "seconds running tasks get after SIGTERM before they are cancelled (default 0: wait for them)",
+    ),
+    ("WORKERPOOL_LOGLEVEL", "loglevel", "debug, info, warning, error or critical (default info)"),
+    ("WORKERPOOL_WORKER_NAME", "worker_name", "this worker's name in reports (default: the hostname, the pod name)"),
+    ("WORKERPOOL_BROKER_URL", "broker_url", "overrides the app's broker_url"),
+    ("WORKERPOOL_BROKER_URL_FILE", "broker_url_file", "a file holding the broker URL (a mounted Secret)"),
+    ("WORKERPOOL_STATE_DIR", "state_dir", f"where the probe files live (default {DEFAULT_STATE_DIR})"),
+    ("WORKERPOOL_REPORT_INTERVAL", "report_interval", f"seconds between reports (default {DEFAULT_INTERVAL:g})"),
+    ("WORKERPOOL_REPORT_TTL", "report_ttl", f"seconds a report stays valid (default {DEFAULT_TTL:g})"),
+    ("WORKERPOOL_EXTRA_ARGS", "extra_args", "more `celery worker` arguments, shell-quoted"),
+)
+
+
+class ConfigError(Exception):
+    """A setting is wrong. ``str()`` is the one line printed for the user; ``code`` the exit status."""
+
+    def __init__(self, message: str, code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    app: str
+    queues: tuple[str, ...] = ()
+    pool: str = "prefork"
+    concurrency: int | None = None
+    prefetch_multiplier: int | None = None
+    max_tasks_per_child: int | None = None
+    soft_shutdown_timeout: float = 0.0
+    loglevel: str = "info"
+    worker_name: str = field(default_factory=socket.gethostname)
+    broker_url: str | None = None
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    report_interval: float = DEFAULT_INTERVAL
+    report_ttl: float = DEFAULT_TTL
+    extra_args: tuple[str, ...] = ()
+
+    def celery_argv(self, pool_name: str | None = None) -> list[str]:
+        """The ``celery worker`` command line these settings stand for (without ``-A``: the app is loaded).
+
+        ``pool_name`` replaces the pool's name (``custom`` for a pool class of ours).
+        """
+        argv = [
+            "worker",
+            "--pool",
+            pool_name or self.pool,
+            "--loglevel",
+            self.loglevel,
+            "--hostname",
+            f"celery@{self.worker_name}",
+        ]
+        if self.queues:
+            argv += ["--queues", ",".join(self.queues)]
+        if self.concurrency is not None:
+            argv += ["--concurrency", str(self.concurrency)]
+        if self.prefetch_multiplier is not None:
+            argv += ["--prefetch-multiplier", str(self.prefetch_multiplier)]
+        if self.max_tasks_per_child is not None:
+            argv += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
+        return [*argv, *self.extra_args]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run options; every one also has a ``WORKERPOOL_*`` variable (see ``ENV_VARS``)."""
+    for env, dest, help_text in ENV_VARS:
+        if dest == "extra_args":
+            continue
+        flag = "--" + dest.replace("_", "-")
+        parser.add_argument(flag, dest=dest, default=None, help=f"{help_text} [env {env}]")
+    parser.add_argument(
+        "extra_args",
+        nargs=argparse.REMAINDER,
+        help="after `--`: more `celery worker` arguments [env WORKERPOOL_EXTRA_ARGS]",
+    )
+
+
+def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> WorkerConfig:
+    """Merge parsed arguments over the environment, validate, and build the config."""
+
+    def raw(dest: str) -> str | None:
+        value = getattr(args, dest, None)
+        if value is not None:
+            return str(value)
+        env = next(name for name, d, _ in ENV_VARS if d == dest)
+        found = environ.get(env)
+        return found if found not in (None, "") else None
+
+    def name_of(dest: str) -> str:
+        env = next(name for name, d, _ in ENV_VARS if d == dest)
+        return f"--{dest.replace('_', '-')} / {env}"
+
+    app = raw("app")
+    if app is None:
+        raise ConfigError(f"no Celery app given: set {name_of('app')} (e.g. myproject.celery:app)")
+
+    pool = (raw("pool") or "prefork").strip().lower()
+    if pool not in POOLS:
+        raise ConfigError(f"unknown pool {pool!r} ({name_of('pool')}): use one of {', '.join(POOLS)}")
+
+    loglevel = (raw("loglevel") or "info").strip().lower()
+    if loglevel not in LOGLEVELS:
+        raise ConfigError(f"unknown log level {loglevel!r} ({name_of('loglevel')}): use one of {', '.join(LOGLEVELS)}")
+
+    queues = tuple(q.strip() for q in (raw("queues") or "").split(",") if q.strip())
+
+    extra: list[str] = list(getattr(args, "extra_args", None) or [])
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    if not extra and environ.get("WORKERPOOL_EXTRA_ARGS"):
+        try:
+            extra = shlex.split(environ["WORKERPOOL_EXTRA_ARGS"])
+        except ValueError as error:
+            raise ConfigError(f"WORKERPOOL_EXTRA_ARGS cannot be parsed: {error}") from None
+
+    report_interval = _number(raw("report_interval"), name_of("report_interval"), DEFAULT_INTERVAL, minimum=0.05)
+    report_ttl = _number(raw("report_ttl"), name_of("report_ttl"), DEFAULT_TTL, minimum=1.0)
+    if report_ttl <= report_interval:
+        raise ConfigError(f"the report TTL ({report_ttl:g} s) must be longer than the interval ({report_interval:g} s)")
+
+    return WorkerConfig(
+        app=app.strip(),
+        queues=queues,
+        pool=pool,
+        concurrency=_integer(raw("concurrency"), name_of("concurrency"), minimum=1),
+        prefetch_multiplier=_integer(raw("prefetch_multiplier"), name_of("prefetch_multiplier"), minimum=1),
+        max_tasks_per_child=_integer(raw("max_tasks_per_child"), name_of("max_tasks_per_child"), minimum=1),
+        soft_shutdown_timeout=_number(raw("soft_shutdown_timeout"), name_of("soft_shutdown_timeout"), 0.0, minimum=0),
+        loglevel=loglevel,
+        worker_name=(raw("worker_name") or socket.gethostname()).strip(),
+        broker_url=_broker_url(raw("broker_url"), raw("broker_url_file")),
+        state_dir=Path(raw("state_dir") or DEFAULT_STATE_DIR),
+        report_interval=report_interval,
+        report_ttl=report_ttl,
+        extra_args=tuple(extra),
+    )
+
+
+def _integer(value: str | None, name: str, minimum: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _number(value: str | None, name: str, default: float, minimum: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(number) or number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {value.strip()}")
+    return number
+
+
+def _broker_url(url: str | None, url_file: str | None) -> str | None:
+    if url is not None:
+        return url.strip()
+    if url_file is None:
+        return None
+    try:
+        text = Path(url_file).read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"cannot read the broker URL file {url_file}: {error.strerror}", EX_BROKER) from None
+    if not text:
+        raise ConfigError(f"the broker URL file {url_file} is empty", EX_BROKER)
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes become a one-line ``ConfigError`` rather than argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see workerpool-worker --help)")
+
+
+def parse_run_args(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerConfig:
+    """Parse ``workerpool-worker [options] [-- celery args]`` (the run command)."""
+    parser = _Parser(prog="workerpool-worker", description="Run the Celery worker of a WorkerPool.")
+    add_arguments(parser)
+    return from_namespace(parser.parse_args(list(argv)), environ)

@@ -1,0 +1,51 @@
+"""Execution pools that give prefetched tasks back on a warm shutdown instead of running them.
+
+Celery's ``threads`` pool hands every prefetched task to a ``ThreadPoolExecutor`` at once, and its
+warm shutdown waits for the executor's whole queue: a pod told to stop would first run everything
+it had prefetched. :class:`ThreadPool` cancels the tasks that have not started yet when it stops.
+The gevent and eventlet pools (``gevent_pool.py``, ``eventlet_pool.py``) have the same problem in a
+smaller form: the consumer blocks in the pool's ``spawn`` until a slot frees, then starts the task
+even though a shutdown began meanwhile; theirs skip it.
+
+A skipped task was never accepted, so never acknowledged (with early or late acks alike), and kombu
+puts its message back in the queue when the worker's connection closes. The entrypoint selects
+these classes through Celery's ``--pool custom`` and ``CELERY_CUSTOM_WORKER_POOL``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.concurrency.thread import TaskPool
+from celery.worker import state as worker_state
+
+
+def shutting_down() -> bool:
+    """Whether a warm or cold shutdown was requested (Celery sets these flags in its signal handlers)."""
+    flags = (worker_state.should_stop, worker_state.should_terminate)
+    return any(flag is not None and flag is not False for flag in flags)
+
+
+class ThreadPool(TaskPool):  # type: ignore[misc]
+    """Celery's threads pool, minus running prefetched tasks during a warm shutdown."""
+
+    def on_apply(self, *args: Any, **kwargs: Any) -> Any:
+        if shutting_down():
+            return None  # not accepted, not acknowledged: the message goes back to the queue
+        return super().on_apply(*args, **kwargs)
+
+    def on_stop(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        super().on_stop()
+
+
+def spawn_unless_stopping(spawn: Any, wait_for_slot: Any, skipped: Any) -> Any:
+    """Wrap a green pool's blocking ``spawn``: wait for a free slot first, then start only if not stopping."""
+
+    def guarded_spawn(*args: Any, **kwargs: Any) -> Any:
+        wait_for_slot()
+        if shutting_down():
+            return skipped()  # a finished no-op green thread, so Celery's bookkeeping stays happy
+        return spawn(*args, **kwargs)
+
+    return guarded_spawn

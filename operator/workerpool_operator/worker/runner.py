@@ -1,0 +1,219 @@
+"""Run the Celery worker in this process, with probe files and worker reports.
+
+Import this module only after :func:`workerpool_operator.worker.main.prepare_process` has
+monkey-patched for gevent/eventlet: it imports Celery, kombu and redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery, signals
+from celery.app.utils import find_app
+from celery.utils.nodenames import worker_direct
+from celery.worker import state as worker_state
+from kombu.utils.url import maybe_sanitize_url
+
+from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
+from workerpool_operator.worker.probes import ProbeFiles
+from workerpool_operator.worker.reporting import Counts, Reporter, count_requests
+
+log = logging.getLogger("workerpool.worker")
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "redis+socket"})
+EX_FAILURE = 1  # Celery's exit code after a cold shutdown
+
+
+def load_app(spec: str) -> Celery:
+    """Import the user's Celery app (``module:attribute``, ``module.attribute`` or a module), like ``celery -A``."""
+    try:
+        app = find_app(spec)
+    except Exception as error:  # the user's module may raise anything while importing
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+        raise ConfigError(f"cannot import the Celery app {spec!r}: {reason}", EX_APP) from None
+    if not isinstance(app, Celery):
+        raise ConfigError(f"{spec!r} is not a Celery app (it is a {type(app).__name__})", EX_APP)
+    return app
+
+
+def check_broker(app: Celery) -> None:
+    """Fail fast, with one line, when the broker URL is not a Redis URL or nobody answers there."""
+    url = app.conf.broker_url or ""
+    shown = maybe_sanitize_url(url) if url else "(none)"
+    scheme = urlsplit(url.split(";")[0]).scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"the broker URL {shown} is not a Redis URL (use redis://, rediss:// or sentinel://)", EX_BROKER
+        )
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=10)
+            conn.default_channel  # noqa: B018 - opening the channel PINGs Redis (auth, TLS, sentinel master)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"cannot reach the broker {shown}: {reason}", EX_BROKER) from None
+
+
+class Heartbeat:
+    """A daemon thread (a greenlet under gevent/eventlet) that runs ``tick`` every ``interval`` seconds."""
+
+    def __init__(self, interval: float, tick: Callable[[], None]) -> None:
+        self.interval = interval
+        self.tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="workerpool-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep beating whatever one tick did
+                log.exception("heartbeat tick failed")
+            self._stop.wait(self.interval)
+
+
+class WorkerSupervisor:
+    """Ties the probe files and the reports to Celery's worker signals."""
+
+    def __init__(self, app: Celery, config: WorkerConfig, files: ProbeFiles) -> None:
+        self.app = app
+        self.config = config
+        self.files = files
+        self.reporter: Reporter | None = None
+        self.concurrency = config.concurrency or 0
+        self.sigterm_cold_shutdown = False
+        self._reporter_lock = threading.Lock()
+        self._finished = False
+        self.heartbeat = Heartbeat(config.report_interval, self._tick)
+
+    def connect(self) -> None:
+        # weak=False: these bound methods must live as long as the worker, not as long as a reference.
+        signals.worker_init.connect(self._on_worker_init, weak=False)
+        signals.worker_ready.connect(self._on_worker_ready, weak=False)
+        signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+        signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+
+    def _tick(self) -> None:
+        self.files.beat()
+        reporter = self.reporter
+        if reporter is not None:
+            reporter.publish()
+
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        concurrency = getattr(sender, "concurrency", None)
+        if isinstance(concurrency, int):
+            self.concurrency = 1 if self.config.pool == "solo" else concurrency
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        hostname = getattr(sender, "hostname", f"celery@{self.config.worker_name}")
+        direct = worker_direct(hostname).name
+        queues = tuple(sorted(q for q in self.app.amqp.queues.consume_from if q != direct))
+        if not queues:
+            queues = (self.app.conf.task_default_queue,)
+        try:
+            self.reporter = self._make_reporter(queues)
+        except Exception as error:  # reports are best effort: the worker works without them
+            log.warning("worker reports disabled: cannot connect for them: %s", error)
+        self.files.mark_ready()
+        self._tick()
+
+    def _make_reporter(self, queues: tuple[str, ...]) -> Reporter:
+        conn = self.app.connection_for_write()
+        channel = conn.default_channel
+        # The channel's own pool carries every broker setting (TLS, sentinel, auth); a plain client on it
+        # leaves key names alone (the channel's client would add global_keyprefix to some commands only).
+        client = redis.Redis(connection_pool=channel.pool)
+        self._connection = conn
+        options: Mapping[str, Any] = self.app.conf.broker_transport_options or {}
+        return Reporter(
+            client=client,
+            worker=self.config.worker_name,
+            queues=queues,
+            counts=lambda: self._counts(queues),
+            done=self._done,
+            concurrency=self.concurrency,
+            ttl=self.config.report_ttl,
+            global_keyprefix=str(options.get("global_keyprefix", "") or ""),
+        )
+
+    @staticmethod
+    def _counts(queues: tuple[str, ...]) -> dict[str, Counts]:
+        for _ in range(10):  # the sets change under us in threaded pools: take a consistent copy
+            try:
+                active = tuple(worker_state.active_requests)
+                reserved = tuple(worker_state.reserved_requests)
+            except RuntimeError:
+                continue
+            return count_requests(active, reserved, queues)
+        return {}
+
+    @staticmethod
+    def _done() -> int:
+        accepted: int = worker_state.all_total_count[0]
+        return max(0, accepted - len(worker_state.active_requests))
+
+    def _on_shutting_down(self, sig: str = "", how: str = "", **_: Any) -> None:
+        # Runs inside Celery's signal handler: only unlink a file here.
+        self.files.mark_not_ready()
+        if sig == "SIGTERM" and how == "Cold":
+            self.sigterm_cold_shutdown = True
+
+    def _on_worker_shutdown(self, **_: Any) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Stop beating, delete our reports and the probe files. Idempotent."""
+        with self._reporter_lock:
+            if self._finished:
+                return
+            self._finished = True
+        self.heartbeat.stop()
+        if self.reporter is not None:
+            self.reporter.remove()
+            self.reporter.client.close()
+        connection = getattr(self, "_connection", None)
+        if connection is not None:
+            connection.release()
+        self.files.clear()
+
+
+def run(config: WorkerConfig, files: ProbeFiles) -> int:
+    """Load the app, check the broker, run the worker until it stops; the process exit code."""
+    app = load_app(config.app)
+    if config.broker_url is not None:
+        app.conf.broker_url = config.broker_url
+    check_broker(app)
+    app.conf.worker_soft_shutdown_timeout = config.soft_shutdown_timeout
+
+    supervisor = WorkerSupervisor(app, config, files)
+    supervisor.connect()
+    supervisor.heartbeat.start()
+    try:
+        code = app.start(argv=config.celery_argv(pool_name="custom" if config.pool in POOL_CLASSES else None))
+    finally:
+        supervisor.finish()
+    exit_code = int(code or 0)
+    if exit_code == EX_FAILURE and supervisor.sigterm_cold_shutdown:
+        # REMAP_SIGTERM=SIGQUIT (a soft-shutdown timeout is set) makes Celery's SIGTERM a cold shutdown,
+        # which exits 1; a stop Kubernetes asked for is a normal end.
+        exit_code = 0
+    sys.stdout.flush()
+    return exit_code
+
+
+__all__ = ["WorkerSupervisor", "check_broker", "load_app", "run"]
