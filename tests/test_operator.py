@@ -1,0 +1,309 @@
+"""The operator, for real: kopf against the Kubernetes API emulator, a real redis-server, real Celery messages.
+
+Short poll intervals and windows (tests/operator_helpers.FAST_SCALING) keep every story to a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import RedisServer, RunningOperator
+from tests.kube import KubeCluster
+from tests.operator_helpers import (
+    NS,
+    api,
+    condition,
+    create_pool,
+    create_secret,
+    delete_pool,
+    deployments,
+    enqueue,
+    events,
+    get_pool,
+    patch_pool,
+    pool_manifest,
+    replicas,
+    wait_for,
+)
+from workerpool_operator import metrics
+from workerpool_operator.kube_backend import DELETION_COST
+from workerpool_operator.kube_operator import contains
+from workerpool_operator.observation import WorkerLoad
+from workerpool_operator.render import render_deployments
+from workerpool_operator.reports import encode_report, report_key
+from workerpool_operator.spec import WorkerPool
+
+
+def _ready(kube: KubeCluster, pool: str) -> str | None:
+    found = condition(kube, pool, "Ready")
+    return None if found is None else str(found["status"])
+
+
+def _writes(kube: KubeCluster) -> list[str]:
+    return [f"{r.method} {r.url}" for r in kube.requests() if str(r.method) not in ("GET", "method.GET")]
+
+
+def test_pool_gets_one_deployment_per_queue_exactly_as_rendered(
+    operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    queues = [{"name": "default", "concurrency": 2}, {"name": "mail", "pool": "threads", "concurrency": 8}]
+    created = create_pool(kube, pool_manifest("shop", queues=queues))
+    wait_for(lambda: len(deployments(kube)) == 2, message="two Deployments")
+    expected = render_deployments(WorkerPool.from_object(created), uid=created["metadata"]["uid"])
+    live = deployments(kube)
+    for manifest in expected.values():
+        found = live[manifest["metadata"]["name"]]
+        assert contains(found, manifest), f"{manifest['metadata']['name']} differs from its rendering"
+        assert found["spec"]["replicas"] == 0  # minReplicas: the scaler owns it from here
+    wait_for(lambda: _ready(kube, "shop") == "True", message="Ready")
+    status = get_pool(kube, "shop")["status"]
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    assert [q["name"] for q in status["queues"]] == ["default", "mail"]
+    assert condition(kube, "shop", "BrokerReachable")["status"] == "True"  # type: ignore[index]
+
+
+def test_replicas_follow_real_celery_backlog_up_and_back_down(
+    operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop"))  # concurrency 2, max 5
+    wait_for(lambda: _ready(kube, "shop") == "True", message="Ready")
+
+    enqueue(redis_server.url, "default", 7)  # ceil(7 / 2) = 4
+    wait_for(lambda: replicas(kube, "shop-default") == 4, message="4 replicas")
+    enqueue(redis_server.url, "default", 10)  # 17 / 2 -> 9, capped at maxReplicas 5
+    wait_for(lambda: replicas(kube, "shop-default") == 5, message="5 replicas (max)")
+    labels = {"namespace": NS, "pool": "shop", "queue": "default"}
+    assert metrics.sample("workerpool_queue_backlog", labels) == 17
+    assert metrics.sample("workerpool_queue_desired_replicas", labels) == 5
+    status = wait_for(
+        lambda: get_pool(kube, "shop")["status"]["queues"][0].get("replicas") == 5 and get_pool(kube, "shop")["status"]
+    )
+    assert status["totalReplicas"] == 5 and status["queues"][0]["lastScaleReason"].startswith("scale up")
+
+    redis_server.client().delete("default")  # drained
+    time.sleep(1.0)
+    assert replicas(kube, "shop-default") == 5, "scaled down inside the stabilization window"
+    wait_for(lambda: replicas(kube, "shop-default") == 0, timeout=20, message="scale to zero after idle time")
+    scaled = [e["message"] for e in events(kube, "Scaled")]
+    assert any("0 -> 4" in m for m in scaled) and any("-> 0 replicas" in m for m in scaled), scaled
+    assert metrics.sample("workerpool_scale_events_total", {**labels, "direction": "down"})
+
+
+def test_no_api_writes_at_steady_state(operator: RunningOperator, redis_server: RedisServer) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "minReplicas": 1}]))
+    wait_for(lambda: _ready(kube, "shop") == "True", message="Ready")
+    time.sleep(1.5)  # let the first polls settle
+    before = len(_writes(kube))
+    time.sleep(3.0)  # six polls at 0.5 s
+    assert _writes(kube)[before:] == []
+
+
+def test_removing_a_queue_deletes_its_deployment_and_deleting_the_pool_collects_all(
+    operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    queues: list[dict[str, Any]] = [{"name": "default"}, {"name": "mail", "minReplicas": 2}]
+    create_pool(kube, pool_manifest("shop", queues=queues))
+    wait_for(lambda: set(deployments(kube)) == {"shop-default", "shop-mail"}, message="two Deployments")
+    assert replicas(kube, "shop-mail") == 2
+
+    patch_pool(kube, "shop", {"spec": {"queues": [{"name": "mail", "minReplicas": 3}]}})
+    wait_for(lambda: set(deployments(kube)) == {"shop-mail"}, message="default removed")
+    wait_for(lambda: replicas(kube, "shop-mail") == 3, message="brought inside the new bounds")
+    wait_for(lambda: [q["name"] for q in get_pool(kube, "shop")["status"]["queues"]] == ["mail"])
+    assert events(kube, "QueueRemoved")
+
+    delete_pool(kube, "shop")
+    wait_for(lambda: not deployments(kube), message="Deployments garbage-collected")
+    time.sleep(1.0)  # the loop has forgotten the pool: nothing recreated, no errors
+    assert not deployments(kube)
+
+
+def test_spec_edit_keeps_the_scalers_replicas(operator: RunningOperator, redis_server: RedisServer) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop"))
+    enqueue(redis_server.url, "default", 6)
+    wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
+    patch_pool(kube, "shop", {"spec": {"template": {"image": "registry.example/shop-worker:1.3"}}})
+    image = lambda: deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    wait_for(lambda: image() == "registry.example/shop-worker:1.3", message="new image rolled out")
+    assert replicas(kube, "shop-default") == 3
+    generation = get_pool(kube, "shop")["metadata"]["generation"]
+    wait_for(lambda: get_pool(kube, "shop")["status"]["observedGeneration"] == generation)
+
+
+def test_drift_is_put_back(operator: RunningOperator, redis_server: RedisServer) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "minReplicas": 2}]))
+    wait_for(lambda: replicas(kube, "shop-default") == 2, message="Deployment")
+    client = api(kube)
+    path = f"/apis/apps/v1/namespaces/{NS}/deployments/shop-default"
+    edit = {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:latest"}]}}}}
+    client.request("PATCH", path, body=edit, content_type="application/merge-patch+json")
+    image = lambda: deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    wait_for(lambda: image() == "registry.example/shop-worker:1.2", message="manual edit reverted")
+
+    client.request("DELETE", path)
+    wait_for(lambda: "shop-default" in deployments(kube), message="Deployment recreated")
+    assert replicas(kube, "shop-default") == 2
+    assert len(events(kube, "DeploymentRestored")) == 2
+
+
+def test_missing_secret_then_created_without_restart(operator: RunningOperator, redis_server: RedisServer) -> None:
+    kube = operator.cluster
+    create_pool(kube, pool_manifest("shop", secret="late"))
+    wait_for(lambda: _ready(kube, "shop") == "False", message="Ready=False")
+    ready = condition(kube, "shop", "Ready")
+    assert ready is not None and ready["reason"] == "SecretNotFound" and "apps/late" in ready["message"]
+    assert events(kube, "SecretNotFound")
+    assert not deployments(kube)
+
+    create_secret(kube, "late", {"other": "x"})
+    wait_for(lambda: (condition(kube, "shop", "Ready") or {}).get("reason") == "SecretKeyNotFound", timeout=20)
+    api(kube).request(
+        "PATCH",
+        f"/api/v1/namespaces/{NS}/secrets/late",
+        body={"stringData": {"url": redis_server.url}},
+        content_type="application/merge-patch+json",
+    )
+    wait_for(lambda: _ready(kube, "shop") == "True", timeout=30, message="Ready once the Secret is complete")
+    assert "shop-default" in deployments(kube)
+    assert events(kube, "Resolved")
+
+
+def test_bad_broker_url_in_secret_is_reported(operator: RunningOperator) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": "http://not-redis.example"})
+    create_pool(kube, pool_manifest("shop"))
+    wait_for(lambda: (condition(kube, "shop", "Ready") or {}).get("reason") == "InvalidBrokerURL")
+    assert events(kube, "InvalidBrokerURL")
+
+
+def test_redis_outage_holds_replicas_and_recovers(operator: RunningOperator, redis_server: RedisServer) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop", scaling={"idleSecondsBeforeZero": 1}))
+    enqueue(redis_server.url, "default", 6)
+    wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
+
+    redis_server.stop()
+    wait_for(lambda: (condition(kube, "shop", "BrokerReachable") or {}).get("status") == "False", timeout=15)
+    reachable = condition(kube, "shop", "BrokerReachable")
+    assert reachable is not None and reachable["reason"] == "RedisUnreachable"
+    assert _ready(kube, "shop") == "False"
+    assert events(kube, "RedisUnreachable")
+    time.sleep(4.0)  # longer than window and idle time: a failed poll is no empty queue
+    assert replicas(kube, "shop-default") == 3
+
+    redis_server.start()  # comes back empty: now the queue really is idle
+    wait_for(lambda: (condition(kube, "shop", "BrokerReachable") or {}).get("status") == "True", timeout=15)
+    assert events(kube, "BrokerReachable")
+    wait_for(lambda: replicas(kube, "shop-default") == 0, timeout=20, message="scale-down after recovery")
+
+
+def test_two_pools_on_two_brokers_one_broken(
+    operator: RunningOperator, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    kube = operator.cluster
+    broken = RedisServer(workdir=tmp_path_factory.mktemp("broken")).start()
+    try:
+        create_secret(kube, "good", {"url": redis_server.url})
+        create_secret(kube, "bad", {"url": broken.url})
+        create_pool(kube, pool_manifest("good", secret="good"))
+        create_pool(kube, pool_manifest("bad", secret="bad"))
+        wait_for(lambda: _ready(kube, "bad") == "True" and _ready(kube, "good") == "True", message="both Ready")
+        broken.stop()
+        wait_for(lambda: _ready(kube, "bad") == "False", timeout=15, message="bad pool not ready")
+        enqueue(redis_server.url, "default", 4)
+        wait_for(lambda: replicas(kube, "good-default") == 2, message="good pool still scales")
+        assert _ready(kube, "good") == "True"
+        assert replicas(kube, "bad-default") == 0
+    finally:
+        broken.stop()
+
+
+def test_scale_down_marks_the_idlest_pods_first(operator: RunningOperator, redis_server: RedisServer) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "maxReplicas": 5}]))  # concurrency 1
+    enqueue(redis_server.url, "default", 3)
+    wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
+    client = api(kube)
+    for pod in ("shop-default-busy", "shop-default-idle1", "shop-default-idle2"):
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": {}}
+        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=body)
+    assert not any(DELETION_COST in (p["metadata"].get("annotations") or {}) for p in kube.objects("v1/pods").values())
+
+    # The queue drains into the workers: one busy pod, two idle ones, as the worker reports say.
+    redis = redis_server.client()
+    now = float(redis.time()[0])
+    loads = [WorkerLoad("shop-default-busy", running=1, heartbeat=now, concurrency=1)]
+    loads += [WorkerLoad(f"shop-default-idle{i}", heartbeat=now, concurrency=1) for i in (1, 2)]
+    redis.delete("default")
+    redis.hset(report_key("default"), mapping={load.worker: encode_report(load) for load in loads})
+    wait_for(lambda: replicas(kube, "shop-default") == 1, timeout=15, message="scale down to 1")
+    pods = kube.objects("v1/pods", NS)
+    costs = {name: (pod["metadata"].get("annotations") or {}).get(DELETION_COST) for name, pod in pods.items()}
+    assert costs["shop-default-busy"] is None
+    assert costs["shop-default-idle1"] is not None and costs["shop-default-idle2"] is not None
+
+
+def _run_operator(kube: KubeCluster) -> Any:
+    from kopf.testing import KopfRunner
+
+    from tests.conftest import _wait_for_watch, operator_args
+
+    runner = KopfRunner(operator_args(), timeout=60)
+    runner.__enter__()
+    _wait_for_watch(kube, "workerpools")
+    return runner
+
+
+def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
+    kube: KubeCluster, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKERPOOL_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("WORKERPOOL_OPERATOR_STATUS_REFRESH", "0.5")
+    create_secret(kube, "redis", {"url": redis_server.url})
+    # A long idle time: the state that matters is when the queue went idle.
+    create_pool(kube, pool_manifest("shop", scaling={"idleSecondsBeforeZero": 6, "scaleDownStabilizationSeconds": 1}))
+    first = _run_operator(kube)
+    try:
+        enqueue(redis_server.url, "default", 6)
+        wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
+        redis_server.client().delete("default")
+        wait_for(lambda: replicas(kube, "shop-default") == 1, timeout=10, message="down to 1, idle clock running")
+        idle_since = wait_for(
+            lambda: get_pool(kube, "shop")["status"]["scalerState"]["default"].get("idleSince"), timeout=5
+        )
+    finally:
+        first.__exit__(None, None, None)
+    assert first.exception is None
+
+    uids = {name: d["metadata"]["uid"] for name, d in deployments(kube).items()}
+    second = _run_operator(kube)
+    try:
+        time.sleep(1.0)
+        assert replicas(kube, "shop-default") == 1, "a restart must not change the decision"
+        wait_for(lambda: replicas(kube, "shop-default") == 0, timeout=15, message="zero once idle long enough")
+        went_to_zero = time.time()
+        assert went_to_zero - idle_since < 6 + 4, "the idle clock restarted with the operator"
+        state = get_pool(kube, "shop")["status"]["scalerState"]["default"]
+        assert state.get("idleSince") == idle_since
+    finally:
+        second.__exit__(None, None, None)
+    assert second.exception is None
+    assert {name: d["metadata"]["uid"] for name, d in deployments(kube).items()} == uids  # same objects, no copies
+    assert len(events(kube, "Scaled")) == 3  # 0->3, 3->1, 1->0: nothing scaled twice
