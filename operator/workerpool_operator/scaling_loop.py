@@ -1,0 +1,247 @@
+"""The scaling loop shared by the operator and the local runtime.
+
+Each tick: take the queues that are due, group them by broker, observe every broker once (one pipelined
+round trip each, all brokers concurrently), run the engine per queue, and ask the backend to scale only
+where the desired count differs from the current one. Every pool's outcome goes to a reporter (status,
+events and metrics in the operator; the terminal view locally). The loop holds no Kubernetes or process
+knowledge: that lives behind :class:`WorkloadBackend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.engine import Decision, QueueState, ScalingPolicy, decide
+from workerpool_operator.observation import BrokerObservation, QueueObservation
+
+logger = logging.getLogger(__name__)
+
+PoolKey = tuple[str, str]  # (namespace, name); the local runtime uses ("local", name)
+
+
+class WorkloadBackend(Protocol):
+    """Where the workers of a queue run: Kubernetes Deployments, or local processes."""
+
+    async def current_replicas(self, pool: PoolKey, queue: str) -> int | None:
+        """The queue's current replica count; ``None`` when its workload does not exist (yet)."""
+
+    async def scale(self, pool: PoolKey, queue: str, replicas: int, remove_first: Sequence[str]) -> None:
+        """Set the replica count; on a scale-down, remove the named workers first."""
+
+
+class BrokerObserver(Protocol):
+    async def observe(
+        self, wanted: Mapping[BrokerConfig, Collection[str]], timeout: float
+    ) -> dict[BrokerConfig, BrokerObservation]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePlan:
+    """How one queue of a registered pool is scaled."""
+
+    policy: ScalingPolicy
+    interval: float  # seconds between polls of this queue
+
+
+@dataclass(frozen=True, slots=True)
+class QueueResult:
+    queue: str
+    observation: QueueObservation
+    decision: Decision | None  # None when the workload does not exist yet
+    state: QueueState
+    scaled_from: int | None = None  # replicas before a scale call made this tick, else None
+    scale_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolResult:
+    pool: PoolKey
+    broker_error: str | None
+    queues: tuple[QueueResult, ...]
+    observed_at: float
+    poll_duration: float
+
+
+Reporter = Callable[[PoolResult], Awaitable[None]]
+
+
+@dataclass
+class _Pool:
+    key: PoolKey
+    broker: BrokerConfig
+    plans: dict[str, QueuePlan]
+    states: dict[str, QueueState]
+    next_due: dict[str, float] = field(default_factory=dict)
+
+
+class ScalingLoop:
+    """Polls, decides and scales every registered pool. Register and unregister pools at any time."""
+
+    def __init__(
+        self,
+        backend: WorkloadBackend,
+        reporter: Reporter,
+        observer: BrokerObserver,
+        *,
+        clock: Callable[[], float] = time.time,
+        observe_timeout: float = 2.0,
+        tick: float = 0.2,
+    ) -> None:
+        self._backend = backend
+        self._reporter = reporter
+        self._observer = observer
+        self._clock = clock
+        self._observe_timeout = observe_timeout
+        self._tick = tick
+        self._pools: dict[PoolKey, _Pool] = {}
+        self._wakeup = asyncio.Event()
+
+    # --- registry ------------------------------------------------------------------------------------
+
+    def register(
+        self,
+        key: PoolKey,
+        broker: BrokerConfig,
+        plans: Mapping[str, QueuePlan],
+        states: Mapping[str, QueueState] | None = None,
+    ) -> None:
+        """Add a pool or update it in place. Engine state survives for queues that stay."""
+        previous = self._pools.get(key)
+        kept = dict(previous.states) if previous is not None else {}
+        kept.update(states or {})
+        pool = _Pool(
+            key=key,
+            broker=broker,
+            plans=dict(plans),
+            states={queue: kept.get(queue, QueueState()) for queue in plans},
+        )
+        if previous is not None:
+            pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}
+        self._pools[key] = pool
+        self._wakeup.set()
+
+    def unregister(self, key: PoolKey) -> None:
+        self._pools.pop(key, None)
+
+    def registered(self) -> list[PoolKey]:
+        return list(self._pools)
+
+    def states(self, key: PoolKey) -> dict[str, QueueState]:
+        pool = self._pools.get(key)
+        return dict(pool.states) if pool is not None else {}
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop`` is set. A failing tick is logged, never fatal."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                logger.exception("scaling tick failed; continuing")
+            self._wakeup.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+            await asyncio.wait(waiters, timeout=self._seconds_to_next_due(), return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _seconds_to_next_due(self) -> float:
+        now = self._clock()
+        dues = [due for pool in self._pools.values() for q in pool.plans if (due := pool.next_due.get(q, now)) >= now]
+        if not dues:
+            return self._tick
+        return max(0.0, min(min(dues) - now, self._tick * 25))
+
+    async def run_once(self) -> list[PoolResult]:
+        """One tick: observe and scale every queue that is due. Returns what was reported."""
+        now = self._clock()
+        due: dict[PoolKey, list[str]] = {}
+        for pool in self._pools.values():
+            queues = [q for q in pool.plans if pool.next_due.get(q, 0.0) <= now]
+            if queues:
+                due[pool.key] = queues
+                for queue in queues:
+                    pool.next_due[queue] = now + pool.plans[queue].interval
+        if not due:
+            return []
+
+        wanted: dict[BrokerConfig, set[str]] = {}
+        for key, queues in due.items():
+            wanted.setdefault(self._pools[key].broker, set()).update(queues)
+        started = time.monotonic()
+        observed = await self._observer.observe(wanted, self._observe_timeout)
+        duration = time.monotonic() - started
+        observed_at = self._clock()
+
+        results = await asyncio.gather(
+            *(self._scale_pool(key, queues, observed, observed_at, duration) for key, queues in due.items())
+        )
+        reported = [result for result in results if result is not None]
+        for result in reported:
+            try:
+                await self._reporter(result)
+            except Exception:
+                logger.exception("reporting pool %s/%s failed", *result.pool)
+        return reported
+
+    async def _scale_pool(
+        self,
+        key: PoolKey,
+        queues: Sequence[str],
+        observed: Mapping[BrokerConfig, BrokerObservation],
+        now: float,
+        duration: float,
+    ) -> PoolResult | None:
+        pool = self._pools.get(key)
+        if pool is None:  # unregistered while observing
+            return None
+        broker_obs = observed.get(pool.broker) or BrokerObservation(error="broker was not observed")
+        results = await asyncio.gather(*(self._scale_queue(pool, queue, broker_obs, now) for queue in queues))
+        return PoolResult(
+            pool=key,
+            broker_error=broker_obs.error,
+            queues=tuple(results),
+            observed_at=now,
+            poll_duration=broker_obs.duration or duration,
+        )
+
+    async def _scale_queue(self, pool: _Pool, queue: str, broker_obs: BrokerObservation, now: float) -> QueueResult:
+        observation = broker_obs.queues.get(queue) or QueueObservation(
+            queue=queue, error=broker_obs.error or "queue was not observed"
+        )
+        state = pool.states.get(queue, QueueState())
+        try:
+            replicas = await self._backend.current_replicas(pool.key, queue)
+        except Exception as exc:
+            logger.warning("reading replicas of %s/%s queue %s failed: %s", *pool.key, queue, exc)
+            return QueueResult(queue=queue, observation=observation, decision=None, state=state, scale_error=str(exc))
+        if replicas is None:
+            return QueueResult(queue=queue, observation=observation, decision=None, state=state)
+
+        observation = dataclasses.replace(observation, replicas=replicas)
+        decision, new_state = decide(observation, state, pool.plans[queue].policy, now)
+        pool.states[queue] = new_state
+        if decision.desired_replicas == replicas:
+            return QueueResult(queue=queue, observation=observation, decision=decision, state=new_state)
+        try:
+            await self._backend.scale(pool.key, queue, decision.desired_replicas, decision.remove_first)
+        except Exception as exc:
+            logger.warning("scaling %s/%s queue %s failed: %s", *pool.key, queue, exc)
+            return QueueResult(
+                queue=queue,
+                observation=observation,
+                decision=decision,
+                state=new_state,
+                scaled_from=replicas,
+                scale_error=str(exc) or type(exc).__name__,
+            )
+        return QueueResult(
+            queue=queue, observation=observation, decision=decision, state=new_state, scaled_from=replicas
+        )

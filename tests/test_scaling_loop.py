@@ -1,0 +1,155 @@
+"""The scaling loop on a real Redis with the real Observer and engine; the backend is the seam under test,
+so a recording backend stands in for Deployments or processes (both real backends have their own tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from tests.conftest import RedisServer
+from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.engine import QueueState, ScalingPolicy
+from workerpool_operator.observe import Observer
+from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
+
+
+class RecordingBackend:
+    def __init__(self, replicas: dict[tuple[PoolKey, str], int | None]) -> None:
+        self.replicas = dict(replicas)
+        self.calls: list[tuple[PoolKey, str, int, tuple[str, ...]]] = []
+        self.fail = False
+
+    async def current_replicas(self, pool: PoolKey, queue: str) -> int | None:
+        return self.replicas.get((pool, queue))
+
+    async def scale(self, pool: PoolKey, queue: str, replicas: int, remove_first: Sequence[str]) -> None:
+        self.calls.append((pool, queue, replicas, tuple(remove_first)))
+        if self.fail:
+            raise RuntimeError("api down")
+        self.replicas[(pool, queue)] = replicas
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+POLICY = ScalingPolicy(min_replicas=0, max_replicas=10, target_per_replica=5, scale_down_window=30.0)
+A: PoolKey = ("apps", "a")
+B: PoolKey = ("apps", "b")
+
+
+@pytest.fixture
+async def observer():
+    obs = Observer()
+    yield obs
+    await obs.aclose()
+
+
+def make_loop(backend: RecordingBackend, observer: Observer, clock: Clock, reports: list[PoolResult]) -> ScalingLoop:
+    async def report(result: PoolResult) -> None:
+        reports.append(result)
+
+    return ScalingLoop(backend, report, observer, clock=clock)
+
+
+async def test_scales_up_on_backlog_and_only_when_the_count_changes(redis_server: RedisServer, observer) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    redis_server.client().lpush("emails", *[f"m{i}" for i in range(23)])
+    backend = RecordingBackend({(A, "emails"): 1, (A, "reports"): 0})
+    reports: list[PoolResult] = []
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, reports)
+    loop.register(A, broker, {"emails": QueuePlan(POLICY, 2.0), "reports": QueuePlan(POLICY, 2.0)})
+
+    await loop.run_once()
+    assert backend.calls == [(A, "emails", 5, ())]  # ceil(23 / 5); the empty queue at 0 stays
+    result = reports[-1]
+    emails = {q.queue: q for q in result.queues}["emails"]
+    assert emails.observation.backlog == 23 and emails.scaled_from == 1
+
+    await loop.run_once()  # not due yet: nothing observed, nothing reported
+    assert len(reports) == 1
+    clock.now += 2.0
+    await loop.run_once()
+    assert len(backend.calls) == 1, "no call when the desired count equals the current one"
+
+
+async def test_one_round_trip_per_broker_for_every_pool_on_it(redis_server: RedisServer, observer) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    backend = RecordingBackend({(A, "q1"): 0, (B, "q2"): 0})
+    reports: list[PoolResult] = []
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, reports)
+    loop.register(A, broker, {"q1": QueuePlan(POLICY, 1.0)})
+    loop.register(B, broker, {"q2": QueuePlan(POLICY, 1.0)})
+    before = redis_server.client().info("stats")["total_commands_processed"]
+    await loop.run_once()
+    after = redis_server.client().info("stats")["total_commands_processed"]
+    assert {r.pool for r in reports} == {A, B}
+    # One pipeline for both pools: LLEN x4 priority lists + HGETALL per queue + TIME, plus the INFO call itself.
+    assert after - before <= 2 * (4 + 1) + 1 + 1 + 1
+
+
+async def test_broker_down_never_scales_down_and_state_survives_updates(redis_server: RedisServer, observer) -> None:
+    broker = BrokerConfig(url=redis_server.url, socket_timeout=0.5)
+    backend = RecordingBackend({(A, "emails"): 4})
+    reports: list[PoolResult] = []
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, reports)
+    loop.register(A, broker, {"emails": QueuePlan(POLICY, 1.0)})
+    redis_server.stop()
+    for _ in range(5):
+        await loop.run_once()
+        clock.now += 100.0
+    assert backend.calls == [], "a failed observation must never lower replicas"
+    assert all(r.broker_error for r in reports)
+    failures = loop.states(A)["emails"]
+    assert failures != QueueState()
+
+    loop.register(A, broker, {"emails": QueuePlan(POLICY, 1.0), "new": QueuePlan(POLICY, 1.0)})
+    assert loop.states(A)["emails"] == failures, "re-registering keeps the engine state of queues that stay"
+
+
+async def test_missing_workload_is_reported_not_scaled_and_scale_errors_are_values(
+    redis_server: RedisServer, observer
+) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    redis_server.client().lpush("q", *range(50))
+    backend = RecordingBackend({(A, "q"): None})
+    reports: list[PoolResult] = []
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, reports)
+    loop.register(A, broker, {"q": QueuePlan(POLICY, 1.0)})
+    await loop.run_once()
+    assert backend.calls == [] and reports[-1].queues[0].decision is None
+
+    backend.replicas[(A, "q")] = 1
+    backend.fail = True
+    clock.now += 1.0
+    await loop.run_once()
+    assert reports[-1].queues[0].scale_error == "api down"
+
+
+async def test_run_stops_promptly_and_survives_a_failing_reporter(redis_server: RedisServer, observer) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    backend = RecordingBackend({(A, "q"): 0})
+    seen: list[PoolResult] = []
+
+    async def bad_reporter(result: PoolResult) -> None:
+        seen.append(result)
+        raise ValueError("boom")
+
+    loop = ScalingLoop(backend, bad_reporter, observer, tick=0.05)
+    loop.register(A, broker, {"q": QueuePlan(POLICY, 0.05)})
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    while len(seen) < 3:
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, 2.0)
