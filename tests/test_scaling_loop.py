@@ -140,16 +140,18 @@ async def test_run_stops_promptly_and_survives_a_failing_reporter(redis_server: 
     broker = BrokerConfig(url=redis_server.url)
     backend = RecordingBackend({(A, "q"): 0})
     seen: list[PoolResult] = []
+    third = asyncio.Event()
 
     async def bad_reporter(result: PoolResult) -> None:
         seen.append(result)
+        if len(seen) >= 3:
+            third.set()
         raise ValueError("boom")
 
     loop = ScalingLoop(backend, bad_reporter, observer, tick=0.05)
     loop.register(A, broker, {"q": QueuePlan(POLICY, 0.05)})
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
-    while len(seen) < 3:
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(third.wait(), 5.0)
     stop.set()
     await asyncio.wait_for(task, 2.0)

@@ -38,7 +38,9 @@ class WorkloadBackend(Protocol):
 
 class BrokerObserver(Protocol):
     async def observe(
-        self, wanted: Mapping[BrokerConfig, Collection[str]], timeout: float
+        self,
+        wanted: Mapping[BrokerConfig, Collection[str]],
+        timeout: float,  # noqa: ASYNC109 (per broker, not for the whole call)
     ) -> dict[BrokerConfig, BrokerObservation]: ...
 
 
