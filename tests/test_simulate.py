@@ -1,0 +1,263 @@
+"""The trace simulator: exact small scenarios, the KEDA model, trace parsing, and the `simulate` command."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from workerpool_operator.cli import main
+from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
+from workerpool_operator.sim_trace import TraceError, draw_tasks, parse_service_time, parse_trace, read_trace
+from workerpool_operator.simulate import QueueSetup, simulate
+
+REPO = Path(__file__).resolve().parent.parent
+TRACES = REPO / "examples" / "traces"
+
+
+def setup(concurrency: int = 1, poll: float = 2.0, **policy: object) -> QueueSetup:
+    return QueueSetup("q", ScalingPolicy(**policy), concurrency, poll)  # type: ignore[arg-type]
+
+
+# --- the simulation itself -------------------------------------------------------------------------------
+
+
+def test_a_task_on_a_sleeping_queue_waits_for_a_pod_to_start() -> None:
+    result = simulate([(0.0, 5.0)], setup(target_per_replica=1), "ours", startup_delay=20.0)
+    assert result.waits == [20.0]
+    assert result.finished == 1
+    # woken at 0, ready at 20, done at 25; idle from the poll at 26, to zero 120 s later at 146
+    assert result.replica_seconds == pytest.approx(146.0)
+    assert result.scale_events == 2
+    assert [row.desired for row in result.timeline][:2] == [1, 1]
+    assert result.timeline[-1].pods == 0
+
+
+def test_tasks_queue_behind_a_busy_worker() -> None:
+    policy = {"min_replicas": 1, "max_replicas": 1, "target_per_replica": 1}
+    result = simulate([(0.0, 10.0), (0.0, 10.0), (1.0, 10.0)], setup(**policy), "ours", initial_replicas=1)
+    assert result.waits == [0.0, 10.0, 19.0]
+    assert result.wait_percentile(50) == 10.0
+    assert result.max_wait == 19.0
+    assert result.replica_seconds == pytest.approx(30.0)  # min 1: the run ends once the work is done
+
+
+def test_concurrency_runs_tasks_side_by_side_and_a_scale_down_lets_running_tasks_finish() -> None:
+    tasks = [(0.0, 300.0)] * 4 + [(1.0, 1.0)]
+    result = simulate(tasks, setup(concurrency=2, max_replicas=4, target_per_replica=2), "ours", startup_delay=10.0)
+    assert result.finished == 5
+    assert max(result.waits) <= 12.0  # two pods, ready by the poll after 10 s, take everything at once
+    assert max(row.pods for row in result.timeline) >= 2
+
+
+def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
+    trace = read_trace(str(TRACES / "burst.csv"))
+    first = simulate(draw_tasks(trace, "exp:1", seed=3), setup(8, max_replicas=20, target_per_replica=8), "ours")
+    again = simulate(draw_tasks(trace, "exp:1", seed=3), setup(8, max_replicas=20, target_per_replica=8), "ours")
+    other = draw_tasks(trace, "exp:1", seed=4)
+    assert (first.waits, first.replica_seconds, first.timeline) == (again.waits, again.replica_seconds, again.timeline)
+    assert other != draw_tasks(trace, "exp:1", seed=3)
+
+
+def test_counting_in_flight_serves_long_tasks_better_than_the_list_length() -> None:
+    """KEDA's trigger sees only waiting tasks: with long tasks it stops adding pods while tasks still wait."""
+    trace = read_trace(str(TRACES / "long.csv"))
+    tasks = draw_tasks(trace, "exp:1", seed=1)
+    queue = setup(2, max_replicas=10, target_per_replica=2)
+    ours, keda = (simulate(tasks, queue, name, trace_end=trace.end) for name in ("ours", "keda"))
+    assert ours.finished == keda.finished == len(tasks)
+    assert ours.wait_percentile(95) < keda.wait_percentile(95) / 10
+
+
+def test_unstarted_tasks_count_with_their_wait_so_far() -> None:
+    result = simulate([(0.0, 1.0)] * 3, setup(max_replicas=0), "ours", drain_limit=50.0)
+    assert result.finished == 0
+    assert result.waits == [50.0, 50.0, 50.0]
+
+
+# --- the KEDA model ---------------------------------------------------------------------------------------
+
+
+def test_keda_activates_from_zero_and_cools_down_to_zero() -> None:
+    settings = KedaSettings(list_length=5)
+    action, state = keda_poll(3, 0, KedaState(), settings, 0.0)
+    assert action.desired_replicas == 1
+    action, state = keda_poll(0, 4, state, settings, 290.0)
+    assert action.desired_replicas == 4
+    action, state = keda_poll(0, 4, state, settings, 300.0)
+    assert action.desired_replicas == 0
+    assert "inactive for 300s" in action.reason
+
+
+def test_hpa_tolerance_step_limit_and_window() -> None:
+    settings = KedaSettings(list_length=10, max_replicas=100)
+    within, _ = hpa_sync(105, 10, KedaState(), settings, 0.0)  # 105 / (10 * 10) = 1.05: inside 10 %
+    assert within.desired_replicas == 10
+    up, state = hpa_sync(1000, 3, KedaState(), settings, 0.0)  # wants 100; max(3 + 4, 6) = 7
+    assert up.desired_replicas == 7
+    held, state = hpa_sync(1000, 7, state, settings, 10.0)  # same 15 s period: still counted from 3
+    assert held.desired_replicas == 7
+    down, state = hpa_sync(0, 7, state, settings, 200.0)  # highest in the last 300 s: 100, capped by replicas
+    assert down.desired_replicas == 7
+    later, _ = hpa_sync(0, 7, state, settings, 311.0)  # the 100 recommended at t=10 has left the window
+    assert later.desired_replicas == 1  # the HPA never goes below 1; zero is KEDA's cooldown
+    idle, _ = hpa_sync(50, 0, KedaState(), settings, 0.0)
+    assert idle.desired_replicas == 0  # the HPA does nothing at zero replicas
+
+
+def test_keda_settings_follow_the_pool_for_a_fair_comparison() -> None:
+    settings = KedaSettings.like(ScalingPolicy(min_replicas=1, max_replicas=7, target_per_replica=4))
+    assert (settings.min_replicas, settings.max_replicas, settings.list_length) == (1, 7, 4)
+    assert (settings.polling_interval, settings.cooldown_period, settings.hpa_sync_period) == (30.0, 300.0, 15.0)
+    assert settings.activation_list_length == 0  # our activation 1 = KEDA's "longer than 0"
+
+
+# --- traces ------------------------------------------------------------------------------------------------
+
+
+def test_rate_trace_segments_and_arrivals() -> None:
+    trace = parse_trace("# a comment\ntime,rate,service_time\n0,2,const:1\n100,0,\n200,10\n300,0\n")
+    assert [(s.start, s.end, s.rate, s.service_time) for s in trace.segments] == [
+        (0.0, 100.0, 2.0, "const:1"),
+        (100.0, 200.0, 0.0, None),
+        (200.0, 300.0, 10.0, None),
+    ]
+    assert trace.end == 300.0
+    tasks = draw_tasks(trace, "const:7", seed=1)
+    first = [t for t in tasks if t[0] < 100]
+    last = [t for t in tasks if t[0] >= 200]
+    assert not [t for t in tasks if 100 <= t[0] < 200]
+    assert abs(len(first) - 200) < 5 * 200**0.5 and abs(len(last) - 1000) < 5 * 1000**0.5
+    assert {d for _, d in first} == {1.0} and {d for _, d in last} == {7.0}
+    assert [a for a, _ in tasks] == sorted(a for a, _ in tasks)
+    overridden = draw_tasks(trace, "const:7", seed=1, override="const:3")
+    assert [a for a, _ in overridden] == [a for a, _ in tasks]  # arrivals keep their own random stream
+    assert {d for _, d in overridden} == {3.0}
+
+
+def test_task_trace() -> None:
+    trace = parse_trace("time,duration\n0,30\n5.5,600\n")
+    assert trace.explicit and trace.end == 5.5
+    assert draw_tasks(trace, "exp:1", seed=1) == [(0.0, 30.0), (5.5, 600.0)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty trace"),
+        ("when,what\n1,2\n", "line 1: header must be"),
+        ("time,rate\n0,1\n", "at least two rows"),
+        ("time,rate\n0,1\n10,fast\n", "line 3: rate must be a non-negative number, got 'fast'"),
+        ("time,rate\n10,1\n5,1\n", "line 3: time 5 goes backwards"),
+        ("time,duration\n0,0\n", "line 2: duration must be a positive number"),
+        ("time,duration\n0,1,2\n", "line 2: expected 2 values, got 3"),
+        ("time,rate,service_time\n0,1,gamma:2\n9,0\n", "line 2: service time 'gamma:2'"),
+    ],
+)
+def test_bad_traces_say_where_and_why(text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message.replace("(", r"\(")):
+        parse_trace(text, name="t.csv")
+
+
+def test_service_time_distributions() -> None:
+    import random
+
+    rng = random.Random(1)
+    assert parse_service_time("2.5")(rng) == 2.5
+    assert parse_service_time("const:4")(rng) == 4.0
+    assert 1.0 <= parse_service_time("uniform:1,3")(rng) <= 3.0
+    draws = [parse_service_time("lognormal:2,0.5")(rng) for _ in range(20000)]
+    assert sum(draws) / len(draws) == pytest.approx(2.0, rel=0.03)
+    draws = [parse_service_time("exp:0.5")(rng) for _ in range(20000)]
+    assert sum(draws) / len(draws) == pytest.approx(0.5, rel=0.03)
+    for bad in ("exp:0", "exp:-1", "uniform:3,1", "lognormal:2", "normal:1", "exp:abc", "exp:inf"):
+        with pytest.raises(TraceError, match="service time"):
+            parse_service_time(bad)
+
+
+def test_the_shipped_traces_parse() -> None:
+    for path in sorted(TRACES.glob("*.csv")):
+        trace = read_trace(str(path))
+        assert trace.end > 0 and trace.expected_tasks() > 10, path.name
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+POOL = """
+apiVersion: v1
+kind: Secret
+metadata: {name: shop-broker}
+stringData: {url: "redis://redis:6379/0"}
+---
+apiVersion: workerpool.dev/v1alpha1
+kind: WorkerPool
+metadata: {name: shop}
+spec:
+  broker: {urlFrom: {secretKeyRef: {name: shop-broker, key: url}}}
+  app: shop.celery:app
+  template: {image: "registry.example/shop:1"}
+  queues:
+    - {name: emails, concurrency: 8, maxReplicas: 20}
+    - {name: reports, concurrency: 2, maxReplicas: 10, scaling: {scaleDownStabilizationSeconds: 120}}
+"""
+
+
+@pytest.fixture
+def pool_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pool.yaml"
+    path.write_text(POOL)
+    return path
+
+
+def test_simulate_command_compares_both_policies_and_writes_timeline_and_plot(
+    pool_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, plot = tmp_path / "timeline.csv", tmp_path / "plot.png"
+    argv = ["simulate", "-f", str(pool_file), "--trace", str(TRACES / "burst.csv"), "--policy", "both"]
+    assert main([*argv, "--out", str(out), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "queue emails of WorkerPool shop: concurrency 8, target 8 per replica, replicas 0..20" in text
+    assert "task wait p95" in text and "replica-seconds" in text and "scale events" in text
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["policy"] for row in rows} == {"ours", "keda"}
+    assert any(row["reason"].startswith("scale up: backlog") for row in rows)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
+
+
+def test_simulate_command_uses_the_named_queue(pool_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "-f", str(pool_file), "--trace", str(TRACES / "long.csv"), "--queue", "reports"]
+    assert main([*argv, "--policy", "keda", "--startup-delay", "5", "--seed", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "queue reports of WorkerPool shop: concurrency 2" in text
+    assert "pod start-up 5s; seed 2" in text and "keda" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "trace", "message"),
+    [
+        (["--queue", "nope"], "burst.csv", "no queue 'nope'"),
+        ([], "missing.csv", "cannot read the trace"),
+        (["--service-time", "exp:-2"], "burst.csv", "service time 'exp:-2'"),
+        (["--startup-delay", "-1"], "burst.csv", "--startup-delay must not be negative"),
+    ],
+)
+def test_simulate_command_reports_bad_input(
+    pool_file: Path, extra: list[str], trace: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "-f", str(pool_file), "--trace", str(TRACES / trace), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_simulate_command_rejects_a_file_without_one_workerpool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert main(["simulate", "-f", str(path), "--trace", str(TRACES / "burst.csv")]) == 2
+    assert "expected one WorkerPool, found no WorkerPool" in capsys.readouterr().err
+    path.write_text("kind: WorkerPool\nmetadata: {name: x}\nspec: {queues: []}\n")
+    assert main(["simulate", "-f", str(path), "--trace", str(TRACES / "burst.csv")]) == 2
+    assert "spec" in capsys.readouterr().err
