@@ -1,0 +1,376 @@
+"""RBAC is exactly enough: every API call the operator makes is allowed by the chart's rendered rules, and
+nothing broader is granted.
+
+The calls come from two places: the operator running for real on the emulator (every recorded request),
+and ``expected_calls()`` below, which lists what the operator and kopf do (derived from their code) so
+each granted permission is tied to a call that needs it. Any list of ``(method, url)`` pairs can be checked
+with ``check_requests``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import helm_python
+import kmock
+import kopf
+import pytest
+from kopf.testing import KopfRunner
+
+from tests import operator_helpers as h
+from tests.conftest import RedisServer, RunningOperator
+from tests.kube import KubeCluster
+from tests.rbac import (
+    WRITE_VERBS,
+    ApiRequest,
+    Grant,
+    allows,
+    denied,
+    granted_permissions,
+    grants_for,
+    parse_request,
+)
+from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
+from workerpool_operator.kube_backend import KubeApi
+
+WATCHED = ["apps", "jobs"]
+NAMESPACED = {"watch": {"namespaces": WATCHED}}
+
+# Cluster-scope reads kopf makes in namespaced mode and gives up on, with a warning, when forbidden: it then
+# serves the namespaces it was given and notices CRD changes on restart only. Namespaced mode grants no
+# cluster-wide permission at all, so these are denied there, on purpose.
+KOPF_TOLERATES_FORBIDDEN = {
+    ("list", "apiextensions.k8s.io/customresourcedefinitions"),
+    ("watch", "apiextensions.k8s.io/customresourcedefinitions"),
+    ("list", "core/namespaces"),
+    ("watch", "core/namespaces"),
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm_python.Chart]:
+    with helm_python.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def grants(chart: helm_python.Chart, values: dict[str, Any] | None = None, *, discovery: bool = True) -> list[Grant]:
+    """What the chart grants the operator's ServiceAccount (plus, by default, what every cluster grants it)."""
+    return grants_for(render(chart, values), FULLNAME, NAMESPACE, discovery=discovery)
+
+
+def check_requests(grants: list[Grant], calls: Iterable[tuple[str, str]]) -> list[str]:
+    """The calls the grants do not allow, readable; ``calls`` are ``(method, url)`` pairs."""
+    return [str(request) for request in denied(grants, (parse_request(m, u) for m, u in calls))]
+
+
+def expected_calls(namespace: str | None, peering: str | None = FULLNAME) -> list[tuple[str, str]]:
+    """What the operator and kopf call, for one served namespace (``None``: all namespaces, cluster scope).
+
+    Watches and lists are cluster-wide when the operator serves every namespace; object calls always name
+    the object's namespace (``apps`` stands for any).
+    """
+    scope = f"namespaces/{namespace}/" if namespace else ""
+    ns = namespace or "apps"
+    wp = "/apis/workerpool.dev/v1alpha1"
+    calls = [
+        # kopf discovery (non-resource) and its watch of WorkerPools; it patches finalizers and annotations.
+        ("GET", "/apis"),
+        ("GET", "/api"),
+        ("GET", "/api/v1"),
+        ("GET", f"{wp}"),
+        ("GET", f"{wp}/{scope}workerpools"),
+        ("GET", f"{wp}/{scope}workerpools?watch=true"),
+        ("PATCH", f"{wp}/namespaces/{ns}/workerpools/shop"),
+        ("PATCH", f"{wp}/namespaces/{ns}/workerpools/shop/status"),
+        # The operator reads a pool before it acts and watches its Deployments.
+        ("GET", f"{wp}/namespaces/{ns}/workerpools/shop"),
+        ("GET", f"/apis/apps/v1/{scope}deployments?labelSelector=workerpool.dev%2Fpool"),
+        ("GET", f"/apis/apps/v1/{scope}deployments?watch=true"),
+        ("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
+        ("POST", f"/apis/apps/v1/namespaces/{ns}/deployments"),
+        ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
+        ("DELETE", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-removed"),
+        # Pod deletion cost before a scale-down: find the pods, annotate the idlest.
+        ("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=workerpool.dev%2Fpool%3Dshop"),
+        ("PATCH", f"/api/v1/namespaces/{ns}/pods/shop-default-abc12"),
+        # The broker URL Secret, by name.
+        ("GET", f"/api/v1/namespaces/{ns}/secrets/shop-broker"),
+        # Events (core v1, as kopf posts them too).
+        ("POST", f"/api/v1/namespaces/{ns}/events"),
+    ]
+    if namespace is None:
+        calls += [
+            ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+            ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?watch=true"),
+        ]
+    if peering:
+        plural = f"namespaces/{namespace}/kopfpeerings" if namespace else "clusterkopfpeerings"
+        calls += [
+            ("GET", f"/apis/kopf.dev/v1/{plural}"),
+            ("GET", f"/apis/kopf.dev/v1/{plural}?watch=true"),
+            ("PATCH", f"/apis/kopf.dev/v1/{plural}/{peering}"),
+        ]
+    return calls
+
+
+# --- The evaluator itself -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "expected"),
+    [
+        ("GET", "/apis", "get /apis"),
+        ("GET", "/api/v1", "get /api/v1"),
+        ("GET", "/apis/apps/v1/deployments", "list apps/deployments (cluster scope)"),
+        ("GET", "/apis/apps/v1/deployments?watch=true", "watch apps/deployments (cluster scope)"),
+        ("GET", "/apis/apps/v1/watch/namespaces/a/deployments", "watch apps/deployments in a"),
+        ("GET", "/apis/apps/v1/namespaces/a/deployments/x", "get apps/deployments 'x' in a"),
+        ("GET", "/api/v1/namespaces/a/secrets?fieldSelector=metadata.name%3Ds", "list core/secrets 's' in a"),
+        ("POST", "/api/v1/namespaces/a/events", "create core/events in a"),
+        ("PUT", "/apis/apps/v1/namespaces/a/deployments/x/scale", "update apps/deployments/scale 'x' in a"),
+        ("PATCH", "/apis/workerpool.dev/v1alpha1/namespaces/a/workerpools/p/status", "patch"),
+        ("DELETE", "/api/v1/namespaces/a/pods", "deletecollection core/pods in a"),
+        ("DELETE", "/api/v1/namespaces/a/pods/p", "delete core/pods 'p' in a"),
+        ("GET", "/api/v1/namespaces", "list core/namespaces (cluster scope)"),
+        ("GET", "/api/v1/namespaces/a", "get core/namespaces 'a' in a"),
+        ("GET", "/apis/kopf.dev/v1/clusterkopfpeerings/x", "get kopf.dev/clusterkopfpeerings 'x' (cluster scope)"),
+    ],
+)
+def test_parse_request(method: str, url: str, expected: str) -> None:
+    assert str(parse_request(method, url)).startswith(expected)
+
+
+def test_evaluator_scopes_rules_like_the_api_server() -> None:
+    rule = {"apiGroups": [""], "resources": ["pods", "*/status"], "verbs": ["get", "patch"]}
+    named = {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "resourceNames": ["mine"], "verbs": ["patch"]}
+    sa = [{"kind": "ServiceAccount", "name": "op", "namespace": "ops"}]
+    docs = [
+        {"kind": "Role", "metadata": {"name": "r", "namespace": "a"}, "rules": [rule, named]},
+        {"kind": "ClusterRole", "metadata": {"name": "c"}, "rules": [rule]},
+        {
+            "kind": "RoleBinding",
+            "metadata": {"name": "b1", "namespace": "a"},
+            "roleRef": {"kind": "Role", "name": "r"},
+            "subjects": sa,
+        },
+        {  # a ClusterRole bound in one namespace grants in that namespace only
+            "kind": "RoleBinding",
+            "metadata": {"name": "b2", "namespace": "b"},
+            "roleRef": {"kind": "ClusterRole", "name": "c"},
+            "subjects": sa,
+        },
+        {  # someone else's binding grants us nothing
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "other"},
+            "roleRef": {"kind": "ClusterRole", "name": "c"},
+            "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "elsewhere"}],
+        },
+    ]
+    g = grants_for(docs, "op", "ops")
+    ok = lambda method, url: allows(g, parse_request(method, url))  # noqa: E731
+    assert ok("GET", "/api/v1/namespaces/a/pods/x") and ok("GET", "/api/v1/namespaces/b/pods/x")
+    assert not ok("GET", "/api/v1/namespaces/c/pods/x")
+    assert not ok("GET", "/api/v1/pods/x") and not ok("GET", "/api/v1/namespaces/a/pods")  # cluster scope, list
+    assert ok("PATCH", "/api/v1/namespaces/a/pods/x/status") and not ok("PATCH", "/api/v1/namespaces/a/pods/x/log")
+    assert ok("PATCH", "/apis/kopf.dev/v1/namespaces/a/kopfpeerings/mine")
+    assert not ok("PATCH", "/apis/kopf.dev/v1/namespaces/a/kopfpeerings/theirs")
+    assert not ok("POST", "/apis/kopf.dev/v1/namespaces/a/kopfpeerings")  # creates carry no name
+    assert ok("GET", "/version") and ok("GET", "/apis/apps/v1") and not ok("GET", "/metrics")
+    with pytest.raises(LookupError, match="missing Role nope"):
+        grants_for([{**docs[2], "roleRef": {"kind": "Role", "name": "nope"}}], "op", "ops")
+
+
+# --- The rendered rules ---------------------------------------------------------------------------------
+
+MODES: dict[str, dict[str, Any]] = {
+    "cluster-wide": {},
+    "namespaced": NAMESPACED,
+    "standalone": {"peering": {"enabled": False}},
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_no_wildcards_and_no_secret_listing(chart: helm_python.Chart, mode: str) -> None:
+    chart_grants = grants(chart, MODES[mode], discovery=False)
+    assert chart_grants
+    for grant in chart_grants:
+        assert not grant.rule.has_wildcard, grant
+        if "secrets" in grant.rule.resources:
+            assert grant.rule.verbs == {"get"}, f"Secrets must be get only: {grant}"
+
+
+def test_namespaced_mode_grants_nothing_cluster_wide(chart: helm_python.Chart) -> None:
+    for grant in grants(chart, NAMESPACED):
+        if grant.namespace is None:
+            assert grant.rule.non_resource_urls and not grant.rule.resources, f"cluster-wide grant: {grant}"
+            assert not grant.rule.verbs & WRITE_VERBS
+        else:
+            assert grant.namespace in WATCHED, grant
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_operator_call_is_allowed(chart: helm_python.Chart, mode: str) -> None:
+    values = MODES[mode]
+    peering = None if mode == "standalone" else FULLNAME
+    namespaces: list[str | None] = list(WATCHED) if mode == "namespaced" else [None]
+    calls = [call for namespace in namespaces for call in expected_calls(namespace, peering)]
+    assert check_requests(grants(chart, values), calls) == []
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_permission_is_needed(chart: helm_python.Chart, mode: str) -> None:
+    """Exactly enough: each granted (verb, resource, namespace) is used by some call the operator makes."""
+    peering = None if mode == "standalone" else FULLNAME
+    namespaces: list[str | None] = list(WATCHED) if mode == "namespaced" else [None]
+    requests = [parse_request(m, u) for ns in namespaces for m, u in expected_calls(ns, peering)]
+    used = {(r.verb, r.group_resource, None if mode != "namespaced" else r.namespace) for r in requests}
+    unused = granted_permissions(grants(chart, MODES[mode])) - used
+    assert unused == set(), f"granted but never used: {sorted(unused, key=str)}"
+
+
+def test_what_the_operator_must_not_do_is_denied(chart: helm_python.Chart) -> None:
+    forbidden = [
+        ("GET", "/api/v1/secrets"),
+        ("GET", "/api/v1/namespaces/apps/secrets"),
+        ("GET", "/api/v1/namespaces/apps/secrets?watch=true"),
+        ("PATCH", "/api/v1/namespaces/apps/secrets/shop-broker"),
+        ("POST", "/api/v1/namespaces/apps/pods"),
+        ("DELETE", "/api/v1/namespaces/apps/pods/p"),
+        ("PUT", "/apis/apps/v1/namespaces/apps/deployments/d"),
+        ("DELETE", "/apis/apps/v1/namespaces/apps/deployments"),
+        ("DELETE", "/apis/workerpool.dev/v1alpha1/namespaces/apps/workerpools/shop"),
+        ("POST", "/apis/workerpool.dev/v1alpha1/namespaces/apps/workerpools"),
+        ("PATCH", "/apis/kopf.dev/v1/clusterkopfpeerings/someone-else"),
+        ("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+        ("GET", "/api/v1/namespaces/apps/configmaps"),
+        ("PATCH", "/apis/events.k8s.io/v1/namespaces/apps/events/e"),
+    ]
+    for mode in MODES.values():
+        g = grants(chart, mode)
+        assert sorted(check_requests(g, forbidden)) == sorted(str(parse_request(m, u)) for m, u in forbidden)
+    # Namespaced: nothing outside the watched namespaces, and no cluster-scope call beyond discovery.
+    outside = [(m, u.replace("/apps/", "/other/")) for m, u in expected_calls("apps")]
+    g = grants(chart, NAMESPACED)
+    assert len(check_requests(g, outside)) == len([u for _, u in outside if "/namespaces/" in u])
+    assert {(r.verb, r.group_resource) for r in denied(g, map(lambda c: parse_request(*c), expected_calls(None)))} >= (
+        KOPF_TOLERATES_FORBIDDEN - {("list", "core/namespaces"), ("watch", "core/namespaces")}
+    )
+
+
+# --- What the operator really calls, recorded on the emulator -------------------------------------------
+
+
+TEST_AGENT = "helm-rbac-test"  # the test's own calls (setting the scene) carry this User-Agent
+
+
+def test_api(kube: KubeCluster) -> KubeApi:
+    client = kube.api_client()
+    client.user_agent = TEST_AGENT
+    return KubeApi(client)
+
+
+def recorded(kube: KubeCluster) -> list[tuple[str, str]]:
+    """Every ``(method, url)`` the operator (kopf and our own client) sent, the test's own calls left out."""
+    return [
+        (str(r.method.value).upper(), str(r.url.path_qs))
+        for r in kube.requests()
+        if r.headers.get("User-Agent") != TEST_AGENT
+    ]
+
+
+def test_recorded_calls_of_a_pool_lifecycle_are_allowed(
+    chart: helm_python.Chart, operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    """The operator serves a pool end to end (Deployment, status, scale-up, deletion) within the rules."""
+    kube = operator.cluster
+    api = test_api(kube)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}, "stringData": {"url": ""}}
+    secret["data"] = {"url": base64.b64encode(redis_server.url.encode()).decode()}
+    del secret["stringData"]
+    api.request("POST", f"/api/v1/namespaces/{h.NS}/secrets", body=secret)
+    pools = f"/apis/workerpool.dev/v1alpha1/namespaces/{h.NS}/workerpools"
+    api.request("POST", pools, body=h.pool_manifest("shop"))
+    h.wait_for(lambda: h.deployments(kube), message="the pool's Deployment")
+    h.wait_for(lambda: h.condition(kube, "shop", "Ready"), message="a Ready condition")
+    h.enqueue(redis_server.url, "default", 6)
+    h.wait_for(lambda: (h.replicas(kube, next(iter(h.deployments(kube)))) or 0) >= 3, message="a scale-up")
+    api.request("DELETE", f"{pools}/shop")
+    h.wait_for(lambda: "shop" not in kube.objects("workerpool.dev/v1alpha1/workerpools", h.NS), message="deletion")
+
+    calls = recorded(kube)
+    assert check_requests(grants(chart), calls) == []
+    assert check_requests(grants(chart, {"peering": {"enabled": False}}), calls) == []
+
+
+def _run_operator(args: list[str], *, scanning: bool) -> KopfRunner:
+    settings = kopf.OperatorSettings()
+    # With explicit namespaces and Roles only, kopf must not scan namespaces and CRDs cluster-wide: when that
+    # is forbidden it retries for about 90 s (logging errors) before serving. See KOPF_TOLERATES_FORBIDDEN.
+    settings.scanning.disabled = not scanning
+    return KopfRunner(["run", "-m", "workerpool_operator.handlers", "--verbose", *args], timeout=60, settings=settings)
+
+
+def _wait_for_request(kube: KubeCluster, verb: str, group_resource: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for method, url in recorded(kube):
+            request = parse_request(method, url)
+            if request.verb == verb and request.is_resource and request.group_resource == group_resource:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the operator never made a {verb} of {group_resource}")
+
+
+def _enforce(kube: KubeCluster, g: list[Grant]) -> list[ApiRequest]:
+    """Make the emulator answer 403 to every request the grants do not allow, as an API server would."""
+    refused: list[ApiRequest] = []
+
+    def forbidden(request: kmock.Request) -> bool:
+        if request.headers.get("User-Agent") == TEST_AGENT:
+            return False
+        parsed = parse_request(str(request.method.value), str(request.url.path_qs))
+        if allows(g, parsed):
+            return False
+        refused.append(parsed)
+        return True
+
+    status = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403}
+    assert kube.emulator is not None
+    kube.emulator[forbidden] << kmock.Response(status=403, payload=status)  # type: ignore[attr-defined]
+    return refused
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_operator_with_peering_runs_within_the_rules(
+    chart: helm_python.Chart, kube: KubeCluster, mode: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The operator as the chart runs it (with peering), on an emulator that enforces the rendered RBAC."""
+    monkeypatch.setenv("WORKERPOOL_OPERATOR_METRICS_PORT", "0")
+    values = NAMESPACED if mode == "namespaced" else {}
+    manifests = render(chart, values)
+    g = grants_for(manifests, FULLNAME, NAMESPACE)
+    api = test_api(kube)
+    for peering in (m for m in manifests if m["apiVersion"] == "kopf.dev/v1"):
+        ns = peering["metadata"].get("namespace")
+        plural = f"namespaces/{ns}/kopfpeerings" if ns else "clusterkopfpeerings"
+        api.request("POST", f"/apis/kopf.dev/v1/{plural}", body=peering)
+    refused = _enforce(kube, g)
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"][1:]  # after "run"
+    args = [a for a in args if not a.startswith(("--liveness", "--log-format"))]
+    if mode == "cluster-wide":
+        args.append("--all-namespaces")  # what `workerpool-operator run` adds when no --namespace is given
+    caplog.set_level(logging.WARNING)
+    with _run_operator(args, scanning=mode == "cluster-wide") as runner:
+        _wait_for_request(
+            kube, "patch", "kopf.dev/kopfpeerings" if mode == "namespaced" else "kopf.dev/clusterkopfpeerings"
+        )
+        _wait_for_request(kube, "watch", "workerpool.dev/workerpools")
+    assert runner.exception is None, runner.exception
+    assert [str(r) for r in refused] == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
