@@ -1,0 +1,314 @@
+"""The typed WorkerPool model: defaults, merging of per-queue scaling, broker settings, and agreement with the
+CRD (defaults, enums, bounds, required fields), so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+
+from tests import crd_rules
+from tests.test_crd import VALID, edit, example
+from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.spec import (
+    QUANTITY_PATTERN,
+    Pool,
+    ScalingSpec,
+    SecretKeyRef,
+    SpecError,
+    WorkerPool,
+    WorkerPoolSpec,
+)
+
+SCHEMA = crd_rules.openapi_schema(crd_rules.load_crd())
+SPEC_SCHEMA = SCHEMA["properties"]["spec"]
+
+
+def parse(obj: dict[str, Any]) -> WorkerPool:
+    return WorkerPool.from_object(obj)
+
+
+# --- agreement with the CRD ----------------------------------------------------------------------------------
+
+
+def _without_empties(value: Any) -> Any:
+    """None, [] and {} mean "not set" on both sides: drop them (recursively) before comparing."""
+    if isinstance(value, dict):
+        cleaned = {key: _without_empties(item) for key, item in value.items()}
+        return {key: item for key, item in cleaned.items() if item not in (None, [], {})}
+    if isinstance(value, list):
+        return [_without_empties(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("name", ["minimal.yaml", "multi-queue.yaml", "full.yaml"])
+def test_model_applies_exactly_the_crds_defaults(name: str) -> None:
+    """What the API server stores (the CRD's defaults filled in) is what the model parses, field for field."""
+    obj = example(name)
+    stored = crd_rules.apply_defaults(obj, SCHEMA)["spec"]
+    parsed = parse(obj).spec.model_dump(mode="json", by_alias=True)
+    assert _without_empties(parsed) == _without_empties(stored)
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON-schema node with its $ref followed and an `X | None` union unwrapped."""
+    if "$ref" in node:
+        node = {**defs[node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    options = [option for option in node.get("anyOf", []) if option.get("type") != "null"]
+    if len(options) == 1:
+        node = {**_resolve(options[0], defs), **{k: v for k, v in node.items() if k != "anyOf"}}
+    return node
+
+
+BOUNDS = ("enum", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "maxProperties")
+
+
+def _compare(crd: dict[str, Any], mine: dict[str, Any], defs: dict[str, Any], path: str) -> list[str]:
+    mine = _resolve(mine, defs)
+    if crd.get("x-kubernetes-int-or-string"):  # a quantity: the model checks it with the CRD's own pattern
+        return [] if crd["pattern"] == QUANTITY_PATTERN else [f"{path}: the quantity pattern differs"]
+    if set(crd.get("properties", {})) == {"secretKeyRef"}:  # `urlFrom: {secretKeyRef: ...}` is a SecretKeyRef
+        crd = crd["properties"]["secretKeyRef"]
+    problems = [
+        f"{path}: {key} is {crd.get(key)!r} in the CRD, {mine.get(key)!r} in the model"
+        for key in BOUNDS
+        if crd.get(key) != mine.get(key)
+    ]
+    crd_default = crd_rules.apply_defaults(crd["default"], crd) if "default" in crd else None
+    if _without_empties({"d": crd_default}) != _without_empties({"d": mine.get("default")}):
+        problems.append(f"{path}: default is {crd_default!r} in the CRD, {mine.get('default')!r} in the model")
+    if "properties" in crd and "properties" in mine:
+        if set(crd["properties"]) != set(mine["properties"]):
+            problems.append(f"{path}: fields {sorted(crd['properties'])} in the CRD, {sorted(mine['properties'])}")
+        if set(crd.get("required", [])) != set(mine.get("required", [])):
+            problems.append(f"{path}: required {crd.get('required')} in the CRD, {mine.get('required')} in the model")
+        for key in crd["properties"].keys() & mine["properties"].keys():
+            problems += _compare(crd["properties"][key], mine["properties"][key], defs, f"{path}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(crd.get(key), dict) and isinstance(mine.get(key), dict):
+            problems += _compare(crd[key], mine[key], defs, f"{path}[*]")
+    return problems
+
+
+def test_model_and_crd_declare_the_same_fields_defaults_enums_and_bounds() -> None:
+    mine = WorkerPoolSpec.model_json_schema(by_alias=True)
+    assert _compare(SPEC_SCHEMA, mine, mine.get("$defs", {}), "spec") == []
+
+
+def test_the_comparison_notices_a_drift() -> None:
+    """The agreement test is not vacuous: a changed default, bound or enum in the CRD is reported."""
+    mine = WorkerPoolSpec.model_json_schema(by_alias=True)
+    drifted = copy.deepcopy(SPEC_SCHEMA)
+    queue = drifted["properties"]["queues"]["items"]["properties"]
+    queue["maxReplicas"]["default"] = 100
+    queue["concurrency"]["maximum"] = 500
+    queue["pool"]["enum"] = ["prefork", "solo"]
+    drifted["properties"]["scaling"]["properties"]["scaleUp"]["properties"]["pods"]["default"] = 2
+    problems = "\n".join(_compare(drifted, mine, mine.get("$defs", {}), "spec"))
+    assert "spec.queues[*].maxReplicas: default is 100 in the CRD, 10 in the model" in problems
+    assert "spec.queues[*].concurrency: maximum is 500 in the CRD, 10000 in the model" in problems
+    assert "spec.queues[*].pool: enum is ['prefork', 'solo'] in the CRD" in problems
+    assert "spec.scaling.scaleUp.pods: default is 2 in the CRD, 4 in the model" in problems
+
+
+# The CRD's pool-wide scaling field for each ScalingPolicy field (min/max come from the queue, target from
+# concurrency unless set).
+POLICY_FIELDS = {
+    "scale_up_pods": "scaleUp.pods",
+    "scale_up_percent": "scaleUp.percent",
+    "scale_up_period": "scaleUp.periodSeconds",
+    "scale_down_window": "scaleDownStabilizationSeconds",
+    "idle_before_zero": "idleSecondsBeforeZero",
+    "activation_backlog": "activationBacklog",
+    "fallback_failure_threshold": "fallback.failureThreshold",
+    "fallback_replicas": "fallback.replicas",
+    "paused": "paused",
+}
+
+
+def test_crd_scaling_defaults_are_the_engines() -> None:
+    stored = crd_rules.apply_defaults({}, SPEC_SCHEMA["properties"]["scaling"])
+    engine = ScalingPolicy()
+    for field, path in POLICY_FIELDS.items():
+        value: Any = stored
+        for part in path.split("."):
+            value = value.get(part)
+        assert value == getattr(engine, field), field
+    covered = set(POLICY_FIELDS) | {"min_replicas", "max_replicas", "target_per_replica"}
+    assert covered == {field.name for field in dataclasses.fields(ScalingPolicy)}
+    queue = SPEC_SCHEMA["properties"]["queues"]["items"]["properties"]
+    assert (queue["minReplicas"]["default"], queue["maxReplicas"]["default"]) == (
+        engine.min_replicas,
+        engine.max_replicas,
+    )
+
+
+# --- parsing --------------------------------------------------------------------------------------------------
+
+
+def test_minimal_pool_gets_every_default() -> None:
+    pool = parse(example("minimal.yaml"))
+    spec = pool.spec
+    assert (pool.name, pool.namespace, pool.generation, pool.uid) == ("shop", "default", 0, None)
+    assert spec.broker.url is None
+    assert spec.broker.url_from == SecretKeyRef(name="shop-broker", key="url")
+    assert spec.broker.priority_steps == [0, 3, 6, 9]
+    assert spec.broker.separator == "\x06\x16"
+    assert spec.broker.global_keyprefix == ""
+    (queue,) = spec.queues
+    assert (queue.name, queue.pool, queue.concurrency) == ("celery", Pool.PREFORK, 1)
+    assert (queue.min_replicas, queue.max_replicas, queue.prefetch_multiplier) == (0, 10, 1)
+    assert queue.max_tasks_per_child is None and queue.resources is None
+    assert spec.template.termination_grace_period_seconds == 30
+    assert spec.template.env == [] and spec.template.affinity is None and spec.template.command is None
+    assert spec.scaling == ScalingSpec()
+    assert spec.policy_for("celery") == ScalingPolicy(min_replicas=0, max_replicas=10, target_per_replica=1)
+    assert spec.poll_interval_for("celery") == 2.0
+
+
+def test_metadata_is_read() -> None:
+    obj = edit(("metadata", {"name": "shop", "namespace": "apps", "generation": 4, "uid": "1234-abcd"}))
+    pool = parse(obj)
+    assert (pool.name, pool.namespace, pool.generation, pool.uid) == ("shop", "apps", 4, "1234-abcd")
+
+
+def test_kubernetes_sub_objects_stay_plain_data() -> None:
+    template = parse(example("full.yaml")).spec.template
+    raw = example("full.yaml")["spec"]["template"]
+    assert template.env == raw["env"]
+    assert template.affinity == raw["affinity"]
+    assert template.volumes == raw["volumes"] and template.volume_mounts == raw["volumeMounts"]
+    assert template.tolerations == raw["tolerations"]
+    assert template.topology_spread_constraints == raw["topologySpreadConstraints"]
+    assert template.image_pull_secrets == [{"name": "registry-credentials"}]
+    assert template.resources.model_dump() == raw["resources"]
+    assert template.extra_args == ["--without-mingle", "--without-gossip"]
+    assert isinstance(template.affinity, dict)
+
+
+def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:
+    spec = parse(example("full.yaml")).spec
+    reports = spec.policy_for("reports")
+    assert reports == ScalingPolicy(
+        min_replicas=1,
+        max_replicas=20,
+        target_per_replica=8,
+        scale_up_pods=2,
+        scale_up_percent=50,
+        scale_up_period=30.0,
+        scale_down_window=600.0,
+        idle_before_zero=900.0,
+        activation_backlog=5,
+        fallback_failure_threshold=5,
+        fallback_replicas=2,
+        paused=False,
+    )
+    assert spec.poll_interval_for("reports") == 5.0
+    emails = spec.policy_for("emails")  # only the target is overridden; the rest is pool-wide
+    assert emails == ScalingPolicy(
+        min_replicas=0,
+        max_replicas=10,
+        target_per_replica=150,
+        fallback_replicas=1,
+    )
+    assert spec.poll_interval_for("emails") == 2.0
+
+
+def test_partial_nested_override_keeps_the_rest_of_the_pool_wide_object() -> None:
+    obj = edit(
+        ("spec.scaling", {"scaleUp": {"pods": 6, "percent": 200}, "fallback": {"replicas": 2}, "paused": True}),
+        ("spec.queues.1.scaling", {"scaleUp": {"periodSeconds": 5}, "fallback": {"failureThreshold": 9}}),
+    )
+    spec = parse(obj).spec
+    policy = spec.policy_for("reports")
+    assert (policy.scale_up_pods, policy.scale_up_percent, policy.scale_up_period) == (6, 200, 5.0)
+    assert (policy.fallback_failure_threshold, policy.fallback_replicas, policy.paused) == (9, 2, True)
+    untouched = spec.policy_for("emails")
+    assert (untouched.scale_up_period, untouched.fallback_failure_threshold) == (10.0, 3)
+
+
+def test_target_defaults_to_concurrency_unless_set_pool_wide_or_per_queue() -> None:
+    spec = parse(example("multi-queue.yaml")).spec
+    targets = {queue.name: spec.policy_for(queue.name).target_per_replica for queue in spec.queues}
+    assert targets == {"reports": 4, "thumbnails": 16, "billing": 1, "emails": 200, "webhooks": 50}
+    pool_wide = parse(edit(("spec.scaling", {"targetPerReplica": 7}))).spec
+    assert [pool_wide.policy_for(q.name).target_per_replica for q in pool_wide.queues] == [7, 7]
+
+
+def test_unknown_queue_is_a_key_error_naming_the_queues() -> None:
+    spec = parse(VALID).spec
+    with pytest.raises(KeyError, match="no queue 'billing'.*emails, reports"):
+        spec.policy_for("billing")
+    assert spec.queue("reports").name == "reports"
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ([1, 2], "a WorkerPool must be a mapping"),
+        ({"spec": VALID["spec"]}, "metadata.name: a WorkerPool needs a name"),
+        ({"metadata": {"name": "shop"}}, "spec: a WorkerPool needs a spec"),
+        ({"metadata": {"name": "shop"}, "spec": "queues: [a]"}, "spec: Input should be a valid dictionary"),
+    ],
+)
+def test_malformed_objects_get_a_readable_error(obj: Any, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        WorkerPool.from_object(obj)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    obj = edit(("spec.queues.0.concurrency", 0), ("spec.queues.1.pool", "fork"), ("spec.app", ""))
+    with pytest.raises(SpecError) as caught:
+        parse(obj)
+    lines = str(caught.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["spec.app", "spec.queues[0].concurrency", "spec.queues[1].pool"]
+
+
+def test_serialises_back_to_the_resource_shape() -> None:
+    spec = parse(example("full.yaml")).spec
+    dumped = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert dumped["broker"]["urlFrom"] == {"secretKeyRef": {"name": "shop-broker", "key": "url"}}
+    assert WorkerPoolSpec.model_validate(dumped) == spec
+
+
+# --- broker settings -------------------------------------------------------------------------------------------
+
+
+def test_to_config_carries_the_transport_options() -> None:
+    obj = edit(("spec.broker.globalKeyprefix", "shop:"), ("spec.broker.prioritySteps", [0, 5]))
+    broker = parse(obj).spec.broker
+    config = broker.to_config("redis://:s3cret@redis:6379/0\n", None)  # from a Secret: passwords are fine
+    assert config == BrokerConfig(
+        url="redis://:s3cret@redis:6379/0", global_keyprefix="shop:", priority_steps=(0, 5), separator="\x06\x16"
+    )
+    hash(config)
+
+
+def test_to_config_for_sentinel_and_tls() -> None:
+    sentinel = parse(edit(("spec.broker.sentinelMaster", "mymaster"))).spec.broker
+    config = sentinel.to_config("sentinel://a:26379;sentinel://b:26379", None)
+    assert (config.url, config.sentinel_master) == ("sentinel://a:26379;sentinel://b:26379", "mymaster")
+    tls = parse(edit(("spec.broker.caFrom", {"secretKeyRef": {"name": "ca", "key": "ca.crt"}}))).spec.broker
+    assert tls.ca_from == SecretKeyRef(name="ca", key="ca.crt")
+    assert tls.to_config("rediss://r:6380/0", "-----BEGIN CERTIFICATE-----").ca_pem == "-----BEGIN CERTIFICATE-----"
+
+
+@pytest.mark.parametrize(
+    ("changes", "url", "ca", "message"),
+    [
+        ((), "sentinel://a:26379", None, "needs broker.sentinelMaster"),
+        ((("spec.broker.sentinelMaster", "m"),), "redis://r:6379", None, "sentinelMaster only applies"),
+        ((), "redis://r:6379", "PEM", "caFrom only applies to a rediss://"),
+        ((), "amqp://guest@rabbit//", None, "the broker URL must be redis://, rediss:// or sentinel://"),
+        ((), "", None, "the broker URL must be"),
+    ],
+)
+def test_to_config_refuses_a_secret_url_that_does_not_fit(
+    changes: tuple[tuple[str, Any], ...], url: str, ca: str | None, message: str
+) -> None:
+    broker = parse(edit(*changes)).spec.broker
+    with pytest.raises(SpecError, match=message):
+        broker.to_config(url, ca)
