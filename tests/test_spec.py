@@ -240,7 +240,7 @@ def test_target_defaults_to_concurrency_unless_set_pool_wide_or_per_queue() -> N
 
 def test_unknown_queue_is_a_key_error_naming_the_queues() -> None:
     spec = parse(VALID).spec
-    with pytest.raises(KeyError, match="no queue 'billing'.*emails, reports"):
+    with pytest.raises(KeyError, match=r"no queue 'billing'.*emails, reports"):
         spec.policy_for("billing")
     assert spec.queue("reports").name == "reports"
 
