@@ -7,6 +7,7 @@ monkey-patched for gevent/eventlet: it imports Celery, kombu and redis.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -35,8 +36,7 @@ def load_app(spec: str) -> Celery:
     try:
         app = find_app(spec)
     except Exception as error:  # the user's module may raise anything while importing
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+        reason = f"{type(error).__name__}: {_first_line(error)}" if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot import the Celery app {spec!r}: {reason}", EX_APP) from None
     if not isinstance(app, Celery):
         raise ConfigError(f"{spec!r} is not a Celery app (it is a {type(app).__name__})", EX_APP)
@@ -46,7 +46,7 @@ def load_app(spec: str) -> Celery:
 def check_broker(app: Celery) -> None:
     """Fail fast, with one line, when the broker URL is not a Redis URL or nobody answers there."""
     url = app.conf.broker_url or ""
-    shown = maybe_sanitize_url(url) if url else "(none)"
+    shown = _redacted(url)
     scheme = urlsplit(url.split(";")[0]).scheme.lower()
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(
@@ -56,9 +56,25 @@ def check_broker(app: Celery) -> None:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=10)
             conn.default_channel  # noqa: B018 - opening the channel PINGs Redis (auth, TLS, sentinel master)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"the broker URL {shown} is invalid: {_first_line(error)}", EX_BROKER) from None
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot reach the broker {shown}: {reason}", EX_BROKER) from None
+        raise ConfigError(f"cannot reach the broker {shown}: {_first_line(error)}", EX_BROKER) from None
+
+
+def _redacted(url: str) -> str:
+    """The URL for a message, password masked (even when the URL cannot be parsed)."""
+    if not url:
+        return "(none)"
+    try:
+        return str(maybe_sanitize_url(url))
+    except ValueError:
+        return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1**@", url)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Heartbeat:
