@@ -8,6 +8,7 @@ them too, with the same message where the CRD states the rule in CEL.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -633,12 +634,26 @@ def test_docs_describe_every_field() -> None:
         for path, _node in crd_rules.walk_schema(SCHEMA["properties"][root], root):
             if "[*]." in path.replace("queues[*].", "queues[].").replace("conditions[*].", "conditions[]."):
                 continue  # inside a Kubernetes sub-object (env, volumes, ...) or a map value
-            if path.endswith("[*]"):
+            if path.endswith("[*]") or path == "spec":
                 continue
             shown = path.replace("[*]", "[]")
             if f"`{shown}`" not in text:
                 missing.append(shown)
     assert missing == []
+
+
+def test_docs_state_every_default() -> None:
+    """The Default column shows the CRD's default for every field that has a scalar or list default."""
+    rows = dict(re.findall(r"^\| `(spec[^`]*)` \| [^|]* \| ([^|]*) \|", DOCS.read_text(), flags=re.M))
+    checked = 0
+    for path, node in crd_rules.walk_schema(SCHEMA["properties"]["spec"], "spec"):
+        if "default" not in node or isinstance(node["default"], dict):
+            continue
+        default = node["default"]
+        shown = {f"`{json.dumps(default)}`", f"`{default}`"}  # "" and "\u0006\u0016" need their quotes
+        assert any(form in rows[path.replace("[*]", "[]")] for form in shown), path
+        checked += 1
+    assert checked >= 15
 
 
 def test_docs_example_is_accepted() -> None:
