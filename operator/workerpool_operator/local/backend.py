@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -32,36 +32,25 @@ WORKER_MODULE = "workerpool_operator.worker.main"
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    """How the workers of one queue run: what the Deployment's container would get."""
+    """How the workers of one queue run: the environment and arguments the Deployment's container gets."""
 
-    app: str
     queue: str
-    pool: str = "prefork"
-    concurrency: int = 1
-    prefetch_multiplier: int | None = None
-    max_tasks_per_child: int | None = None
-    soft_shutdown_timeout: float | None = None
-    loglevel: str = "info"
-    env: Mapping[str, str] = field(default_factory=dict)  # the template's plain env values
+    env: Mapping[str, str]  # WORKERPOOL_* settings and the template's plain env values
+    args: tuple[str, ...] = ()  # after `--`: more `celery worker` arguments (template.extraArgs)
 
     def environment(self, broker_url: str, name: str, state_dir: Path) -> dict[str, str]:
-        env = {
-            "WORKERPOOL_APP": self.app,
-            "WORKERPOOL_QUEUES": self.queue,
-            "WORKERPOOL_POOL": self.pool,
-            "WORKERPOOL_CONCURRENCY": str(self.concurrency),
-            "WORKERPOOL_LOGLEVEL": self.loglevel,
+        """What one replica gets: the pod's settings, with its name, the local broker and its own state dir."""
+        return {
+            **self.env,
             "WORKERPOOL_WORKER_NAME": name,
             "WORKERPOOL_BROKER_URL": broker_url,
             "WORKERPOOL_STATE_DIR": str(state_dir),
         }
-        if self.prefetch_multiplier is not None:
-            env["WORKERPOOL_PREFETCH_MULTIPLIER"] = str(self.prefetch_multiplier)
-        if self.max_tasks_per_child is not None:
-            env["WORKERPOOL_MAX_TASKS_PER_CHILD"] = str(self.max_tasks_per_child)
-        if self.soft_shutdown_timeout is not None:
-            env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] = f"{self.soft_shutdown_timeout:g}"
-        return {**self.env, **env}
+
+
+def _inherited_environment() -> dict[str, str]:
+    """This process's environment without worker settings, so a worker runs on the YAML's settings alone."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_") and k != "REMAP_SIGTERM"}
 
 
 @dataclass(eq=False)
@@ -198,11 +187,12 @@ class LocalProcessBackend:
             (state_dir / stale).unlink(missing_ok=True)
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.environment(self.broker_url, name, state_dir)}
+        env = {**_inherited_environment(), "PYTHONUNBUFFERED": "1"}
+        env.update(settings.environment(self.broker_url, name, state_dir))
         log: IO[bytes]
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [self._python, "-m", WORKER_MODULE],
+                [self._python, "-m", WORKER_MODULE, *(["--", *settings.args] if settings.args else [])],
                 env=env,
                 cwd=self._cwd,
                 stdin=subprocess.DEVNULL,

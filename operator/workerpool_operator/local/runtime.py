@@ -25,12 +25,14 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, WorkerSettings
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
+from workerpool_operator.render import render_deployment
 from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
 from workerpool_operator.spec import SpecError, WorkerPool
 
 logger = logging.getLogger(__name__)
 
 LOCAL_NAMESPACE = "local"
+LOCAL_SETTINGS = ("WORKERPOOL_WORKER_NAME", "WORKERPOOL_BROKER_URL", "WORKERPOOL_STATE_DIR")  # set per process
 START_FAILURES = 3  # workers of one queue failing before they are ready, in a row, before the runtime gives up
 
 
@@ -75,35 +77,38 @@ class LocalPool:
     workers: dict[str, WorkerSettings]
     queues: list[QueueInfo]
     grace: float
+    unset_env: tuple[str, ...] = ()  # template env taken from Secrets or fields: not set locally
 
 
-def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str = "info") -> LocalPool:
-    """Map the spec onto the local runtime: the same policy per queue as the operator computes."""
+def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) -> LocalPool:
+    """Map the spec onto the local runtime: the operator's policy per queue, and each worker's settings taken
+    from the Deployment the operator would render (so a local worker runs exactly as a pod would)."""
     spec = pool.spec
     try:
         broker = spec.broker.to_config(broker_url)
     except SpecError as error:
         raise LocalError(f"the broker URL cannot be used with this WorkerPool: {error}") from None
-    env = {
-        str(item["name"]): str(item["value"])
-        for item in spec.template.env
-        if isinstance(item, Mapping) and "name" in item and "value" in item
-    }
     plans: dict[str, QueuePlan] = {}
     workers: dict[str, WorkerSettings] = {}
     infos: list[QueueInfo] = []
+    skipped: set[str] = set()
     for queue in spec.queues:
         plans[queue.name] = QueuePlan(policy=spec.policy_for(queue.name), interval=spec.poll_interval_for(queue.name))
-        workers[queue.name] = WorkerSettings(
-            app=spec.app,
-            queue=queue.name,
-            pool=str(queue.pool.value),
-            concurrency=queue.concurrency,
-            prefetch_multiplier=queue.prefetch_multiplier,
-            max_tasks_per_child=queue.max_tasks_per_child,
-            loglevel=loglevel,
-            env=env,
-        )
+        container = render_deployment(pool, queue, uid="local")["spec"]["template"]["spec"]["containers"][0]
+        env: dict[str, str] = {}
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif item["name"] not in LOCAL_SETTINGS:
+                skipped.add(item["name"])  # from a Secret or a field: there is no cluster to read it from
+        # Celery's soft shutdown sleeps its whole timeout whenever a task is running at SIGTERM, so every
+        # stop of a busy worker would take the grace period: locally, a plain warm shutdown (running tasks
+        # finish, prefetched ones go back to the queue), bounded by the grace period as a pod's is.
+        env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] = "0"
+        if loglevel:
+            env["WORKERPOOL_LOGLEVEL"] = loglevel
+        args = tuple(container.get("args", ()))
+        workers[queue.name] = WorkerSettings(queue=queue.name, env=env, args=args[1:] if args[:1] == ("--",) else args)
         infos.append(
             QueueInfo(
                 queue=queue.name,
@@ -120,6 +125,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str = "info") -> Loca
         workers=workers,
         queues=infos,
         grace=float(spec.template.termination_grace_period_seconds),
+        unset_env=tuple(sorted(skipped)),
     )
 
 
@@ -173,6 +179,10 @@ class LocalRuntime:
             f"broker {pool.broker.redacted_url} · worker logs in {self.workdir / 'logs'}",
             "Ctrl-C stops: workers finish their tasks first (press it again to kill them at once)",
         ]
+        if pool.unset_env:
+            self.dashboard.notes.append(
+                f"not set locally (from Secrets or fields in a cluster): {', '.join(pool.unset_env)}"
+            )
         self._live = live
         self._out = out
         self.view: View | None = None
@@ -299,7 +309,7 @@ async def run_local(
     live: bool | None = None,
     out: TextIO | None = None,
     grace: float | None = None,
-    loglevel: str = "info",
+    loglevel: str | None = None,
 ) -> int:
     """The ``local`` command: run the pool until Ctrl-C. Raises :class:`LocalError` for what the user can fix."""
     workerpool = load_pool(path)

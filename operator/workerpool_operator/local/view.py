@@ -7,6 +7,7 @@ prints the events and a status line per queue now and then, for pipes, files and
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -187,45 +189,31 @@ class LiveView:
         board = self._dashboard
         now = time.time()
         elapsed = int(now - board.started)
-        table = Table(expand=True, header_style="bold", border_style="dim", pad_edge=False)
+        narrow = self._console.width < 100  # drop the bars and sparklines, keep the figures
+        table = Table(box=box.SIMPLE_HEAD, expand=True, header_style="bold", border_style="dim", pad_edge=False)
         table.add_column("queue", style="bold cyan", no_wrap=True)
         table.add_column("pool", no_wrap=True)
         table.add_column("workers", no_wrap=True)
-        table.add_column("backlog", justify="right", no_wrap=True)
-        table.add_column("", no_wrap=True, style="yellow")
+        table.add_column("backlog", no_wrap=True)
         table.add_column("in flight", justify="right", no_wrap=True)
         table.add_column("tasks/s", justify="right", no_wrap=True)
         table.add_column("last scale", no_wrap=True)
-        table.add_column("decision", ratio=1, overflow="fold")
+        decisions = Table.grid(padding=(0, 1))
+        decisions.add_column(style="bold cyan", no_wrap=True)
+        decisions.add_column(overflow="fold")
         for figures in board.queues.values():
             info = figures.info
-            bar_width = min(info.max_replicas, 12)
-            filled = min(bar_width, round(figures.workers * bar_width / max(1, info.max_replicas)))
-            workers = Text()
-            workers.append("■" * filled, style="green")
-            workers.append("□" * (bar_width - filled), style="dim")
-            workers.append(f" {figures.workers}", style="bold")
-            workers.append(f" [{info.min_replicas}-{info.max_replicas}]", style="dim")
-            if figures.stopping:
-                workers.append(f" +{figures.stopping} stopping", style="magenta")
-            change = Text("—", style="dim")
-            if figures.last_change is not None:
-                at, before, after = figures.last_change
-                arrow, style = ("↑", "green") if after > before else ("↓", "blue")
-                change = Text(f"{arrow} {before}→{after} ", style=style)
-                change.append(_ago(now, at), style="dim")
-            reason = Text(figures.error, style="red") if figures.error else Text(figures.reason)
             table.add_row(
                 info.queue,
                 f"{info.pool} ×{info.concurrency}",  # noqa: RUF001
-                workers,
-                "—" if figures.backlog is None else str(figures.backlog),
-                sparkline(figures.history),
+                _workers_cell(figures, bars=not narrow),
+                _backlog_cell(figures, sparkline_width=0 if narrow else 10),
                 "—" if figures.in_flight is None else str(figures.in_flight),
                 f"{figures.throughput:.1f}",
-                change,
-                reason,
+                _change_cell(figures, now),
             )
+            reason = Text(figures.error, style="red") if figures.error else Text(figures.reason, style="italic")
+            decisions.add_row(info.queue, reason)
         events = Text(overflow="ellipsis", no_wrap=True)
         for at, message in board.events:
             events.append(time.strftime("%H:%M:%S ", time.localtime(at)), style="dim")
@@ -233,15 +221,49 @@ class LiveView:
         events.rstrip()
         if not board.events:
             events.append("no scaling yet", style="dim")
-        title = Text.assemble((board.title, "bold"), (f"  ·  {elapsed // 60:02d}:{elapsed % 60:02d}", "dim"))
+        title = Text.assemble((board.title, "bold"), (f"  {elapsed // 60:02d}:{elapsed % 60:02d}", "dim"))
         if board.broker_error:
-            title.append(f"  ·  broker: {board.broker_error}", style="bold red")
+            title.append(f"  broker: {board.broker_error}", style="bold red")
         parts: list[RenderableType] = [
-            Panel(table, title=title, title_align="left", border_style="cyan"),
+            Panel(Group(table, decisions), title=title, title_align="left", border_style="cyan"),
             Panel(events, title="events", title_align="left", border_style="dim"),
         ]
-        parts += [Text(note, style="dim") for note in board.notes]
+        parts += [Text(note, style="dim", overflow="fold") for note in board.notes]
         return Group(*parts)
+
+
+def _workers_cell(figures: QueueFigures, bars: bool = True) -> Text:
+    info = figures.info
+    width = min(info.max_replicas, 8) if bars else 0
+    filled = min(width, math.ceil(figures.workers * width / max(1, info.max_replicas)))
+    cell = Text()
+    cell.append("■" * filled, style="green")
+    cell.append("□" * (width - filled), style="dim")
+    cell.append(f" {figures.workers}" if bars else str(figures.workers), style="bold")
+    cell.append(f"/{info.max_replicas}", style="dim")
+    if figures.stopping:
+        cell.append(f" +{figures.stopping} stopping" if bars else f" +{figures.stopping}↓", style="magenta")
+    return cell
+
+
+def _backlog_cell(figures: QueueFigures, sparkline_width: int = 10) -> Text:
+    if figures.backlog is None:
+        return Text("—", style="dim")
+    if not sparkline_width:
+        return Text(str(figures.backlog))
+    cell = Text(f"{figures.backlog:>5} ")
+    cell.append(sparkline(figures.history, width=sparkline_width), style="yellow")
+    return cell
+
+
+def _change_cell(figures: QueueFigures, now: float) -> Text:
+    if figures.last_change is None:
+        return Text("—", style="dim")
+    at, before, after = figures.last_change
+    arrow, style = ("↑", "green") if after > before else ("↓", "blue")
+    cell = Text(f"{arrow} {before}→{after} ", style=style)
+    cell.append(_ago(now, at), style="dim")
+    return cell
 
 
 class LogView:
