@@ -149,8 +149,8 @@ def idlest_first(workers: tuple[WorkerLoad, ...], count: int) -> tuple[str, ...]
     """The ``count`` workers to remove first: fewest running + reserved, then fewest running, then by name."""
     if count <= 0 or not workers:
         return ()
-    ranked = sorted(workers, key=lambda w: (w.running + w.reserved, w.running, w.worker))
-    return tuple(w.worker for w in ranked[:count])
+    ranked = sorted([(w.running + w.reserved, w.running, w.worker) for w in workers])
+    return tuple(name for _, _, name in ranked[:count])
 
 
 def decide(
@@ -196,8 +196,11 @@ def decide(
         if current == 0:
             recommendations = ()  # asleep or waking: what was recommended before the queue slept is stale
         else:
-            if recommendations and recommendations[0][0] <= since:
-                recommendations = tuple(item for item in recommendations if item[0] > since)
+            if recommendations and recommendations[0][0] <= since:  # times rise along the tuple
+                first = 1
+                while first < len(recommendations) and recommendations[first][0] <= since:
+                    first += 1
+                recommendations = recommendations[first:]
             if not recommendations:  # fresh state: the current replicas count as a recommendation made now
                 recommendations = ((now, min(current, high)),)
             stabilized = max(stabilized, recommendations[0][1])  # values fall along the tuple
@@ -208,18 +211,22 @@ def decide(
 
     scale_ups = state.scale_ups
     if scale_ups and scale_ups[0][0] <= now - policy.scale_up_period:
-        scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)
+        scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)  # a few at most
 
     limited = False
     if stabilized > current:
-        period_start = min(current, *(before for _, before in scale_ups)) if scale_ups else current
-        limit = max(
-            period_start + policy.scale_up_pods,
-            math.ceil(period_start * (100 + policy.scale_up_percent) / 100),
-            1,
-        )
-        desired = min(stabilized, limit)
-        limited = desired < stabilized
+        period_start = current  # the replicas when the current scale-up period began
+        for _, before in scale_ups:
+            if before < period_start:
+                period_start = before
+        limit = period_start + policy.scale_up_pods
+        by_percent = -(-period_start * (100 + policy.scale_up_percent) // 100)
+        if by_percent > limit:
+            limit = by_percent
+        if limit < 1:
+            limit = 1
+        limited = stabilized > limit
+        desired = limit if limited else stabilized
     else:
         desired = stabilized
     idle_for = 0.0 if idle_since is None else now - idle_since
@@ -240,8 +247,10 @@ def decide(
         else:
             reason = f"scale up: {load}"
         if limited and desired > low:
-            reason += f"; {desired} of {stabilized} now (step limit: +{policy.scale_up_pods} or "
-            reason += f"{policy.scale_up_percent}% per {policy.scale_up_period:g}s)"
+            reason += (
+                f"; {desired} of {stabilized} now (step limit: +{policy.scale_up_pods} or "
+                f"{policy.scale_up_percent}% per {policy.scale_up_period:g}s)"
+            )
     elif desired < current:
         if to_zero:
             reason = f"scale to zero: no backlog and nothing in flight for {idle_for:g}s"
