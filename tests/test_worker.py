@@ -48,7 +48,7 @@ def test_each_pool_runs_tasks_as_concurrently_as_configured(pool: str, redis_ser
     n = CONCURRENCY[pool]
     client = redis_server.client()
     settings = {"workerpool_pool": pool, "workerpool_concurrency": str(n), "workerpool_queues": "work"}
-    with running_worker(redis_server.url, tmp_path, **settings) as worker:
+    with running_worker(redis_server.url, tmp_path, settings) as worker:
         worker.wait_ready()
         app = producer(redis_server.url)
         sent = {app.send_task("record", args=("c", 0.6), queue="work").id for _ in range(2 * n)}
@@ -75,7 +75,7 @@ def test_sigterm_finishes_running_tasks_and_gives_back_prefetched_ones(
         "workerpool_queues": "work",
         "workerpool_report_interval": "0.2",
     }
-    with running_worker(redis_server.url, tmp_path, **settings) as worker:
+    with running_worker(redis_server.url, tmp_path, settings) as worker:
         worker.wait_ready()
         assert probe(worker.state_dir, "ready") == 0
         app = producer(redis_server.url)
@@ -128,7 +128,7 @@ def test_reports_honour_the_key_prefix_prune_stale_workers_and_expire(redis_serv
         "workerpool_report_ttl": "5",
         "test_global_keyprefix": "pfx:",
     }
-    with running_worker(redis_server.url, tmp_path, **settings) as worker:
+    with running_worker(redis_server.url, tmp_path, settings) as worker:
         worker.wait_ready()
         wait_for(lambda: report(client, "work", "w1", "pfx:"), 5, worker.output)
         assert set(client.hkeys(key)) == {"w1", "other"}
@@ -148,7 +148,7 @@ def test_acks_late_task_is_delivered_again_after_a_hard_kill(redis_server: Redis
     client = redis_server.client()
     settings = {"workerpool_pool": "threads", "workerpool_concurrency": "1", "workerpool_queues": "work"}
     settings["test_visibility_timeout"] = "2"
-    with running_worker(redis_server.url, tmp_path, name="a", **settings) as first:
+    with running_worker(redis_server.url, tmp_path, settings, name="a") as first:
         first.wait_ready()
         app = producer(redis_server.url)
         app.send_task("crash_once", args=("h", 60), queue="work")
@@ -157,7 +157,7 @@ def test_acks_late_task_is_delivered_again_after_a_hard_kill(redis_server: Redis
         first.kill_all()
     assert client.llen("work") == 0 and client.hlen("unacked") == 1  # held by a dead worker, invisible
 
-    with running_worker(redis_server.url, tmp_path, name="b", **settings) as second:
+    with running_worker(redis_server.url, tmp_path, settings, name="b") as second:
         second.wait_ready()
         wait_for(lambda: runs(client, "h"), 30, second.output)
         assert time.time() - delivered >= 2  # redelivered by the visibility timeout, not before
@@ -176,7 +176,7 @@ def test_soft_shutdown_timeout_bounds_the_wait_and_requeues_acks_late_work(redis
         "workerpool_queues": "work",
         "workerpool_soft_shutdown_timeout": "1",
     }
-    with running_worker(redis_server.url, tmp_path, **settings) as worker:
+    with running_worker(redis_server.url, tmp_path, settings) as worker:
         worker.wait_ready()
         producer(redis_server.url).send_task("crash_once", args=("t", 60), queue="work")
         wait_for(lambda: client.get("test:attempts:t") == "1", 20, worker.output)
@@ -251,7 +251,7 @@ def test_arguments_override_the_environment(redis_server: RedisServer, tmp_path:
     client = redis_server.client()
     args = ("--pool", "solo", "--queues", "from-args", "--", "--without-mingle", "--without-gossip")
     env = {"workerpool_pool": "fibers", "workerpool_queues": "from-env"}
-    with running_worker(redis_server.url, tmp_path, args=args, **env) as worker:
+    with running_worker(redis_server.url, tmp_path, env, args=args) as worker:
         worker.wait_ready()
         producer(redis_server.url).send_task("record", args=("a", 0.0), queue="from-args")
         wait_for(lambda: runs(client, "a"), 20, worker.output)

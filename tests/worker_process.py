@@ -100,10 +100,16 @@ class WorkerProcess:
 
 @contextmanager
 def running_worker(
-    broker_url: str, tmp_path: Path, name: str = "w1", args: tuple[str, ...] = FAST_START, **env: str
+    broker_url: str,
+    tmp_path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    name: str = "w1",
+    args: tuple[str, ...] = FAST_START,
 ) -> Iterator[WorkerProcess]:
+    """A worker with ``env`` (lower-case keys allowed) on top of :func:`entrypoint_env`; killed on exit."""
     state = tmp_path / f"state-{name}"
-    extra = {"WORKERPOOL_WORKER_NAME": name} | {k.upper(): v for k, v in env.items()}
+    extra = {"WORKERPOOL_WORKER_NAME": name} | {k.upper(): v for k, v in (env or {}).items()}
     worker = WorkerProcess(entrypoint_env(broker_url, state, extra), args=args, log=tmp_path / f"{name}.log")
     worker.start()
     try:
