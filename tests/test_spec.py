@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -312,3 +313,10 @@ def test_to_config_refuses_a_secret_url_that_does_not_fit(
     broker = parse(edit(*changes)).spec.broker
     with pytest.raises(SpecError, match=message):
         broker.to_config(url, ca)
+
+
+def test_accepts_any_mapping_like_kopfs_body() -> None:
+    raw = example("full.yaml")
+    views = {"metadata": MappingProxyType(raw["metadata"]), "spec": MappingProxyType(raw["spec"])}
+    frozen = MappingProxyType({**raw, **views})
+    assert WorkerPool.from_object(frozen) == WorkerPool.from_object(raw)
