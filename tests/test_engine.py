@@ -216,3 +216,13 @@ def test_a_restart_between_every_decision_changes_nothing() -> None:
     plain = replay(restart=False)
     assert plain == replay(restart=True)
     assert len({d.desired_replicas for d in plain}) > 3  # the sequence really scales both ways
+
+
+def test_a_used_up_step_limit_holds_and_never_scales_down() -> None:
+    """Found by hypothesis: replicas added outside the engine's count (0 -> 2 recorded as 0 -> ?) left the
+    limit below the current replicas, and a scale-up became a scale-down."""
+    policy = ScalingPolicy(max_replicas=3, target_per_replica=1, scale_up_pods=1, scale_up_percent=0)
+    state = QueueState(scale_ups=((10_000.0, 0),))
+    decision, _ = decide(obs(0, 3, replicas=2), state, policy, 10_000.0)
+    assert decision.desired_replicas == 2
+    assert decision.reason.startswith("hold 2:") and "step limit reached" in decision.reason

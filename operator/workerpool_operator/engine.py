@@ -223,6 +223,8 @@ def decide(
         by_percent = -(-period_start * (100 + policy.scale_up_percent) // 100)
         if by_percent > limit:
             limit = by_percent
+        if limit < current:  # replicas added outside the engine's count: never let the limit scale down
+            limit = current
         if limit < 1:
             limit = 1
         limited = stabilized > limit

@@ -108,6 +108,7 @@ def hpa_sync(
         limit = max(
             period_start + settings.scale_up_pods,
             math.ceil(period_start * (100 + settings.scale_up_percent) / 100),
+            replicas,  # as the HPA: a used-up limit holds the replicas, it never lowers them
         )
         desired = min(desired, limit)
         scale_ups = (*scale_ups, (now, replicas)) if desired > replicas else scale_ups
