@@ -370,6 +370,33 @@ def test_read_replies_errors() -> None:
     assert other["a"].error == r"error reading 'a\x06\x166': LOADING dataset"
 
 
+def test_unchanged_idle_queues_keep_their_previous_observation() -> None:
+    plan = poll_plan(BrokerConfig(url="redis://r"), ("idle", "busy", "grew"))
+    load = reports.encode_report(WorkerLoad("w", running=1, heartbeat=999.0)).encode()
+    first = read_replies(plan, _replies(([0, 0, 0, 0], []), ([1, 0, 0, 0], [b"w", load]), ([1, 0, 0, 0], [])))
+    second = read_replies(
+        plan, _replies(([0, 0, 0, 0], []), ([1, 0, 0, 0], [b"w", load]), ([2, 0, 0, 0], [])), previous=first
+    )
+    assert second["idle"] is first["idle"]
+    assert second["busy"] is not first["busy"] and second["busy"] == first["busy"]  # reports: read again
+    assert second["grew"].backlog == 2
+    gone = read_replies(plan, _replies(([0, 0, 0, 0], []), ([1, 0, 0, 0], []), ([2, 0, 0, 0], [])), previous=second)
+    assert gone["busy"].in_flight == 0 and gone["busy"].workers == ()
+
+
+async def test_wrong_type_with_oldest_age_reading(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    client.set("emails", "text")
+    client.lpush("reports\x06\x163", '{"properties": {"timestamp": 1}}')
+    config = BrokerConfig(url=redis_server.url)
+    async with Observer(read_oldest_age=True) as observer:
+        for _ in range(2):
+            observation = (await observer.observe({config: ["emails", "reports"]}, timeout=5))[config]
+            assert observation.queues["emails"].error == "wrong type: 'emails' is not a list"
+            assert observation.queues["reports"].backlog == 1
+            assert (observation.queues["reports"].oldest_age or 0) > 1e9  # stamped in 1970
+
+
 def test_describe_failure_reasons() -> None:
     import ssl
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import math
@@ -109,64 +110,83 @@ def poll_plan(config: BrokerConfig, queues: tuple[str, ...], read_oldest_age: bo
 
 
 def read_replies(
-    plan: PollPlan, replies: Sequence[object], report_ttl: float = reports.DEFAULT_TTL
+    plan: PollPlan,
+    replies: Sequence[object],
+    report_ttl: float = reports.DEFAULT_TTL,
+    previous: Mapping[str, QueueObservation] | None = None,
 ) -> dict[str, QueueObservation]:
     """Turn the replies to ``plan`` (in order; errors as ``ResponseError`` values) into observations.
 
-    Raises :class:`ObservationError` for failures of the whole broker (no clock, missing permission)."""
+    ``previous`` (the last poll's result) lets a queue without reports whose backlog did not change keep
+    its previous, equal, observation instead of a new one. Raises :class:`ObservationError` for failures
+    of the whole broker (no clock, missing permission)."""
     if len(replies) != plan.reply_count:
         raise ObservationError(f"expected {plan.reply_count} replies, got {len(replies)}")
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            _raise_for_broker_wide(reply)
+    if isinstance(replies[0], ResponseError):
+        _raise_for_broker_wide(replies[0])
     now = _server_time(replies[0])
+    previous = previous or {}
+    # The hot loop of a poll (3,000 queues in a few ms): the replies are cut into columns at C speed,
+    # one row per queue; the details are worked out only for what is not plain.
+    width = len(plan.list_keys[0]) if plan.queues else 0
+    stride = width * 2 + 1 if plan.read_oldest_age else width + 1
+    body = replies[1:]
+    lengths_rows = zip(*(body[column::stride] for column in range(width)), strict=True)
+    report_column = body[width::stride]
+    oldest_rows: Iterable[Sequence[object]] = (
+        zip(*(body[width + 1 + column :: stride] for column in range(width)), strict=True)
+        if plan.read_oldest_age
+        else itertools.repeat(())
+    )
     observed: dict[str, QueueObservation] = {}
-    index = 1
-    for queue, keys, report_key in zip(plan.queues, plan.list_keys, plan.report_keys, strict=True):
-        lengths = replies[index : index + len(keys)]
-        report = replies[index + len(keys)]
-        index += len(keys) + 1
-        oldest: Sequence[object] = ()
-        if plan.read_oldest_age:
-            oldest = replies[index : index + len(keys)]
-            index += len(keys)
-        observed[queue] = _read_queue(queue, keys, lengths, report_key, report, oldest, now, report_ttl)
+    for queue, keys, report_key, lengths, report, oldest in zip(
+        plan.queues, plan.list_keys, plan.report_keys, lengths_rows, report_column, oldest_rows, strict=False
+    ):  # not strict: oldest_rows may repeat forever; the lengths were checked above
+        try:
+            backlog = sum(lengths)
+        except TypeError:  # a reply is an error, not a number
+            observed[queue] = QueueObservation(queue=queue, error=_lengths_error(keys, lengths))
+            continue
+        if not isinstance(report, list):
+            observed[queue] = QueueObservation(queue=queue, error=_report_error(report_key, report))
+            continue
+        if not report and not oldest:
+            before = previous.get(queue)
+            if before is not None and before.backlog == backlog and not before.workers and before.ok:
+                observed[queue] = before  # frozen and equal: building a new one is most of the cost
+                continue
+            observed[queue] = QueueObservation(queue=queue, backlog=backlog)
+            continue
+        workers = reports.live_reports(_hash_fields(report), now, report_ttl) if report else ()
+        observed[queue] = QueueObservation(
+            queue=queue,
+            backlog=backlog,
+            in_flight=sum(load.in_flight for load in workers),
+            workers=workers,
+            oldest_age=_oldest_age(oldest, now) if oldest else None,
+        )
     return observed
 
 
-def _read_queue(
-    queue: str,
-    keys: Sequence[str],
-    lengths: Sequence[object],
-    report_key: str,
-    report: object,
-    oldest: Sequence[object],
-    now: float,
-    report_ttl: float,
-) -> QueueObservation:
-    backlog = 0
+def _lengths_error(keys: Sequence[str], lengths: Sequence[object]) -> str:
     for key, length in zip(keys, lengths, strict=True):
         if isinstance(length, ResponseError):
-            return QueueObservation(queue=queue, error=_reply_reason(length, key, "list"))
+            _raise_for_broker_wide(length)
+            return _reply_reason(length, key, "list")
         if not isinstance(length, int):
-            return QueueObservation(queue=queue, error=f"unexpected reply to LLEN {key!r}: {type(length).__name__}")
-        backlog += length
+            return f"unexpected reply to LLEN {key!r}: {type(length).__name__}"
+    raise AssertionError("called only when a length is not a number")  # pragma: no cover
+
+
+def _report_error(report_key: str, report: object) -> str:
     if isinstance(report, ResponseError):
-        return QueueObservation(queue=queue, error=_reply_reason(report, report_key, "hash"))
-    workers = reports.live_reports(_hash_fields(report), now, report_ttl)
-    return QueueObservation(
-        queue=queue,
-        backlog=backlog,
-        in_flight=sum(load.in_flight for load in workers),
-        workers=workers,
-        oldest_age=_oldest_age(oldest, now),
-    )
+        _raise_for_broker_wide(report)
+        return _reply_reason(report, report_key, "hash")
+    return f"unexpected reply to HGETALL {report_key!r}: {type(report).__name__}"
 
 
-def _hash_fields(reply: object) -> dict[str | bytes, str | bytes]:
+def _hash_fields(reply: list[Any]) -> dict[str | bytes, str | bytes]:
     """HGETALL's RESP2 reply (a flat list of field, value, ...) as a dict."""
-    if not isinstance(reply, list):
-        return {}
     return dict(zip(reply[0::2], reply[1::2], strict=True))
 
 
@@ -294,6 +314,7 @@ class _Broker:
     pool: ConnectionPool
     sentinel: Sentinel | None = None
     last_error: str | None = None
+    last_queues: dict[str, QueueObservation] = field(default_factory=dict)  # the last good poll
 
     @classmethod
     def connect(cls, config: BrokerConfig, max_connections: int) -> _Broker:
@@ -443,7 +464,8 @@ class Observer:
                 broker = self._broker(config)
                 plan = poll_plan(config, names, self.read_oldest_age)
                 replies = await broker.round_trip(plan)
-            observed = read_replies(plan, replies, self.report_ttl)
+            observed = read_replies(plan, replies, self.report_ttl, previous=broker.last_queues)
+            broker.last_queues = dict(observed)  # our own copy: callers may change theirs
         except Exception as error:  # every failure of one broker becomes its observation's error
             reason = scrub(describe_failure(error, timeout), self._secrets(config))
             self._log_failure(config, reason, error)
