@@ -1,0 +1,307 @@
+"""Observer benchmark: one broker with 3,000 queues, and 10 brokers of which one never answers.
+
+    .venv/bin/python -m bench.bench_observe [--queues 3000] [--polls 30]
+
+Part 1 measures one poll of every queue (LLEN of 4 priority lists + HGETALL of the report hash each,
+plus TIME) with the observer, against the naive loop (one awaited LLEN per key) and redis-py's own
+Pipeline, all in the same run on the same data; and the extra cost of ``read_oldest_age``.
+Part 2 measures how long the 9 healthy brokers take to arrive when a 10th accepts connections and
+never answers, against the same 9 alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import redis
+import redis.asyncio as aredis
+
+from bench.report import markdown_table, record
+from workerpool_operator import reports
+from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.observation import WorkerLoad
+from workerpool_operator.observe import Observer
+
+STALL_TIMEOUT = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
+    args += ["--appendonly", "no", "--logfile", str(workdir / f"redis-{port}.log")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def celery_message(queue: str, priority: int, sent_at: float) -> bytes:
+    """A message shaped like the ones kombu stores (about 900 bytes), with a producer timestamp."""
+    body = {
+        "body": "W1sxLCAyXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIjogbnVsbH1d",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": "shop.tasks.send_email", "id": "0" * 36, "retries": 0, "argsrepr": "(1, 2)"},
+        "properties": {
+            "correlation_id": "0" * 36,
+            "reply_to": "0" * 36,
+            "timestamp": sent_at,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": "0" * 36,
+        },
+    }
+    return json.dumps(body).encode() + b" " * 400
+
+
+def populate(port: int, config: BrokerConfig, queues: list[str]) -> int:
+    """Messages on some priority lists of most queues, and reports for a third of them. Returns the total."""
+    client = redis.Redis(port=port)
+    now = time.time()
+    total = 0
+    with client.pipeline(transaction=False) as pipe:
+        for number, queue in enumerate(queues):
+            for step, key in enumerate(config.priority_keys(queue)):
+                count = (number + step) % 4
+                if count:
+                    pipe.lpush(key, *[celery_message(queue, step * 3, now - number % 60)] * count)
+                    total += count
+            if number % 3 == 0:
+                load = WorkerLoad("worker-a", running=2, reserved=3, heartbeat=now, concurrency=4)
+                pipe.hset(reports.report_key(queue), "worker-a", reports.encode_report(load))
+        pipe.execute()
+    client.close()
+    return total
+
+
+async def timed(
+    poll: Callable[[], Awaitable[object]], rounds: int, between: Callable[[], object] | None = None
+) -> list[float]:
+    await poll()  # warm: connection, plan
+    times = []
+    for _ in range(rounds):
+        if between is not None:
+            between()  # not timed
+        started = time.perf_counter()
+        await poll()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def one_broker(port: int, queue_count: int, polls: int) -> tuple[str, dict[str, float]]:
+    config = BrokerConfig(url=f"redis://127.0.0.1:{port}/0")
+    queues = [f"queue-{number:04d}" for number in range(queue_count)]
+    total = populate(port, config, queues)
+    keys = [key for queue in queues for key in config.priority_keys(queue)]
+    writer = redis.Redis(port=port)
+
+    def change_every_queue() -> None:
+        # one more message on every queue: no observation can be kept from the previous poll
+        nonlocal total
+        with writer.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.lpush(queue, b"m")
+            pipe.execute()
+        total += len(queues)
+
+    async with Observer() as observer, Observer(read_oldest_age=True) as aged:
+
+        async def observe() -> object:
+            observation = (await observer.observe({config: queues}, timeout=30))[config]
+            assert observation.ok, observation.error
+            assert sum(q.backlog for q in observation.queues.values()) == total
+            return observation
+
+        async def observe_with_age() -> object:
+            observation = (await aged.observe({config: queues}, timeout=30))[config]
+            assert observation.ok and all(q.oldest_age is not None for q in observation.queues.values() if q.backlog)
+            return observation
+
+        client = aredis.Redis(port=port, protocol=2)
+
+        async def naive() -> object:
+            seen = 0
+            for key in keys:
+                seen += await client.llen(key)
+            assert seen == total
+            return seen
+
+        async def redis_py_pipeline() -> object:
+            pipe = client.pipeline(transaction=False)
+            pipe.time()
+            for queue in queues:
+                for key in config.priority_keys(queue):
+                    pipe.llen(key)
+                pipe.hgetall(reports.report_key(queue))
+            return await pipe.execute(raise_on_error=False)
+
+        pipelined = await timed(observe, polls)
+        changing = await timed(observe, polls, between=change_every_queue)
+        with_age = await timed(observe_with_age, max(5, polls // 3))
+        pipeline = await timed(redis_py_pipeline, 5)
+        loop = await timed(naive, 3)
+        await client.aclose()
+
+    figures = {
+        "pipelined": statistics.median(pipelined),
+        "pipelined_p95": sorted(pipelined)[int(0.95 * (len(pipelined) - 1))],
+        "changing": statistics.median(changing),
+        "with_age": statistics.median(with_age),
+        "redis_py_pipeline": statistics.median(pipeline),
+        "naive": statistics.median(loop),
+    }
+    rows = [
+        ["observer: one round trip (hiredis bulk read)", f"{figures['pipelined']:.1f}", "1.0x", len(pipelined)],
+        [
+            "observer, every queue changed since the last poll",
+            f"{figures['changing']:.1f}",
+            f"{figures['changing'] / figures['pipelined']:.1f}x",
+            len(changing),
+        ],
+        [
+            "observer with read_oldest_age (+1 LINDEX per list)",
+            f"{figures['with_age']:.1f}",
+            f"{figures['with_age'] / figures['pipelined']:.1f}x",
+            len(with_age),
+        ],
+        [
+            "redis-py Pipeline.execute, same commands",
+            f"{figures['redis_py_pipeline']:.1f}",
+            f"{figures['redis_py_pipeline'] / figures['pipelined']:.1f}x",
+            len(pipeline),
+        ],
+        [
+            f"naive: one awaited LLEN per key ({len(keys):,} keys, no reports)",
+            f"{figures['naive']:.1f}",
+            f"{figures['naive'] / figures['pipelined']:.0f}x",
+            len(loop),
+        ],
+    ]
+    text = (
+        f"{queue_count:,} queues x {len(config.priority_keys('q'))} priority lists on one broker "
+        f"({total:,} messages, reports for a third of the queues); median ms per poll; "
+        f"observer p95 {figures['pipelined_p95']:.1f} ms; goal: under 20 ms per poll.\n\n"
+        + markdown_table(["method", "ms per poll (median)", "vs observer", "polls"], rows)
+    )
+    return text, figures
+
+
+async def ten_brokers(ports: list[int], rounds: int) -> tuple[str, dict[str, float]]:
+    healthy = [BrokerConfig(url=f"redis://127.0.0.1:{port}/0") for port in ports]
+    queues = [f"queue-{number:03d}" for number in range(100)]
+    for port, config in zip(ports, healthy, strict=True):
+        populate(port, config, queues)
+    with socket.socket() as stall:
+        stall.bind(("127.0.0.1", 0))
+        stall.listen(64)  # accepts (the kernel does), never answers
+        stalled = BrokerConfig(url=f"redis://127.0.0.1:{stall.getsockname()[1]}/0")
+        wanted = {config: queues for config in [stalled, *healthy]}
+        alone_times, arrival_times, whole_times = [], [], []
+        async with Observer() as observer:
+            await observer.observe(wanted, timeout=STALL_TIMEOUT)  # warm every pool
+            for _ in range(rounds):
+                started = time.perf_counter()
+                alone = await observer.observe({config: queues for config in healthy}, timeout=STALL_TIMEOUT)
+                alone_times.append((time.perf_counter() - started) * 1000)
+                assert all(observation.ok for observation in alone.values())
+
+                started = time.perf_counter()
+                arrived = 0
+                async for config, observation in observer.observe_as_completed(wanted, timeout=STALL_TIMEOUT):
+                    if config is stalled:
+                        assert observation.error == f"timed out after {STALL_TIMEOUT:g} s"
+                        whole_times.append((time.perf_counter() - started) * 1000)
+                    else:
+                        assert observation.ok, observation.error
+                        arrived += 1
+                        if arrived == len(healthy):
+                            arrival_times.append((time.perf_counter() - started) * 1000)
+    figures = {
+        "alone": statistics.median(alone_times),
+        "with_stalled": statistics.median(arrival_times),
+        "stalled": statistics.median(whole_times),
+    }
+    rows = [
+        ["9 healthy brokers alone", f"{figures['alone']:.1f}"],
+        ["9 healthy brokers, a stalled 10th polled with them", f"{figures['with_stalled']:.1f}"],
+        ["the stalled broker's timeout error", f"{figures['stalled']:.0f}"],
+    ]
+    text = (
+        f"10 brokers (9 real redis-server, 1 socket that accepts and never answers), 100 queues each, "
+        f"timeout {STALL_TIMEOUT:g} s, {rounds} rounds, median ms until the 9 healthy observations arrived "
+        f"(`observe_as_completed`); `observe()` returns all 10 together after the stalled one's timeout.\n\n"
+        + markdown_table(["case", "ms (median)"], rows)
+    )
+    return text, figures
+
+
+async def main_async(queue_count: int, polls: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        ports = [stack.enter_context(redis_server(Path(tmp))) for _ in range(9)]
+        part1, one = await one_broker(ports[0], queue_count, polls)
+        redis.Redis(port=ports[0]).flushall()
+        part2, ten = await ten_brokers(ports, rounds)
+    worst = max(one["pipelined"], one["changing"])
+    verdict = "met" if worst < 20 else "NOT met"
+    load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
+    body = (
+        f"Load average at the end of the run: {load} (2 CPUs shared with other work).\n\n"
+        f"### {queue_count:,} queues on one broker\n\n{part1}\n\nGoal (< 20 ms per poll): {verdict}; "
+        f"the observer is {one['naive'] / one['pipelined']:.0f}x faster than the naive loop and "
+        f"{one['redis_py_pipeline'] / one['pipelined']:.1f}x faster than redis-py's Pipeline.\n\n"
+        f"### 10 brokers, one stalled\n\n{part2}\n\nThe 9 healthy brokers arrive "
+        f"{ten['with_stalled'] / ten['alone']:.2f}x as late as without the stalled one "
+        f"({ten['with_stalled'] / (STALL_TIMEOUT * 1000):.1%} of its timeout)."
+    )
+    record("Observer: one round trip per broker, brokers in parallel", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--queues", type=int, default=3000)
+    parser.add_argument("--polls", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    arguments = parser.parse_args()
+    asyncio.run(main_async(arguments.queues, arguments.polls, arguments.rounds))
+
+
+if __name__ == "__main__":
+    main()
