@@ -420,14 +420,17 @@ def plot_timeline(path: str, results: Sequence[SimResult], title: str) -> None:
     for result in results:
         times = [row.time / scale for row in result.timeline]
         color = colors.get(result.policy)
+        layer = 3 if result.policy == "ours" else 2  # ours on top: it is the one being tried
         label = (
             f"{result.policy} (wait p95 {result.wait_percentile(95):.1f} s, {result.replica_seconds:,.0f} replica-s)"
         )
-        backlog_axes.plot(times, [row.backlog for row in result.timeline], color=color, lw=1.0, label=label)
+        backlog_axes.plot(
+            times, [row.backlog for row in result.timeline], color=color, lw=1.0, label=label, zorder=layer
+        )
         replica_axes.step(times, [row.pods for row in result.timeline], where="post", color=color, lw=1.2,
-                          label=f"{result.policy}: pods (starting, ready, draining)")  # fmt: skip
+                          label=f"{result.policy}: pods (starting, ready, draining)", zorder=layer)  # fmt: skip
         replica_axes.step(times, [row.ready for row in result.timeline], where="post", color=color, lw=0.8,
-                          ls=":", label=f"{result.policy}: ready")  # fmt: skip
+                          ls=":", label=f"{result.policy}: ready", zorder=layer)  # fmt: skip
     if results and results[0].trace_end < span:
         for axes in (backlog_axes, replica_axes):
             axes.axvline(results[0].trace_end / scale, color="grey", lw=0.8, ls="--")
