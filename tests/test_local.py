@@ -305,3 +305,59 @@ async def test_demo_scales_both_queues_up_and_to_zero_and_counts_every_task(
     text = out.getvalue()
     assert "every task completed exactly once: 88 of 88" in text
     assert "queue" in text and "workers" in text  # the live view was drawn
+
+
+async def test_scale_down_stops_the_idlest_worker_and_lets_the_busy_one_finish(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        POOL_YAML.replace("    - {name: keep, pool: threads, concurrency: 2, minReplicas: 1, maxReplicas: 3}\n", "")
+        .replace("concurrency: 2, minReplicas: 0, maxReplicas: 3", "concurrency: 1, minReplicas: 0, maxReplicas: 2")
+        .replace("scaleDownStabilizationSeconds: 2", "scaleDownStabilizationSeconds: 0")
+    )
+    pool = plan_pool(load_pool(path), redis_server.url)
+    client = redis_server.client()
+    scale_downs: list[tuple[dict[str, int], tuple[str, ...], set[str]]] = []
+    runtime: LocalRuntime
+
+    async def record(result: PoolResult) -> None:
+        for qr in result.queues:
+            if qr.decision is not None and qr.scaled_from is not None and qr.decision.desired_replicas < qr.scaled_from:
+                loads = {w.worker: w.in_flight for w in qr.observation.workers}
+                stopped = {w.name for w in runtime.backend.workers(pool.key, "idle", terminating=True)}
+                scale_downs.append((loads, qr.decision.remove_first, stopped))
+
+    runtime = LocalRuntime(pool, redis_server.url, title="test", live=False, out=io.StringIO(), on_result=record)
+    stop = asyncio.Event()
+    async with runtime:
+        loop = asyncio.create_task(runtime.run(stop))
+        try:
+            ids = send_sleeps(redis_server.url, "idle", 2, 4.0)  # two workers wanted; one may hold both
+            await wait_for(lambda: len(runtime.backend.workers(pool.key, "idle")) == 2, within=5)
+            await wait_for(lambda: bool(scale_downs), within=20)
+            await wait_for(lambda: len(completions(client)) == 2, within=20)
+        finally:
+            stop.set()
+            await loop
+    loads, remove_first, stopped = scale_downs[0]
+    assert len(stopped) == 1 and set(remove_first) >= stopped
+    (name,) = stopped
+    assert loads.get(name, 0) == min(loads.values(), default=0), (loads, name)  # the idlest went first
+    assert sorted(completions(client)) == sorted(ids)
+    assert set(completions(client).values()) == {1}
+
+
+def test_workers_that_cannot_start_end_the_run_with_their_reason(
+    tmp_path: Path, reap: list[subprocess.Popen[str]]
+) -> None:
+    path = tmp_path / "badapp.yaml"
+    path.write_text(POOL_YAML.replace("workerpool_operator.local.demo_app:app", "nosuch.module:app"))
+    process = cli("local", "-f", str(path), "--no-live")
+    reap.append(process)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "workers of queue 'keep' cannot start" in lines[0]
+    assert "No module named 'nosuch'" in lines[0]

@@ -262,6 +262,8 @@ class LocalRuntime:
                     await shutdown
             self.backend.kill_all()
             await self.observer.aclose()
+            keep_logs = not self._own_workdir or self.failure is not None
+            self.dashboard.notes = [f"worker logs kept in {self.workdir / 'logs'}"] if keep_logs else []
             if self.view is not None:
                 for exit_ in self.backend.take_exits():
                     if not (exit_.expected and exit_.returncode == 0):
@@ -269,7 +271,7 @@ class LocalRuntime:
                 self.view.show([self.dashboard.event("stopped")])
                 self.view.close()
                 self.view = None
-            if self._own_workdir and self.failure is None:
+            if not keep_logs:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -1,0 +1,93 @@
+"""The local runtime's parts without processes: removal order, the dashboard, the plain view, the load plan."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+from typing import cast
+
+from workerpool_operator.engine import Decision
+from workerpool_operator.local.backend import LocalProcessBackend, LocalWorker
+from workerpool_operator.local.demo import percentile
+from workerpool_operator.local.loadgen import Phase
+from workerpool_operator.local.view import Dashboard, LogView, QueueInfo, sparkline
+from workerpool_operator.observation import QueueObservation, WorkerLoad
+from workerpool_operator.scaling_loop import PoolResult, QueueResult
+
+POOL = ("local", "p")
+
+
+def worker(tmp_path: Path, name: str, started_at: float, ready: bool) -> LocalWorker:
+    state = tmp_path / name
+    state.mkdir()
+    if ready:
+        (state / "ready").touch()
+    process = cast(subprocess.Popen[bytes], None)  # never touched by the removal order
+    return LocalWorker(name, POOL, "q", process, state, tmp_path / f"{name}.log", started_at)
+
+
+def test_removal_order_is_not_ready_first_then_the_engines_idlest_then_the_newest(tmp_path: Path) -> None:
+    backend = LocalProcessBackend("redis://127.0.0.1:1/0", tmp_path)
+    old_busy = worker(tmp_path, "p-q-1", 1.0, ready=True)
+    idle = worker(tmp_path, "p-q-2", 2.0, ready=True)
+    newer_busy = worker(tmp_path, "p-q-3", 3.0, ready=True)
+    starting = worker(tmp_path, "p-q-4", 4.0, ready=False)
+    live = [old_busy, idle, newer_busy, starting]
+    order = backend._removal_order(live, remove_first=("p-q-2",))
+    assert [w.name for w in order] == ["p-q-4", "p-q-2", "p-q-3", "p-q-1"]
+    # Without advice from the engine: the newest go first, as a ReplicaSet would pick.
+    assert [w.name for w in backend._removal_order(live, ())] == ["p-q-4", "p-q-3", "p-q-2", "p-q-1"]
+
+
+def result(at: float, backlog: int, done: dict[str, int], scaled_from: int | None, desired: int) -> PoolResult:
+    workers = tuple(WorkerLoad(worker=name, done=n, heartbeat=at, concurrency=2) for name, n in done.items())
+    observation = QueueObservation(queue="q", backlog=backlog, in_flight=len(workers), workers=workers)
+    decision = Decision(desired_replicas=desired, reason=f"because {desired}", current_replicas=scaled_from or desired)
+    queue = QueueResult("q", observation, decision, state=None, scaled_from=scaled_from)  # type: ignore[arg-type]
+    return PoolResult(pool=POOL, broker_error=None, queues=(queue,), observed_at=at, poll_duration=0.01)
+
+
+def test_dashboard_counts_scale_events_peaks_and_throughput_from_worker_reports() -> None:
+    board = Dashboard("t", [QueueInfo("q", "threads", 2, 0, 4)])
+    events = board.update(result(100.0, 40, {}, scaled_from=0, desired=4), lambda q: (4, 0))
+    assert [m for _, m in events] == ["q: scale up 0 → 4 (because 4)"]
+    board.update(result(101.0, 30, {"p-q-1": 0, "p-q-2": 0}, None, 4), lambda q: (4, 0))
+    board.update(result(103.0, 10, {"p-q-1": 6, "p-q-2": 4}, None, 4), lambda q: (4, 0))
+    figures = board.queues["q"]
+    assert figures.throughput == 10 / 3  # 10 tasks completed in the 3 s the window covers
+    # A worker that restarted (its count went back) is not negative throughput.
+    board.update(result(104.0, 0, {"p-q-1": 1, "p-q-2": 5}, scaled_from=4, desired=2), lambda q: (2, 2))
+    assert figures.throughput == 11 / 4
+    assert figures.peak_workers == 4 and figures.workers == 2 and figures.stopping == 2
+    assert figures.last_change == (104.0, 4, 2)
+    assert [s.workers for s in board.timeline] == [4, 4, 4, 2]
+    assert list(figures.history) == [40, 30, 10, 0]
+
+
+def test_log_view_prints_events_and_changed_figures_only() -> None:
+    board = Dashboard("t", [QueueInfo("q", "threads", 2, 0, 4)])
+    board.notes = ["a note"]
+    out = io.StringIO()
+    view = LogView(board, out, every=0.0)
+    view.show(board.update(result(100.0, 40, {}, scaled_from=0, desired=4), lambda q: (4, 0)))
+    view.show(board.update(result(101.0, 40, {}, None, 4), lambda q: (4, 0)))  # nothing new
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "a note",
+        "q: scale up 0 → 4 (because 4)",
+        "q: backlog 40 in-flight 0 workers 4 0.0 tasks/s",
+    ]
+    assert "\x1b" not in out.getvalue()  # plain text, no terminal codes
+
+
+def test_sparkline_percentile_and_phase_schedule() -> None:
+    assert sparkline([0, 5, 10]) == "▁▅█"
+    assert sparkline([0, 0]) == "▁▁"
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 95) == 95.0
+    assert percentile([], 95) is None
+    burst = Phase("q", "t", 10, 5.0, 5.0, 0, 1)
+    assert [burst.due(t) for t in (4.9, 5.0, 9.0)] == [0, 10, 10]
+    stream = Phase("q", "t", 10, 0.0, 10.0, 0, 1)
+    assert [stream.due(t) for t in (0.0, 2.5, 5.0, 10.0)] == [0, 2, 5, 10]
