@@ -205,6 +205,9 @@ async def test_refused_and_bad_url_are_values_and_other_brokers_still_answer(
         assert all(q.error == observed[failed].error for q in observed[failed].queues.values())
         assert not any(q.ok for q in observed[failed].queues.values())  # never an empty queue
     assert "hunter2" not in caplog.text + repr(observed)
+    assert caplog.text.count("observing redis://:***@redis:port/0 failed") == 1
+    await observer.observe({bad: ["a"]}, timeout=5)  # a lasting failure is logged once
+    assert caplog.text.count("observing redis://:***@redis:port/0 failed") == 1
 
 
 @pytest.fixture

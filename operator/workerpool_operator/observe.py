@@ -16,9 +16,10 @@ value with a short reason (``refused``, ``timed out``, ``auth failed``, ``TLS ve
 ``no sentinel master``, ``permission denied``...) that never holds a password. The observer only
 reads: the commands above, plus AUTH/SELECT on connect (and SENTINEL queries to sentinel nodes).
 
-Why not redis-py's ``Pipeline``: it awaits and post-processes every reply one by one, ~190 ms for
-3,000 queues here. The request is packed once per queue set (hiredis) and the replies are parsed in
-bulk by hiredis' C reader straight from the connection's stream, ~10x faster (bench/bench_observe.py).
+Why not redis-py's ``Pipeline``: it awaits and post-processes every reply one by one, several times
+slower for 3,000 queues. Here the request is packed once per queue set (hiredis), the replies are
+parsed in bulk by hiredis' C reader straight from the connection's stream, and read by columns
+(figures in docs/benchmarks.md, from bench/bench_observe.py).
 """
 
 from __future__ import annotations
@@ -313,7 +314,6 @@ class _Broker:
     address: BrokerAddress
     pool: ConnectionPool
     sentinel: Sentinel | None = None
-    last_error: str | None = None
     last_queues: dict[str, QueueObservation] = field(default_factory=dict)  # the last good poll
 
     @classmethod
@@ -422,6 +422,7 @@ class Observer:
         self.read_oldest_age = read_oldest_age
         self.max_connections = max_connections
         self._brokers: dict[BrokerConfig, _Broker] = {}
+        self._failing: dict[BrokerConfig, str] = {}  # the last reason, so a lasting failure is logged once
 
     async def observe(
         self,
@@ -479,6 +480,8 @@ class Observer:
         """Close the pools of brokers not in ``keep`` (for example after a Secret changed the URL)."""
         for config in [config for config in self._brokers if config not in keep]:
             await self._brokers.pop(config).aclose()
+        for config in [config for config in self._failing if config not in keep]:
+            del self._failing[config]
 
     async def aclose(self) -> None:
         await self.forget()
@@ -502,16 +505,12 @@ class Observer:
             return []
 
     def _log_failure(self, config: BrokerConfig, reason: str, error: Exception) -> None:
-        broker = self._brokers.get(config)
         unexpected = reason.startswith("unexpected error")
-        if broker is None or broker.last_error != reason or unexpected:
+        if self._failing.get(config) != reason or unexpected:
             log.warning("observing %s failed: %s", config.redacted_url, reason, exc_info=error if unexpected else None)
-        if broker is not None:
-            broker.last_error = reason
+        self._failing[config] = reason
 
     def _log_success(self, config: BrokerConfig, queues: int, duration: float) -> None:
-        broker = self._brokers.get(config)
-        if broker is not None and broker.last_error is not None:
+        if self._failing.pop(config, None) is not None:
             log.info("observing %s works again", config.redacted_url)
-            broker.last_error = None
         log.debug("observed %d queues on %s in %.1f ms", queues, config.redacted_url, duration * 1000)
