@@ -13,6 +13,8 @@ import pytest
 import redis
 from celery import Celery
 from celery.signals import before_task_publish
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
 from tests.conftest import RedisServer, free_port
@@ -398,6 +400,47 @@ async def test_wrong_type_with_oldest_age_reading(redis_server: RedisServer) -> 
             assert observation.queues["emails"].error == "wrong type: 'emails' is not a list"
             assert observation.queues["reports"].backlog == 1
             assert (observation.queues["reports"].oldest_age or 0) > 1e9  # stamped in 1970
+
+
+_length = st.one_of(st.integers(0, 10_000), st.just(ResponseError("WRONGTYPE Operation against a key")))
+_report = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.booleans()), max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.integers(0, 9), min_size=1, max_size=5, unique=True).map(lambda s: tuple(sorted(s))),
+    rows=st.lists(st.tuples(st.lists(_length, min_size=5, max_size=5), _report, st.booleans()), max_size=8),
+    read_oldest_age=st.booleans(),
+)
+def test_read_replies_matches_a_plain_reading_of_each_queue(
+    steps: tuple[int, ...], rows: list[tuple[list[object], list[tuple[int, int, bool]], bool]], read_oldest_age: bool
+) -> None:
+    """The column-wise reading gives, queue by queue, what reading each queue's replies on its own gives."""
+    config = BrokerConfig(url="redis://r", priority_steps=steps)
+    plan = poll_plan(config, tuple(f"q{number}" for number in range(len(rows))), read_oldest_age)
+    now = 10_000.0
+    replies: list[object] = [[b"10000", b"0"]]
+    expected: dict[str, tuple[object, ...]] = {}
+    for number, (lengths, loads, stamped) in enumerate(rows):
+        lengths = lengths[: len(steps)]
+        fields: list[bytes] = []
+        for index, (running, reserved, live) in enumerate(loads):
+            load = WorkerLoad(f"w{index}", running=running, reserved=reserved, heartbeat=now if live else 0.0)
+            fields += [f"w{index}".encode(), reports.encode_report(load).encode()]
+        oldest = [b'{"properties": {"timestamp": 9990}}' if stamped else None] * len(steps)
+        replies += [*lengths, fields, *(oldest if read_oldest_age else [])]
+        if any(isinstance(length, ResponseError) for length in lengths):
+            expected[f"q{number}"] = ("error",)
+        else:
+            in_flight = sum(r + q for r, q, live in loads if live)
+            age = 10.0 if read_oldest_age and stamped else None
+            expected[f"q{number}"] = (sum(lengths), in_flight, age)  # type: ignore[arg-type]
+    observed = read_replies(plan, replies)
+    got = {
+        name: ("error",) if not queue.ok else (queue.backlog, queue.in_flight, queue.oldest_age)
+        for name, queue in observed.items()
+    }
+    assert got == expected
 
 
 def test_describe_failure_reasons() -> None:
