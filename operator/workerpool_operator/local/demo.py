@@ -65,6 +65,7 @@ class QueueSummary:
     wait_p95: float | None = None
     peak_workers: int = 0
     final_workers: int = 0
+    waiting: int = 0  # still in the queue at the end (an interrupted demo puts unfinished tasks back)
     scale_ups: int = 0
     scale_downs: int = 0
 
@@ -74,10 +75,14 @@ class DemoSummary:
     elapsed: float
     queues: list[QueueSummary] = field(default_factory=list)
     send_error: str | None = None
+    interrupted: bool = False  # stopped before the end (Ctrl-C or --duration)
 
     @property
     def ok(self) -> bool:
-        return self.send_error is None and all(q.completed == q.sent and q.duplicates == 0 for q in self.queues)
+        """Every task completed exactly once (or, when interrupted, is back in its queue: nothing lost)."""
+        return self.send_error is None and all(
+            q.duplicates == 0 and q.completed + (q.waiting if self.interrupted else 0) == q.sent for q in self.queues
+        )
 
 
 def summarize(
@@ -106,6 +111,7 @@ def summarize(
                 wait_p95=percentile(waits, 95),
                 peak_workers=figures.peak_workers,
                 final_workers=final.get(queue, 0),
+                waiting=int(client.llen(queue)),  # type: ignore[arg-type]
                 scale_ups=ups,
                 scale_downs=downs,
             )
@@ -120,7 +126,7 @@ def _seconds(value: float | None) -> str:
 def print_summary(summary: DemoSummary, out: TextIO, plot: Path | None) -> None:
     lines = [
         "",
-        f"demo finished in {summary.elapsed:.0f}s",
+        f"demo {'stopped after' if summary.interrupted else 'finished in'} {summary.elapsed:.0f}s",
         "",
         f"  {'queue':<8}{'sent':>7}{'completed':>11}{'dupes':>7}{'wait p50':>10}{'wait p95':>10}"
         f"{'peak workers':>14}{'scale ups/downs':>17}{'at the end':>12}",
@@ -134,7 +140,13 @@ def print_summary(summary: DemoSummary, out: TextIO, plot: Path | None) -> None:
     total_sent = sum(q.sent for q in summary.queues)
     total_done = sum(q.completed for q in summary.queues)
     lines.append("")
-    if summary.ok:
+    if summary.interrupted:
+        waiting = sum(q.waiting for q in summary.queues)
+        verdict = "nothing lost" if summary.ok else "SOME TASKS ARE MISSING"
+        lines.append(
+            f"stopped early: {total_done} of {total_sent} completed, {waiting} back in their queue ({verdict})"
+        )
+    elif summary.ok:
         lines.append(f"every task completed exactly once: {total_done} of {total_sent}")
     else:
         lines.append(f"NOT every task completed exactly once: {total_done} of {total_sent} completed")
@@ -203,9 +215,13 @@ async def run_demo(
         sent = SendResult()
         started = time.monotonic()
 
+        finished = asyncio.Event()  # the load is done, every task completed, every worker gone
+
         async def check_done(result: PoolResult) -> None:
-            timed_out = time.monotonic() - started >= duration
-            if timed_out or (sender.done() and not runtime.backend.all_workers() and _all_completed(client, sent)):
+            if sender.done() and not runtime.backend.all_workers() and _all_completed(client, sent):
+                finished.set()
+                stop.set()
+            elif time.monotonic() - started >= duration:
                 stop.set()
 
         title = f"workerpool-operator demo · {len(plan.phases)} bursts over {plan.duration:.0f}s · {description}"
@@ -223,6 +239,7 @@ async def run_demo(
             if runtime.failure:
                 raise LocalError(runtime.failure)
             summary = summarize(client, sent, runtime, time.monotonic() - started, final)
+            summary.interrupted = not finished.is_set()
         client.close()
     if plot is not None:
         write_plot(runtime.dashboard.timeline, queues, plot, f"WorkerPool {workerpool.name}: autoscaling on demand")

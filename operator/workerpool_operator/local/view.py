@@ -303,8 +303,7 @@ class LogView:
         return lines
 
     def close(self) -> None:
-        self._last_status = 0.0
-        self.show([])
+        self._out.flush()
 
 
 def make_view(dashboard: Dashboard, *, live: bool | None = None, out: TextIO | None = None) -> View:
