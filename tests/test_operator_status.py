@@ -74,9 +74,7 @@ def test_status_lists_queues_in_spec_order_with_totals() -> None:
 
 def test_failed_poll_keeps_previous_figures_and_removed_queues_disappear() -> None:
     before = _status(figures={"mail": QueueFigures("mail", backlog=9, replicas=3)}, scaler_state={"mail": {"f": 1}})
-    after = _status(
-        before, queue_names=["mail"], figures={"mail": QueueFigures("mail", backlog=None, replicas=None)}
-    )
+    after = _status(before, queue_names=["mail"], figures={"mail": QueueFigures("mail", backlog=None, replicas=None)})
     assert after["queues"] == [{"name": "mail", "backlog": 9, "replicas": 3}]
     assert after["scalerState"] == {"mail": {"f": 1}}
     gone = _status(after, queue_names=["default"])
@@ -113,7 +111,7 @@ def test_merge_patch_carries_only_changes_and_removals() -> None:
 def test_engine_state_milestones_are_written_at_once_window_times_with_the_figures() -> None:
     state = {"failures": 0, "idleSince": None, "recommendations": [[T0, 2]], "scaleUps": []}
     first = _status(scaler_state={"default": state})
-    moved = _status(first, scaler_state={"default": {**state, "recommendations": [[T0 + 5, 2]]}})
+    moved = _status(first, scaler_state={"default": {**state, "scaleUps": [[T0 + 5, 1]]}})
     assert not write_needed(first, moved, seconds_since_write=5, figures_refresh=30)
     assert write_needed(first, moved, seconds_since_write=30, figures_refresh=30)
     idle = _status(first, scaler_state={"default": {**state, "idleSince": T0}})
@@ -122,3 +120,13 @@ def test_engine_state_milestones_are_written_at_once_window_times_with_the_figur
     assert write_needed(first, failing, seconds_since_write=0)
     more_failing = _status(failing, scaler_state={"default": {**state, "failures": 2}})
     assert not write_needed(failing, more_failing, seconds_since_write=0)
+
+
+def test_the_latest_recommendations_time_alone_is_never_written() -> None:
+    state = {"failures": 0, "recommendations": [[T0 - 100, 4], [T0, 2]], "scaleUps": []}
+    first = _status(scaler_state={"default": state})
+    ticked = _status(first, scaler_state={"default": {**state, "recommendations": [[T0 - 100, 4], [T0 + 9, 2]]}})
+    assert not write_needed(first, ticked, seconds_since_write=3600)
+    lower = _status(first, scaler_state={"default": {**state, "recommendations": [[T0 - 100, 4], [T0 + 9, 1]]}})
+    assert write_needed(first, lower, seconds_since_write=3600)
+    assert not write_needed(first, lower, seconds_since_write=1)

@@ -100,7 +100,9 @@ def _set(entry: dict[str, Any], key: str, value: object) -> None:
         entry[key] = value
 
 
-def _without_figures(status: Mapping[str, Any]) -> dict[str, Any]:
+def _significant(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without figures and with only the milestones of the engine state: a change here is
+    written at once."""
     stripped = {k: v for k, v in status.items() if k not in TOTAL_FIGURE_FIELDS}
     stripped["queues"] = [{k: v for k, v in q.items() if k not in FIGURE_FIELDS} for q in status.get("queues") or ()]
     stripped["scalerState"] = {q: _state_milestones(s) for q, s in (status.get("scalerState") or {}).items()}
@@ -109,12 +111,23 @@ def _without_figures(status: Mapping[str, Any]) -> dict[str, Any]:
 
 def _state_milestones(state: Any) -> Any:
     """The part of a queue's engine state whose change is written at once: when the queue went idle and
-    whether observations are failing. The stabilization window's timestamps move with every poll and are
-    persisted with the figures (a fresh window is the conservative side: it never scales down sooner).
-    """
+    whether observations are failing."""
     if not isinstance(state, Mapping):
         return state
     return {"idleSince": state.get("idleSince"), "failing": bool(state.get("failures"))}
+
+
+def _without_volatile(status: Mapping[str, Any]) -> Any:
+    """The status without what moves at every poll even when nothing happens: the time of the engine's
+    latest recommendation. Never worth a write on its own, and safe to lose: the latest recommendation is
+    the lowest in the window, and an expired window restarts from the current replicas, which is never
+    lower."""
+    plain = _as_plain(status)
+    for state in (plain.get("scalerState") or {}).values():
+        recommendations = state.get("recommendations") if isinstance(state, dict) else None
+        if isinstance(recommendations, list) and recommendations and isinstance(recommendations[-1], list):
+            recommendations[-1] = [None, *recommendations[-1][1:]]
+    return plain
 
 
 def write_needed(
@@ -124,12 +137,14 @@ def write_needed(
     seconds_since_write: float,
     figures_refresh: float = DEFAULT_FIGURES_REFRESH,
 ) -> bool:
-    """Whether ``new`` must be written, given the status last written."""
+    """Whether ``new`` must be written, given the status last written: at once when state changed; when
+    only figures (and the engine's window) moved, once ``figures_refresh`` seconds have passed; never when
+    nothing but the time of the latest recommendation moved."""
     if written is None:
         return True
-    if _without_figures(written) != _without_figures(new):
+    if _significant(written) != _significant(new):
         return True
-    return _as_plain(written) != _as_plain(new) and seconds_since_write >= figures_refresh
+    return _without_volatile(written) != _without_volatile(new) and seconds_since_write >= figures_refresh
 
 
 def _as_plain(value: Any) -> Any:

@@ -1,0 +1,142 @@
+"""What the operator benchmarks share: the API emulator, a redis-server and the operator in a process of its own
+(so its CPU time and memory are its own), as in production: `kopf run -m workerpool_operator.handlers`."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import RedisServer
+from tests.kube import KubeCluster
+
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL
+from workerpool_operator.kube_backend import KubeApi
+
+
+class RequestLog:
+    """Counts the emulator's requests and then forgets them. kmock matches each request against its whole
+    request history (quadratic), which at thousands of objects would measure the emulator, not the
+    operator; its fallback reactions do not depend on the history, so dropping it changes no answer."""
+
+    def __init__(self, kube: KubeCluster, every: float = 0.2) -> None:
+        self.kube = kube
+        self.writes = 0
+        self.watched: set[str] = set()
+        self._every = every
+        self._stopped = False
+        assert kube.emulator is not None
+        kube._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        assert self.kube.emulator is not None
+        requests = self.kube.emulator._requests
+        taken = list(requests)
+        del requests[: len(taken)]
+        for request in taken:
+            if str(request.method) not in ("GET", "method.GET"):
+                self.writes += 1
+            elif request.resource is not None and request.params.get("watch"):
+                self.watched.add(request.resource.plural)
+        if not self._stopped:
+            self.kube._loop.call_later(self._every, self._drain)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
+@contextmanager
+def cluster_and_redis() -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
+    workdir = Path(tempfile.mkdtemp(prefix="workerpool-bench-"))
+    kube = KubeCluster(workdir).start()
+    kube.log = RequestLog(kube)  # type: ignore[attr-defined]
+    redis = RedisServer(workdir=workdir / "redis").start()
+    api = KubeApi(kube.api_client())
+    try:
+        yield kube, redis, api
+    finally:
+        kube.log.stop()  # type: ignore[attr-defined]
+        api.close()
+        redis.stop()
+        kube.stop()
+
+
+@contextmanager
+def operator_process(kube: KubeCluster, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    environment = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "WORKERPOOL_OPERATOR_METRICS_PORT": "0", **env}
+    args = [sys.executable, "-m", "kopf", "run", "-m", "workerpool_operator.handlers", "--standalone", "-A"]
+    log = open(kube.kubeconfig.parent / "operator.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(args, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(
+            r.resource is not None and r.resource.plural == plural and r.params.get("watch") for r in kube.requests()
+        ):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the operator never watched {plural}: see {kube.kubeconfig.parent / 'operator.log'}")
+
+
+def create_secret(api: KubeApi, namespace: str, url: str) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "redis", "namespace": namespace},
+        "data": {"url": base64.b64encode(url.encode()).decode()},
+    }
+    api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)
+
+
+def create_pool(api: KubeApi, namespace: str, name: str, queues: list[str], scaling: dict[str, Any]) -> None:
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "broker": {"urlFrom": {"secretKeyRef": {"name": "redis", "key": "url"}}},
+            "app": "shop.celery:app",
+            "template": {"image": "registry.example/shop-worker:1.0"},
+            "queues": [{"name": q, "maxReplicas": 1000} for q in queues],
+            "scaling": scaling,
+        },
+    }
+    api.request("POST", f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}", body=body)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def process_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def api_writes(kube: KubeCluster) -> int:
+    time.sleep(0.5)  # let the log catch up
+    writes: int = kube.log.writes  # type: ignore[attr-defined]
+    return writes
