@@ -1,0 +1,133 @@
+"""The operator's Kubernetes adapter, drift check and metrics, each on its own (the emulator, no kopf)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.kube import KubeCluster
+from tests.operator_helpers import NS, api
+from workerpool_operator import metrics
+from workerpool_operator.kube_backend import DELETION_COST, ApiError, KubeBackend
+from workerpool_operator.kube_operator import contains
+
+POOL = (NS, "shop")
+
+
+def _deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "w", "image": "x"}]}},
+        },
+    }
+
+
+def _gets(kube: KubeCluster, name: str) -> int:
+    return sum(1 for r in kube.requests() if str(r.method) == "method.GET" and r.name == name)
+
+
+async def test_replicas_come_from_the_cache_after_one_read(kube: KubeCluster) -> None:
+    client = api(kube)
+    client.apply_deployment(_deployment("shop-default", 2))
+    backend = KubeBackend(client)
+    assert await backend.current_replicas(POOL, "default") is None  # no name registered: no workload
+    backend.set_names(POOL, {"default": "shop-default", "gone": "shop-gone"})
+    assert await backend.current_replicas(POOL, "gone") is None  # registered but absent: 404 is None
+    assert await backend.current_replicas(POOL, "default") == 2
+    assert await backend.current_replicas(POOL, "default") == 2
+    assert _gets(kube, "shop-default") == 1
+
+    await backend.scale(POOL, "default", 4, ())
+    assert kube.objects("apps/v1/deployments", NS)["shop-default"]["spec"]["replicas"] == 4
+    assert await backend.current_replicas(POOL, "default") == 4 and _gets(kube, "shop-default") == 1
+
+    backend.set_names(POOL, {"gone": "shop-gone"})  # the queue "default" was removed
+    assert backend.deployment_name(POOL, "default") is None
+    assert backend.cached(NS, "shop-default") is None
+    with pytest.raises(LookupError):
+        await backend.scale(POOL, "default", 1, ())
+
+
+def test_an_older_watch_event_never_overwrites_newer_facts() -> None:
+    backend = KubeBackend(None)  # type: ignore[arg-type]  # the cache needs no API
+    meta = {"namespace": NS, "name": "d"}
+    backend.observe_deployment({"metadata": {**meta, "resourceVersion": "7"}, "spec": {"replicas": 5}})
+    backend.observe_deployment({"metadata": {**meta, "resourceVersion": "6"}, "spec": {"replicas": 3}})
+    cached = backend.cached(NS, "d")
+    assert cached is not None and cached.replicas == 5
+    backend.observe_deployment(
+        {"metadata": {**meta, "resourceVersion": "8"}, "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}
+    )
+    cached = backend.cached(NS, "d")
+    assert cached is not None and (cached.replicas, cached.ready) == (1, 1)
+    backend.observe_deployment({"metadata": meta}, deleted=True)
+    assert backend.cached(NS, "d") is None
+
+
+async def test_scale_down_marks_the_chosen_pods_idlest_lowest(kube: KubeCluster) -> None:
+    client = api(kube)
+    client.apply_deployment(_deployment("shop-default", 3))
+    for pod in ("p1", "p2", "p3"):
+        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body={"metadata": {"name": pod, "namespace": NS}})
+    backend = KubeBackend(client)
+    backend.set_names(POOL, {"default": "shop-default"})
+    assert await backend.current_replicas(POOL, "default") == 3
+    await backend.scale(POOL, "default", 1, ("celery@p3", "p1", "vanished"))
+    costs = {
+        name: (pod["metadata"].get("annotations") or {}).get(DELETION_COST)
+        for name, pod in kube.objects("v1/pods", NS).items()
+    }
+    assert costs["p2"] is None
+    assert int(costs["p3"] or 0) < int(costs["p1"] or 0) < 0  # the engine's first choice goes first
+    assert kube.objects("apps/v1/deployments", NS)["shop-default"]["spec"]["replicas"] == 1
+
+    writes = len([r for r in kube.requests() if str(r.method) == "method.PATCH"])
+    await backend.scale(POOL, "default", 2, ("p2",))  # a scale-up marks nobody
+    assert len([r for r in kube.requests() if str(r.method) == "method.PATCH"]) == writes + 1
+
+
+def test_api_errors_carry_the_servers_status(kube: KubeCluster) -> None:
+    client = api(kube)
+    assert client.read_secret(NS, "missing") is None
+    assert client.get_deployment(NS, "missing") is None
+    assert client.set_deletion_cost(NS, "missing", -1) is False
+    client.delete_deployment(NS, "missing")  # already gone is fine
+    with pytest.raises(ApiError) as info:
+        client.scale_deployment(NS, "missing", 1)
+    assert info.value.status == 404
+
+
+def test_drift_check_ignores_server_defaults_but_sees_edits() -> None:
+    wanted = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "x"}]}}}, "gone": None}
+    live = {"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "w", "image": "x", "tty": False}]}}}}
+    assert contains(live, wanted)
+    assert not contains({**live, "gone": 1}, wanted)
+    edited = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "y"}]}}}}
+    assert not contains(edited, wanted)
+    added = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "x"}, {"name": "side"}]}}}}
+    assert not contains(added, wanted)
+    assert not contains({"spec": None}, wanted)
+
+
+def test_metrics_port_setting_and_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(metrics.PORT_ENV, "0")
+    assert metrics.serve() is None
+    monkeypatch.setenv(metrics.PORT_ENV, "nine")
+    with pytest.raises(ValueError, match="WORKERPOOL_OPERATOR_METRICS_PORT must be a port number"):
+        metrics.configured_port()
+    monkeypatch.setenv(metrics.PORT_ENV, "70000")
+    with pytest.raises(ValueError, match="between 0 and 65535"):
+        metrics.configured_port()
+    labels = {"namespace": "units", "pool": "p", "queue": "q"}
+    metrics.record_queue("units", "p", "q", backlog=3, in_flight=None, replicas=1, desired=2)
+    assert metrics.sample("workerpool_queue_backlog", labels) == 3
+    assert metrics.sample("workerpool_queue_in_flight", labels) is None
+    metrics.forget_queue("units", "p", "q")
+    assert metrics.sample("workerpool_queue_backlog", labels) is None
