@@ -1,8 +1,9 @@
 """Real Celery workers hold tasks: backlog + in-flight still equals what is not finished.
 
-The workers run ``tests/observe_celery_app.py`` as subprocesses (threads pool, concurrency 2), with
-prefetch on (multiplier 4) or off (``--disable-prefetch``) and ``acks_late`` on or off. Their reports
-are written from Celery signals in the format of :mod:`workerpool_operator.reports`.
+The matrix runs ``tests/observe_celery_app.py`` workers as subprocesses (threads pool, concurrency 2),
+with prefetch on (multiplier 4) or off (``--disable-prefetch``) and ``acks_late`` on or off; their
+reports are written from Celery signals in the format of :mod:`workerpool_operator.reports`. The last
+test runs what the image runs instead: the ``workerpool-worker`` entrypoint, prefork, its own reports.
 """
 
 from __future__ import annotations
@@ -113,3 +114,32 @@ async def test_backlog_plus_in_flight_is_what_is_not_finished(
         after = await settled(observer, config, process, done=3)
         assert after.backlog + after.in_flight == SENT - 3
         assert after.in_flight >= CONCURRENCY
+
+
+@pytest.mark.timeout(90)
+async def test_with_the_worker_entrypoint_and_a_key_prefix(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The same sum with what the image runs: ``workerpool-worker``, prefork, its own reports."""
+    from tests.worker_process import producer, running_worker
+
+    options = {"global_keyprefix": "pfx:"}
+    app = producer(redis_server.url, options)
+    for number in range(SENT):
+        app.send_task("record", args=("held", 60.0), queue=QUEUE, priority=number % 10)
+    app.close()
+    settings = {
+        "workerpool_pool": "prefork",
+        "workerpool_concurrency": str(CONCURRENCY),
+        "workerpool_queues": QUEUE,
+        "workerpool_report_interval": "0.3",
+        "test_global_keyprefix": "pfx:",
+    }
+    config = BrokerConfig(url=redis_server.url, global_keyprefix="pfx:")
+    with running_worker(redis_server.url, tmp_path, settings) as worker:
+        assert worker.process is not None
+        async with Observer() as observer:
+            holding = await settled(observer, config, worker.process, done=0)
+    (load,) = holding.workers
+    assert load.worker == "w1"
+    assert holding.backlog + holding.in_flight == SENT
+    assert 0 < holding.backlog < SENT
+    assert holding.in_flight == load.running + load.reserved > CONCURRENCY  # running and prefetched
