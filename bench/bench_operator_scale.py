@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(35)  # past the status refresh of figures: from here on, nothing changes
         cpu, rss, writes = _steady(kube, operator.pid, args.seconds)
 
-    rows = [
+    rows: list[list[object]] = [
         ["no pool (baseline)", f"{base_cpu:.2f}", f"{base_rss:.0f}", base_writes],
         [f"{args.pools} pools x {len(QUEUES)} queues", f"{cpu:.2f}", f"{rss:.0f}", writes],
         [

@@ -44,7 +44,7 @@ class RequestLog:
             if str(request.method) not in ("GET", "method.GET"):
                 self.writes += 1
             elif request.resource is not None and request.params.get("watch"):
-                self.watched.add(request.resource.plural)
+                self.watched.add(str(request.resource.plural))
         if not self._stopped:
             self.kube._loop.call_later(self._every, self._drain)
 

@@ -134,7 +134,16 @@ class PoolOperator:
         record.min_replicas = {name: policy.min_replicas for name, policy in policies.items()}
         self.backend.set_names(key, names)
         for queue, manifest in manifests.items():
-            await self._apply(key, queue, manifest, policies[queue].min_replicas, policies[queue].max_replicas)
+            try:
+                await self._apply(key, queue, manifest, policies[queue].min_replicas, policies[queue].max_replicas)
+            except ApiError as exc:
+                if exc.status not in (400, 403, 422):
+                    raise  # the API server's trouble, not the user's: kopf retries
+                message = f"queue {queue}: the API server refused its Deployment: {exc.message}"
+                problem = cond.Problem(cond.REASON_APPLY_FAILED, message)
+                await self._not_served(record, problem, queue_names)
+                record.retry_at = self._clock() + self.retry_delay
+                raise PoolNotServed(problem) from None
         await self._delete_removed(key, set(names.values()))
         for queue in removed:
             metrics.forget_queue(key[0], key[1], queue)
