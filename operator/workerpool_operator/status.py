@@ -117,17 +117,23 @@ def _state_milestones(state: Any) -> Any:
     return {"idleSince": state.get("idleSince"), "failing": bool(state.get("failures"))}
 
 
-def _without_volatile(status: Mapping[str, Any]) -> Any:
+def _without_volatile(status: Mapping[str, Any]) -> Mapping[str, Any]:
     """The status without what moves at every poll even when nothing happens: the time of the engine's
     latest recommendation. Never worth a write on its own, and safe to lose: the latest recommendation is
     the lowest in the window, and an expired window restarts from the current replicas, which is never
-    lower."""
-    plain = _as_plain(status)
-    for state in (plain.get("scalerState") or {}).values():
-        recommendations = state.get("recommendations") if isinstance(state, dict) else None
-        if isinstance(recommendations, list) and recommendations and isinstance(recommendations[-1], list):
-            recommendations[-1] = [None, *recommendations[-1][1:]]
-    return plain
+    lower. (Shallow copies only: this runs for every pool at every poll.)"""
+    states = status.get("scalerState")
+    if not isinstance(states, Mapping) or not states:
+        return status
+    stripped: dict[str, Any] = {}
+    for queue, state in states.items():
+        recommendations = state.get("recommendations") if isinstance(state, Mapping) else None
+        if isinstance(recommendations, list | tuple) and recommendations:
+            last = recommendations[-1]
+            if isinstance(last, list | tuple) and last:
+                state = {**state, "recommendations": [*recommendations[:-1], [None, *last[1:]]]}
+        stripped[queue] = state
+    return {**status, "scalerState": stripped}
 
 
 def write_needed(
@@ -142,6 +148,8 @@ def write_needed(
     nothing but the time of the latest recommendation moved."""
     if written is None:
         return True
+    if written == new:
+        return False
     if _significant(written) != _significant(new):
         return True
     return _without_volatile(written) != _without_volatile(new) and seconds_since_write >= figures_refresh
