@@ -132,12 +132,16 @@ def test_removing_a_queue_deletes_its_deployment_and_deleting_the_pool_collects_
 def test_spec_edit_keeps_the_scalers_replicas(operator: RunningOperator, redis_server: RedisServer) -> None:
     kube = operator.cluster
     create_secret(kube, "redis", {"url": redis_server.url})
-    create_pool(kube, pool_manifest("shop"))
+    template = {"image": "registry.example/shop-worker:1.2", "nodeSelector": {"pool": "workers"}}
+    create_pool(kube, pool_manifest("shop", template=template))
     enqueue(redis_server.url, "default", 6)
     wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
-    patch_pool(kube, "shop", {"spec": {"template": {"image": "registry.example/shop-worker:1.3"}}})
-    image = lambda: deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
-    wait_for(lambda: image() == "registry.example/shop-worker:1.3", message="new image rolled out")
+    pod_spec = lambda: deployments(kube)["shop-default"]["spec"]["template"]["spec"]  # noqa: E731
+    assert pod_spec()["nodeSelector"] == {"pool": "workers"}
+    edit = {"spec": {"template": {"image": "registry.example/shop-worker:1.3", "nodeSelector": None}}}
+    patch_pool(kube, "shop", edit)
+    wait_for(lambda: pod_spec()["containers"][0]["image"] == "registry.example/shop-worker:1.3", message="rolled out")
+    assert "nodeSelector" not in pod_spec(), "a field dropped from the spec stays on the Deployment"
     assert replicas(kube, "shop-default") == 3
     generation = get_pool(kube, "shop")["metadata"]["generation"]
     wait_for(lambda: get_pool(kube, "shop")["status"]["observedGeneration"] == generation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -10,10 +11,14 @@ import pytest
 
 from tests.pss import assert_restricted
 from workerpool_operator.render import (
+    LAST_APPLIED_ANNOTATION,
     POOL_LABEL,
     QUEUE_ANNOTATION,
     QUEUE_LABEL,
     deployment_name,
+    last_applied,
+    overlay,
+    removals,
     render_deployments,
     soft_shutdown_timeout,
 )
@@ -103,7 +108,9 @@ def test_minimal_pool_renders_every_field() -> None:
         POOL_LABEL: "shop",
         QUEUE_LABEL: "default",
     }
+    recorded = meta["annotations"].pop(LAST_APPLIED_ANNOTATION)
     assert meta["annotations"] == {QUEUE_ANNOTATION: "default"}
+    assert json.loads(recorded) == deployment  # itself, without the record: for removing dropped fields later
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "workerpool.dev/v1alpha1",
@@ -239,3 +246,21 @@ def test_rendered_pods_meet_pod_security_restricted() -> None:
     for obj in (_pool(), _pool(template=FULL_TEMPLATE, queues=FULL_QUEUES)):
         for deployment in _render(obj).values():
             assert_restricted(deployment)
+
+
+def test_fields_dropped_from_the_spec_are_removed_by_the_next_patch() -> None:
+    before = _render(_pool(template=FULL_TEMPLATE, queues=FULL_QUEUES))["default"]
+    slimmer = {k: v for k, v in FULL_TEMPLATE.items() if k not in ("nodeSelector", "podAnnotations", "extraArgs")}
+    after = _render(_pool(template=slimmer, queues=FULL_QUEUES))["default"]
+    previous = last_applied(before)
+    assert previous is not None
+    patch = removals(previous, after)
+    pod = patch["spec"]["template"]
+    assert pod["spec"]["nodeSelector"] is None and pod["metadata"]["annotations"] is None
+    assert "containers" not in pod["spec"]  # lists are replaced whole by the patch: nothing to null
+    body = overlay(after, patch)
+    assert body["spec"]["template"]["spec"]["nodeSelector"] is None
+    assert body["spec"]["template"]["spec"]["containers"] == after["spec"]["template"]["spec"]["containers"]
+    assert removals(previous, json.loads(json.dumps(previous))) == {}
+    assert last_applied({"metadata": {"annotations": {LAST_APPLIED_ANNOTATION: "not json"}}}) is None
+    assert last_applied({"metadata": {}}) is None

@@ -22,7 +22,15 @@ from workerpool_operator import conditions as cond
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState
 from workerpool_operator.kube_backend import ApiError, KubeApi, KubeBackend, PoolKey, pool_reference
-from workerpool_operator.render import POOL_LABEL, QUEUE_ANNOTATION, deployment_name, render_deployments
+from workerpool_operator.render import (
+    POOL_LABEL,
+    QUEUE_ANNOTATION,
+    deployment_name,
+    last_applied,
+    overlay,
+    removals,
+    render_deployments,
+)
 from workerpool_operator.scaling_loop import PoolResult, QueuePlan, ScalingLoop
 from workerpool_operator.spec import SpecError, WorkerPool
 from workerpool_operator.status import QueueFigures, build_status, merge_patch, write_needed
@@ -238,18 +246,21 @@ class PoolOperator:
         await self.write_status(record)
 
     async def _apply(self, key: PoolKey, queue: str, manifest: dict[str, Any], low: int, high: int) -> None:
+        """Create or update one Deployment: the manifest, minus what the last one had and this one dropped,
+        with the replica count left to the scaler (set only on creation or to fit new bounds)."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        known = self.backend.cached(namespace, name)
-        current = known.replicas if known is not None else None
-        if current is None:
-            live = await asyncio.to_thread(self.api.get_deployment, namespace, name)
-            if live is not None:
-                self.backend.observe_deployment(live)
-                current = int((live.get("spec") or {}).get("replicas", 1))
+        live = await asyncio.to_thread(self.api.get_deployment, namespace, name)
+        body: dict[str, Any] = manifest
+        current: int | None = None
+        if live is not None:
+            self.backend.observe_deployment(live)
+            current = int((live.get("spec") or {}).get("replicas", 1))
+            previous = last_applied(live)
+            if previous is not None:
+                body = overlay(manifest, removals(previous, manifest))
         wanted = low if current is None else min(max(current, low), high)
-        body = manifest
         if wanted != current:
-            body = {**manifest, "spec": {**manifest["spec"], "replicas": wanted}}
+            body = overlay(body, {"spec": {"replicas": wanted}})
         applied = await asyncio.to_thread(self.api.apply_deployment, body)
         self.backend.observe_deployment(applied)
 
