@@ -144,7 +144,7 @@ def test_minimal_pool_renders_every_field() -> None:
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["volumeMounts"] == [{"name": "workerpool-state", "mountPath": "/tmp/workerpool"}]
+    assert container["volumeMounts"] == [{"name": "workerpool-state", "mountPath": "/tmp"}]
     assert container["readinessProbe"]["exec"]["command"] == ["workerpool-worker", "check", "ready"]
     assert container["startupProbe"]["exec"]["command"] == ["workerpool-worker", "check", "ready"]
     assert container["livenessProbe"]["exec"]["command"] == ["workerpool-worker", "check", "alive"]

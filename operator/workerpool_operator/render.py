@@ -23,7 +23,8 @@ LAST_APPLIED_ANNOTATION = f"{API_GROUP}/last-applied"  # what we rendered last: 
 MANAGED_BY = "workerpool-operator"
 CONTAINER_NAME = "worker"
 STATE_VOLUME = "workerpool-state"
-STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR)
+TMP_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only, and Python and Celery want a writable /tmp
+STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR), inside it
 ENTRYPOINT = ["workerpool-worker"]
 BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
 
@@ -139,7 +140,7 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
-            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+            {"name": STATE_VOLUME, "mountPath": TMP_DIR},
             *[dict(m) for m in template.volume_mounts],
         ],
         "startupProbe": _probe("ready", period=2, failures=150),  # up to 5 minutes to import the app
