@@ -165,7 +165,14 @@ def test_drift_is_put_back(operator: RunningOperator, redis_server: RedisServer)
     assert len(events(kube, "DeploymentRestored")) == 2
 
 
-def test_missing_secret_then_created_without_restart(operator: RunningOperator, redis_server: RedisServer) -> None:
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKERPOOL_OPERATOR_RETRY_DELAY", "1")
+
+
+def test_missing_secret_then_created_without_restart(
+    fast_retries: None, operator: RunningOperator, redis_server: RedisServer
+) -> None:
     kube = operator.cluster
     create_pool(kube, pool_manifest("shop", secret="late"))
     wait_for(lambda: _ready(kube, "shop") == "False", message="Ready=False")
@@ -185,6 +192,38 @@ def test_missing_secret_then_created_without_restart(operator: RunningOperator, 
     wait_for(lambda: _ready(kube, "shop") == "True", timeout=30, message="Ready once the Secret is complete")
     assert "shop-default" in deployments(kube)
     assert events(kube, "Resolved")
+
+
+@pytest.fixture
+def fast_secret_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKERPOOL_OPERATOR_SECRET_RECHECK", "1")
+
+
+def test_rotated_secret_is_picked_up_and_a_deleted_one_reported(
+    fast_secret_recheck: None,
+    operator: RunningOperator,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    create_pool(kube, pool_manifest("shop"))
+    wait_for(lambda: _ready(kube, "shop") == "True", message="Ready")
+    other = RedisServer(workdir=tmp_path_factory.mktemp("other")).start()
+    try:
+        client = api(kube)
+        secret = f"/api/v1/namespaces/{NS}/secrets/redis"
+        client.request(
+            "PATCH", secret, body={"stringData": {"url": other.url}}, content_type="application/merge-patch+json"
+        )
+        wait_for(lambda: events(kube, "BrokerChanged"), timeout=10, message="the new URL picked up")
+        enqueue(other.url, "default", 4)
+        wait_for(lambda: replicas(kube, "shop-default") == 2, message="scaled on the new broker")
+        client.request("DELETE", secret)
+        wait_for(lambda: (condition(kube, "shop", "Ready") or {}).get("reason") == "SecretNotFound", timeout=10)
+        assert replicas(kube, "shop-default") == 2  # a pool that cannot be observed keeps its replicas
+    finally:
+        other.stop()
 
 
 def test_bad_broker_url_in_secret_is_reported(operator: RunningOperator) -> None:

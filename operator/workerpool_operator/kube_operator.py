@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_REFRESH_ENV = "WORKERPOOL_OPERATOR_STATUS_REFRESH"
 RETRY_ENV = "WORKERPOOL_OPERATOR_RETRY_DELAY"
+SECRET_RECHECK_ENV = "WORKERPOOL_OPERATOR_SECRET_RECHECK"
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -79,6 +80,10 @@ class PoolRecord:
     body: Mapping[str, Any] | None = None  # the object as last reconciled, to retry with
     retry_at: float | None = None  # when to try again a pool that could not be served
     broker_label: str = ""
+    broker: BrokerConfig | None = None
+    plans: dict[str, QueuePlan] = field(default_factory=dict)
+    uses_secrets: bool = False
+    checked_at: float = 0.0  # when its Secrets were last read
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -93,6 +98,7 @@ class PoolOperator:
         self._clock = clock
         self.status_refresh = _env_seconds(STATUS_REFRESH_ENV, 30.0)
         self.retry_delay = _env_seconds(RETRY_ENV, 10.0)
+        self.secret_recheck = _env_seconds(SECRET_RECHECK_ENV, 300.0)
         self._last_poll: dict[str, float] = {}
 
     def record(self, key: PoolKey) -> PoolRecord:
@@ -131,6 +137,9 @@ class PoolOperator:
             record.retry_at = self._clock() + self.retry_delay
             raise
         record.broker_label = broker.redacted_url
+        record.broker = broker
+        record.uses_secrets = pool.spec.broker.url_from is not None or pool.spec.broker.ca_from is not None
+        record.checked_at = self._clock()
 
         # Deployments: one per queue; the replica count stays the scaler's (brought inside new bounds only).
         policies = {name: pool.spec.policy_for(name) for name in queue_names}
@@ -156,10 +165,10 @@ class PoolOperator:
         for queue in removed:
             metrics.forget_queue(key[0], key[1], queue)
 
+        record.plans = {name: QueuePlan(policies[name], pool.spec.poll_interval_for(name)) for name in queue_names}
         if self.loop is not None:
-            plans = {name: QueuePlan(policies[name], pool.spec.poll_interval_for(name)) for name in queue_names}
             states = None if key in self.loop.registered() else self._persisted_states(record)
-            self.loop.register(key, broker, plans, states)
+            self.loop.register(key, broker, record.plans, states)
         was_problem = record.problem
         record.problem = None
         if was_problem is not None:
@@ -181,9 +190,36 @@ class PoolOperator:
                 logger.warning("%s/%s: retry failed: %s", *record.key, exc)
                 record.retry_at = now + self.retry_delay
 
+    async def recheck_secrets(self) -> None:
+        """Read again, now and then, the Secrets of the pools being served: a rotated broker URL is picked up
+        (and a Secret deleted since is reported) without a restart. Secrets are read by name, never watched."""
+        now = self._clock()
+        for record in list(self.records.values()):
+            if record.problem is not None or not record.uses_secrets or record.body is None:
+                continue
+            if now - record.checked_at < self.secret_recheck:
+                continue
+            record.checked_at = now
+            try:
+                broker = await self._resolve_broker(record.key[0], WorkerPool.from_object(record.body))
+            except PoolNotServed as exc:
+                await self._not_served(record, exc.problem, record.queue_names)
+                record.retry_at = now + self.retry_delay
+                continue
+            except Exception as exc:
+                logger.warning("%s/%s: re-reading the broker Secret failed: %s", *record.key, exc)
+                continue
+            if broker != record.broker and self.loop is not None and record.key in self.loop.registered():
+                record.broker, record.broker_label = broker, broker.redacted_url
+                self.loop.register(record.key, broker, record.plans)
+                await self._event(
+                    record, "Normal", "BrokerChanged", f"the broker Secret now says {broker.redacted_url}"
+                )
+
     async def run_retries(self, stop: asyncio.Event, every: float = 1.0) -> None:
         while not stop.is_set():
             await self.retry_due()
+            await self.recheck_secrets()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every)
 
