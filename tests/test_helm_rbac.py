@@ -267,7 +267,7 @@ def test_what_the_operator_must_not_do_is_denied(chart: helm_python.Chart) -> No
 TEST_AGENT = "helm-rbac-test"  # the test's own calls (setting the scene) carry this User-Agent
 
 
-def test_api(kube: KubeCluster) -> KubeApi:
+def scene_api(kube: KubeCluster) -> KubeApi:
     client = kube.api_client()
     client.user_agent = TEST_AGENT
     return KubeApi(client)
@@ -287,7 +287,7 @@ def test_recorded_calls_of_a_pool_lifecycle_are_allowed(
 ) -> None:
     """The operator serves a pool end to end (Deployment, status, scale-up, deletion) within the rules."""
     kube = operator.cluster
-    api = test_api(kube)
+    api = scene_api(kube)
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}, "stringData": {"url": ""}}
     secret["data"] = {"url": base64.b64encode(redis_server.url.encode()).decode()}
     del secret["stringData"]
@@ -353,7 +353,7 @@ def test_operator_with_peering_runs_within_the_rules(
     values = NAMESPACED if mode == "namespaced" else {}
     manifests = render(chart, values)
     g = grants_for(manifests, FULLNAME, NAMESPACE)
-    api = test_api(kube)
+    api = scene_api(kube)
     for peering in (m for m in manifests if m["apiVersion"] == "kopf.dev/v1"):
         ns = peering["metadata"].get("namespace")
         plural = f"namespaces/{ns}/kopfpeerings" if ns else "clusterkopfpeerings"
