@@ -255,7 +255,7 @@ def decide(
             )
     elif desired < current:
         if to_zero:
-            reason = f"scale to zero: no backlog and nothing in flight for {idle_for:g}s"
+            reason = f"scale to zero: no backlog and nothing in flight for {idle_for:.0f}s"
         elif current > high and desired == high:
             reason = f"scale down to max replicas {high}: {load}"
         else:
