@@ -168,13 +168,16 @@ def test_acks_late_task_is_delivered_again_after_a_hard_kill(redis_server: Redis
     assert client.llen("work") == 0
 
 
-def test_soft_shutdown_timeout_bounds_the_wait_and_requeues_acks_late_work(redis_server: RedisServer, tmp_path: Path):
+@pytest.mark.parametrize("pool", ["prefork", "gevent", "eventlet"])
+def test_soft_shutdown_timeout_cancels_what_still_runs_and_requeues_acks_late_work(
+    pool: str, redis_server: RedisServer, tmp_path: Path
+):
     client = redis_server.client()
     settings = {
-        "workerpool_pool": "prefork",
+        "workerpool_pool": pool,
         "workerpool_concurrency": "1",
         "workerpool_queues": "work",
-        "workerpool_soft_shutdown_timeout": "1",
+        "workerpool_soft_shutdown_timeout": "1.5",
     }
     with running_worker(redis_server.url, tmp_path, settings) as worker:
         worker.wait_ready()
@@ -183,10 +186,37 @@ def test_soft_shutdown_timeout_bounds_the_wait_and_requeues_acks_late_work(redis
         stopped = time.monotonic()
         worker.terminate()
         assert worker.wait(30) == 0, worker.output()[-2000:]
-        assert time.monotonic() - stopped < 15  # not the task's 60 s
+        assert 1.5 <= time.monotonic() - stopped < 15  # the timeout, not the task's 60 s
     assert runs(client, "t") == []
     assert client.llen("work") == 1  # cancelled, and its unacknowledged message is back
+    assert client.hlen("unacked") == 0
     assert not client.exists(report_key("work"))
+
+
+def test_soft_shutdown_timeout_is_only_an_upper_bound(redis_server: RedisServer, tmp_path: Path):
+    """Tasks that end before the timeout end the shutdown (Celery's own soft shutdown sleeps it all)."""
+    client = redis_server.client()
+    settings = {"workerpool_pool": "prefork", "workerpool_concurrency": "1", "workerpool_queues": "work"}
+    settings["workerpool_soft_shutdown_timeout"] = "60"
+    with running_worker(redis_server.url, tmp_path, settings) as worker:
+        worker.wait_ready()
+        producer(redis_server.url).send_task("record", args=("u", 1.0), queue="work")
+        wait_for(lambda: client.llen("test:started:u") == 1, 20, worker.output)
+        stopped = time.monotonic()
+        worker.terminate()
+        assert worker.wait(30) == 0, worker.output()[-2000:]
+        assert time.monotonic() - stopped < 15
+    assert len(runs(client, "u")) == 1
+
+
+def test_bad_celery_argument_is_one_line(redis_server: RedisServer, tmp_path: Path):
+    env = entrypoint_env(redis_server.url, tmp_path / "state", {"WORKERPOOL_EXTRA_ARGS": "--no-such-flag"})
+    result = _run_entrypoint(env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "workerpool-worker: bad celery worker arguments: No such option '--no-such-flag'."
+    ]
+    assert not (tmp_path / "state" / "ready").exists() and not (tmp_path / "state" / "heartbeat").exists()
 
 
 def _run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

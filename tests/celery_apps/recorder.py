@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from typing import Any
 
@@ -29,14 +28,14 @@ if os.environ.get("TEST_GLOBAL_KEYPREFIX"):
     _options["global_keyprefix"] = os.environ["TEST_GLOBAL_KEYPREFIX"]
 app.conf.broker_transport_options = _options
 
-_local = threading.local()
+_clients: dict[int, redis.Redis] = {}
 
 
 def _redis() -> redis.Redis:
-    client: redis.Redis | None = getattr(_local, "client", None)
-    if client is None or getattr(_local, "pid", None) != os.getpid():
-        client = redis.Redis.from_url(app.conf.broker_url, decode_responses=True)
-        _local.client, _local.pid = client, os.getpid()
+    """One client (with its connection pool) per process, shared by its threads or greenlets."""
+    client = _clients.get(os.getpid())
+    if client is None:
+        client = _clients[os.getpid()] = redis.Redis.from_url(app.conf.broker_url, decode_responses=True)
     return client
 
 

@@ -10,11 +10,19 @@ from typing import Any
 import eventlet
 from celery.concurrency.eventlet import TaskPool
 
-from workerpool_operator.worker.pools import spawn_unless_stopping
+from workerpool_operator.worker.pools import cancellable, spawn_unless_stopping
 
 
 class EventletPool(TaskPool):  # type: ignore[misc]
     _quick_put: Any
+
+    def on_apply(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().on_apply(cancellable(target), *args, **kwargs)
+
+    def terminate_job(self, pid: Any, signal: Any = None) -> None:
+        # Eventlet kills at once, before Celery marks the request cancelled: the kill would read as a revoke,
+        # which acknowledges. Killing on the next switch, as gevent does, keeps the cancel a cancel.
+        eventlet.spawn_n(super().terminate_job, pid, signal)
 
     def on_start(self) -> None:
         super().on_start()

@@ -10,11 +10,14 @@ from typing import Any
 import gevent
 from celery.concurrency.gevent import TaskPool
 
-from workerpool_operator.worker.pools import spawn_unless_stopping
+from workerpool_operator.worker.pools import cancellable, spawn_unless_stopping
 
 
 class GeventPool(TaskPool):  # type: ignore[misc]
     _quick_put: Any
+
+    def on_apply(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().on_apply(cancellable(target), *args, **kwargs)
 
     def on_start(self) -> None:
         super().on_start()

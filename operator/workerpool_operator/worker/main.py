@@ -49,10 +49,6 @@ def check_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 def prepare_process(config: WorkerConfig, environ: MutableMapping[str, str]) -> None:
     """Everything that must happen before Celery is imported."""
-    if config.soft_shutdown_timeout > 0:
-        # Celery applies worker_soft_shutdown_timeout to cold shutdowns only; this makes SIGTERM start one:
-        # running tasks get the timeout, then are cancelled (acks_late ones go back to the queue).
-        environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     if config.pool in POOL_CLASSES:
         # `--pool custom` loads this class: Celery's pool, minus starting prefetched tasks during a shutdown.
         environ["CELERY_CUSTOM_WORKER_POOL"] = POOL_CLASSES[config.pool]

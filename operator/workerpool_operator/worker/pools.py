@@ -8,8 +8,9 @@ smaller form: the consumer blocks in the pool's ``spawn`` until a slot frees, th
 even though a shutdown began meanwhile; theirs skip it.
 
 A skipped task was never accepted, so never acknowledged (with early or late acks alike), and kombu
-puts its message back in the queue when the worker's connection closes. The entrypoint selects
-these classes through Celery's ``--pool custom`` and ``CELERY_CUSTOM_WORKER_POOL``.
+puts its message back in the queue when the worker's connection closes. The green pools also keep
+an ``acks_late`` task cancelled by the soft-shutdown timeout unacknowledged (:func:`cancellable`).
+The entrypoint selects these classes through Celery's ``--pool custom`` and ``CELERY_CUSTOM_WORKER_POOL``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.concurrency.thread import TaskPool
+from celery.exceptions import Terminated
 from celery.worker import state as worker_state
 
 
@@ -49,3 +51,27 @@ def spawn_unless_stopping(spawn: Any, wait_for_slot: Any, skipped: Any) -> Any:
         return spawn(*args, **kwargs)
 
     return guarded_spawn
+
+
+def cancellable(target: Any) -> Any:
+    """Wrap a task for a green pool so that killing its greenlet reads as "terminated", not "succeeded".
+
+    Celery's green pools turn the ``GreenletExit`` of a cancelled task into a plain success, which
+    acknowledges an ``acks_late`` message: cancelled by a soft-shutdown timeout, it would be lost.
+    As ``Terminated`` (what a killed prefork child gives), the cancelled request is not acknowledged
+    and its message goes back to the queue when the connection closes.
+    """
+
+    from billiard.einfo import ExceptionInfo  # type: ignore[import-untyped]
+    from greenlet import GreenletExit  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return target(*args, **kwargs)
+        except GreenletExit:
+            try:
+                raise Terminated("cancelled during the worker's shutdown") from None
+            except Terminated:
+                return (1, ExceptionInfo(), 0.0)  # (failed, exception info, runtime), as the tracer returns
+
+    return run

@@ -7,13 +7,17 @@ monkey-patched for gevent/eventlet: it imports Celery, kombu and redis.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import redis
 from celery import Celery, signals
 from celery.app.utils import find_app
@@ -29,6 +33,8 @@ log = logging.getLogger("workerpool.worker")
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "redis+socket"})
 EX_FAILURE = 1  # Celery's exit code after a cold shutdown
+REPORT_SOCKET_OPTIONS = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+CANCELLABLE_POOLS = frozenset({"prefork", "gevent", "eventlet"})  # the others cannot stop a running task
 
 
 def load_app(spec: str) -> Celery:
@@ -78,11 +84,15 @@ def _first_line(error: BaseException) -> str:
 
 
 class Heartbeat:
-    """A daemon thread (a greenlet under gevent/eventlet) that runs ``tick`` every ``interval`` seconds."""
+    """A daemon thread (a greenlet under gevent/eventlet) that runs ``tick`` every ``interval`` seconds,
+    and ``check`` every ``STEP`` seconds in between."""
 
-    def __init__(self, interval: float, tick: Callable[[], None]) -> None:
+    STEP = 0.25
+
+    def __init__(self, interval: float, tick: Callable[[], None], check: Callable[[], None]) -> None:
         self.interval = interval
         self.tick = tick
+        self.check = check
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="workerpool-heartbeat", daemon=True)
 
@@ -95,12 +105,20 @@ class Heartbeat:
             self._thread.join(timeout=self.interval + 5)
 
     def _run(self) -> None:
+        next_tick = time.monotonic()
         while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # keep beating whatever one tick did
-                log.exception("heartbeat tick failed")
-            self._stop.wait(self.interval)
+            if time.monotonic() >= next_tick:
+                self._safely(self.tick)
+                next_tick = time.monotonic() + self.interval
+            self._safely(self.check)
+            self._stop.wait(min(self.STEP, max(0.0, next_tick - time.monotonic())))
+
+    @staticmethod
+    def _safely(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:  # keep beating whatever one call did
+            log.exception("heartbeat job failed")
 
 
 class WorkerSupervisor:
@@ -112,10 +130,11 @@ class WorkerSupervisor:
         self.files = files
         self.reporter: Reporter | None = None
         self.concurrency = config.concurrency or 0
-        self.sigterm_cold_shutdown = False
+        self.escalated = False  # the soft-shutdown timeout ran out and we started a cold shutdown
+        self._stop_deadline: float | None = None
         self._reporter_lock = threading.Lock()
         self._finished = False
-        self.heartbeat = Heartbeat(config.report_interval, self._tick)
+        self.heartbeat = Heartbeat(config.report_interval, self._tick, self._check_stop_deadline)
 
     def connect(self) -> None:
         # weak=False: these bound methods must live as long as the worker, not as long as a reference.
@@ -141,15 +160,17 @@ class WorkerSupervisor:
         queues = tuple(sorted(q for q in self.app.amqp.queues.consume_from if q != direct))
         if not queues:
             queues = (self.app.conf.task_default_queue,)
-        try:
-            self.reporter = self._make_reporter(queues)
-        except Exception as error:  # reports are best effort: the worker works without them
-            log.warning("worker reports disabled: cannot connect for them: %s", error)
+        if self.reporter is None:  # worker_ready comes again after a reconnection
+            try:
+                self.reporter = self._make_reporter(queues)
+            except Exception as error:  # reports are best effort: the worker works without them
+                log.warning("worker reports disabled: cannot connect for them: %s", error)
         self.files.mark_ready()
         self._tick()
 
     def _make_reporter(self, queues: tuple[str, ...]) -> Reporter:
-        conn = self.app.connection_for_write()
+        # Bounded socket waits: a vanished broker must not hold the heartbeat or the shutdown.
+        conn = self.app.connection_for_write(transport_options=REPORT_SOCKET_OPTIONS)
         channel = conn.default_channel
         # The channel's own pool carries every broker setting (TLS, sentinel, auth); a plain client on it
         # leaves key names alone (the channel's client would add global_keyprefix to some commands only).
@@ -184,10 +205,29 @@ class WorkerSupervisor:
         return max(0, accepted - len(worker_state.active_requests))
 
     def _on_shutting_down(self, sig: str = "", how: str = "", **_: Any) -> None:
-        # Runs inside Celery's signal handler: only unlink a file here.
+        # Runs inside Celery's signal handler: only unlink a file and note a time here.
         self.files.mark_not_ready()
-        if sig == "SIGTERM" and how == "Cold":
-            self.sigterm_cold_shutdown = True
+        timeout = self.config.soft_shutdown_timeout
+        if how == "Warm" and timeout > 0 and self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + timeout
+
+    def _check_stop_deadline(self) -> None:
+        """After the soft-shutdown timeout, turn the warm shutdown into Celery's cold one (SIGQUIT):
+        running tasks are cancelled, and the messages of acks_late ones go back to the queue."""
+        if self._stop_deadline is None or self.escalated or time.monotonic() < self._stop_deadline:
+            return
+        self.escalated = True
+        running = len(worker_state.active_requests)
+        if self.config.pool not in CANCELLABLE_POOLS:
+            log.warning(
+                "soft-shutdown timeout reached with %d task(s) running: the %s pool cannot cancel them, "
+                "waiting for them to finish",
+                running,
+                self.config.pool,
+            )
+            return
+        log.warning("soft-shutdown timeout reached: cancelling %d running task(s)", running)
+        os.kill(os.getpid(), signal.SIGQUIT)
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         self.finish()
@@ -213,20 +253,25 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
     app = load_app(config.app)
     if config.broker_url is not None:
         app.conf.broker_url = config.broker_url
+        os.environ["CELERY_BROKER_URL"] = config.broker_url  # Celery prefers this variable to its setting
     check_broker(app)
-    app.conf.worker_soft_shutdown_timeout = config.soft_shutdown_timeout
+    if config.soft_shutdown_timeout > 0:
+        # Ours bounds the warm shutdown (see WorkerSupervisor); Celery's would sleep its whole timeout in
+        # the cold shutdown whenever a task runs, so it is turned off.
+        app.conf.worker_soft_shutdown_timeout = 0
 
     supervisor = WorkerSupervisor(app, config, files)
     supervisor.connect()
     supervisor.heartbeat.start()
     try:
         code = app.start(argv=config.celery_argv(pool_name="custom" if config.pool in POOL_CLASSES else None))
+    except click.UsageError as error:  # a bad `celery worker` argument among the extra ones
+        raise ConfigError(f"bad celery worker arguments: {error.format_message()}") from None
     finally:
         supervisor.finish()
     exit_code = int(code or 0)
-    if exit_code == EX_FAILURE and supervisor.sigterm_cold_shutdown:
-        # REMAP_SIGTERM=SIGQUIT (a soft-shutdown timeout is set) makes Celery's SIGTERM a cold shutdown,
-        # which exits 1; a stop Kubernetes asked for is a normal end.
+    if exit_code == EX_FAILURE and supervisor.escalated:
+        # Celery's cold shutdown exits 1; this one ended a stop that was asked for, as configured.
         exit_code = 0
     sys.stdout.flush()
     return exit_code
