@@ -37,16 +37,18 @@ class RequestLog:
 
     def _drain(self) -> None:
         assert self.kube.emulator is not None
-        requests = self.kube.emulator._requests
-        taken = list(requests)
-        del requests[: len(taken)]
-        for request in taken:
-            if str(request.method) not in ("GET", "method.GET"):
-                self.writes += 1
-            elif request.resource is not None and request.params.get("watch"):
-                self.watched.add(str(request.resource.plural))
-        if not self._stopped:
-            self.kube._loop.call_later(self._every, self._drain)
+        try:
+            requests = self.kube.emulator._requests
+            taken = list(requests)
+            del requests[: len(taken)]
+            for request in taken:
+                if str(request.method) not in ("GET", "method.GET"):
+                    self.writes += 1
+                elif request.resource is not None and (request.params or {}).get("watch"):
+                    self.watched.add(str(request.resource.plural))
+        finally:
+            if not self._stopped:
+                self.kube._loop.call_later(self._every, self._drain)
 
     def stop(self) -> None:
         self._stopped = True
