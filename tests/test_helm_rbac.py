@@ -17,7 +17,6 @@ from typing import Any
 
 import helm_python
 import kmock
-import kopf
 import pytest
 from kopf.testing import KopfRunner
 
@@ -35,6 +34,7 @@ from tests.rbac import (
     parse_request,
 )
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
+from workerpool_operator.cli import build_parser, kopf_command
 from workerpool_operator.kube_backend import KubeApi
 
 WATCHED = ["apps", "jobs"]
@@ -306,12 +306,13 @@ def test_recorded_calls_of_a_pool_lifecycle_are_allowed(
     assert check_requests(grants(chart, {"peering": {"enabled": False}}), calls) == []
 
 
-def _run_operator(args: list[str], *, scanning: bool) -> KopfRunner:
-    settings = kopf.OperatorSettings()
-    # With explicit namespaces and Roles only, kopf must not scan namespaces and CRDs cluster-wide: when that
-    # is forbidden it retries for about 90 s (logging errors) before serving. See KOPF_TOLERATES_FORBIDDEN.
-    settings.scanning.disabled = not scanning
-    return KopfRunner(["run", "-m", "workerpool_operator.handlers", "--verbose", *args], timeout=60, settings=settings)
+def _run_operator(chart_args: list[str], monkeypatch: pytest.MonkeyPatch) -> KopfRunner:
+    """kopf started exactly as `workerpool-operator <chart args>` starts it (arguments and environment)."""
+    argv, env = kopf_command(build_parser().parse_args(chart_args))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = [a for a in argv[1:] if a != "--log-format" and a not in ("plain", "json", "full")]
+    return KopfRunner([*argv, "--verbose"], timeout=60)
 
 
 def _wait_for_request(kube: KubeCluster, verb: str, group_resource: str, timeout: float = 20.0) -> None:
@@ -360,12 +361,11 @@ def test_operator_with_peering_runs_within_the_rules(
         api.request("POST", f"/apis/kopf.dev/v1/{plural}", body=peering)
     refused = _enforce(kube, g)
     deployment = next(m for m in manifests if m["kind"] == "Deployment")
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"][1:]  # after "run"
-    args = [a for a in args if not a.startswith(("--liveness", "--log-format"))]
-    if mode == "cluster-wide":
-        args.append("--all-namespaces")  # what `workerpool-operator run` adds when no --namespace is given
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["workerpool-operator"]
+    args = [a for a in container["args"] if not a.startswith("--liveness")]  # no health server in a test
     caplog.set_level(logging.WARNING)
-    with _run_operator(args, scanning=mode == "cluster-wide") as runner:
+    with _run_operator(args, monkeypatch) as runner:
         _wait_for_request(
             kube, "patch", "kopf.dev/kopfpeerings" if mode == "namespaced" else "kopf.dev/clusterkopfpeerings"
         )

@@ -12,12 +12,18 @@ from workerpool_operator import __version__
 HANDLERS_MODULE = "workerpool_operator.handlers"
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Start the operator with kopf, as `kopf run -m workerpool_operator.handlers` would."""
+NAMESPACED_ENV = "WORKERPOOL_OPERATOR_NAMESPACED"
+
+
+def kopf_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The kopf command line and the extra environment for ``run``."""
     argv = ["kopf", "run", "-m", HANDLERS_MODULE, "--log-format", args.log_format]
+    env: dict[str, str] = {}
     if args.namespace:
         for ns in args.namespace:
             argv += ["--namespace", ns]
+        # Namespaced RBAC grants nothing cluster-wide: kopf must not scan namespaces and CRDs (handlers.configure).
+        env[NAMESPACED_ENV] = "1"
     else:
         argv.append("--all-namespaces")
     if args.liveness:
@@ -30,6 +36,13 @@ def _run(args: argparse.Namespace) -> int:
             argv += ["--priority", str(args.priority)]
     if args.verbose:
         argv.append("--verbose")
+    return argv, env
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Start the operator with kopf, as `kopf run -m workerpool_operator.handlers` would."""
+    argv, env = kopf_command(args)
+    os.environ.update(env)
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
     return 0  # pragma: no cover - execvp does not return
 

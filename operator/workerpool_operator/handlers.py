@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -34,6 +35,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+    # With a list of watched namespaces the operator has no cluster-wide permission (see the Helm chart):
+    # kopf must not list namespaces or watch CRDs, or it retries those refused calls before serving.
+    settings.scanning.disabled = os.environ.get("WORKERPOOL_OPERATOR_NAMESPACED") == "1"
 
 
 @kopf.on.login()
