@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import kopf
 import pytest
@@ -39,6 +40,7 @@ def test_run_namespaced_turns_scanning_off(monkeypatch: pytest.MonkeyPatch) -> N
         else:
             monkeypatch.setenv(NAMESPACED_ENV, value)
         settings = kopf.OperatorSettings()
-        handlers.configure(settings=settings)
+        configure: Any = handlers.configure  # kopf's decorator types it as a full activity callback
+        configure(settings=settings)
         assert settings.scanning.disabled is disabled
         assert settings.persistence.finalizer == "workerpool.dev/finalizer"
