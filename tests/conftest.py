@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +13,7 @@ import pytest
 import redis
 
 from tests.kube import KubeCluster
+from workerpool_operator.local.embedded_redis import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,80 +42,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- Redis ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+class RedisServer(EmbeddedRedis):
+    """A real ``redis-server`` process on a free loopback port, in a directory of the test's."""
 
-
-@dataclass
-class RedisServer:
-    """A real ``redis-server`` process on a free loopback port, in its own directory."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(workdir=workdir, extra_args=extra_args)
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: run `make test` (it installs it) or apt-get install it")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(self.workdir / "redis.log"),
-            *self.extra_args,
-        ]
+        super().start()
         assert self.port != 6379, "never use the shared Redis on 6379"
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ready()
         return self
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        while True:
-            try:
-                client.ping()
-                client.close()
-                return
-            except redis.RedisError:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: see {self.workdir / 'redis.log'}") from None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer
 from workerpool_operator import reports
 from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.local.embedded_redis import free_port
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.observe import (
     ObservationError,

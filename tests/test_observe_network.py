@@ -14,8 +14,9 @@ import pytest
 import redis
 import trustme
 
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer
 from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.local.embedded_redis import free_port
 from workerpool_operator.observe import Observer
 
 MASTER_PASSWORD = "m4ster-pw"

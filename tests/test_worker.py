@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, RedisServer, free_port
+from tests.conftest import REPO, RedisServer
 from tests.worker_process import (
     APP,
     entrypoint_env,
@@ -21,6 +21,7 @@ from tests.worker_process import (
     runs,
     wait_for,
 )
+from workerpool_operator.local.embedded_redis import free_port
 from workerpool_operator.reports import decode_report, report_key
 
 POOLS = ["prefork", "threads", "solo", "gevent", "eventlet"]

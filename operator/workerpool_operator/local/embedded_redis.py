@@ -7,8 +7,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -22,42 +24,77 @@ class RedisUnavailable(RuntimeError):
     """redis-server is missing or did not start; the message says what to do."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-class EmbeddedRedis:
-    """Starts ``redis-server`` on 127.0.0.1 and stops it (and removes its directory) on exit."""
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
-    def __init__(self, start_timeout: float = 10.0) -> None:
+
+class EmbeddedRedis:
+    """Starts ``redis-server`` on 127.0.0.1 and stops it on exit.
+
+    By default on a free port in a temporary directory it removes afterwards; ``workdir``, ``port`` and
+    ``extra_args`` (more redis-server options) let tests run servers of their own. :meth:`restart`
+    starts it again on the same port, with its data gone (nothing is persisted).
+    """
+
+    def __init__(
+        self,
+        start_timeout: float = 10.0,
+        *,
+        workdir: Path | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
-        self._workdir: Path | None = None
-        self.port = 0
+        self._own_workdir = workdir is None
+        self.workdir = workdir
+        self.port = port or 0
+        self._port_fixed = port is not None
+        self.extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> EmbeddedRedis:
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._process
+
+    def start(self) -> Self:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisUnavailable(INSTALL_HINT)
-        self._workdir = Path(tempfile.mkdtemp(prefix="workerpool-redis-"))
-        for _attempt in range(3):  # a free port can be taken between probing and binding
-            self.port = _free_port()
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="workerpool-redis-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(1 if self._port_fixed else 3):  # a free port can be taken between probe and bind
+            if not self._port_fixed:
+                self.port = free_port()
             self._process = subprocess.Popen(
                 [
                     binary,
                     "--port", str(self.port),
                     "--bind", "127.0.0.1",
-                    "--dir", str(self._workdir),
+                    "--dir", str(self.workdir),
                     "--save", "",
                     "--appendonly", "no",
-                    "--logfile", str(self._workdir / "redis.log"),
+                    "--logfile", str(self.workdir / "redis.log"),
+                    *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -65,8 +102,9 @@ class EmbeddedRedis:
                 start_new_session=True,  # Ctrl-C reaches the runtime, which stops Redis last
             )  # fmt: skip
             if self._wait_ready():
+                self._port_fixed = True  # a restart comes back on the same port
                 return self
-        log = self._workdir / "redis.log"
+        log = self.workdir / "redis.log"
         last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         self.stop()
         raise RedisUnavailable("redis-server did not start" + (f": {last[0]}" if last else ""))
@@ -84,26 +122,27 @@ class EmbeddedRedis:
                     return True
                 except redis.RedisError:
                     time.sleep(0.05)
-            self._process.kill()
-            self._process.wait()
+            stop_process(self._process, timeout=0)
             return False
         finally:
             client.close()
 
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port and directory (the data is gone)."""
+        if self._process is not None:
+            stop_process(self._process)
+        self._process = None
+        self.start()
+
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        if process is not None:
+            stop_process(process)
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
-    def __enter__(self) -> EmbeddedRedis:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
