@@ -11,6 +11,9 @@ import pytest
 
 from tests.pss import assert_restricted
 from workerpool_operator.render import (
+    BROKER_CA_DIR,
+    BROKER_CA_ENV,
+    BROKER_CA_FILE,
     LAST_APPLIED_ANNOTATION,
     POOL_LABEL,
     QUEUE_ANNOTATION,
@@ -83,6 +86,17 @@ FULL_QUEUES: list[dict[str, Any]] = [
     {"name": "io_bound", "pool": "gevent", "concurrency": 200, "prefetchMultiplier": 2},
     {"name": "reports.daily", "pool": "solo", "resources": {"limits": {"cpu": "2", "memory": "4Gi"}}},
 ]
+
+TLS_BROKER: dict[str, Any] = {
+    "urlFrom": {"secretKeyRef": {"name": "redis", "key": "url"}},
+    "caFrom": {"secretKeyRef": {"name": "redis-ca", "key": "ca-bundle.pem"}},
+}
+EXAMPLES: tuple[dict[str, Any], ...] = (
+    {},
+    {"template": FULL_TEMPLATE, "queues": FULL_QUEUES},
+    {"broker": TLS_BROKER},
+    {"broker": TLS_BROKER, "template": FULL_TEMPLATE, "queues": FULL_QUEUES},
+)
 
 
 def _render(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -210,6 +224,41 @@ def test_inline_url_and_command_override() -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == ["tini", "--", "w"]
 
 
+def test_ca_from_mounts_only_the_ca_key_read_only_and_points_the_worker_at_it() -> None:
+    for extra in ({}, {"template": FULL_TEMPLATE, "queues": FULL_QUEUES}):
+        for deployment in _render(_pool(broker=TLS_BROKER, **extra)).values():
+            pod_spec = deployment["spec"]["template"]["spec"]
+            ca_volumes = [v for v in pod_spec["volumes"] if "secret" in v]
+            assert ca_volumes == [
+                {
+                    "name": "workerpool-broker-ca",
+                    "secret": {
+                        "secretName": "redis-ca",
+                        "items": [{"key": "ca-bundle.pem", "path": "ca.crt"}],  # whatever the key is called
+                        "defaultMode": 0o444,
+                    },
+                }
+            ]
+            (container,) = pod_spec["containers"]
+            ca_mounts = [m for m in container["volumeMounts"] if m["name"] == "workerpool-broker-ca"]
+            assert ca_mounts == [{"name": "workerpool-broker-ca", "mountPath": BROKER_CA_DIR, "readOnly": True}]
+            assert _env(deployment)[BROKER_CA_ENV] == BROKER_CA_FILE == "/etc/workerpool/broker-ca/ca.crt"
+            names = [v["name"] for v in pod_spec["volumes"]]
+            assert len(names) == len(set(names))
+            if extra:  # the template's own volumes and mounts are all still there, after ours
+                assert pod_spec["volumes"][2:] == FULL_TEMPLATE["volumes"]
+                assert container["volumeMounts"][2:] == FULL_TEMPLATE["volumeMounts"]
+
+
+def test_ca_from_with_an_inline_url_and_a_user_override() -> None:
+    broker = {"url": "rediss://redis.apps:6380/0", "caFrom": TLS_BROKER["caFrom"]}
+    own = {"name": BROKER_CA_ENV, "value": "/certs/mine.pem"}
+    (deployment,) = _render(_pool(broker=broker)).values()
+    assert _env(deployment)[BROKER_CA_ENV] == BROKER_CA_FILE
+    (overridden,) = _render(_pool(broker=broker, template={"image": "x", "env": [own]})).values()
+    assert _env(overridden)[BROKER_CA_ENV] == "/certs/mine.pem"  # template.env wins, as for every setting
+
+
 def test_deployment_names_are_dns_safe_and_never_collide() -> None:
     assert deployment_name("shop", "default") == "shop-default"
     names = {deployment_name("shop", q) for q in ("a-b", "a_b", "a.b")}
@@ -235,16 +284,16 @@ def test_rendering_is_pure_and_does_not_alias_the_spec() -> None:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_rendered_deployments_validate_strictly(version: str) -> None:
-    for obj in (_pool(), _pool(template=FULL_TEMPLATE, queues=FULL_QUEUES)):
-        for deployment in _render(obj).values():
+    for extra in EXAMPLES:
+        for deployment in _render(_pool(**extra)).values():
             kubernetes_validate.validate(
                 {**deployment, "spec": {**deployment["spec"], "replicas": 0}}, version, strict=True
             )
 
 
 def test_rendered_pods_meet_pod_security_restricted() -> None:
-    for obj in (_pool(), _pool(template=FULL_TEMPLATE, queues=FULL_QUEUES)):
-        for deployment in _render(obj).values():
+    for extra in EXAMPLES:
+        for deployment in _render(_pool(**extra)).values():
             assert_restricted(deployment)
 
 

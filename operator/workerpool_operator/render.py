@@ -27,6 +27,12 @@ TMP_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only, and Python an
 STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR), inside it
 ENTRYPOINT = ["workerpool-worker"]
 BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
+# spec.broker.caFrom: the Secret's one key, as a file of a fixed name in a read-only Secret volume.
+BROKER_CA_VOLUME = "workerpool-broker-ca"
+BROKER_CA_DIR = "/etc/workerpool/broker-ca"
+BROKER_CA_NAME = "ca.crt"
+BROKER_CA_FILE = f"{BROKER_CA_DIR}/{BROKER_CA_NAME}"
+BROKER_CA_ENV = "WORKERPOOL_BROKER_CA_FILE"
 
 
 def deployment_name(pool: str, queue: str) -> str:
@@ -105,7 +111,11 @@ def _pod_spec(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
         "terminationGracePeriodSeconds": template.termination_grace_period_seconds,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(pool, queue)],
-        "volumes": [{"name": STATE_VOLUME, "emptyDir": {}}, *[dict(v) for v in template.volumes]],
+        "volumes": [
+            {"name": STATE_VOLUME, "emptyDir": {}},
+            *_broker_ca_volumes(pool),
+            *[dict(v) for v in template.volumes],
+        ],
     }
     if template.service_account_name:
         spec["serviceAccountName"] = template.service_account_name
@@ -141,6 +151,7 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
         },
         "volumeMounts": [
             {"name": STATE_VOLUME, "mountPath": TMP_DIR},
+            *_broker_ca_mounts(pool),
             *[dict(m) for m in template.volume_mounts],
         ],
         "startupProbe": _probe("ready", period=2, failures=150),  # up to 5 minutes to import the app
@@ -176,6 +187,21 @@ def _probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _broker_ca_volumes(pool: WorkerPool) -> list[dict[str, Any]]:
+    """The CA bundle of ``spec.broker.caFrom``: only its key, projected as ``ca.crt`` (whatever the key's name)."""
+    ca = pool.spec.broker.ca_from
+    if ca is None:
+        return []
+    items = [{"key": ca.key, "path": BROKER_CA_NAME}]
+    return [{"name": BROKER_CA_VOLUME, "secret": {"secretName": ca.name, "items": items, "defaultMode": 0o444}}]
+
+
+def _broker_ca_mounts(pool: WorkerPool) -> list[dict[str, Any]]:
+    if pool.spec.broker.ca_from is None:
+        return []
+    return [{"name": BROKER_CA_VOLUME, "mountPath": BROKER_CA_DIR, "readOnly": True}]
+
+
 def _env(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any]]:
     """The worker's settings; the user's ``template.env`` comes last, so it can override any of them."""
     env: list[dict[str, Any]] = [
@@ -196,6 +222,8 @@ def _env(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any]]:
         env.append({"name": BROKER_URL_ENV, "valueFrom": {"secretKeyRef": ref}})
     elif broker.url is not None:
         env.append({"name": BROKER_URL_ENV, "value": broker.url})
+    if broker.ca_from is not None:
+        env.append({"name": BROKER_CA_ENV, "value": BROKER_CA_FILE})
     user = [dict(e) for e in pool.spec.template.env]
     overridden = {e.get("name") for e in user}
     return [e for e in env if e["name"] not in overridden] + user
