@@ -5,15 +5,17 @@ from __future__ import annotations
 import io
 import subprocess
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from workerpool_operator.engine import Decision
 from workerpool_operator.local.backend import LocalProcessBackend, LocalWorker
 from workerpool_operator.local.demo import percentile
 from workerpool_operator.local.loadgen import Phase
+from workerpool_operator.local.runtime import plan_pool
 from workerpool_operator.local.view import Dashboard, LogView, QueueInfo, sparkline
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.spec import WorkerPool
 
 POOL = ("local", "p")
 
@@ -91,3 +93,19 @@ def test_sparkline_percentile_and_phase_schedule() -> None:
     assert [burst.due(t) for t in (4.9, 5.0, 9.0)] == [0, 10, 10]
     stream = Phase("q", "t", 10, 0.0, 10.0, 0, 1)
     assert [stream.due(t) for t in (0.0, 2.5, 5.0, 10.0)] == [0, 2, 5, 10]
+
+
+def _tls_pool(env: list[dict[str, Any]]) -> WorkerPool:
+    broker = {"url": "rediss://redis:6380/0", "caFrom": {"secretKeyRef": {"name": "ca", "key": "ca.crt"}}}
+    template = {"image": "w", "env": env}
+    spec = {"broker": broker, "app": "a:app", "template": template, "queues": [{"name": "q"}]}
+    return WorkerPool.from_object({"kind": "WorkerPool", "metadata": {"name": "p"}, "spec": spec})
+
+
+def test_local_workers_get_no_ca_file_from_a_secret_but_keep_one_the_user_gives() -> None:
+    planned = plan_pool(_tls_pool([]), "rediss://127.0.0.1:6380/0")
+    assert "WORKERPOOL_BROKER_CA_FILE" not in planned.workers["q"].env  # no Secret volume on this machine
+    assert planned.unset_env == ("WORKERPOOL_BROKER_CA_FILE",)  # and the view says so
+    assert planned.workers["q"].env["WORKERPOOL_APP"] == "a:app"
+    own = plan_pool(_tls_pool([{"name": "WORKERPOOL_BROKER_CA_FILE", "value": "ca.pem"}]), "rediss://h:1/0")
+    assert own.workers["q"].env["WORKERPOOL_BROKER_CA_FILE"] == "ca.pem" and own.unset_env == ()

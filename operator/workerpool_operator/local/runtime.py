@@ -25,7 +25,7 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, WorkerSettings
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
-from workerpool_operator.render import render_deployment
+from workerpool_operator.render import BROKER_CA_ENV, BROKER_CA_FILE, render_deployment
 from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
 from workerpool_operator.spec import SpecError, WorkerPool
 
@@ -97,7 +97,9 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
         container = render_deployment(pool, queue, uid="local")["spec"]["template"]["spec"]["containers"][0]
         env: dict[str, str] = {}
         for item in container.get("env", []):
-            if "value" in item:
+            if item.get("value") == BROKER_CA_FILE and item["name"] == BROKER_CA_ENV:
+                skipped.add(item["name"])  # a file from the caFrom Secret, mounted in a pod only
+            elif "value" in item:
                 env[item["name"]] = str(item["value"])
             elif item["name"] not in LOCAL_SETTINGS:
                 skipped.add(item["name"])  # from a Secret or a field: there is no cluster to read it from
