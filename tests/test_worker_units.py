@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, RedisServer
+from tests.dockerfile import instructions as dockerfile_instructions
 from workerpool_operator.reports import decode_report, report_key
 from workerpool_operator.worker.config import ENV_VARS, ConfigError, parse_run_args
 from workerpool_operator.worker.probes import ProbeFiles, check
@@ -248,14 +249,8 @@ def test_worker_package_never_imports_kopf_or_kubernetes():
 DOCKERFILE = REPO / "worker-image" / "Dockerfile"
 
 
-def _instructions(text: str) -> list[tuple[str, str]]:
-    joined = re.sub(r"\\\n", " ", text)
-    lines = [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
-
-
 def test_dockerfile_runs_the_entrypoint_as_a_numeric_user_under_tini_in_exec_form():
-    instructions = _instructions(DOCKERFILE.read_text())
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
     froms = [arg for op, arg in instructions if op == "FROM"]
     assert len(froms) >= 2 and all("slim" in f for f in froms)  # multi-stage, slim bases
     user = [arg for op, arg in instructions if op == "USER"][-1]
@@ -269,7 +264,7 @@ def test_dockerfile_runs_the_entrypoint_as_a_numeric_user_under_tini_in_exec_for
 
 def test_example_child_image_builds_from_the_base_and_names_an_app_that_exists():
     example = REPO / "worker-image" / "example-app"
-    instructions = _instructions((example / "Dockerfile").read_text())
+    instructions = dockerfile_instructions((example / "Dockerfile").read_text())
     assert [op for op, _ in instructions if op == "FROM"] == ["FROM"]
     app = next(arg for op, arg in instructions if op == "ENV" and "WORKERPOOL_APP" in arg)
     module = re.search(r"WORKERPOOL_APP=([\w.]+)", app)
