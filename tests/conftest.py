@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.kube import KubeCluster
+from tests.tls import TLSRedis, tls_redis_server
 from workerpool_operator.local.embedded_redis import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +66,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedis]:
+    """A fresh real redis-server speaking TLS only, its certificate from a CA of the test's (see tests/tls.py)."""
+    with tls_redis_server(tmp_path_factory.mktemp("tls-redis")) as server:
+        yield server
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------------

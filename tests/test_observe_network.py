@@ -15,6 +15,7 @@ import redis
 import trustme
 
 from tests.conftest import RedisServer
+from tests.tls import TLSRedis
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.local.embedded_redis import free_port
 from workerpool_operator.observe import Observer
@@ -124,51 +125,19 @@ async def test_unknown_sentinel_master_is_a_clear_value(sentinel: SentinelSetup)
 # --- TLS -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TLSRedis:
-    port: int
-    ca: trustme.CA
-
-    @property
-    def ca_pem(self) -> str:
-        return str(self.ca.cert_pem.bytes().decode())
-
-
-@pytest.fixture
-def tls_redis(tmp_path: Path) -> Iterator[TLSRedis]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    port = free_port()
-    args = ["--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-    args += ["--save", "", "--appendonly", "no", "--logfile", str(tmp_path / "redis.log")]
-    args += ["--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(ca_file)]
-    args += ["--tls-auth-clients", "no"]
-
-    def client() -> redis.Redis:
-        return redis.Redis(port=port, ssl=True, ssl_ca_data=ca.cert_pem.bytes().decode(), socket_timeout=1)
-
-    process = _spawn(args, lambda: client().lpush("emails", "a", "b", "c"), tmp_path / "redis.log")
-    try:
-        yield TLSRedis(port=port, ca=ca)
-    finally:
-        _stop(process)
-
-
 async def test_tls_with_the_ca_from_the_secret(tls_redis: TLSRedis) -> None:
+    tls_redis.client().lpush("emails", "a", "b", "c")
     verified = BrokerConfig(url=f"rediss://127.0.0.1:{tls_redis.port}/0", ca_pem=tls_redis.ca_pem)
     unverified = BrokerConfig(url=f"rediss://127.0.0.1:{tls_redis.port}/0?ssl_cert_reqs=none")
     async with Observer() as observer:
         observed = await observer.observe({verified: ["emails"], unverified: ["emails"]}, timeout=5)
     assert observed[verified].ok, observed[verified].error
-    assert observed[verified].queues["emails"].backlog >= 3  # the readiness probe may have pushed more
+    assert observed[verified].queues["emails"].backlog == 3
     assert observed[unverified].queues["emails"].backlog == observed[verified].queues["emails"].backlog
 
 
 async def test_tls_with_a_wrong_ca_is_refused_with_a_clear_reason(tls_redis: TLSRedis) -> None:
+    tls_redis.client().lpush("emails", "a", "b", "c")
     wrong = BrokerConfig(url=f"rediss://127.0.0.1:{tls_redis.port}/0", ca_pem=trustme.CA().cert_pem.bytes().decode())
     system_store = BrokerConfig(url=f"rediss://127.0.0.1:{tls_redis.port}/0")
     plain = BrokerConfig(url=f"redis://127.0.0.1:{tls_redis.port}/0")
