@@ -129,10 +129,14 @@ def wait_for(condition: Callable[[], Any], timeout: float, explain: Callable[[],
         time.sleep(0.05)
 
 
-def producer(broker_url: str, transport_options: Mapping[str, Any] | None = None) -> Celery:
+def producer(
+    broker_url: str, transport_options: Mapping[str, Any] | None = None, use_ssl: Mapping[str, Any] | None = None
+) -> Celery:
     """A separate Celery app that only sends tasks by name, as a real producer would."""
     app = Celery("producer", broker=broker_url, set_as_current=False)
     app.conf.broker_transport_options = dict(transport_options or {})
+    if use_ssl is not None:
+        app.conf.broker_use_ssl = dict(use_ssl)
     return app
 
 

@@ -35,7 +35,9 @@ def _redis() -> redis.Redis:
     """One client (with its connection pool) per process, shared by its threads or greenlets."""
     client = _clients.get(os.getpid())
     if client is None:
-        client = _clients[os.getpid()] = redis.Redis.from_url(app.conf.broker_url, decode_responses=True)
+        tls = app.conf.broker_use_ssl  # set by the entrypoint for a rediss:// broker with a CA file
+        options: dict[str, Any] = tls if isinstance(tls, dict) else {}
+        client = _clients[os.getpid()] = redis.Redis.from_url(app.conf.broker_url, decode_responses=True, **options)
     return client
 
 

@@ -11,6 +11,7 @@ import argparse
 import math
 import shlex
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ DEFAULT_BROKER_CHECK_TIMEOUT = 5.0
 # Exit codes: one per kind of bad configuration, so a CrashLoopBackOff says which one it is.
 EX_CONFIG = 2  # an argument or environment variable is invalid (unknown pool, bad number, ...)
 EX_APP = 3  # the Celery app cannot be imported
-EX_BROKER = 4  # the broker URL cannot be read, is not a Redis URL, or the broker does not answer
+EX_BROKER = 4  # the broker URL or CA cannot be read, is not a Redis URL, or the broker does not answer
 
 # (environment variable, argparse destination, help) for every setting; the single source for the docs.
 ENV_VARS: tuple[tuple[str, str, str], ...] = (
@@ -52,6 +53,11 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("WORKERPOOL_WORKER_NAME", "worker_name", "this worker's name in reports (default: the hostname, the pod name)"),
     ("WORKERPOOL_BROKER_URL", "broker_url", "overrides the app's broker_url"),
     ("WORKERPOOL_BROKER_URL_FILE", "broker_url_file", "a file holding the broker URL (a mounted Secret)"),
+    (
+        "WORKERPOOL_BROKER_CA_FILE",
+        "broker_ca_file",
+        "a CA bundle (PEM) to verify a rediss:// broker with (a mounted Secret; default: the app's TLS settings)",
+    ),
     ("WORKERPOOL_STATE_DIR", "state_dir", f"where the probe files live (default {DEFAULT_STATE_DIR})"),
     ("WORKERPOOL_REPORT_INTERVAL", "report_interval", f"seconds between reports (default {DEFAULT_INTERVAL:g})"),
     ("WORKERPOOL_REPORT_TTL", "report_ttl", f"seconds a report stays valid (default {DEFAULT_TTL:g})"),
@@ -79,6 +85,7 @@ class WorkerConfig:
     loglevel: str = "info"
     worker_name: str = field(default_factory=socket.gethostname)
     broker_url: str | None = None
+    broker_ca_file: Path | None = None
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     report_interval: float = DEFAULT_INTERVAL
     report_ttl: float = DEFAULT_TTL
@@ -177,6 +184,7 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         loglevel=loglevel,
         worker_name=(raw("worker_name") or socket.gethostname()).strip(),
         broker_url=_broker_url(raw("broker_url"), raw("broker_url_file")),
+        broker_ca_file=_broker_ca_file(raw("broker_ca_file")),
         state_dir=Path(raw("state_dir") or DEFAULT_STATE_DIR),
         report_interval=report_interval,
         report_ttl=report_ttl,
@@ -220,6 +228,19 @@ def _broker_url(url: str | None, url_file: str | None) -> str | None:
     if not text:
         raise ConfigError(f"the broker URL file {url_file} is empty", EX_BROKER)
     return text
+
+
+def _broker_ca_file(path: str | None) -> Path | None:
+    """The CA file, once it is known to hold at least one certificate Python's TLS can load."""
+    if path is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        raise ConfigError(f"the broker CA file {path} holds no PEM certificate", EX_BROKER) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the broker CA file {path}: {error.strerror or error}", EX_BROKER) from None
+    return Path(path)
 
 
 class _Parser(argparse.ArgumentParser):

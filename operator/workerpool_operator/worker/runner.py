@@ -10,10 +10,12 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from celery.utils.nodenames import worker_direct
 from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
+from workerpool_operator.worker.broker_tls import with_ca_file
 from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
 from workerpool_operator.worker.probes import ProbeFiles
 from workerpool_operator.worker.reporting import Counts, Reporter, count_requests
@@ -49,7 +52,20 @@ def load_app(spec: str) -> Celery:
     return app
 
 
-def check_broker(app: Celery) -> None:
+def use_broker_ca(app: Celery, ca_file: Path) -> None:
+    """Verify the broker with the CA in ``ca_file``: ``broker_use_ssl`` for every connection the app opens
+    (the worker's, the start-up check's and the reports'), the URL's own ``ssl_*`` fields moved into it."""
+    url = app.conf.broker_url or ""
+    try:
+        url, options = with_ca_file(url, ca_file, app.conf.broker_use_ssl)
+    except ValueError as error:
+        raise ConfigError(f"the broker URL {_redacted(url)} {error}", EX_BROKER) from None
+    app.conf.broker_url = url
+    os.environ["CELERY_BROKER_URL"] = url  # Celery prefers this variable to its setting
+    app.conf.broker_use_ssl = options
+
+
+def check_broker(app: Celery, ca_file: Path | None = None) -> None:
     """Fail fast, with one line, when the broker URL is not a Redis URL or nobody answers there."""
     url = app.conf.broker_url or ""
     shown = _redacted(url)
@@ -65,7 +81,27 @@ def check_broker(app: Celery) -> None:
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError(f"the broker URL {shown} is invalid: {_first_line(error)}", EX_BROKER) from None
     except Exception as error:
+        refused = _certificate_refusal(error)
+        if refused is not None:
+            trusted = f"the CA in {ca_file}" if ca_file is not None else "the app's TLS settings"
+            raise ConfigError(
+                f"the broker {shown} failed TLS verification with {trusted}: {refused} (is it the broker's CA?)",
+                EX_BROKER,
+            ) from None
         raise ConfigError(f"cannot reach the broker {shown}: {_first_line(error)}", EX_BROKER) from None
+
+
+def _certificate_refusal(error: BaseException) -> str | None:
+    """Why the broker's certificate was refused, when that is what ``error`` (or what it wraps) says."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "certificate verify failed")
+        seen = seen.__cause__ or seen.__context__
+    text = _first_line(error)
+    if "CERTIFICATE_VERIFY_FAILED" in text:  # redis-py keeps only the text of the ssl error
+        return text.split("certificate verify failed:", 1)[-1].split("(_ssl.c", 1)[0].strip() or text
+    return None
 
 
 def _redacted(url: str) -> str:
@@ -254,7 +290,9 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
     if config.broker_url is not None:
         app.conf.broker_url = config.broker_url
         os.environ["CELERY_BROKER_URL"] = config.broker_url  # Celery prefers this variable to its setting
-    check_broker(app)
+    if config.broker_ca_file is not None:
+        use_broker_ca(app, config.broker_ca_file)
+    check_broker(app, config.broker_ca_file)
     if config.soft_shutdown_timeout > 0:
         # Ours bounds the warm shutdown (see WorkerSupervisor); Celery's would sleep its whole timeout in
         # the cold shutdown whenever a task runs, so it is turned off.
@@ -277,4 +315,4 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
     return exit_code
 
 
-__all__ = ["WorkerSupervisor", "check_broker", "load_app", "run"]
+__all__ = ["WorkerSupervisor", "check_broker", "load_app", "run", "use_broker_ca"]
