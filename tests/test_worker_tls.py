@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from tests.tls import TLSRedis
 from tests.worker_process import entrypoint_env, producer, running_worker, runs, wait_for
 from workerpool_operator.reports import decode_report, report_key
-from workerpool_operator.worker.broker_tls import with_ca_file, without_ssl_fields
+from workerpool_operator.worker.broker_tls import verified_by_default, with_ca_file, without_ssl_fields
 from workerpool_operator.worker.config import ConfigError, parse_run_args
 
 CA = Path("/etc/workerpool/broker-ca/ca.crt")
@@ -161,3 +161,27 @@ def test_a_ca_file_that_cannot_be_used_exits_at_once_with_one_line(
     assert result.returncode == 4, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("workerpool-worker: " + message.format(**fields)), lines
+
+
+def test_without_a_ca_file_the_certificate_is_checked_against_the_system_cas(
+    tls_redis: TLSRedis, tmp_path: Path
+) -> None:
+    """kombu alone would not check a rediss:// broker's certificate; the entrypoint does, unless told not to."""
+    assert verified_by_default(tls_redis.url, None) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert verified_by_default(tls_redis.url + "?ssl_cert_reqs=none", None) is None  # the user said so
+    assert verified_by_default(tls_redis.url, {"ssl_ca_certs": "/ca.pem"}) is None  # the app says how
+    assert verified_by_default("redis://127.0.0.1:6380/0", None) is None
+
+    result = _run_entrypoint(entrypoint_env(tls_redis.url, tmp_path / "state"))
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "failed TLS verification with the system CAs" in lines[0], lines
+
+    # ssl_cert_reqs=none in the URL turns the check off, as in kombu: the worker starts.
+    (tmp_path / "opted-out").mkdir()
+    with running_worker(
+        tls_redis.url + "?ssl_cert_reqs=none", tmp_path / "opted-out", {"workerpool_pool": "solo"}
+    ) as w:
+        w.wait_ready(20)
+        w.terminate()
+        assert w.wait() == 0, w.output()[-2000:]

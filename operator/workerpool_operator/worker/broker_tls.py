@@ -1,4 +1,5 @@
-"""Celery's TLS settings for a ``rediss://`` broker verified with a CA file (``WORKERPOOL_BROKER_CA_FILE``).
+"""Celery's TLS settings for a ``rediss://`` broker: verified with a CA file (``WORKERPOOL_BROKER_CA_FILE``),
+or with the system CAs when nothing else is said.
 
 kombu reads TLS options from Celery's ``broker_use_ssl`` or from the URL's ``ssl_*`` query fields, and the
 URL's replace the setting as a whole: a URL ending in ``?ssl_cert_reqs=required`` (as Celery's docs suggest)
@@ -38,6 +39,18 @@ def with_ca_file(url: str, ca_file: Path, configured: object) -> tuple[str, dict
     own: dict[str, Any] = dict(configured) if isinstance(configured, dict) else {}
     options = {**own, "ssl_cert_reqs": ssl.CERT_REQUIRED, **from_url, "ssl_ca_certs": str(ca_file)}
     return without_ssl_fields(url), options
+
+
+def verified_by_default(url: str, configured: object) -> dict[str, Any] | None:
+    """``broker_use_ssl`` that makes a ``rediss://`` broker's certificate checked against the system CAs
+    when nothing says how to check it; ``None`` when the URL or the app already says (``ssl_*`` fields,
+    ``broker_use_ssl``), or the broker is not TLS. kombu alone would not check the certificate at all."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "rediss" or ";" in url or configured:
+        return None
+    if any(field.split("=", 1)[0].startswith("ssl_") for field in parts.query.split("&") if field):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def without_ssl_fields(url: str) -> str:

@@ -27,7 +27,7 @@ from celery.utils.nodenames import worker_direct
 from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
-from workerpool_operator.worker.broker_tls import with_ca_file
+from workerpool_operator.worker.broker_tls import verified_by_default, with_ca_file
 from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
 from workerpool_operator.worker.probes import ProbeFiles
 from workerpool_operator.worker.reporting import Counts, Reporter, count_requests
@@ -83,7 +83,13 @@ def check_broker(app: Celery, ca_file: Path | None = None) -> None:
     except Exception as error:
         refused = _certificate_refusal(error)
         if refused is not None:
-            trusted = f"the CA in {ca_file}" if ca_file is not None else "the app's TLS settings"
+            trusted = (
+                f"the CA in {ca_file}"
+                if ca_file is not None
+                else "the system CAs (give the broker's CA with caFrom / WORKERPOOL_BROKER_CA_FILE)"
+                if app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+                else "the app's TLS settings"
+            )
             raise ConfigError(
                 f"the broker {shown} failed TLS verification with {trusted}: {refused} (is it the broker's CA?)",
                 EX_BROKER,
@@ -292,6 +298,8 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
         os.environ["CELERY_BROKER_URL"] = config.broker_url  # Celery prefers this variable to its setting
     if config.broker_ca_file is not None:
         use_broker_ca(app, config.broker_ca_file)
+    elif (default_tls := verified_by_default(app.conf.broker_url or "", app.conf.broker_use_ssl)) is not None:
+        app.conf.broker_use_ssl = default_tls
     check_broker(app, config.broker_ca_file)
     if config.soft_shutdown_timeout > 0:
         # Ours bounds the warm shutdown (see WorkerSupervisor); Celery's would sleep its whole timeout in
