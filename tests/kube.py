@@ -76,7 +76,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             elif action == kmock.action.UPDATE and request.name is not None:
                 self._stamp_updated(request)
         response = await super()._handle(request)
-        if action == kmock.action.DELETE and request.resource is not None:
+        # A delete, or a patch removing the last finalizer of an object being deleted, may orphan objects.
+        if action in (kmock.action.DELETE, kmock.action.UPDATE) and request.resource is not None:
             await self._collect_garbage()
         return response
 

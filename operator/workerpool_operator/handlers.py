@@ -48,7 +48,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def start_scaling(memo: kopf.Memo, **_: Any) -> None:
-    """The scaling loop and the retry loop run beside kopf's watches, for as long as the operator runs."""
+    """The scaling loop and the retry loop run beside kopf's watches, for as long as the operator runs;
+    they act only on the pools served now (see :func:`serve`)."""
     metrics.serve()
     pools = PoolOperator(KubeApi())
     observer = Observer()
@@ -79,6 +80,19 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     and an Event, and is retried by the operator (no handler failure: one bad pool never blocks others)."""
     with contextlib.suppress(PoolNotServed):
         await memo.pools.reconcile(body)
+
+
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_backoff=5.0, cancellation_timeout=5.0)
+async def serve(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    """While this runs, this operator serves the pool: it is in the scaling loop and retried. kopf stops it
+    when a peer with a higher priority pauses this operator (and starts it again on resume), when the pool
+    is deleted, and on exit; then the pool leaves the scaling loop, so two operators never both scale it."""
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    memo.pools.serve(key, dict(body.get("status") or {}))
+    try:
+        await stopped.wait()
+    finally:
+        memo.pools.unserve(key)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

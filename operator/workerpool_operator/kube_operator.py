@@ -2,8 +2,10 @@
 
 The kopf handlers (``handlers.py``) stay thin and call :class:`PoolOperator`. State kept here, per pool:
 the Deployments last rendered (to spot drift), the last status written (to write only changes), and
-the problem that stops the pool from being served, if any. Nothing here blocks the event loop: API
-calls go through :func:`asyncio.to_thread`.
+the problem that stops the pool from being served, if any. A pool is scaled only while it is *served*:
+while its kopf daemon runs (:meth:`PoolOperator.serve` / :meth:`PoolOperator.unserve`), which kopf stops
+when a peer with a higher priority pauses this operator, when the pool is deleted, and on exit. Nothing
+here blocks the event loop: API calls go through :func:`asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class PoolOperator:
         self.retry_delay = _env_seconds(RETRY_ENV, 10.0)
         self.secret_recheck = _env_seconds(SECRET_RECHECK_ENV, 300.0)
         self._last_poll: dict[str, float] = {}
+        self.served: set[PoolKey] = set()  # pools whose kopf daemon runs: this operator acts on them now
 
     def record(self, key: PoolKey) -> PoolRecord:
         found = self.records.get(key)
@@ -166,22 +169,51 @@ class PoolOperator:
             metrics.forget_queue(key[0], key[1], queue)
 
         record.plans = {name: QueuePlan(policies[name], pool.spec.poll_interval_for(name)) for name in queue_names}
-        if self.loop is not None:
-            states = None if key in self.loop.registered() else self._persisted_states(record)
-            self.loop.register(key, broker, record.plans, states)
+        if key in self.served:
+            self._register(record)
         was_problem = record.problem
         record.problem = None
         if was_problem is not None:
             await self._event(record, "Normal", "Resolved", f"{was_problem.reason} resolved: scaling again")
         await self.write_status(record)
 
+    def _register(self, record: PoolRecord) -> None:
+        """Put the pool in the scaling loop; a pool not there yet starts from its persisted scaling state."""
+        if self.loop is None or record.broker is None:
+            return
+        states = None if record.key in self.loop.registered() else self._persisted_states(record)
+        self.loop.register(record.key, record.broker, record.plans, states)
+
+    def serve(self, key: PoolKey, status: Mapping[str, Any]) -> None:
+        """This operator serves the pool from now on (its kopf daemon started). ``status`` is the pool's
+        status as kopf last saw it: when the pool was not in the scaling loop (start-up, or the end of a
+        pause during which another operator may have scaled it), scaling resumes from its ``scalerState``."""
+        self.served.add(key)
+        logger.info("%s/%s: served by this operator", *key)
+        record = self.records.get(key)
+        if record is None or record.problem is not None or not record.plans:
+            return  # not reconciled yet (reconcile registers it) or not servable (retried, now served)
+        if self.loop is not None and key not in self.loop.registered() and status:
+            record.written = dict(status)
+        self._register(record)
+
+    def unserve(self, key: PoolKey) -> None:
+        """This operator no longer serves the pool (paused by a peer, pool deleted, or exiting): stop
+        scaling it and writing about it. Its scaling state is in its status already."""
+        self.served.discard(key)
+        if self.loop is not None:
+            self.loop.unregister(key)
+        logger.info("%s/%s: no longer served by this operator", *key)
+
     async def retry_due(self) -> None:
-        """Reconcile again every pool whose problem may have been fixed meanwhile (a Secret created or
-        completed: Secrets are only read, never watched)."""
+        """Reconcile again every served pool whose problem may have been fixed meanwhile (a Secret created
+        or completed: Secrets are only read, never watched)."""
         now = self._clock()
         for record in list(self.records.values()):
             if record.retry_at is None or record.retry_at > now or record.body is None:
                 continue
+            if record.key not in self.served:
+                continue  # paused by a peer: retried once served again
             try:
                 await self.reconcile(record.body)
             except PoolNotServed:
@@ -196,6 +228,8 @@ class PoolOperator:
         now = self._clock()
         for record in list(self.records.values()):
             if record.problem is not None or not record.uses_secrets or record.body is None:
+                continue
+            if record.key not in self.served:
                 continue
             if now - record.checked_at < self.secret_recheck:
                 continue
@@ -315,6 +349,7 @@ class PoolOperator:
         """The pool is gone (its Deployments go with it, by owner reference)."""
         if self.loop is not None:
             self.loop.unregister(key)
+        self.served.discard(key)
         record = self.records.pop(key, None)
         self.backend.forget(key)
         for queue in record.queue_names if record else ():
@@ -372,8 +407,8 @@ class PoolOperator:
         """The scaling loop's reporter: metrics always; Events on scale decisions and on errors; status
         when something a user cares about changed."""
         record = self.records.get(result.pool)
-        if record is None:
-            return
+        if record is None or result.pool not in self.served:
+            return  # unregistered during the tick (paused or deleted): a paused operator writes nothing
         namespace, name = result.pool
         if self._last_poll.get(record.broker_label) != result.observed_at:
             self._last_poll[record.broker_label] = result.observed_at
