@@ -9,6 +9,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from tests.conftest import REPO
+from tests.dockerfile import instructions as dockerfile_instructions
 from tests.pss import assert_restricted
 from workerpool_operator.render import (
     BROKER_CA_DIR,
@@ -151,7 +153,7 @@ def test_minimal_pool_renders_every_field() -> None:
         assert absent not in pod_spec
     (container,) = pod_spec["containers"]
     assert container["name"] == "worker" and container["image"] == "registry.example/shop:1.0"
-    assert container["command"] == ["workerpool-worker"] and "args" not in container
+    assert "command" not in container and "args" not in container  # the image's entrypoint runs, under tini
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -222,6 +224,23 @@ def test_inline_url_and_command_override() -> None:
     (deployment,) = _render(obj).values()
     assert _env(deployment)["WORKERPOOL_BROKER_URL"] == "redis://redis.apps:6379/0"
     assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == ["tini", "--", "w"]
+
+
+def _pod_argv(container: dict[str, Any], entrypoint: list[str]) -> list[str]:
+    """What the kubelet runs: ``command`` replaces the image's ENTRYPOINT, ``args`` its CMD (none here)."""
+    return [*container.get("command", entrypoint), *container.get("args", [])]
+
+
+def test_pods_run_the_worker_image_entrypoint_so_tini_is_pid_1() -> None:
+    steps = dockerfile_instructions((REPO / "worker-image" / "Dockerfile").read_text())
+    entrypoint = json.loads([arg for op, arg in steps if op == "ENTRYPOINT"][-1])
+    for obj in (_pool(), _pool(template=FULL_TEMPLATE, queues=FULL_QUEUES)):
+        for deployment in _render(obj).values():
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            argv = _pod_argv(container, entrypoint)
+            assert argv[0].endswith("tini") and argv[1:3] == ["--", "workerpool-worker"], argv
+            # The worker's own arguments follow the entrypoint: extraArgs after the "--" of workerpool-worker.
+            assert argv[3:] == container.get("args", [])
 
 
 def test_ca_from_mounts_only_the_ca_key_read_only_and_points_the_worker_at_it() -> None:

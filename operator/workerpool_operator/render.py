@@ -25,7 +25,7 @@ CONTAINER_NAME = "worker"
 STATE_VOLUME = "workerpool-state"
 TMP_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only, and Python and Celery want a writable /tmp
 STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR), inside it
-ENTRYPOINT = ["workerpool-worker"]
+WORKER_COMMAND = ["workerpool-worker"]  # on the image's PATH: what the probes run
 BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
 # spec.broker.caFrom: the Secret's one key, as a file of a fixed name in a read-only Secret volume.
 BROKER_CA_VOLUME = "workerpool-broker-ca"
@@ -141,7 +141,6 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": template.image,
-        "command": list(template.command) if template.command else list(ENTRYPOINT),
         "env": _env(pool, queue),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -158,6 +157,10 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
         "readinessProbe": _probe("ready", period=10, failures=3),
         "livenessProbe": _probe("alive", period=30, failures=3),
     }
+    # No command by default: the image's entrypoint runs (the worker image's is tini, then workerpool-worker,
+    # configured by the WORKERPOOL_* variables above), so tini stays PID 1 and reaps zombies.
+    if template.command:
+        container["command"] = list(template.command)
     if template.extra_args:
         container["args"] = ["--", *template.extra_args]
     if template.image_pull_policy:
@@ -180,7 +183,7 @@ def soft_shutdown_timeout(pool: WorkerPool) -> int:
 
 def _probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
-        "exec": {"command": [*ENTRYPOINT, "check", kind]},
+        "exec": {"command": [*WORKER_COMMAND, "check", kind]},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 5,
