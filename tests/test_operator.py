@@ -351,3 +351,50 @@ def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
     assert second.exception is None
     assert {name: d["metadata"]["uid"] for name, d in deployments(kube).items()} == uids  # same objects, no copies
     assert len(events(kube, "Scaled")) == 3  # 0->3, 3->1, 1->0: nothing scaled twice
+
+
+def _operator_connections(server: RedisServer) -> int:
+    """Clients connected to ``server``, this check's own connection left out."""
+    client = server.client()
+    try:
+        own = client.client_id()
+        return len([c for c in client.client_list() if int(c["id"]) != own])
+    finally:
+        client.close()
+
+
+def test_connections_to_a_broker_no_pool_uses_are_closed(
+    fast_secret_recheck: None,
+    operator: RunningOperator,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    kube = operator.cluster
+    other = RedisServer(workdir=tmp_path_factory.mktemp("other")).start()
+    try:
+        create_secret(kube, "redis", {"url": redis_server.url})
+        create_secret(kube, "other", {"url": other.url})
+        create_pool(kube, pool_manifest("shop", secret="redis"))
+        create_pool(kube, pool_manifest("mail", secret="other"))
+        wait_for(lambda: _ready(kube, "shop") == "True" and _ready(kube, "mail") == "True", message="both Ready")
+        assert _operator_connections(redis_server) > 0 and _operator_connections(other) > 0
+
+        # shop's Secret now names the other broker: nothing uses the first one any more.
+        api(kube).request(
+            "PATCH",
+            f"/api/v1/namespaces/{NS}/secrets/redis",
+            body={"stringData": {"url": other.url}},
+            content_type="application/merge-patch+json",
+        )
+        wait_for(lambda: events(kube, "BrokerChanged"), timeout=10, message="the new URL picked up")
+        wait_for(lambda: _operator_connections(redis_server) == 0, timeout=10, message="old broker disconnected")
+
+        delete_pool(kube, "mail")  # shop still polls the other broker: its connection stays
+        wait_for(lambda: "mail" not in kube.objects("workerpool.dev/v1alpha1/workerpools", NS), message="mail gone")
+        time.sleep(1.5)
+        assert _operator_connections(other) > 0
+
+        delete_pool(kube, "shop")  # no pool left on any broker
+        wait_for(lambda: _operator_connections(other) == 0, timeout=10, message="unused broker disconnected")
+    finally:
+        other.stop()

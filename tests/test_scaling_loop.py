@@ -12,7 +12,7 @@ from tests.conftest import RedisServer
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, ScalingPolicy
 from workerpool_operator.observe import Observer
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
+from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop, brokers_to_forget
 
 
 class RecordingBackend:
@@ -155,3 +155,10 @@ async def test_run_stops_promptly_and_survives_a_failing_reporter(redis_server: 
     await asyncio.wait_for(third.wait(), 5.0)
     stop.set()
     await asyncio.wait_for(task, 2.0)
+
+
+def test_brokers_to_forget_are_those_polled_before_and_used_by_no_pool() -> None:
+    a, b, c = (BrokerConfig(url=f"redis://127.0.0.1:{port}/0") for port in (7001, 7002, 7003))
+    assert brokers_to_forget({a, b}, {b, c}) == {a}
+    assert brokers_to_forget({a, b}, {a, b}) == frozenset()
+    assert brokers_to_forget({a}, set()) == {a}

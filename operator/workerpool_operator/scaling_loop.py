@@ -43,6 +43,15 @@ class BrokerObserver(Protocol):
         timeout: float,  # noqa: ASYNC109 (per broker, not for the whole call)
     ) -> dict[BrokerConfig, BrokerObservation]: ...
 
+    async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
+        """Close the connections of every broker not in ``keep``."""
+
+
+def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[BrokerConfig]) -> frozenset[BrokerConfig]:
+    """The brokers polled before that no registered pool uses any more (pool gone, or its Secret now names
+    another broker): their connections can be closed."""
+    return frozenset(connected) - frozenset(in_use)
+
 
 @dataclass(frozen=True, slots=True)
 class QueuePlan:
@@ -104,6 +113,7 @@ class ScalingLoop:
         self._tick = tick
         self._pools: dict[PoolKey, _Pool] = {}
         self._wakeup = asyncio.Event()
+        self._connected: frozenset[BrokerConfig] = frozenset()  # brokers the observer may hold connections to
 
     # --- registry ------------------------------------------------------------------------------------
 
@@ -163,6 +173,7 @@ class ScalingLoop:
 
     async def run_once(self) -> list[PoolResult]:
         """One tick: observe and scale every queue that is due. Returns what was reported."""
+        await self._forget_unused_brokers()
         now = self._clock()
         due: dict[PoolKey, list[str]] = {}
         for pool in self._pools.values():
@@ -177,6 +188,7 @@ class ScalingLoop:
         wanted: dict[BrokerConfig, set[str]] = {}
         for key, queues in due.items():
             wanted.setdefault(self._pools[key].broker, set()).update(queues)
+        self._connected |= wanted.keys()
         started = time.monotonic()
         observed = await self._observer.observe(wanted, self._observe_timeout)
         duration = time.monotonic() - started
@@ -192,6 +204,19 @@ class ScalingLoop:
             except Exception:
                 logger.exception("reporting pool %s/%s failed", *result.pool)
         return reported
+
+    async def _forget_unused_brokers(self) -> None:
+        """Close the connections of brokers no registered pool uses any more (between polls, so never a
+        connection in use)."""
+        in_use = {pool.broker for pool in self._pools.values()}
+        unused = brokers_to_forget(self._connected, in_use)
+        if not unused:
+            return
+        self._connected -= unused
+        try:
+            await self._observer.forget(keep=in_use)
+        except Exception:
+            logger.exception("closing the connections of brokers no longer used failed")
 
     async def _scale_pool(
         self,
