@@ -36,6 +36,8 @@ from tests.rbac import (
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
 from workerpool_operator.cli import build_parser, kopf_command
 from workerpool_operator.kube_backend import KubeApi
+from workerpool_operator.observation import WorkerLoad
+from workerpool_operator.reports import encode_report, report_key
 
 WATCHED = ["apps", "jobs"]
 NAMESPACED = {"watch": {"namespaces": WATCHED}}
@@ -94,8 +96,7 @@ def expected_calls(namespace: str | None, peering: str | None = FULLNAME) -> lis
         ("POST", f"/apis/apps/v1/namespaces/{ns}/deployments"),
         ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
         ("DELETE", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-removed"),
-        # Pod deletion cost before a scale-down: find the pods, annotate the idlest.
-        ("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=workerpool.dev%2Fpool%3Dshop"),
+        # Pod deletion cost before a scale-down: the idlest pods, named by the worker reports.
         ("PATCH", f"/api/v1/namespaces/{ns}/pods/shop-default-abc12"),
         # The broker URL Secret, by name.
         ("GET", f"/api/v1/namespaces/{ns}/secrets/shop-broker"),
@@ -282,28 +283,53 @@ def recorded(kube: KubeCluster) -> list[tuple[str, str]]:
     ]
 
 
-def test_recorded_calls_of_a_pool_lifecycle_are_allowed(
+def test_recorded_calls_of_a_pool_lifecycle_are_allowed_and_use_every_grant(
     chart: helm_python.Chart, operator: RunningOperator, redis_server: RedisServer
 ) -> None:
-    """The operator serves a pool end to end (Deployment, status, scale-up, deletion) within the rules."""
+    """The operator serves a pool's whole life within the rules, and every grant of the chart (peering
+    aside: see test_operator_with_peering_runs_within_the_rules) is used by a call it really made."""
     kube = operator.cluster
     api = scene_api(kube)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}, "stringData": {"url": ""}}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}}
     secret["data"] = {"url": base64.b64encode(redis_server.url.encode()).decode()}
-    del secret["stringData"]
     api.request("POST", f"/api/v1/namespaces/{h.NS}/secrets", body=secret)
     pools = f"/apis/workerpool.dev/v1alpha1/namespaces/{h.NS}/workerpools"
-    api.request("POST", pools, body=h.pool_manifest("shop"))
-    h.wait_for(lambda: h.deployments(kube), message="the pool's Deployment")
+    queues = [{"name": "default", "maxReplicas": 5}, {"name": "mail"}]  # concurrency 1
+    api.request("POST", pools, body=h.pool_manifest("shop", queues=queues))
+    h.wait_for(lambda: set(h.deployments(kube)) == {"shop-default", "shop-mail"}, message="the Deployments")
     h.wait_for(lambda: h.condition(kube, "shop", "Ready"), message="a Ready condition")
-    h.enqueue(redis_server.url, "default", 6)
-    h.wait_for(lambda: (h.replicas(kube, next(iter(h.deployments(kube)))) or 0) >= 3, message="a scale-up")
+    h.enqueue(redis_server.url, "default", 3)
+    h.wait_for(lambda: h.replicas(kube, "shop-default") == 3, message="a scale-up")
+
+    # A scale-down: the worker reports name one busy pod and two idle ones, which get deletion costs.
+    for pod in ("shop-default-busy", "shop-default-idle1", "shop-default-idle2"):
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": h.NS}, "spec": {}}
+        api.request("POST", f"/api/v1/namespaces/{h.NS}/pods", body=body)
+    redis = redis_server.client()
+    now = float(redis.time()[0])
+    loads = [WorkerLoad("shop-default-busy", running=1, heartbeat=now, concurrency=1)]
+    loads += [WorkerLoad(f"shop-default-idle{i}", heartbeat=now, concurrency=1) for i in (1, 2)]
+    redis.delete("default")
+    redis.hset(report_key("default"), mapping={load.worker: encode_report(load) for load in loads})
+    h.wait_for(lambda: h.replicas(kube, "shop-default") == 1, timeout=15, message="a scale-down")
+
+    # A queue removed from the spec, then a Deployment deleted by hand (put back after reading the pool).
+    edit = {"spec": {"queues": [{"name": "default", "maxReplicas": 5}]}}
+    api.request("PATCH", f"{pools}/shop", body=edit, content_type="application/merge-patch+json")
+    h.wait_for(lambda: set(h.deployments(kube)) == {"shop-default"}, message="the mail queue's Deployment deleted")
+    api.request("DELETE", f"/apis/apps/v1/namespaces/{h.NS}/deployments/shop-default")
+    h.wait_for(lambda: h.events(kube, "DeploymentRestored"), message="the Deployment put back")
+
     api.request("DELETE", f"{pools}/shop")
     h.wait_for(lambda: "shop" not in kube.objects("workerpool.dev/v1alpha1/workerpools", h.NS), message="deletion")
 
     calls = recorded(kube)
     assert check_requests(grants(chart), calls) == []
-    assert check_requests(grants(chart, {"peering": {"enabled": False}}), calls) == []
+    standalone = grants(chart, {"peering": {"enabled": False}})
+    assert check_requests(standalone, calls) == []
+    used = {(r.verb, r.group_resource, None) for r in (parse_request(m, u) for m, u in calls) if r.is_resource}
+    unused = granted_permissions(grants(chart, {"peering": {"enabled": False}}, discovery=False)) - used
+    assert unused == set(), f"granted but never used in a recorded run: {sorted(unused, key=str)}"
 
 
 def _run_operator(chart_args: list[str], monkeypatch: pytest.MonkeyPatch) -> KopfRunner:

@@ -302,6 +302,12 @@ def test_scale_down_marks_the_idlest_pods_first(operator: RunningOperator, redis
     costs = {name: (pod["metadata"].get("annotations") or {}).get(DELETION_COST) for name, pod in pods.items()}
     assert costs["shop-default-busy"] is None
     assert costs["shop-default-idle1"] is not None and costs["shop-default-idle2"] is not None
+    # Pods are found by name (the worker reports), never listed: the RBAC grants patch only.
+    pod_calls = {
+        (str(r.method.value).upper(), r.name) for r in kube.requests() if r.resource and r.resource.plural == "pods"
+    }
+    assert {method for method, _ in pod_calls} == {"POST", "PATCH"}  # the test creates, the operator patches
+    assert {name for method, name in pod_calls if method == "PATCH"} == {"shop-default-idle1", "shop-default-idle2"}
 
 
 def _run_operator(kube: KubeCluster) -> Any:

@@ -68,10 +68,10 @@ or by one Role per watched namespace. Each rule lists exactly the verbs the oper
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Worker pods: found by label and annotated with pod-deletion-cost before a scale-down.
+# Worker pods: annotated by name (from the worker reports) with pod-deletion-cost before a scale-down.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "patch"]
+  verbs: ["patch"]
 # Broker URL Secrets, read by name only: never list or watch.
 - apiGroups: [""]
   resources: ["secrets"]
