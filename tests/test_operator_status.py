@@ -34,6 +34,27 @@ def test_config_problem_makes_pool_not_ready_with_its_reason() -> None:
     assert reachable.status == "Unknown"
 
 
+def test_workload_apply_failure_is_not_ready_but_leaves_the_broker_condition_as_observed() -> None:
+    problem = c.Problem(c.REASON_APPLY_FAILED, "queue default: the API server refused its Deployment: quota")
+    ready, reachable = c.conditions_for_problem(problem, broker_error=None, observed=True)
+    assert (ready.status, ready.reason, ready.message) == ("False", "WorkloadApplyFailed", problem.message)
+    assert (reachable.status, reachable.reason) == ("True", "Observed")
+    ready, reachable = c.conditions_for_problem(problem, broker_error="connection refused", observed=True)
+    assert (ready.status, ready.reason) == ("False", "WorkloadApplyFailed")
+    assert (reachable.status, reachable.reason) == ("False", "RedisUnreachable")
+    _, reachable = c.conditions_for_problem(problem, broker_error=None, observed=False)
+    assert (reachable.status, reachable.reason) == ("Unknown", "AwaitingObservation")
+
+
+def test_config_problems_still_leave_the_broker_unknown() -> None:
+    for reason in sorted(c.CONFIG_REASONS):
+        ready, reachable = c.conditions_for_problem(c.Problem(reason, "fix it"), broker_error=None, observed=True)
+        assert (ready.status, ready.reason) == ("False", reason)
+        assert (reachable.status, reachable.reason) == ("Unknown", reason)
+    ready, _ = c.conditions_for_problem(None, broker_error=None, observed=True)
+    assert (ready.status, ready.reason) == ("True", "Scaling")
+
+
 def test_unreachable_broker_says_replicas_are_held() -> None:
     ready, reachable = c.pool_conditions(config_problem=None, broker_error="connection refused", observed=True)
     assert (reachable.status, reachable.reason) == ("False", "RedisUnreachable")

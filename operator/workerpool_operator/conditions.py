@@ -60,7 +60,8 @@ def pool_conditions(
     """The ``Ready`` and ``BrokerReachable`` conditions of a pool.
 
     ``config_problem``: the spec or its Secret cannot be used (nothing is observed then);
-    ``broker_error``: the last poll of the broker failed; ``observed``: at least one poll came back.
+    ``broker_error``: the last poll of the broker failed; ``observed``: at least one poll came back;
+    ``apply_problem``: the pool's workloads could not be applied (the broker's condition is unaffected).
     """
     if config_problem is not None:
         reachable = Condition(BROKER_REACHABLE, "Unknown", config_problem.reason, config_problem.message)
@@ -82,6 +83,16 @@ def pool_conditions(
     else:
         ready = Condition(READY, "True", REASON_SCALING, "workloads applied and scaled on the broker's backlog")
     return [ready, reachable]
+
+
+def conditions_for_problem(problem: Problem | None, *, broker_error: str | None, observed: bool) -> list[Condition]:
+    """:func:`pool_conditions` for a pool's one current problem, by its kind: a spec or Secret problem
+    (:data:`CONFIG_REASONS`) leaves nothing to observe, so ``BrokerReachable`` is Unknown; any other (the
+    API server refusing a workload: :data:`REASON_APPLY_FAILED`) makes the pool not Ready while
+    ``BrokerReachable`` still says what the last poll found."""
+    if problem is not None and problem.reason in CONFIG_REASONS:
+        return pool_conditions(config_problem=problem, broker_error=broker_error, observed=observed)
+    return pool_conditions(config_problem=None, broker_error=broker_error, observed=observed, apply_problem=problem)
 
 
 def merge_conditions(

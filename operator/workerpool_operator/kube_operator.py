@@ -483,8 +483,8 @@ class PoolOperator:
         async with record.lock:
             if record.key not in self.records:
                 return
-            conditions = cond.pool_conditions(
-                config_problem=record.problem, broker_error=record.broker_error, observed=record.observed
+            conditions = cond.conditions_for_problem(
+                record.problem, broker_error=record.broker_error, observed=record.observed
             )
             now = self._clock()
             new = build_status(
