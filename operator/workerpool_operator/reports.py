@@ -35,24 +35,23 @@ def encode_report(load: WorkerLoad) -> str:
     return json.dumps(asdict(load), separators=(",", ":"))
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 def decode_report(worker: str, raw: str | bytes) -> WorkerLoad | None:
     """Parse one hash field value; ``None`` when it is not a report we understand."""
     try:
-        data = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    try:
+        data = _decode_json(raw.decode() if isinstance(raw, bytes) else raw)
+        get = data.get
         return WorkerLoad(
             worker=worker,
-            running=int(data.get("running", 0)),
-            reserved=int(data.get("reserved", 0)),
-            done=int(data.get("done", 0)),
-            heartbeat=float(data.get("heartbeat", 0.0)),
-            concurrency=int(data.get("concurrency", 0)),
+            running=int(get("running", 0)),
+            reserved=int(get("reserved", 0)),
+            done=int(get("done", 0)),
+            heartbeat=float(get("heartbeat", 0.0)),
+            concurrency=int(get("concurrency", 0)),
         )
-    except (TypeError, ValueError):
+    except (ValueError, TypeError, AttributeError):  # not JSON, not an object, or a field of the wrong type
         return None
 
 
