@@ -19,6 +19,7 @@ from tests.kube import KubeCluster
 
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.kube_backend import KubeApi
+from workerpool_operator.local.embedded_redis import stop_process
 
 
 class RequestLog:
@@ -79,12 +80,7 @@ def operator_process(kube: KubeCluster, **env: str) -> Iterator[subprocess.Popen
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
         log.close()
 
 

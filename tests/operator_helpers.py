@@ -8,10 +8,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
+from redis import Redis
 
 from tests.kube import KubeCluster
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.kube_backend import KubeApi
+from workerpool_operator.observation import WorkerLoad
+from workerpool_operator.reports import encode_report, report_key
 
 NS = "apps"
 T = TypeVar("T")
@@ -127,3 +130,24 @@ def enqueue(url: str, queue: str, count: int) -> None:
                 app.send_task("shop.tasks.work", args=(i,), queue=queue, producer=producer)
     finally:
         app.close()
+
+
+BUSY_AND_IDLE_PODS = ("shop-default-busy", "shop-default-idle1", "shop-default-idle2")
+
+
+def create_busy_and_idle_pods(client: KubeApi) -> None:
+    """The shop pool's default-queue pods (no Deployment controller runs on the emulator)."""
+    for pod in BUSY_AND_IDLE_PODS:
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": {}}
+        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=body)
+
+
+def drain_into_busy_and_idle_pods(redis: Redis) -> None:
+    """The default queue drained into those pods, one busy and two idle as their worker reports say:
+    what the scaler sees just before a scale-down."""
+    now = float(redis.time()[0])
+    loads = [
+        WorkerLoad(pod, running=int(pod.endswith("busy")), heartbeat=now, concurrency=1) for pod in BUSY_AND_IDLE_PODS
+    ]
+    redis.delete("default")
+    redis.hset(report_key("default"), mapping={load.worker: encode_report(load) for load in loads})

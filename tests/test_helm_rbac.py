@@ -36,8 +36,6 @@ from tests.rbac import (
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
 from workerpool_operator.cli import build_parser, kopf_command
 from workerpool_operator.kube_backend import KubeApi
-from workerpool_operator.observation import WorkerLoad
-from workerpool_operator.reports import encode_report, report_key
 
 WATCHED = ["apps", "jobs"]
 NAMESPACED = {"watch": {"namespaces": WATCHED}}
@@ -302,15 +300,8 @@ def test_recorded_calls_of_a_pool_lifecycle_are_allowed_and_use_every_grant(
     h.wait_for(lambda: h.replicas(kube, "shop-default") == 3, message="a scale-up")
 
     # A scale-down: the worker reports name one busy pod and two idle ones, which get deletion costs.
-    for pod in ("shop-default-busy", "shop-default-idle1", "shop-default-idle2"):
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": h.NS}, "spec": {}}
-        api.request("POST", f"/api/v1/namespaces/{h.NS}/pods", body=body)
-    redis = redis_server.client()
-    now = float(redis.time()[0])
-    loads = [WorkerLoad("shop-default-busy", running=1, heartbeat=now, concurrency=1)]
-    loads += [WorkerLoad(f"shop-default-idle{i}", heartbeat=now, concurrency=1) for i in (1, 2)]
-    redis.delete("default")
-    redis.hset(report_key("default"), mapping={load.worker: encode_report(load) for load in loads})
+    h.create_busy_and_idle_pods(api)
+    h.drain_into_busy_and_idle_pods(redis_server.client())
     h.wait_for(lambda: h.replicas(kube, "shop-default") == 1, timeout=15, message="a scale-down")
 
     # A queue removed from the spec, then a Deployment deleted by hand (put back after reading the pool).

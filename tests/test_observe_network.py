@@ -17,7 +17,7 @@ import trustme
 from tests.conftest import RedisServer
 from tests.tls import TLSRedis
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.local.embedded_redis import free_port
+from workerpool_operator.local.embedded_redis import free_port, stop_process
 from workerpool_operator.observe import Observer
 
 MASTER_PASSWORD = "m4ster-pw"
@@ -34,19 +34,9 @@ def _spawn(args: list[str], ready: Callable[[], object], log: Path, timeout: flo
             return process
         except (redis.RedisError, OSError):
             if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
+                stop_process(process)
                 raise RuntimeError(f"redis-server did not start: see {log}") from None
             time.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _protected_master(workdir: Path, backlog: int) -> RedisServer:
@@ -86,7 +76,7 @@ def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
     try:
         yield SentinelSetup(port=port, master=master, workdir=tmp_path)
     finally:
-        _stop(process)
+        stop_process(process)
         master.stop()
 
 

@@ -16,10 +16,12 @@ from tests.operator_helpers import (
     NS,
     api,
     condition,
+    create_busy_and_idle_pods,
     create_pool,
     create_secret,
     delete_pool,
     deployments,
+    drain_into_busy_and_idle_pods,
     enqueue,
     events,
     get_pool,
@@ -31,9 +33,7 @@ from tests.operator_helpers import (
 from workerpool_operator import metrics
 from workerpool_operator.kube_backend import DELETION_COST
 from workerpool_operator.kube_operator import contains
-from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.render import render_deployments
-from workerpool_operator.reports import encode_report, report_key
 from workerpool_operator.spec import WorkerPool
 
 
@@ -284,19 +284,11 @@ def test_scale_down_marks_the_idlest_pods_first(operator: RunningOperator, redis
     create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "maxReplicas": 5}]))  # concurrency 1
     enqueue(redis_server.url, "default", 3)
     wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
-    client = api(kube)
-    for pod in ("shop-default-busy", "shop-default-idle1", "shop-default-idle2"):
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": {}}
-        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=body)
+    create_busy_and_idle_pods(api(kube))
     assert not any(DELETION_COST in (p["metadata"].get("annotations") or {}) for p in kube.objects("v1/pods").values())
 
     # The queue drains into the workers: one busy pod, two idle ones, as the worker reports say.
-    redis = redis_server.client()
-    now = float(redis.time()[0])
-    loads = [WorkerLoad("shop-default-busy", running=1, heartbeat=now, concurrency=1)]
-    loads += [WorkerLoad(f"shop-default-idle{i}", heartbeat=now, concurrency=1) for i in (1, 2)]
-    redis.delete("default")
-    redis.hset(report_key("default"), mapping={load.worker: encode_report(load) for load in loads})
+    drain_into_busy_and_idle_pods(redis_server.client())
     wait_for(lambda: replicas(kube, "shop-default") == 1, timeout=15, message="scale down to 1")
     pods = kube.objects("v1/pods", NS)
     costs = {name: (pod["metadata"].get("annotations") or {}).get(DELETION_COST) for name, pod in pods.items()}
