@@ -267,11 +267,11 @@ def decide(
     elif recommendation < current:
         reason = f"hold {current}: {load} asks for {recommendation}; scale-down window {window:g}s"
         if idle_since is not None and low == 0:
-            reason += f"; idle {idle_for:g}s of {policy.idle_before_zero:g}s before zero"
+            reason += f"; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     elif limited:
         reason = f"hold {current}: {load} asks for {stabilized}; step limit reached for this period"
     elif idle_since is not None and low == 0:
-        reason = f"hold {current}: {load}; idle {idle_for:g}s of {policy.idle_before_zero:g}s before zero"
+        reason = f"hold {current}: {load}; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     else:
         reason = f"steady: {load}"
 
