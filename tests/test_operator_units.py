@@ -89,8 +89,17 @@ async def test_scale_down_marks_the_chosen_pods_idlest_lowest(kube: KubeCluster)
     assert kube.objects("apps/v1/deployments", NS)["shop-default"]["spec"]["replicas"] == 1
 
     writes = len([r for r in kube.requests() if str(r.method) == "method.PATCH"])
-    await backend.scale(POOL, "default", 2, ("p2",))  # a scale-up marks nobody
+    await backend.scale(POOL, "default", 3, ("p2",))  # a scale-up marks nobody
     assert len([r for r in kube.requests() if str(r.method) == "method.PATCH"]) == writes + 1
+
+    # p1 and p3 survived (say the ReplicaSet removed unready pods instead) and may be busy now: the next
+    # scale-down unmarks them before it marks its own choice.
+    await backend.scale(POOL, "default", 2, ("p2", "p3"))
+    costs = {
+        name: (pod["metadata"].get("annotations") or {}).get(DELETION_COST)
+        for name, pod in kube.objects("v1/pods", NS).items()
+    }
+    assert costs == {"p1": None, "p2": "-1000", "p3": None}
 
 
 def test_api_errors_carry_the_servers_status(kube: KubeCluster) -> None:

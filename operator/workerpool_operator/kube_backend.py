@@ -168,9 +168,9 @@ class KubeApi:
             if exc.status != 404:
                 raise
 
-    def set_deletion_cost(self, namespace: str, pod: str, cost: int) -> bool:
-        """Mark a pod for the ReplicaSet; ``False`` when the pod is gone already."""
-        body = {"metadata": {"annotations": {DELETION_COST: str(cost)}}}
+    def set_deletion_cost(self, namespace: str, pod: str, cost: int | None) -> bool:
+        """Mark a pod for the ReplicaSet (``None`` removes the mark); ``False`` when the pod is gone already."""
+        body = {"metadata": {"annotations": {DELETION_COST: None if cost is None else str(cost)}}}
         try:
             self.request(
                 "PATCH", f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(pod)}", body=body, content_type=MERGE_PATCH
@@ -249,13 +249,16 @@ class KubeBackend:
         self.api = api
         self._names: dict[tuple[PoolKey, str], str] = {}
         self._replicas: dict[tuple[str, str], DeploymentReplicas] = {}
+        self._marked: dict[tuple[str, str], set[str]] = {}  # pods given a deletion cost, per Deployment
 
     # --- names and cache ---------------------------------------------------------------------------
 
     def set_names(self, pool: PoolKey, names: Mapping[str, str]) -> None:
         """The Deployment name of every queue of ``pool`` (replaces the previous mapping)."""
         for key in [k for k in self._names if k[0] == pool and k[1] not in names]:
-            self._replicas.pop((pool[0], self._names.pop(key)), None)
+            name = self._names.pop(key)
+            self._replicas.pop((pool[0], name), None)
+            self._marked.pop((pool[0], name), None)
         for queue, name in names.items():
             self._names[(pool, queue)] = name
 
@@ -309,11 +312,15 @@ class KubeBackend:
         namespace = pool[0]
         known = self._replicas.get((namespace, name))
         if known is not None and replicas < known.replicas and remove_first:
-            # Lowest cost goes first: the engine lists the idlest worker first.
-            count = known.replicas - replicas
-            for rank, worker in enumerate(list(remove_first)[:count]):
-                pod = worker.rsplit("@", 1)[-1]
-                await asyncio.to_thread(self.api.set_deletion_cost, namespace, pod, -1000 + rank)
+            chosen = [worker.rsplit("@", 1)[-1] for worker in list(remove_first)[: known.replicas - replicas]]
+            # A pod marked for an earlier scale-down that is still here may be busy now: unmark it first.
+            for pod in self._marked.pop((namespace, name), set()) - set(chosen):
+                await asyncio.to_thread(self.api.set_deletion_cost, namespace, pod, None)
+            marked = set()
+            for rank, pod in enumerate(chosen):  # lowest cost goes first: the engine lists the idlest first
+                if await asyncio.to_thread(self.api.set_deletion_cost, namespace, pod, -1000 + rank):
+                    marked.add(pod)
+            self._marked[(namespace, name)] = marked
         scaled = await asyncio.to_thread(self.api.scale_deployment, namespace, name, replicas)
         self.observe_deployment(scaled)
 
