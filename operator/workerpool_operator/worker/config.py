@@ -56,7 +56,8 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     (
         "WORKERPOOL_BROKER_CA_FILE",
         "broker_ca_file",
-        "a CA bundle (PEM) to verify a rediss:// broker with (a mounted Secret; default: the app's TLS settings)",
+        "a CA bundle (PEM) to verify a rediss:// broker with (a mounted Secret; default: the app's TLS settings,"
+        " else the system CAs)",
     ),
     ("WORKERPOOL_STATE_DIR", "state_dir", f"where the probe files live (default {DEFAULT_STATE_DIR})"),
     ("WORKERPOOL_REPORT_INTERVAL", "report_interval", f"seconds between reports (default {DEFAULT_INTERVAL:g})"),
