@@ -318,7 +318,7 @@ async def test_scale_down_stops_the_idlest_worker_and_lets_the_busy_one_finish(
     )
     pool = plan_pool(load_pool(path), redis_server.url)
     client = redis_server.client()
-    scale_downs: list[tuple[dict[str, int], tuple[str, ...], set[str]]] = []
+    scale_downs: list[tuple[dict[str, int], tuple[str, ...], set[str], set[str]]] = []
     runtime: LocalRuntime
 
     async def record(result: PoolResult) -> None:
@@ -326,7 +326,8 @@ async def test_scale_down_stops_the_idlest_worker_and_lets_the_busy_one_finish(
             if qr.decision is not None and qr.scaled_from is not None and qr.decision.desired_replicas < qr.scaled_from:
                 loads = {w.worker: w.in_flight for w in qr.observation.workers}
                 stopped = {w.name for w in runtime.backend.workers(pool.key, "idle", terminating=True)}
-                scale_downs.append((loads, qr.decision.remove_first, stopped))
+                running = {w.name for w in runtime.backend.workers(pool.key, "idle")}
+                scale_downs.append((loads, qr.decision.remove_first, stopped, running | stopped))
 
     runtime = LocalRuntime(pool, redis_server.url, title="test", live=False, out=io.StringIO(), on_result=record)
     stop = asyncio.Event()
@@ -340,10 +341,12 @@ async def test_scale_down_stops_the_idlest_worker_and_lets_the_busy_one_finish(
         finally:
             stop.set()
             await loop
-    loads, remove_first, stopped = scale_downs[0]
-    assert len(stopped) == 1 and set(remove_first) >= stopped
+    loads, remove_first, stopped, names = scale_downs[0]
+    # The engine's idlest goes first; a worker still starting (no report yet) goes before it, as an
+    # unready pod does under a ReplicaSet. The busy worker is never the one stopped.
+    assert len(stopped) == 1 and stopped <= set(remove_first) | (names - set(loads)), (stopped, remove_first, loads)
     (name,) = stopped
-    assert loads.get(name, 0) == min(loads.values(), default=0), (loads, name)  # the idlest went first
+    assert loads.get(name, 0) <= min(loads.values(), default=0), (loads, name)  # the idlest went first
     assert sorted(completions(client)) == sorted(ids)
     assert set(completions(client).values()) == {1}
 
