@@ -233,6 +233,21 @@ def test_sigterm_stops_the_embedded_redis_and_every_worker(pool_file: Path, reap
     assert "broker redis://127.0.0.1:" in out
 
 
+def failed_local_run(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    """``workerpool-operator local -f path`` to its end: it must fail, saying why on one stderr line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "workerpool_operator.cli", "local", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -247,32 +262,14 @@ def test_sigterm_stops_the_embedded_redis_and_every_worker(pool_file: Path, reap
 def test_broken_yaml_is_one_clear_line_and_a_failure(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    result = subprocess.run(
-        [sys.executable, "-m", "workerpool_operator.cli", "local", "-f", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    lines = failed_local_run(path)
     assert lines[0].startswith("workerpool-operator local: ")
     assert expected in lines[0]
     assert str(path) in lines[0]
 
 
 def test_missing_redis_server_says_how_to_install_it(pool_file: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": str(tmp_path)}  # no redis-server on this PATH
-    result = subprocess.run(
-        [sys.executable, "-m", "workerpool_operator.cli", "local", "-f", str(pool_file)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    lines = failed_local_run(pool_file, env={**os.environ, "PATH": str(tmp_path)})  # no redis-server on PATH
     assert "redis-server is not installed" in lines[0]
     assert "apt-get install redis-server" in lines[0]
 

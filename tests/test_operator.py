@@ -257,17 +257,21 @@ def test_redis_outage_holds_replicas_and_recovers(operator: RunningOperator, red
     wait_for(lambda: replicas(kube, "shop-default") == 0, timeout=20, message="scale-down after recovery")
 
 
+def _ready_pools_on_their_brokers(kube: KubeCluster, brokers: dict[str, RedisServer]) -> None:
+    """One pool per entry, each with its broker URL in a Secret named after the pool, all Ready."""
+    for pool, server in brokers.items():
+        create_secret(kube, pool, {"url": server.url})
+        create_pool(kube, pool_manifest(pool, secret=pool))
+    wait_for(lambda: all(_ready(kube, pool) == "True" for pool in brokers), message="all Ready")
+
+
 def test_two_pools_on_two_brokers_one_broken(
     operator: RunningOperator, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     kube = operator.cluster
     broken = RedisServer(workdir=tmp_path_factory.mktemp("broken")).start()
     try:
-        create_secret(kube, "good", {"url": redis_server.url})
-        create_secret(kube, "bad", {"url": broken.url})
-        create_pool(kube, pool_manifest("good", secret="good"))
-        create_pool(kube, pool_manifest("bad", secret="bad"))
-        wait_for(lambda: _ready(kube, "bad") == "True" and _ready(kube, "good") == "True", message="both Ready")
+        _ready_pools_on_their_brokers(kube, {"good": redis_server, "bad": broken})
         broken.stop()
         wait_for(lambda: _ready(kube, "bad") == "False", timeout=15, message="bad pool not ready")
         enqueue(redis_server.url, "default", 4)
@@ -370,17 +374,13 @@ def test_connections_to_a_broker_no_pool_uses_are_closed(
     kube = operator.cluster
     other = RedisServer(workdir=tmp_path_factory.mktemp("other")).start()
     try:
-        create_secret(kube, "redis", {"url": redis_server.url})
-        create_secret(kube, "other", {"url": other.url})
-        create_pool(kube, pool_manifest("shop", secret="redis"))
-        create_pool(kube, pool_manifest("mail", secret="other"))
-        wait_for(lambda: _ready(kube, "shop") == "True" and _ready(kube, "mail") == "True", message="both Ready")
+        _ready_pools_on_their_brokers(kube, {"shop": redis_server, "mail": other})
         assert _operator_connections(redis_server) > 0 and _operator_connections(other) > 0
 
         # shop's Secret now names the other broker: nothing uses the first one any more.
         api(kube).request(
             "PATCH",
-            f"/api/v1/namespaces/{NS}/secrets/redis",
+            f"/api/v1/namespaces/{NS}/secrets/shop",
             body={"stringData": {"url": other.url}},
             content_type="application/merge-patch+json",
         )
