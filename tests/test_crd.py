@@ -299,13 +299,13 @@ BAD: list[Bad] = [
     Bad(
         "min above max",
         edit(("spec.queues.1.minReplicas", 5), ("spec.queues.1.maxReplicas", 2)),
-        'spec.queues[1].minReplicas: Invalid value: "object": minReplicas (5) must not exceed maxReplicas (2)',
+        'spec.queues[1].minReplicas: Invalid value: "object": minReplicas must not exceed maxReplicas',
         "spec.queues[1]: minReplicas (5) must not exceed maxReplicas (2)",
     ),
     Bad(
         "min above the default max",
         edit(("spec.queues.1.minReplicas", 12)),
-        'spec.queues[1].minReplicas: Invalid value: "object": minReplicas (12) must not exceed maxReplicas (10)',
+        'spec.queues[1].minReplicas: Invalid value: "object": minReplicas must not exceed maxReplicas',
         "minReplicas (12) must not exceed maxReplicas (10)",
     ),
     Bad(
