@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from bench.report import markdown_table, record
-from workerpool_operator.sim_trace import draw_tasks, read_trace
-from workerpool_operator.simulate import DEFAULT_SERVICE_TIME, QueueSetup, SimResult, simulate
+from workerpool_operator.sim.simulate import DEFAULT_SERVICE_TIME, QueueSetup, SimResult, simulate
+from workerpool_operator.sim.trace import draw_tasks, read_trace
 from workerpool_operator.spec import WorkerPool
 
 TRACES = Path(__file__).resolve().parent.parent / "examples" / "traces"

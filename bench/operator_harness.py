@@ -1,5 +1,5 @@
 """What the operator benchmarks share: the API emulator, a redis-server and the operator in a process of its own
-(so its CPU time and memory are its own), as in production: `kopf run -m workerpool_operator.handlers`."""
+(so its CPU time and memory are its own), as in production: `kopf run -m workerpool_operator.kube.handlers`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.conftest import RedisServer
 from tests.kube import KubeCluster
 
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
-from workerpool_operator.kube_backend import KubeApi
+from workerpool_operator.kube.backend import KubeApi
 from workerpool_operator.local.embedded_redis import stop_process
 
 
@@ -74,7 +74,7 @@ def cluster_and_redis() -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
 @contextmanager
 def operator_process(kube: KubeCluster, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     environment = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "WORKERPOOL_OPERATOR_METRICS_PORT": "0", **env}
-    args = [sys.executable, "-m", "kopf", "run", "-m", "workerpool_operator.handlers", "--standalone", "-A"]
+    args = [sys.executable, "-m", "kopf", "run", "-m", "workerpool_operator.kube.handlers", "--standalone", "-A"]
     log = open(kube.kubeconfig.parent / "operator.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(args, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -119,7 +119,7 @@ class RunningOperator:
 
 
 def operator_args(namespace: str | None = None) -> list[str]:
-    args = ["run", "-m", "workerpool_operator.handlers", "--standalone", "--verbose"]
+    args = ["run", "-m", "workerpool_operator.kube.handlers", "--standalone", "--verbose"]
     args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
     return args
 

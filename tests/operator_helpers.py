@@ -12,7 +12,7 @@ from redis import Redis
 
 from tests.kube import KubeCluster
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
-from workerpool_operator.kube_backend import KubeApi
+from workerpool_operator.kube.backend import KubeApi
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.reports import encode_report, report_key
 
@@ -122,14 +122,24 @@ def wait_for(what: Callable[[], T], timeout: float = 20.0, message: str = "") ->
 
 
 def enqueue(url: str, queue: str, count: int) -> None:
-    """Real Celery messages, as a producer in the user's app would send them."""
+    """Real Celery messages, as a producer in the user's app would send them, landing in the queue at once:
+    sent to a staging list first, then moved over in one transaction, so no poll sees half of them."""
+    staging = f"{queue}.staging"
     app = Celery("producer", broker=url)
     try:
         with app.producer_or_acquire() as producer:
             for i in range(count):
-                app.send_task("shop.tasks.work", args=(i,), queue=queue, producer=producer)
+                app.send_task("shop.tasks.work", args=(i,), queue=staging, producer=producer)
     finally:
         app.close()
+    client = Redis.from_url(url)
+    try:
+        with client.pipeline(transaction=True) as moves:
+            for _ in range(count):
+                moves.lmove(staging, queue, "RIGHT", "LEFT")  # oldest first: order kept
+            moves.execute()
+    finally:
+        client.close()
 
 
 BUSY_AND_IDLE_PODS = ("shop-default-busy", "shop-default-idle1", "shop-default-idle2")

@@ -9,8 +9,9 @@ from typing import Any
 import kopf
 import pytest
 
-from workerpool_operator import __version__, handlers
+from workerpool_operator import __version__
 from workerpool_operator.cli import NAMESPACED_ENV, build_parser, kopf_command
+from workerpool_operator.kube import handlers
 
 
 def test_version() -> None:
@@ -22,7 +23,7 @@ def test_version() -> None:
 
 def test_run_cluster_wide_with_peering_by_default() -> None:
     argv, env = kopf_command(build_parser().parse_args(["run", "--liveness", "http://0.0.0.0:8080/healthz"]))
-    assert argv[:4] == ["kopf", "run", "-m", "workerpool_operator.handlers"]
+    assert argv[:4] == ["kopf", "run", "-m", "workerpool_operator.kube.handlers"]
     assert "--all-namespaces" in argv and "--standalone" not in argv
     assert argv[argv.index("--peering") + 1] == "workerpool-operator"
     assert argv[argv.index("--liveness") + 1] == "http://0.0.0.0:8080/healthz"

@@ -215,7 +215,7 @@ def test_example_is_accepted_by_the_crd_and_the_model(path: Path) -> None:
 
 def test_multi_queue_example_uses_every_pool_type() -> None:
     pools = {queue["pool"] for queue in example("multi-queue.yaml")["spec"]["queues"]}
-    assert pools == {pool.value for pool in model.Pool}
+    assert pools == {pool.value for pool in model.CeleryPool}
 
 
 def _paths_set(value: Any, schema: crd_rules.Schema, path: str = "") -> set[str]:
@@ -576,7 +576,7 @@ def test_good_workerpool_is_accepted_by_both(name: str, obj: dict[str, Any]) -> 
 queues = st.fixed_dictionaries(
     {"name": st.sampled_from(["emails", "Emails", "unacked", "a_b.c", "-x", "x-", "q" * 63, "q" * 64])},
     optional={
-        "pool": st.sampled_from([*(pool.value for pool in model.Pool), "processes"]),
+        "pool": st.sampled_from([*(pool.value for pool in model.CeleryPool), "processes"]),
         "concurrency": st.integers(-1, 12_000),
         "minReplicas": st.integers(-1, 1001),
         "maxReplicas": st.integers(0, 1001),

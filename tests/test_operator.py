@@ -30,10 +30,10 @@ from tests.operator_helpers import (
     replicas,
     wait_for,
 )
-from workerpool_operator import metrics
-from workerpool_operator.kube_backend import DELETION_COST
-from workerpool_operator.kube_operator import contains
-from workerpool_operator.render import render_deployments
+from workerpool_operator.kube import metrics
+from workerpool_operator.kube.backend import DELETION_COST
+from workerpool_operator.kube.pools import contains
+from workerpool_operator.kube.render import render_deployments
 from workerpool_operator.spec import WorkerPool
 
 
@@ -92,8 +92,10 @@ def test_replicas_follow_real_celery_backlog_up_and_back_down(
     time.sleep(1.0)
     assert replicas(kube, "shop-default") == 5, "scaled down inside the stabilization window"
     wait_for(lambda: replicas(kube, "shop-default") == 0, timeout=20, message="scale to zero after idle time")
+    # The Event follows the scale call.
+    wait_for(lambda: any("-> 0 replicas" in e["message"] for e in events(kube, "Scaled")), message="Event")
     scaled = [e["message"] for e in events(kube, "Scaled")]
-    assert any("0 -> 4" in m for m in scaled) and any("-> 0 replicas" in m for m in scaled), scaled
+    assert any("0 -> 4" in m for m in scaled), scaled
     assert metrics.sample("workerpool_scale_events_total", {**labels, "direction": "down"})
 
 

@@ -45,7 +45,7 @@ def peered_operator(kube: KubeCluster, monkeypatch: pytest.MonkeyPatch) -> Itera
     records = _Records()
     root = logging.getLogger()
     root.addHandler(records)
-    args = ["run", "-m", "workerpool_operator.handlers", "--all-namespaces", "--verbose"]
+    args = ["run", "-m", "workerpool_operator.kube.handlers", "--all-namespaces", "--verbose"]
     args += ["--peering", PEERING, "--priority", "0"]
     try:
         with KopfRunner(args, timeout=60) as runner:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workerpool_operator import conditions as c
-from workerpool_operator.status import QueueFigures, build_status, merge_patch, rfc3339, write_needed
+from workerpool_operator.kube import conditions as c
+from workerpool_operator.kube.status import QueueFigures, build_status, merge_patch, rfc3339, write_needed
 
 T0 = 1_800_000_000.0
 

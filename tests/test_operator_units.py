@@ -8,9 +8,9 @@ import pytest
 
 from tests.kube import KubeCluster
 from tests.operator_helpers import NS, api
-from workerpool_operator import metrics
-from workerpool_operator.kube_backend import DELETION_COST, ApiError, KubeBackend
-from workerpool_operator.kube_operator import contains
+from workerpool_operator.kube import metrics
+from workerpool_operator.kube.backend import DELETION_COST, ApiError, KubeBackend
+from workerpool_operator.kube.pools import contains
 
 POOL = (NS, "shop")
 

@@ -12,10 +12,7 @@ import pytest
 from tests.conftest import REPO
 from tests.dockerfile import instructions as dockerfile_instructions
 from tests.pss import assert_restricted
-from workerpool_operator.render import (
-    BROKER_CA_DIR,
-    BROKER_CA_ENV,
-    BROKER_CA_FILE,
+from workerpool_operator.kube.render import (
     LAST_APPLIED_ANNOTATION,
     POOL_LABEL,
     QUEUE_ANNOTATION,
@@ -25,9 +22,9 @@ from workerpool_operator.render import (
     overlay,
     removals,
     render_deployments,
-    soft_shutdown_timeout,
 )
 from workerpool_operator.spec import WorkerPool
+from workerpool_operator.worker_env import BROKER_CA_DIR, BROKER_CA_ENV, BROKER_CA_FILE, soft_shutdown_timeout
 
 KUBERNETES_VERSIONS = ("1.30", "1.31", "1.32", "1.33")
 UID = "7d1c8a3e-0000-4000-8000-000000000001"

@@ -9,9 +9,9 @@ import pytest
 
 from workerpool_operator.cli import main
 from workerpool_operator.engine import ScalingPolicy
-from workerpool_operator.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
-from workerpool_operator.sim_trace import TraceError, draw_tasks, parse_service_time, parse_trace, read_trace
-from workerpool_operator.simulate import QueueSetup, simulate
+from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
+from workerpool_operator.sim.simulate import QueueSetup, simulate
+from workerpool_operator.sim.trace import TraceError, draw_tasks, parse_service_time, parse_trace, read_trace
 
 REPO = Path(__file__).resolve().parent.parent
 TRACES = REPO / "examples" / "traces"

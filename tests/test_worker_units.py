@@ -19,7 +19,7 @@ from tests.dockerfile import instructions as dockerfile_instructions
 from workerpool_operator.reports import decode_report, report_key
 from workerpool_operator.worker.config import ENV_VARS, ConfigError, parse_run_args
 from workerpool_operator.worker.probes import ProbeFiles, check
-from workerpool_operator.worker.reporting import Counts, Reporter, count_requests, stale_fields
+from workerpool_operator.worker.reporting import Counts, LoadReporter, count_requests, stale_fields
 
 # --- settings ------------------------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def test_stale_fields_are_old_or_unreadable_but_never_our_own():
 def test_reporter_writes_prunes_expires_and_removes(redis_server: RedisServer):
     client = redis_server.client()
     counts = {"a": Counts(running=2, reserved=3)}
-    reporter = Reporter(
+    reporter = LoadReporter(
         client=redis_server.client(),
         worker="pod-1",
         queues=["a", "b"],
@@ -179,7 +179,7 @@ def test_reporter_writes_prunes_expires_and_removes(redis_server: RedisServer):
 
 
 def test_reporter_survives_a_broker_outage(redis_server: RedisServer, caplog: pytest.LogCaptureFixture):
-    reporter = Reporter(redis_server.client(), "pod-1", ["a"], dict, lambda: 0, 1, ttl=15)
+    reporter = LoadReporter(redis_server.client(), "pod-1", ["a"], dict, lambda: 0, 1, ttl=15)
     redis_server.stop()
     reporter.publish()
     reporter.publish()

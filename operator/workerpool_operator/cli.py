@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from workerpool_operator import __version__
 
-HANDLERS_MODULE = "workerpool_operator.handlers"
+HANDLERS_MODULE = "workerpool_operator.kube.handlers"
 
 
 NAMESPACED_ENV = "WORKERPOOL_OPERATOR_NAMESPACED"
@@ -40,7 +40,7 @@ def kopf_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Start the operator with kopf, as `kopf run -m workerpool_operator.handlers` would."""
+    """Start the operator with kopf, as `kopf run -m workerpool_operator.kube.handlers` would."""
     argv, env = kopf_command(args)
     os.environ.update(env)
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
@@ -125,7 +125,7 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from workerpool_operator import simulate
+    from workerpool_operator.sim import simulate
 
     try:
         text = simulate.run_command(

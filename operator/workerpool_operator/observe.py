@@ -56,6 +56,7 @@ from redis.retry import Retry
 
 from workerpool_operator import reports
 from workerpool_operator.brokers import BrokerAddress, BrokerConfig, BrokerURLError
+from workerpool_operator.failures import causes, certificate_refusal, first_line
 from workerpool_operator.observation import BrokerObservation, QueueObservation
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ def _raise_for_broker_wide(error: ResponseError) -> None:
 
 def describe_failure(error: BaseException, timeout: float) -> str:
     """A short reason a user can act on, for a failed poll of one broker."""
-    chain = list(_causes(error))
+    chain = list(causes(error))
     text = " ".join(str(e) for e in chain)
     if isinstance(error, BrokerURLError):
         return f"bad broker URL: {error}"
@@ -251,48 +252,25 @@ def describe_failure(error: BaseException, timeout: float) -> str:
     if any(isinstance(e, AuthenticationError | AuthenticationWrongNumberOfArgsError) for e in chain) or any(
         marker in text for marker in ("WRONGPASS", "NOAUTH", "invalid password", "invalid username-password")
     ):
-        return f"auth failed: {_first_line(error)}"
+        return f"auth failed: {first_line(error)}"
     if isinstance(error, NoPermissionError):
-        return f"permission denied: {_first_line(error)}"
+        return f"permission denied: {first_line(error)}"
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text:
-        return f"TLS verification failed: {_tls_detail(chain, text)}"
+        refused = certificate_refusal(error) or "the server's certificate was not accepted"
+        return f"TLS verification failed: {refused} (is the CA right?)"
     if any(isinstance(e, ssl.SSLError) for e in chain) or "SSL" in text:
-        return f"TLS error: {_first_line(error)}"
+        return f"TLS error: {first_line(error)}"
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text or "Error 111" in text:
-        return f"refused: {_first_line(error)}"
+        return f"refused: {first_line(error)}"
     if any(isinstance(e, socket.gaierror) for e in chain) or "Name or service not known" in text:
-        return f"unknown host: {_first_line(error)}"
+        return f"unknown host: {first_line(error)}"
     if isinstance(error, RedisTimeoutError):
-        return f"timed out: {_first_line(error)}"
+        return f"timed out: {first_line(error)}"
     if isinstance(error, RedisConnectionError):
-        return f"connection failed: {_first_line(error)}"
+        return f"connection failed: {first_line(error)}"
     if isinstance(error, RedisError):
-        return f"error: {_first_line(error)}"
-    return f"unexpected error: {type(error).__name__}: {_first_line(error)}"
-
-
-def _causes(error: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
-
-
-def _tls_detail(chain: Sequence[BaseException], text: str) -> str:
-    for error in chain:
-        if isinstance(error, ssl.SSLCertVerificationError) and getattr(error, "verify_message", None):
-            return f"{error.verify_message} (is the CA right?)"
-    for marker in ("certificate verify failed: ", "CERTIFICATE_VERIFY_FAILED] "):
-        if marker in text:
-            return text.split(marker, 1)[1].split(")")[0].split("\n")[0][:200] + " (is the CA right?)"
-    return "the server's certificate was not accepted (is the CA right?)"
+        return f"error: {first_line(error)}"
+    return f"unexpected error: {type(error).__name__}: {first_line(error)}"
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:

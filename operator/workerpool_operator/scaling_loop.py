@@ -2,7 +2,7 @@
 
 Each tick: take the queues that are due, group them by broker, observe every broker once (one pipelined
 round trip each, all brokers concurrently), run the engine per queue, and ask the backend to scale only
-where the desired count differs from the current one. Every pool's outcome goes to a reporter (status,
+where the desired count differs from the current one. Every pool's outcome goes to a result handler (status,
 events and metrics in the operator; the terminal view locally). The loop holds no Kubernetes or process
 knowledge: that lives behind :class:`WorkloadBackend`.
 """
@@ -80,11 +80,11 @@ class PoolResult:
     poll_duration: float
 
 
-Reporter = Callable[[PoolResult], Awaitable[None]]
+ResultHandler = Callable[[PoolResult], Awaitable[None]]  # gets every pool's outcome of a tick
 
 
 @dataclass
-class _Pool:
+class _Registration:
     key: PoolKey
     broker: BrokerConfig
     plans: dict[str, QueuePlan]
@@ -98,7 +98,7 @@ class ScalingLoop:
     def __init__(
         self,
         backend: WorkloadBackend,
-        reporter: Reporter,
+        on_result: ResultHandler,
         observer: BrokerObserver,
         *,
         clock: Callable[[], float] = time.time,
@@ -106,12 +106,12 @@ class ScalingLoop:
         tick: float = 0.2,
     ) -> None:
         self._backend = backend
-        self._reporter = reporter
+        self._on_result = on_result
         self._observer = observer
         self._clock = clock
         self._observe_timeout = observe_timeout
         self._tick = tick
-        self._pools: dict[PoolKey, _Pool] = {}
+        self._pools: dict[PoolKey, _Registration] = {}
         self._wakeup = asyncio.Event()
         self._connected: frozenset[BrokerConfig] = frozenset()  # brokers the observer may hold connections to
 
@@ -128,7 +128,7 @@ class ScalingLoop:
         previous = self._pools.get(key)
         kept = dict(previous.states) if previous is not None else {}
         kept.update(states or {})
-        pool = _Pool(
+        pool = _Registration(
             key=key,
             broker=broker,
             plans=dict(plans),
@@ -200,7 +200,7 @@ class ScalingLoop:
         reported = [result for result in results if result is not None]
         for result in reported:
             try:
-                await self._reporter(result)
+                await self._on_result(result)
             except Exception:
                 logger.exception("reporting pool %s/%s failed", *result.pool)
         return reported
@@ -239,7 +239,9 @@ class ScalingLoop:
             poll_duration=broker_obs.duration or duration,
         )
 
-    async def _scale_queue(self, pool: _Pool, queue: str, broker_obs: BrokerObservation, now: float) -> QueueResult:
+    async def _scale_queue(
+        self, pool: _Registration, queue: str, broker_obs: BrokerObservation, now: float
+    ) -> QueueResult:
         observation = broker_obs.queues.get(queue) or QueueObservation(
             queue=queue, error=broker_obs.error or "queue was not observed"
         )

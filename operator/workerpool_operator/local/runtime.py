@@ -25,14 +25,22 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, WorkerSettings
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
-from workerpool_operator.render import BROKER_CA_ENV, BROKER_CA_FILE, render_deployment
 from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
 from workerpool_operator.spec import SpecError, WorkerPool
+from workerpool_operator.worker_env import (
+    BROKER_CA_ENV,
+    BROKER_CA_FILE,
+    BROKER_URL_ENV,
+    STATE_DIR_ENV,
+    WORKER_NAME_ENV,
+    worker_args,
+    worker_environment,
+)
 
 logger = logging.getLogger(__name__)
 
 LOCAL_NAMESPACE = "local"
-LOCAL_SETTINGS = ("WORKERPOOL_WORKER_NAME", "WORKERPOOL_BROKER_URL", "WORKERPOOL_STATE_DIR")  # set per process
+LOCAL_SETTINGS = (WORKER_NAME_ENV, BROKER_URL_ENV, STATE_DIR_ENV)  # set per process
 START_FAILURES = 3  # workers of one queue failing before they are ready, in a row, before the runtime gives up
 
 
@@ -81,8 +89,8 @@ class LocalPool:
 
 
 def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) -> LocalPool:
-    """Map the spec onto the local runtime: the operator's policy per queue, and each worker's settings taken
-    from the Deployment the operator would render (so a local worker runs exactly as a pod would)."""
+    """Map the spec onto the local runtime: the operator's policy per queue, and each worker's settings from
+    the same environment and arguments a pod gets (so a local worker runs exactly as a pod would)."""
     spec = pool.spec
     try:
         broker = spec.broker.to_config(broker_url)
@@ -94,9 +102,8 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
     skipped: set[str] = set()
     for queue in spec.queues:
         plans[queue.name] = QueuePlan(policy=spec.policy_for(queue.name), interval=spec.poll_interval_for(queue.name))
-        container = render_deployment(pool, queue, uid="local")["spec"]["template"]["spec"]["containers"][0]
         env: dict[str, str] = {}
-        for item in container.get("env", []):
+        for item in worker_environment(pool, queue):
             if item.get("value") == BROKER_CA_FILE and item["name"] == BROKER_CA_ENV:
                 skipped.add(item["name"])  # a file from the caFrom Secret, mounted in a pod only
             elif "value" in item:
@@ -109,7 +116,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
         env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] = "0"
         if loglevel:
             env["WORKERPOOL_LOGLEVEL"] = loglevel
-        args = tuple(container.get("args", ()))
+        args = tuple(worker_args(pool))
         workers[queue.name] = WorkerSettings(queue=queue.name, env=env, args=args[1:] if args[:1] == ("--",) else args)
         infos.append(
             QueueInfo(

@@ -42,7 +42,7 @@ class QueueInfo:
 
 
 @dataclass
-class QueueFigures:
+class QueueRow:
     """The latest state of one queue, as shown."""
 
     info: QueueInfo
@@ -80,7 +80,7 @@ class Dashboard:
 
     def __init__(self, title: str, queues: list[QueueInfo], *, max_events: int = 8) -> None:
         self.title = title
-        self.queues: dict[str, QueueFigures] = {q.queue: QueueFigures(info=q) for q in queues}
+        self.queues: dict[str, QueueRow] = {q.queue: QueueRow(info=q) for q in queues}
         self.events: deque[tuple[float, str]] = deque(maxlen=max_events)  # the latest, for the screen
         self.all_events: list[tuple[float, str]] = []
         self.timeline: list[Sample] = []
@@ -134,7 +134,7 @@ class Dashboard:
             self.timeline.append(Sample(now, qr.queue, figures.backlog or 0, figures.in_flight or 0, figures.workers))
         return events
 
-    def _count_completions(self, figures: QueueFigures, workers: tuple[WorkerLoad, ...], now: float) -> None:
+    def _count_completions(self, figures: QueueRow, workers: tuple[WorkerLoad, ...], now: float) -> None:
         seen: dict[str, int] = {}
         finished = 0
         for load in workers:
@@ -232,7 +232,7 @@ class LiveView:
         return Group(*parts)
 
 
-def _workers_cell(figures: QueueFigures, bars: bool = True) -> Text:
+def _workers_cell(figures: QueueRow, bars: bool = True) -> Text:
     info = figures.info
     width = min(info.max_replicas, 8) if bars else 0
     filled = min(width, math.ceil(figures.workers * width / max(1, info.max_replicas)))
@@ -246,7 +246,7 @@ def _workers_cell(figures: QueueFigures, bars: bool = True) -> Text:
     return cell
 
 
-def _backlog_cell(figures: QueueFigures, sparkline_width: int = 10) -> Text:
+def _backlog_cell(figures: QueueRow, sparkline_width: int = 10) -> Text:
     if figures.backlog is None:
         return Text("—", style="dim")
     if not sparkline_width:
@@ -256,7 +256,7 @@ def _backlog_cell(figures: QueueFigures, sparkline_width: int = 10) -> Text:
     return cell
 
 
-def _change_cell(figures: QueueFigures, now: float) -> Text:
+def _change_cell(figures: QueueRow, now: float) -> Text:
     if figures.last_change is None:
         return Text("—", style="dim")
     at, before, after = figures.last_change

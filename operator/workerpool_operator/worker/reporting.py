@@ -2,7 +2,7 @@
 
 One HSET per consumed queue, the key's EXPIRE refreshed and the others' stale fields pruned, all in
 one pipelined round trip (plus an HDEL round trip only when something is stale). Counting is pure
-(:func:`count_requests`); :class:`Reporter` does the Redis I/O and knows nothing about Celery.
+(:func:`count_requests`); :class:`LoadReporter` does the Redis I/O and knows nothing about Celery.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def stale_fields(fields: Mapping[bytes | str, bytes | str], now: float, ttl: flo
     return stale
 
 
-class Reporter:
+class LoadReporter:
     """Publishes one worker's load for each queue it consumes."""
 
     def __init__(

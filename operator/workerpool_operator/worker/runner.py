@@ -27,10 +27,11 @@ from celery.utils.nodenames import worker_direct
 from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
+from workerpool_operator.failures import certificate_refusal, first_line
 from workerpool_operator.worker.broker_tls import verified_by_default, with_ca_file
 from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
 from workerpool_operator.worker.probes import ProbeFiles
-from workerpool_operator.worker.reporting import Counts, Reporter, count_requests
+from workerpool_operator.worker.reporting import Counts, LoadReporter, count_requests
 
 log = logging.getLogger("workerpool.worker")
 
@@ -45,7 +46,7 @@ def load_app(spec: str) -> Celery:
     try:
         app = find_app(spec)
     except Exception as error:  # the user's module may raise anything while importing
-        reason = f"{type(error).__name__}: {_first_line(error)}" if str(error).strip() else type(error).__name__
+        reason = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot import the Celery app {spec!r}: {reason}", EX_APP) from None
     if not isinstance(app, Celery):
         raise ConfigError(f"{spec!r} is not a Celery app (it is a {type(app).__name__})", EX_APP)
@@ -79,9 +80,9 @@ def check_broker(app: Celery, ca_file: Path | None = None) -> None:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=10)
             conn.default_channel  # noqa: B018 - opening the channel PINGs Redis (auth, TLS, sentinel master)
     except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"the broker URL {shown} is invalid: {_first_line(error)}", EX_BROKER) from None
+        raise ConfigError(f"the broker URL {shown} is invalid: {first_line(error)}", EX_BROKER) from None
     except Exception as error:
-        refused = _certificate_refusal(error)
+        refused = certificate_refusal(error)
         if refused is not None:
             trusted = (
                 f"the CA in {ca_file}"
@@ -94,20 +95,7 @@ def check_broker(app: Celery, ca_file: Path | None = None) -> None:
                 f"the broker {shown} failed TLS verification with {trusted}: {refused} (is it the broker's CA?)",
                 EX_BROKER,
             ) from None
-        raise ConfigError(f"cannot reach the broker {shown}: {_first_line(error)}", EX_BROKER) from None
-
-
-def _certificate_refusal(error: BaseException) -> str | None:
-    """Why the broker's certificate was refused, when that is what ``error`` (or what it wraps) says."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return str(seen.verify_message or seen.reason or "certificate verify failed")
-        seen = seen.__cause__ or seen.__context__
-    text = _first_line(error)
-    if "CERTIFICATE_VERIFY_FAILED" in text:  # redis-py keeps only the text of the ssl error
-        return text.split("certificate verify failed:", 1)[-1].split("(_ssl.c", 1)[0].strip() or text
-    return None
+        raise ConfigError(f"cannot reach the broker {shown}: {first_line(error)}", EX_BROKER) from None
 
 
 def _redacted(url: str) -> str:
@@ -118,11 +106,6 @@ def _redacted(url: str) -> str:
         return str(maybe_sanitize_url(url))
     except ValueError:
         return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1**@", url)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Heartbeat:
@@ -170,7 +153,7 @@ class WorkerSupervisor:
         self.app = app
         self.config = config
         self.files = files
-        self.reporter: Reporter | None = None
+        self.reporter: LoadReporter | None = None
         self.concurrency = config.concurrency or 0
         self.escalated = False  # the soft-shutdown timeout ran out and we started a cold shutdown
         self._stop_deadline: float | None = None
@@ -210,7 +193,7 @@ class WorkerSupervisor:
         self.files.mark_ready()
         self._tick()
 
-    def _make_reporter(self, queues: tuple[str, ...]) -> Reporter:
+    def _make_reporter(self, queues: tuple[str, ...]) -> LoadReporter:
         # Bounded socket waits: a vanished broker must not hold the heartbeat or the shutdown.
         conn = self.app.connection_for_write(transport_options=REPORT_SOCKET_OPTIONS)
         channel = conn.default_channel
@@ -219,7 +202,7 @@ class WorkerSupervisor:
         client = redis.Redis(connection_pool=channel.pool)
         self._connection = conn
         options: Mapping[str, Any] = self.app.conf.broker_transport_options or {}
-        return Reporter(
+        return LoadReporter(
             client=client,
             worker=self.config.worker_name,
             queues=queues,

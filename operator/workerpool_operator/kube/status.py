@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workerpool_operator.conditions import Condition, merge_conditions
+from workerpool_operator.kube.conditions import Condition, merge_conditions
 
 # Figures that move with every poll; every other status field is state.
 FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})

@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workerpool_operator import API_GROUP, API_VERSION, PLURAL, metrics
-from workerpool_operator import conditions as cond
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState
-from workerpool_operator.kube_backend import ApiError, KubeApi, KubeBackend, PoolKey, pool_reference
-from workerpool_operator.render import (
+from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube import metrics
+from workerpool_operator.kube.backend import ApiError, KubeApi, KubeBackend, pool_reference
+from workerpool_operator.kube.render import (
     POOL_LABEL,
     QUEUE_ANNOTATION,
     deployment_name,
@@ -33,9 +34,9 @@ from workerpool_operator.render import (
     removals,
     render_deployments,
 )
-from workerpool_operator.scaling_loop import PoolResult, QueuePlan, ScalingLoop
+from workerpool_operator.kube.status import QueueFigures, build_status, merge_patch, write_needed
+from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
 from workerpool_operator.spec import SpecError, WorkerPool
-from workerpool_operator.status import QueueFigures, build_status, merge_patch, write_needed
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from workerpool_operator.engine import QueueState, ScalingPolicy, decide
-from workerpool_operator.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
 from workerpool_operator.observation import QueueObservation, WorkerLoad
+from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
 
 PolicyName = Literal["ours", "keda"]
 
@@ -503,7 +503,7 @@ def run_command(
 ) -> str:
     """What ``workerpool-operator simulate`` does; returns the text to print. Raises ``ValueError`` subclasses
     (``SimulationError``, ``TraceError``) with a message for the user."""
-    from workerpool_operator.sim_trace import draw_tasks, read_trace
+    from workerpool_operator.sim.trace import draw_tasks, read_trace
 
     pool, setup = load_setup(filename, queue)
     if startup_delay < 0:

@@ -26,14 +26,13 @@ from urllib.parse import quote
 import kubernetes
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND, PLURAL
+from workerpool_operator.scaling_loop import PoolKey
 
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 COMPONENT = "workerpool-operator"
-
-PoolKey = tuple[str, str]
 
 
 class ApiError(Exception):

@@ -1,6 +1,6 @@
 """kopf wiring: thin handlers that call the pure modules and the I/O adapters.
 
-Run with ``kopf run -m workerpool_operator.handlers`` (``workerpool-operator run`` does that).
+Run with ``kopf run -m workerpool_operator.kube.handlers`` (``workerpool-operator run`` does that).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 
 import kopf
 
-from workerpool_operator import API_GROUP, API_VERSION, PLURAL, metrics
-from workerpool_operator.kube_backend import KubeApi
-from workerpool_operator.kube_operator import PoolNotServed, PoolOperator
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL
+from workerpool_operator.kube import metrics
+from workerpool_operator.kube.backend import KubeApi
+from workerpool_operator.kube.pools import PoolNotServed, PoolOperator
+from workerpool_operator.kube.render import POOL_LABEL
 from workerpool_operator.observe import Observer
-from workerpool_operator.render import POOL_LABEL
 from workerpool_operator.scaling_loop import ScalingLoop
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,12 @@ from typing import Any
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND
 from workerpool_operator.spec import QueueSpec, WorkerPool
+from workerpool_operator.worker_env import (
+    BROKER_CA_DIR,
+    BROKER_CA_NAME,
+    worker_args,
+    worker_environment,
+)
 
 POOL_LABEL = f"{API_GROUP}/pool"
 QUEUE_LABEL = f"{API_GROUP}/queue"
@@ -24,15 +30,8 @@ MANAGED_BY = "workerpool-operator"
 CONTAINER_NAME = "worker"
 STATE_VOLUME = "workerpool-state"
 TMP_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only, and Python and Celery want a writable /tmp
-STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR), inside it
 WORKER_COMMAND = ["workerpool-worker"]  # on the image's PATH: what the probes run
-BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
-# spec.broker.caFrom: the Secret's one key, as a file of a fixed name in a read-only Secret volume.
 BROKER_CA_VOLUME = "workerpool-broker-ca"
-BROKER_CA_DIR = "/etc/workerpool/broker-ca"
-BROKER_CA_NAME = "ca.crt"
-BROKER_CA_FILE = f"{BROKER_CA_DIR}/{BROKER_CA_NAME}"
-BROKER_CA_ENV = "WORKERPOOL_BROKER_CA_FILE"
 
 
 def deployment_name(pool: str, queue: str) -> str:
@@ -141,7 +140,7 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": template.image,
-        "env": _env(pool, queue),
+        "env": worker_environment(pool, queue),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -161,8 +160,9 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
     # configured by the WORKERPOOL_* variables above), so tini stays PID 1 and reaps zombies.
     if template.command:
         container["command"] = list(template.command)
-    if template.extra_args:
-        container["args"] = ["--", *template.extra_args]
+    args = worker_args(pool)
+    if args:
+        container["args"] = args
     if template.image_pull_policy:
         container["imagePullPolicy"] = template.image_pull_policy
     if template.env_from:
@@ -172,13 +172,6 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
     if rendered:
         container["resources"] = rendered
     return container
-
-
-def soft_shutdown_timeout(pool: WorkerPool) -> int:
-    """Seconds running tasks get after SIGTERM: the grace period less a margin for the worker to put
-    unstarted messages back before the kubelet's SIGKILL."""
-    grace = pool.spec.template.termination_grace_period_seconds
-    return grace - 5 if grace > 10 else max(grace // 2, 1)
 
 
 def _probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:
@@ -203,33 +196,6 @@ def _broker_ca_mounts(pool: WorkerPool) -> list[dict[str, Any]]:
     if pool.spec.broker.ca_from is None:
         return []
     return [{"name": BROKER_CA_VOLUME, "mountPath": BROKER_CA_DIR, "readOnly": True}]
-
-
-def _env(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any]]:
-    """The worker's settings; the user's ``template.env`` comes last, so it can override any of them."""
-    env: list[dict[str, Any]] = [
-        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
-        {"name": "WORKERPOOL_QUEUES", "value": queue.name},
-        {"name": "WORKERPOOL_POOL", "value": str(queue.pool.value)},
-        {"name": "WORKERPOOL_CONCURRENCY", "value": str(queue.concurrency)},
-        {"name": "WORKERPOOL_PREFETCH_MULTIPLIER", "value": str(queue.prefetch_multiplier)},
-    ]
-    if queue.max_tasks_per_child is not None:
-        env.append({"name": "WORKERPOOL_MAX_TASKS_PER_CHILD", "value": str(queue.max_tasks_per_child)})
-    env.append({"name": "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT", "value": str(soft_shutdown_timeout(pool))})
-    env.append({"name": "WORKERPOOL_WORKER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
-    env.append({"name": "WORKERPOOL_STATE_DIR", "value": STATE_DIR})
-    broker = pool.spec.broker
-    if broker.url_from is not None:
-        ref = {"name": broker.url_from.name, "key": broker.url_from.key}
-        env.append({"name": BROKER_URL_ENV, "valueFrom": {"secretKeyRef": ref}})
-    elif broker.url is not None:
-        env.append({"name": BROKER_URL_ENV, "value": broker.url})
-    if broker.ca_from is not None:
-        env.append({"name": BROKER_CA_ENV, "value": BROKER_CA_FILE})
-    user = [dict(e) for e in pool.spec.template.env]
-    overridden = {e.get("name") for e in user}
-    return [e for e in env if e["name"] not in overridden] + user
 
 
 def with_last_applied(manifest: Mapping[str, Any]) -> dict[str, Any]:

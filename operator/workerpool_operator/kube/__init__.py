@@ -1,0 +1,1 @@
+"""The Kubernetes side: kopf wiring, the API, reconciling WorkerPools into Deployments, status, Events, metrics."""
