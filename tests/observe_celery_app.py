@@ -48,7 +48,8 @@ def hold() -> None:
 
 def _publish() -> None:
     with _lock:
-        load = WorkerLoad(WORKER, heartbeat=time.time(), concurrency=CONCURRENCY, **_counts)
+        running, reserved, done = _counts["running"], _counts["reserved"], _counts["done"]
+        load = WorkerLoad(WORKER, running, reserved, done, heartbeat=time.time(), concurrency=CONCURRENCY)
     key = reports.report_key(QUEUE)
     with _client.pipeline(transaction=False) as pipe:
         pipe.hset(key, WORKER, reports.encode_report(load))

@@ -16,7 +16,7 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.spec import (
     QUANTITY_PATTERN,
-    Pool,
+    CeleryPool,
     ScalingSpec,
     SecretKeyRef,
     SpecError,
@@ -127,6 +127,7 @@ POLICY_FIELDS = {
     "fallback_failure_threshold": "fallback.failureThreshold",
     "fallback_replicas": "fallback.replicas",
     "paused": "paused",
+    "drain_timeout": "drainTimeoutSeconds",
 }
 
 
@@ -160,7 +161,7 @@ def test_minimal_pool_gets_every_default() -> None:
     assert spec.broker.separator == "\x06\x16"
     assert spec.broker.global_keyprefix == ""
     (queue,) = spec.queues
-    assert (queue.name, queue.pool, queue.concurrency) == ("celery", Pool.PREFORK, 1)
+    assert (queue.name, queue.pool, queue.concurrency) == ("celery", CeleryPool.PREFORK, 1)
     assert (queue.min_replicas, queue.max_replicas, queue.prefetch_multiplier) == (0, 10, 1)
     assert queue.max_tasks_per_child is None and queue.resources is None
     assert spec.template.termination_grace_period_seconds == 30
@@ -206,6 +207,7 @@ def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:
         fallback_failure_threshold=5,
         fallback_replicas=2,
         paused=False,
+        drain_timeout=7200.0,
     )
     assert spec.poll_interval_for("reports") == 5.0
     emails = spec.policy_for("emails")  # only the target is overridden; the rest is pool-wide

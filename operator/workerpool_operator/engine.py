@@ -49,6 +49,7 @@ class ScalingPolicy:
     fallback_failure_threshold: int = 3  # failed observations in a row before the fallback applies
     fallback_replicas: int | None = None  # floor held after that many failures; None: hold current replicas
     paused: bool = False  # no scaling at all while set
+    drain_timeout: float = 3600.0  # longest a worker may drain before it is removed anyway; 0: no draining
 
 
 Stamped = tuple[float, int]  # (time, replicas)
@@ -67,6 +68,8 @@ class QueueState(NamedTuple):
     recommendations: tuple[Stamped, ...] = ()
     # Scale-ups inside the last scale-up period, as (time, replicas before the scale-up).
     scale_ups: tuple[Stamped, ...] = ()
+    # Workers asked to drain (stop taking tasks, finish what they run), with when they were asked.
+    draining: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +77,7 @@ class QueueState(NamedTuple):
             "idleSince": self.idle_since,
             "recommendations": [[t, r] for t, r in self.recommendations],
             "scaleUps": [[t, r] for t, r in self.scale_ups],
+            "draining": [[w, t] for w, t in self.draining],
         }
 
     @classmethod
@@ -94,6 +98,7 @@ class QueueState(NamedTuple):
             idle_since=idle_since,
             recommendations=_stamps(data.get("recommendations", ()), "recommendations"),
             scale_ups=_stamps(data.get("scaleUps", ()), "scaleUps"),
+            draining=_draining(data.get("draining", ())),
         )
 
 
@@ -117,6 +122,17 @@ def _stamps(value: object, name: str) -> tuple[Stamped, ...]:
     return tuple(stamps)
 
 
+def _draining(value: object) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"scaling state: draining must be a list of [worker, since], got {value!r}")
+    draining: list[tuple[str, float]] = []
+    for item in value:
+        if not isinstance(item, list | tuple) or len(item) != 2 or not isinstance(item[0], str):
+            raise ValueError(f"scaling state: draining must be a list of [worker, since], got item {item!r}")
+        draining.append((item[0], _number(item[1], "draining")))
+    return tuple(draining)
+
+
 Direction = Literal["up", "down", "none"]
 
 
@@ -131,6 +147,8 @@ class Decision(NamedTuple):
     recommendation: int | None = None  # what the demand alone asks for, before window and step limit
     fallback_active: bool = False  # enough failed observations in a row for the fallback to apply
     paused: bool = False
+    drain: tuple[str, ...] = ()  # workers to ask to stop taking tasks (they finish what they run)
+    undrain: tuple[str, ...] = ()  # draining workers to take back into service
 
     @property
     def changed(self) -> bool:

@@ -19,6 +19,8 @@ class WorkerLoad:
     done: int = 0  # tasks finished since the worker started
     heartbeat: float = 0.0  # unix time of the report
     concurrency: int = 0
+    draining: bool = False  # asked to drain: consumes nothing new, finishes what it runs
+    started: float = 0.0  # unix time the worker became ready (0: unknown)
 
     @property
     def in_flight(self) -> int:

@@ -4,7 +4,8 @@ Each worker publishes, for every queue it consumes, one field in a Redis HASH pe
 
     <global_keyprefix>workerpool:reports:<queue>   field = <worker name>   value = JSON record
 
-The record holds running and reserved counts, tasks done, the heartbeat time and the concurrency.
+The record holds running and reserved counts, tasks done, the heartbeat time, the concurrency, whether
+the worker is draining and when it became ready.
 Redis 7.0 has no per-field expiry, so liveness is the heartbeat: a record older than ``ttl`` seconds
 is ignored by readers (the worker vanished), and writers prune stale fields of others when they
 write. The whole key also gets an EXPIRE of ``ttl`` on each write, so it disappears when the last
@@ -50,6 +51,8 @@ def decode_report(worker: str, raw: str | bytes) -> WorkerLoad | None:
             done=int(get("done", 0)),
             heartbeat=float(get("heartbeat", 0.0)),
             concurrency=int(get("concurrency", 0)),
+            draining=bool(get("draining", False)),
+            started=float(get("started", 0.0)),
         )
     except (ValueError, TypeError, AttributeError):  # not JSON, not an object, or a field of the wrong type
         return None

@@ -31,9 +31,9 @@ from workerpool_operator.engine import ScalingPolicy
 
 __all__ = [
     "BrokerSpec",
+    "CeleryPool",
     "FallbackOverride",
     "FallbackSpec",
-    "Pool",
     "QueueSpec",
     "ScaleUpOverride",
     "ScaleUpSpec",
@@ -297,6 +297,7 @@ class ScalingSpec(_Model):
     activation_backlog: Activation = _POLICY.activation_backlog
     fallback: FallbackSpec = FallbackSpec()
     paused: Bool = _POLICY.paused
+    drain_timeout_seconds: Window = _POLICY.drain_timeout
 
     def merged(self, override: ScalingOverride) -> ScalingSpec:
         """This pool-wide scaling with a queue's overrides laid over it, field by field."""
@@ -328,12 +329,13 @@ class ScalingOverride(_Model):
     activation_backlog: Activation | None = None
     fallback: FallbackOverride | None = None
     paused: Bool | None = None
+    drain_timeout_seconds: Window | None = None
 
 
 # --- queues -------------------------------------------------------------------------------------------------
 
 
-class Pool(StrEnum):
+class CeleryPool(StrEnum):
     """Celery's execution pools (`celery worker --pool`)."""
 
     PREFORK = "prefork"
@@ -344,10 +346,10 @@ class Pool(StrEnum):
 
 
 # The most concurrency one worker pod may have, where the pool sets a tighter bound than the schema's.
-POOL_CONCURRENCY_LIMITS: dict[Pool, tuple[int, str]] = {
-    Pool.SOLO: (1, MSG_SOLO),
-    Pool.PREFORK: (64, MSG_PREFORK),
-    Pool.THREADS: (1000, MSG_THREADS),
+POOL_CONCURRENCY_LIMITS: dict[CeleryPool, tuple[int, str]] = {
+    CeleryPool.SOLO: (1, MSG_SOLO),
+    CeleryPool.PREFORK: (64, MSG_PREFORK),
+    CeleryPool.THREADS: (1000, MSG_THREADS),
 }
 
 
@@ -355,7 +357,7 @@ class QueueSpec(_Model):
     """One Celery queue, served by one Deployment."""
 
     name: Annotated[str, Field(min_length=1, max_length=63)]
-    pool: Pool = Pool.PREFORK
+    pool: CeleryPool = CeleryPool.PREFORK
     concurrency: Annotated[Int, Field(ge=1, le=10000)] = 1
     min_replicas: Annotated[Int, Field(ge=0, le=1000)] = 0
     max_replicas: Annotated[Int, Field(ge=1, le=1000)] = 10
@@ -380,7 +382,7 @@ class QueueSpec(_Model):
         limit = POOL_CONCURRENCY_LIMITS.get(self.pool)
         if limit is not None and self.concurrency > limit[0]:
             raise ValueError(limit[1])
-        if self.max_tasks_per_child is not None and self.pool is not Pool.PREFORK:
+        if self.max_tasks_per_child is not None and self.pool is not CeleryPool.PREFORK:
             raise ValueError(MSG_MAX_TASKS_PER_CHILD)
         return self
 
@@ -442,6 +444,7 @@ class WorkerPoolSpec(_Model):
             fallback_failure_threshold=scaling.fallback.failure_threshold,
             fallback_replicas=scaling.fallback.replicas,
             paused=scaling.paused,
+            drain_timeout=float(scaling.drain_timeout_seconds),
         )
 
     def poll_interval_for(self, queue_name: str) -> float:
