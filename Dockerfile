@@ -1,26 +1,49 @@
-# The operator image: `workerpool-operator run` (kopf) with the project's base dependencies.
-# Build from the repository root:  docker build -t workerpool-operator .
-# The Helm chart (helm/workerpool-operator) runs it as user 10001 with a read-only root filesystem.
+# The project's two images, from one file (build from the repository root):
+#   docker build --target operator -t workerpool-operator .   # `workerpool-operator run` (kopf); the Helm chart's
+#   docker build --target worker   -t workerpool-worker .     # Celery run by `workerpool-worker`; FROM it your app
+# Both run as user 10001 (the chart and the rendered worker pods add a read-only root filesystem).
 ARG PYTHON_VERSION=3.11
 
-# --- build: install the project into a virtualenv ---------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS build
+# --- what both images share: the Python base, the virtualenv on PATH, one numeric non-root user ------------
+FROM python:${PYTHON_VERSION}-slim AS base
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN groupadd --gid 10001 workerpool \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin workerpool
+
+# --- build: the project's source in a fresh virtualenv; each image installs what it needs ----------------------
+FROM base AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN /opt/venv/bin/pip install .
 
-# --- runtime: the virtualenv and a numeric non-root user ---------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim
-RUN groupadd --gid 10001 operator \
-    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin operator
-COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+FROM build AS build-operator
+RUN pip install .
+
+FROM build AS build-worker
+RUN pip install ".[worker]"
+
+# --- the worker image: tini as PID 1 forwards SIGTERM to workerpool-worker (a warm Celery shutdown) --------------
+FROM base AS worker
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p /app /tmp/workerpool \
+    && chown 10001:10001 /app /tmp/workerpool
+COPY --from=build-worker /opt/venv /opt/venv
+ENV PYTHONPATH=/app \
+    WORKERPOOL_STATE_DIR=/tmp/workerpool
+# User code goes in /app (the working directory, on PYTHONPATH): see worker-image/example-app/Dockerfile.
+WORKDIR /app
 USER 10001:10001
-# Exec form: the operator is PID 1's only process and gets SIGTERM directly (kopf stops gracefully on it).
+ENTRYPOINT ["/usr/bin/tini", "--", "workerpool-worker"]
+
+# --- the operator image (the default target): no Celery, exec form, so kopf gets SIGTERM directly -------------
+FROM base AS operator
+COPY --from=build-operator /opt/venv /opt/venv
+USER 10001:10001
 ENTRYPOINT ["workerpool-operator"]
 CMD ["run", "--log-format=json", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -18,7 +18,7 @@ from tests.conftest import RedisServer
 from tests.kube import KubeCluster
 
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
-from workerpool_operator.kube.backend import KubeApi
+from workerpool_operator.kube.api import KubeApi
 from workerpool_operator.local.embedded_redis import stop_process
 
 
@@ -39,9 +39,8 @@ class RequestLog:
     def _drain(self) -> None:
         assert self.kube.emulator is not None
         try:
-            requests = self.kube.emulator._requests
-            taken = list(requests)
-            del requests[: len(taken)]
+            taken = self.kube.emulator.requests()
+            self.kube.emulator.forget_requests(len(taken))
             for request in taken:
                 if str(request.method) not in ("GET", "method.GET"):
                     self.writes += 1

@@ -1,10 +1,20 @@
 """A Kubernetes API for tests: kmock's emulator, taught the few things a real API server does that we rely on.
 
-kmock stores JSON as given. A real API server also assigns ``uid``, ``resourceVersion``,
-``generation`` and ``creationTimestamp``, bumps ``generation`` on spec changes only, and
-garbage-collects objects whose owner is gone. :class:`ApiServerEmulator` adds exactly that, and
-:class:`KubeCluster` runs it on a loopback port in a thread of its own, so tests (sync code) and the
-operator (kopf in another thread) talk to it over HTTP like they would to a cluster.
+kmock stores JSON as given. A real API server also
+
+- assigns ``uid``, ``resourceVersion``, ``generation`` and ``creationTimestamp``, and a name from
+  ``generateName``;
+- bumps ``generation`` on spec changes only;
+- refuses an update whose ``metadata.resourceVersion`` is not the current one (409 Conflict): optimistic
+  concurrency, which leader election relies on;
+- garbage-collects objects whose owners are all gone.
+
+:class:`ApiServerEmulator` adds exactly that, and :class:`KubeCluster` serves it on a loopback port in a thread of
+its own, so tests (sync code) and the operator (kopf in another thread) talk to it over HTTP as to a cluster.
+
+Everything that touches kmock beyond its public API lives in the one section marked "kmock internals" below
+(the request hook ``_handle``, its ``rendering.Request``, the watch buses ``_buses`` and the request log
+``_requests``), so a kmock upgrade changes that section only. Checked with kmock 0.8.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import secrets
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,10 +33,9 @@ import attrs
 import kmock
 import kubernetes
 import yaml
-from kmock._internal import rendering
 
-# What our operator and kopf itself touch. kopf needs its backbone (CRDs, namespaces, peerings,
-# events) or it discovers our resource and silently never watches it.
+# What our operator and kopf itself touch. kopf needs its backbone (CRDs, namespaces, events) or it discovers
+# our resource and silently never watches it.
 RESOURCES: dict[str, kmock.ResourceInfo] = {
     "workerpool.dev/v1alpha1/workerpools": kmock.ResourceInfo(
         kind="WorkerPool",
@@ -53,27 +63,31 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs={"list", "watch", "get"}
     ),
-    "kopf.dev/v1/clusterkopfpeerings": kmock.ResourceInfo(
-        kind="ClusterKopfPeering", namespaced=False, verbs={"list", "watch", "get", "patch", "create"}
-    ),
-    "kopf.dev/v1/kopfpeerings": kmock.ResourceInfo(
-        kind="KopfPeering", namespaced=True, verbs={"list", "watch", "get", "patch", "create"}
+    "coordination.k8s.io/v1/leases": kmock.ResourceInfo(
+        kind="Lease", namespaced=True, verbs={"list", "watch", "get", "create", "update", "patch", "delete"}
     ),
 }
 
 
+# --- kmock internals (the only place that uses kmock beyond its public API) --------------------------------
+
+
 @attrs.define(kw_only=True)
 class ApiServerEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus object metadata bookkeeping and owner-reference garbage collection."""
+    """kmock's emulator plus object metadata bookkeeping, optimistic concurrency and garbage collection."""
 
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
-    async def _handle(self, request: rendering.Request) -> Any:
+    async def _handle(self, request: kmock.Request) -> Any:
+        """Runs before kmock stores anything: stamp what a real server stamps, refuse stale updates."""
         action = request.action
         if request.resource is not None and isinstance(request.data, dict):
             if action == kmock.action.CREATE:
                 self._stamp_created(request)
             elif action == kmock.action.UPDATE and request.name is not None:
+                conflict = self._stale(request)
+                if conflict is not None:
+                    return await self._render_error(conflict)
                 self._stamp_updated(request)
         response = await super()._handle(request)
         # A delete, or a patch removing the last finalizer of an object being deleted, may orphan objects.
@@ -81,8 +95,23 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             await self._collect_garbage()
         return response
 
-    def _stamp_created(self, request: rendering.Request) -> None:
+    async def publish(self, resource: Any, event: dict[str, Any]) -> None:
+        """Send a watch event to every watcher of ``resource``."""
+        await self._buses[resource].put(event)
+
+    def requests(self) -> list[kmock.Request]:
+        return list(self._requests)
+
+    def forget_requests(self, count: int) -> None:
+        """Drop the oldest ``count`` requests of the log (kmock matches each request against the whole log)."""
+        del self._requests[:count]
+
+    # --- what a real API server does --------------------------------------------------------------------------
+
+    def _stamp_created(self, request: kmock.Request) -> None:
         meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{secrets.token_hex(3)}"
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("generation", 1)
         meta.setdefault("creationTimestamp", _now())
@@ -90,13 +119,29 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             meta["namespace"] = request.namespace
         meta["resourceVersion"] = str(next(self._versions))
 
-    def _stamp_updated(self, request: rendering.Request) -> None:
+    def _current(self, request: kmock.Request) -> Any:
         if request.resource is None or request.name is None:
-            return
+            return None
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
+            return None
+        return self.objects[key]
+
+    def _stale(self, request: kmock.Request) -> kmock.KubernetesError | None:
+        """A 409 Conflict when the update names a resourceVersion that is no longer the object's."""
+        wanted = (request.data.get("metadata") or {}).get("resourceVersion")
+        current = self._current(request)
+        if wanted is None or current is None:
+            return None
+        if str(wanted) == str((current.get("metadata") or {}).get("resourceVersion")):
+            return None
+        message = f"Operation cannot be fulfilled on {request.name}: the object has been modified"
+        return kmock.KubernetesError(status=409, reason="Conflict", message=message)
+
+    def _stamp_updated(self, request: kmock.Request) -> None:
+        current = self._current(request)
+        if current is None:
             return  # the emulator itself answers 404
-        current = self.objects[key]
         meta = request.data.setdefault("metadata", {})
         if meta is None:  # a merge patch may say "metadata": null; a real server refuses it
             request.data["metadata"] = meta = {}
@@ -128,7 +173,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             for (resource, _ns, _name), obj in orphans:
                 raw = obj.raw
                 obj.delete()
-                await self._buses[resource].put({"type": "DELETED", "object": raw})
+                await self.publish(resource, {"type": "DELETED", "object": raw})
+
+
+# --- end of kmock internals --------------------------------------------------------------------------------
 
 
 def _changes(old: Any, patch: Any) -> bool:
@@ -168,6 +216,10 @@ class KubeCluster:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+    def call(self, function: Any, *args: Any) -> None:
+        """Run ``function(*args)`` in the emulator's own thread (its state is not thread-safe)."""
+        self._loop.call_soon_threadsafe(function, *args)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -219,6 +271,6 @@ class KubeCluster:
                 found[name] = obj.raw
         return found
 
-    def requests(self) -> list[rendering.Request]:
+    def requests(self) -> list[kmock.Request]:
         assert self.emulator is not None
-        return list(self.emulator._requests)
+        return self.emulator.requests()

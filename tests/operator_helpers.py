@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -12,7 +17,8 @@ from redis import Redis
 
 from tests.kube import KubeCluster
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
-from workerpool_operator.kube.backend import KubeApi
+from workerpool_operator.kube.api import KubeApi
+from workerpool_operator.local.embedded_redis import stop_process
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.reports import encode_report, report_key
 
@@ -161,3 +167,38 @@ def drain_into_busy_and_idle_pods(redis: Redis) -> None:
     ]
     redis.delete("default")
     redis.hset(report_key("default"), mapping={load.worker: encode_report(load) for load in loads})
+
+
+class OperatorProcess:
+    """The operator in a process of its own (``kopf run -m workerpool_operator.kube.handlers``), as the image runs
+    it, against the emulator: it can be SIGKILLed like a pod on a lost node. Its log goes to a file."""
+
+    KOPF = ("-m", "kopf", "run", "-m", "workerpool_operator.kube.handlers", "--standalone", "-A")
+
+    def __init__(self, kube: KubeCluster, log: Path, argv: Sequence[str] = KOPF, **env: str) -> None:
+        environment = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "WORKERPOOL_OPERATOR_METRICS_PORT": "0"}
+        environment.update(env)
+        self.log = log
+        self._log_file = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, *argv], env=environment, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=30)
+        self._log_file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def request_identity(request: Any) -> str | None:
+    """The operator replica that made a request (from its User-Agent), if one did."""
+    agent = str(request.headers.get("User-Agent", ""))
+    if not agent.startswith("workerpool-operator/") or "(" not in agent:
+        return None
+    return agent.rsplit("(", 1)[1].rstrip(")")

@@ -21,7 +21,7 @@ import yaml
 from tests.conftest import REPO, RedisServer, operator_args
 from tests.operator_helpers import enqueue, wait_for
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
-from workerpool_operator.kube.backend import ApiError, KubeApi
+from workerpool_operator.kube.api import ApiError, KubeApi
 
 pytestmark = pytest.mark.e2e
 

@@ -35,7 +35,7 @@ from tests.rbac import (
 )
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
 from workerpool_operator.cli import build_parser, kopf_command
-from workerpool_operator.kube.backend import KubeApi
+from workerpool_operator.kube.api import KubeApi
 
 WATCHED = ["apps", "jobs"]
 NAMESPACED = {"watch": {"namespaces": WATCHED}}

@@ -31,8 +31,8 @@ from tests.operator_helpers import (
     wait_for,
 )
 from workerpool_operator.kube import metrics
-from workerpool_operator.kube.backend import DELETION_COST
-from workerpool_operator.kube.pools import contains
+from workerpool_operator.kube.api import DELETION_COST
+from workerpool_operator.kube.drift import contains
 from workerpool_operator.kube.render import render_deployments
 from workerpool_operator.spec import WorkerPool
 

@@ -8,17 +8,19 @@ import re
 import yaml
 
 from tests.conftest import REPO
-from tests.dockerfile import instructions
+from tests.dockerfile import image, stages
 
 DOCKERFILE = REPO / "Dockerfile"
 VALUES = REPO / "helm" / "workerpool-operator" / "values.yaml"
 
 
 def test_operator_image_runs_the_operator_as_the_chart_expects() -> None:
-    steps = instructions(DOCKERFILE.read_text())
+    text = DOCKERFILE.read_text()
+    steps = image(text, "operator")
+    assert list(stages(text))[-1] == "operator", "a plain `docker build .` builds the operator image"
     froms = [arg for op, arg in steps if op == "FROM"]
-    assert len(froms) == 2 and all("slim" in f for f in froms)  # multi-stage on slim bases
-    assert any(op == "COPY" and arg.startswith("--from=build") for op, arg in steps)
+    assert len(froms) >= 2 and all("slim" in f for f in froms if "python" in f)  # multi-stage on slim bases
+    assert any(op == "COPY" and arg.startswith("--from=build-operator") for op, arg in steps)
 
     user = [arg for op, arg in steps if op == "USER"][-1]
     match = re.fullmatch(r"(\d+):(\d+)", user)
@@ -32,3 +34,15 @@ def test_operator_image_runs_the_operator_as_the_chart_expects() -> None:
     assert command[0] == "run"
     installs = " ".join(arg for op, arg in steps if op == "RUN")
     assert "pip install ." in installs and "[worker]" not in installs, "the operator needs no Celery"
+
+
+def test_the_two_images_share_one_build_stage() -> None:
+    text = DOCKERFILE.read_text()
+    named = stages(text)
+    assert {"operator", "worker"} <= set(named)
+    copies = [arg for steps in named.values() for op, arg in steps if op == "COPY" and not arg.startswith("--from")]
+    assert copies == ["pyproject.toml README.md ./", "operator ./operator"], (
+        "the source goes in once, in one build stage"
+    )
+    assert named["build-worker"][0] == ("FROM", "build AS build-worker")
+    assert named["build-operator"][0] == ("FROM", "build AS build-operator")

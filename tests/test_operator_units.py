@@ -9,8 +9,9 @@ import pytest
 from tests.kube import KubeCluster
 from tests.operator_helpers import NS, api
 from workerpool_operator.kube import metrics
-from workerpool_operator.kube.backend import DELETION_COST, ApiError, KubeBackend
-from workerpool_operator.kube.pools import contains
+from workerpool_operator.kube.api import DELETION_COST, ApiError
+from workerpool_operator.kube.backend import KubeBackend
+from workerpool_operator.kube.drift import contains
 
 POOL = (NS, "shop")
 

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from tests.conftest import REPO
-from tests.dockerfile import instructions as dockerfile_instructions
+from tests.dockerfile import image as worker_image
 from tests.pss import assert_restricted
 from workerpool_operator.kube.render import (
     LAST_APPLIED_ANNOTATION,
@@ -229,7 +229,7 @@ def _pod_argv(container: dict[str, Any], entrypoint: list[str]) -> list[str]:
 
 
 def test_pods_run_the_worker_image_entrypoint_so_tini_is_pid_1() -> None:
-    steps = dockerfile_instructions((REPO / "worker-image" / "Dockerfile").read_text())
+    steps = worker_image((REPO / "Dockerfile").read_text(), "worker")
     entrypoint = json.loads([arg for op, arg in steps if op == "ENTRYPOINT"][-1])
     for obj in (_pool(), _pool(template=FULL_TEMPLATE, queues=FULL_QUEUES)):
         for deployment in _render(obj).values():

@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from workerpool_operator import __version__
 
 HANDLERS_MODULE = "workerpool_operator.kube.handlers"
-
-
 NAMESPACED_ENV = "WORKERPOOL_OPERATOR_NAMESPACED"
+LEASE_ENV = "WORKERPOOL_OPERATOR_LEASE"
+LEASE_TIMING_ENVS = {
+    "lease_duration": "WORKERPOOL_OPERATOR_LEASE_DURATION",
+    "renew_deadline": "WORKERPOOL_OPERATOR_RENEW_DEADLINE",
+    "retry_period": "WORKERPOOL_OPERATOR_RETRY_PERIOD",
+}
+EX_CONFIG = 2  # no cluster to talk to, or a bad setting: one line on stderr
 
 
-def kopf_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """The kopf command line and the extra environment for ``run``."""
-    argv = ["kopf", "run", "-m", HANDLERS_MODULE, "--log-format", args.log_format]
+def kopf_command(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The kopf command line and the extra environment for ``run``. kopf never peers (``--standalone``):
+    replicas agree through the Lease instead (kube/leader.py), unless ``--standalone`` runs this one alone."""
+    env_in = os.environ if environ is None else environ
+    argv = ["kopf", "run", "-m", HANDLERS_MODULE, "--log-format", args.log_format, "--standalone"]
     env: dict[str, str] = {}
     if args.namespace:
         for ns in args.namespace:
@@ -28,19 +37,35 @@ def kopf_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         argv.append("--all-namespaces")
     if args.liveness:
         argv += ["--liveness", args.liveness]
-    if args.standalone:
-        argv.append("--standalone")
-    else:
-        argv += ["--peering", args.peering]
-        if args.priority is not None:
-            argv += ["--priority", str(args.priority)]
     if args.verbose:
         argv.append("--verbose")
+    if not args.standalone:
+        namespace = args.lease_namespace or env_in.get("POD_NAMESPACE") or "default"
+        env[LEASE_ENV] = f"{namespace}/{args.lease_name}"
+        for field, name in LEASE_TIMING_ENVS.items():
+            value = getattr(args, field)
+            if value is not None:
+                env[name] = f"{value:g}"
     return argv, env
+
+
+def preflight() -> str | None:
+    """Why ``run`` cannot start, in one line, or ``None``: there must be a cluster to talk to."""
+    from workerpool_operator.kube.api import NoClusterConfiguration, load_configuration
+
+    try:
+        load_configuration()
+    except NoClusterConfiguration as error:
+        return str(error)
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
     """Start the operator with kopf, as `kopf run -m workerpool_operator.kube.handlers` would."""
+    problem = preflight()
+    if problem is not None:
+        print(f"workerpool-operator run: {problem}", file=sys.stderr)
+        return EX_CONFIG
     argv, env = kopf_command(args)
     os.environ.update(env)
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
@@ -65,9 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-format", default="plain", choices=["plain", "full", "json"])
-    run.add_argument("--peering", default="workerpool-operator", help="kopf peering object name")
-    run.add_argument("--priority", type=int, default=None, help="kopf peering priority of this replica")
-    run.add_argument("--standalone", action="store_true", help="no peering: for a single local run")
+    run.add_argument(
+        "--standalone", action="store_true", help="no leader election: this process writes alone (a local run)"
+    )
+    run.add_argument(
+        "--lease-name", default="workerpool-operator", help="the leader-election Lease (default: %(default)s)"
+    )
+    run.add_argument(
+        "--lease-namespace", default=None, help="the Lease's namespace (default: $POD_NAMESPACE, else default)"
+    )
+    run.add_argument("--lease-duration", type=float, default=None, help="seconds before a standby takes over (8)")
+    run.add_argument("--renew-deadline", type=float, default=None, help="seconds the leader writes unrenewed (6)")
+    run.add_argument("--retry-period", type=float, default=None, help="seconds between Lease attempts (2)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
     _add_local_commands(sub)

@@ -1,23 +1,38 @@
-"""kopf wiring: thin handlers that call the pure modules and the I/O adapters.
+"""kopf wiring: thin handlers over :class:`~workerpool_operator.kube.pools.PoolService` and its parts.
 
-Run with ``kopf run -m workerpool_operator.kube.handlers`` (``workerpool-operator run`` does that).
+Run with ``kopf run -m workerpool_operator.kube.handlers`` (``workerpool-operator run`` does that). Only
+``on.event`` handlers: they need no finalizer and write nothing to the objects they see (kopf's change handlers
+store their progress and a copy of the spec in annotations), so a standby replica never writes, and a pool
+can be deleted whether the operator runs or not.
+
+With ``WORKERPOOL_OPERATOR_LEASE=<namespace>/<name>`` (``run`` sets it unless ``--standalone``), replicas elect a
+leader through that Lease and only the leader writes; without it this process writes alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import socket
+import uuid
 from typing import Any
 
 import kopf
 
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.kube import metrics
-from workerpool_operator.kube.backend import KubeApi
-from workerpool_operator.kube.pools import PoolNotServed, PoolOperator
+from workerpool_operator.kube.api import KubeApi
+from workerpool_operator.kube.backend import KubeBackend
+from workerpool_operator.kube.drift import DriftRepair
+from workerpool_operator.kube.events import ApiEvents
+from workerpool_operator.kube.leader import Alone, LeaseElector
+from workerpool_operator.kube.pools import PoolService
+from workerpool_operator.kube.reconcile import Reconciler
 from workerpool_operator.kube.render import POOL_LABEL
+from workerpool_operator.kube.reporter import StatusReporter
+from workerpool_operator.kube.secrets import SecretReader
+from workerpool_operator.kube.settings import OperatorSettings
 from workerpool_operator.observe import Observer
 from workerpool_operator.scaling_loop import ScalingLoop
 
@@ -27,11 +42,9 @@ logger = logging.getLogger(__name__)
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """All kopf settings in one place."""
-    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    # No handler needs a finalizer; this name only keeps kopf away from the first release's, which the
+    # operator removes itself (pools.LEGACY_FINALIZER).
+    settings.persistence.finalizer = f"{API_GROUP}/kopf-finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -48,63 +61,63 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def start_scaling(memo: kopf.Memo, **_: Any) -> None:
-    """The scaling loop and the retry loop run beside kopf's watches, for as long as the operator runs;
-    they act only on the pools served now (see :func:`serve`)."""
+async def start(memo: kopf.Memo, **_: Any) -> None:
+    """The operator's parts, and the tasks that run beside kopf's watches for as long as the operator runs."""
+    config = OperatorSettings.from_environment()
     metrics.serve()
-    pools = PoolOperator(KubeApi())
-    observer = Observer()
-    pools.loop = ScalingLoop(pools.backend, pools.report, observer)
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"  # the pod's name, and this process
+    api = KubeApi(identity=identity)
     stop = asyncio.Event()
-    memo.pools = pools
-    memo.observer = observer
-    memo.stop = stop
+    elector: LeaseElector | None = None
+    leadership: LeaseElector | Alone = Alone()
+    if config.lease is not None:
+        lease = config.lease_config(identity)
+        leadership = elector = LeaseElector(
+            api, lease, on_started=lambda: memo.pools.start_writing(), on_stopped=lambda: memo.pools.stop_writing()
+        )
+    may_write = leadership.holds
+    backend = KubeBackend(api)
+    events = ApiEvents(api, may_write)
+    reporter = StatusReporter(api, backend, events, may_write, figures_refresh=config.status_refresh)
+    observer = Observer()
+    loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer)
+    memo.pools = PoolService(
+        api=api,
+        loop=loop,
+        reconciler=Reconciler(api, backend, events),
+        reporter=reporter,
+        secrets=SecretReader(api, recheck=config.secret_recheck),
+        events=events,
+        may_write=may_write,
+        retry_delay=config.retry_delay,
+    )
+    memo.drift = DriftRepair(api, backend, events, memo.pools.plan_of, may_write)
+    memo.api, memo.observer, memo.stop = api, observer, stop
     memo.tasks = [
-        asyncio.create_task(pools.loop.run(stop), name="scaling loop"),
-        asyncio.create_task(pools.run_retries(stop), name="retries"),
+        asyncio.create_task(loop.run(stop), name="scaling loop"),
+        asyncio.create_task(memo.pools.run_retries(stop), name="retries"),
     ]
+    if elector is not None:
+        memo.tasks.append(asyncio.create_task(elector.run(stop), name="leader election"))
+    else:
+        metrics.set_leader(True)
 
 
 @kopf.on.cleanup()
-async def stop_scaling(memo: kopf.Memo, **_: Any) -> None:
+async def stop(memo: kopf.Memo, **_: Any) -> None:
     memo.stop.set()
     await asyncio.gather(*memo.tasks, return_exceptions=True)
     await memo.observer.aclose()
-    memo.pools.api.close()
-
-
-@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
-@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
-@kopf.on.update(API_GROUP, API_VERSION, PLURAL)
-async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Deployments, scaling and status from the spec. A pool that cannot be served says why in its status
-    and an Event, and is retried by the operator (no handler failure: one bad pool never blocks others)."""
-    with contextlib.suppress(PoolNotServed):
-        await memo.pools.reconcile(body)
-
-
-@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_backoff=5.0, cancellation_timeout=5.0)
-async def serve(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
-    """While this runs, this operator serves the pool: it is in the scaling loop and retried. kopf stops it
-    when a peer with a higher priority pauses this operator (and starts it again on resume), when the pool
-    is deleted, and on exit; then the pool leaves the scaling loop, so two operators never both scale it."""
-    key = (str(body.metadata.namespace), str(body.metadata.name))
-    memo.pools.serve(key, dict(body.get("status") or {}))
-    try:
-        await stopped.wait()
-    finally:
-        memo.pools.unserve(key)
+    memo.api.close()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
 async def pool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Forget a deleted pool (its Deployments are garbage-collected through their owner reference)."""
-    if event.get("type") == "DELETED":
-        meta = event["object"].get("metadata") or {}
-        memo.pools.forget((meta.get("namespace"), meta.get("name")))
+    """Plan every pool; apply, scale and report the served ones (see PoolService.pool_changed)."""
+    await memo.pools.pool_changed(event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={POOL_LABEL: kopf.PRESENT})
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Keep the replica cache current and put back a Deployment edited or deleted by hand."""
-    await memo.pools.deployment_changed(str(event.get("type")), event["object"])
+    """Keep the replica cache current, and put back a Deployment edited or deleted by hand."""
+    await memo.drift.deployment_changed(str(event.get("type")), event["object"])

@@ -50,6 +50,12 @@ SCALE_EVENTS = Counter(
     registry=REGISTRY,
 )
 
+LEADER = Gauge(
+    "workerpool_operator_leader",
+    "1 on the replica holding the leader Lease (or running alone), 0 on a standby",
+    registry=REGISTRY,
+)
+
 _server_lock = threading.Lock()
 _server_port: int | None = None
 
@@ -125,3 +131,7 @@ def sample(name: str, labels: dict[str, str]) -> float | None:
     """One sample's value from :data:`REGISTRY` (for tests and the terminal view)."""
     value = REGISTRY.get_sample_value(name, labels)
     return None if value is None else float(value)
+
+
+def set_leader(is_leader: bool) -> None:
+    LEADER.set(1 if is_leader else 0)

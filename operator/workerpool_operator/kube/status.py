@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerpool_operator.kube.conditions import Condition, merge_conditions
+from workerpool_operator.scaling_loop import PoolResult, QueueResult
 
 # Figures that move with every poll; every other status field is state.
 FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})
@@ -40,6 +41,41 @@ class QueueFigures:
     oldest_age: float | None = None
     reason: str | None = None  # the decision's reason: written (as lastScaleReason) when this poll scaled
     scaled: bool = False  # the replica count was changed by this poll
+
+
+def scaled(queue: QueueResult) -> bool:
+    """Whether this tick changed the queue's replicas (a scale call made, and it succeeded)."""
+    return queue.scaled_from is not None and queue.scale_error is None and queue.decision is not None
+
+
+def queue_figures(queue: QueueResult, ready_replicas: int | None) -> QueueFigures:
+    """What a poll of one queue shows in the status: a failed observation leaves the figures as they were,
+    a queue without a workload shows no replica counts, a successful scale shows its new count and reason."""
+    obs, decision = queue.observation, queue.decision
+    current = obs.replicas if decision is not None else None
+    desired = decision.desired_replicas if decision is not None else None
+    changed = scaled(queue)
+    return QueueFigures(
+        queue.queue,
+        backlog=obs.backlog if obs.ok else None,
+        in_flight=obs.in_flight if obs.ok else None,
+        replicas=desired if changed else current,
+        ready_replicas=ready_replicas,
+        desired_replicas=desired,
+        oldest_age=obs.oldest_age if obs.ok else None,
+        reason=decision.reason if decision is not None else None,
+        scaled=changed,
+    )
+
+
+def pool_figures(result: PoolResult, ready: dict[str, int | None]) -> dict[str, QueueFigures]:
+    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known."""
+    return {q.queue: queue_figures(q, ready.get(q.queue)) for q in result.queues}
+
+
+def scaler_states(result: PoolResult) -> dict[str, dict[str, Any]]:
+    """The engine's state of every queue of a poll, as persisted in ``status.scalerState``."""
+    return {q.queue: q.state.to_dict() for q in result.queues}
 
 
 def build_status(

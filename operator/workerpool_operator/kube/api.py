@@ -1,0 +1,281 @@
+"""The Kubernetes API calls the operator makes: synchronous (call them through :func:`asyncio.to_thread`, so the
+event loop never blocks), plain JSON dicts, writes as JSON merge patches.
+
+Why not the client's typed APIs (``AppsV1Api`` and friends) for everything: they build a model object for every
+response. For a Deployment as a real API server returns it (managed fields, status), that costs 1.39 ms against
+0.074 ms for ``json.loads`` (18.8x, measured on this project's rendered Deployment), and the operator handles a
+Deployment on every watch event and every apply; and our renderers, status builder and drift check all work
+with plain dicts and merge patches, which the typed models would only wrap and unwrap. So requests go through
+the client's own ``ApiClient`` (its configuration, authentication and connection pool) with plain bodies.
+Events are the exception: rare, and built with the client's typed ``CoreV1Event``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes
+
+from workerpool_operator import API_GROUP, API_VERSION, KIND, PLURAL, __version__
+
+MERGE_PATCH = "application/merge-patch+json"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+COMPONENT = "workerpool-operator"
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with its status code and the server's message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class NoClusterConfiguration(Exception):
+    """Neither an in-cluster service account nor a kubeconfig: ``str()`` says what was looked for."""
+
+
+def load_configuration() -> kubernetes.client.Configuration:
+    """In-cluster service account first, else the kubeconfig named by ``KUBECONFIG`` now (not at import).
+
+    Raises :class:`NoClusterConfiguration` with one line naming both places when neither is there."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+        return configuration
+    except kubernetes.config.ConfigException as in_cluster:
+        in_cluster_error = in_cluster
+    kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        kubernetes.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
+    except (kubernetes.config.ConfigException, OSError, TypeError) as error:
+        raise NoClusterConfiguration(
+            f"no Kubernetes configuration: not in a pod with a service account ({in_cluster_error}), "
+            f"and no usable kubeconfig at {kubeconfig} ({str(error).strip() or type(error).__name__}); "
+            "set KUBECONFIG or run in a pod"
+        ) from None
+    return configuration
+
+
+def int_or_none(value: object) -> int | None:
+    """``value`` as an int (a resourceVersion, a count), or ``None`` when it is not one."""
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def pool_reference(namespace: str, name: str, uid: str | None) -> dict[str, Any]:
+    """The object reference of a WorkerPool, for Events."""
+    ref: dict[str, Any] = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "namespace": namespace,
+        "name": name,
+    }
+    if uid:
+        ref["uid"] = uid
+    return ref
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+def deployment_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/apps/v1/namespaces/{_q(namespace)}/deployments"
+    return f"{base}/{_q(name)}" if name else base
+
+
+def pool_path(namespace: str, name: str) -> str:
+    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{_q(namespace)}/{PLURAL}/{_q(name)}"
+
+
+def lease_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases"
+    return f"{base}/{_q(name)}" if name else base
+
+
+class KubeApi:
+    """The few API calls the operator makes, synchronous (call them through :func:`asyncio.to_thread`)."""
+
+    def __init__(
+        self, client: kubernetes.client.ApiClient | None = None, timeout: float = 30.0, identity: str = ""
+    ) -> None:
+        self._client = client or kubernetes.client.ApiClient(load_configuration())
+        if identity:  # which replica made a request, in the API server's audit log
+            self._client.user_agent = f"{COMPONENT}/{__version__} ({identity})"
+        self._events = kubernetes.client.CoreV1Api(self._client)
+        self.timeout = timeout
+        self.writes = 0  # API writes made (patch, create, update, delete), for the benchmark and tests
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = self._client.param_serialize(
+            method, path, query_params=list(query) or None, header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )  # fmt: skip
+        if method != "GET":
+            self.writes += 1
+        response = self._client.call_api(*params, _request_timeout=timeout or self.timeout)
+        response.read()
+        raw = response.data or b"{}"
+        if response.status >= 400:
+            try:
+                message = json.loads(raw).get("message") or raw.decode(errors="replace")
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace")
+            raise ApiError(response.status, str(message))
+        return json.loads(raw) if raw else {}
+
+    def get(self, path: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """The object at ``path``, or ``None`` when it does not exist."""
+        try:
+            found: dict[str, Any] = self.request("GET", path, timeout=timeout)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        patched: dict[str, Any] = self.request("PATCH", path, body=dict(body), content_type=MERGE_PATCH)
+        return patched
+
+    # --- Secrets and Deployments -------------------------------------------------------------------------
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's decoded data, or ``None`` when it does not exist."""
+        secret = self.get(f"/api/v1/namespaces/{_q(namespace)}/secrets/{_q(name)}")
+        if secret is None:
+            return None
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        data.update({key: value.encode() for key, value in (secret.get("stringData") or {}).items()})
+        return data
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(deployment_path(namespace, name))
+
+    def list_deployments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        items = self.request("GET", deployment_path(namespace), query=[("labelSelector", label_selector)])
+        return [item for item in items.get("items") or () if isinstance(item, dict)]
+
+    def apply_deployment(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the Deployment, or merge-patch it to the manifest. Returns the object as stored."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            return self.merge_patch(deployment_path(namespace, name), manifest)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        try:
+            created: dict[str, Any] = self.request("POST", deployment_path(namespace), body=dict(manifest))
+            return created
+        except ApiError as exc:
+            if exc.status != 409:  # created meanwhile (by our own drift repair): patch it
+                raise
+        return self.merge_patch(deployment_path(namespace, name), manifest)
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        return self.merge_patch(deployment_path(namespace, name), {"spec": {"replicas": replicas}})
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        try:
+            self.request("DELETE", deployment_path(namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def set_deletion_cost(self, namespace: str, pod: str, cost: int | None) -> bool:
+        """Mark a pod for the ReplicaSet (``None`` removes the mark); ``False`` when the pod is gone already."""
+        body = {"metadata": {"annotations": {DELETION_COST: None if cost is None else str(cost)}}}
+        try:
+            self.merge_patch(f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(pod)}", body)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # --- WorkerPools -------------------------------------------------------------------------------------
+
+    def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(pool_path(namespace, name))
+
+    def patch_pool_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> dict[str, Any]:
+        return self.merge_patch(f"{pool_path(namespace, name)}/status", {"status": dict(status_patch)})
+
+    def set_pool_finalizers(self, namespace: str, name: str, finalizers: Sequence[str], version: str) -> None:
+        """Replace the pool's finalizers, if it is still at ``version`` (a conflict is a 409)."""
+        body = {"metadata": {"finalizers": list(finalizers) or None, "resourceVersion": version}}
+        self.merge_patch(pool_path(namespace, name), body)
+
+    # --- Leases (leader election) ----------------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str, timeout: float | None = None) -> dict[str, Any] | None:
+        return self.get(lease_path(namespace, name), timeout=timeout)
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        meta = {"name": name, "namespace": namespace}
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
+        created: dict[str, Any] = self.request("POST", lease_path(namespace), body=body, timeout=timeout)
+        return created
+
+    def update_lease(self, lease: Mapping[str, Any], spec: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        """Merge-patch the Lease's spec, on condition that it is still at the ``resourceVersion`` it was read at: a
+        compare-and-swap (409 Conflict when someone wrote it meanwhile)."""
+        meta = lease["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": dict(spec)}
+        path = lease_path(meta["namespace"], meta["name"])
+        updated: dict[str, Any] = self.request("PATCH", path, body=body, content_type=MERGE_PATCH, timeout=timeout)
+        return updated
+
+    # --- Events --------------------------------------------------------------------------------------------
+
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``involved`` (an object reference), built with the client's model."""
+        namespace = str(involved.get("namespace") or "default")
+        now = datetime.datetime.now(tz=datetime.UTC)
+        instance = os.environ.get("HOSTNAME", COMPONENT)
+        event = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{involved.get('name')}.", namespace=namespace),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=involved.get("apiVersion"),
+                kind=involved.get("kind"),
+                name=involved.get("name"),
+                namespace=namespace,
+                uid=involved.get("uid"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=kubernetes.client.V1EventSource(component=COMPONENT, host=instance),
+            reporting_component=COMPONENT,
+            reporting_instance=instance,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        self.writes += 1
+        self._events.create_namespaced_event(namespace, event, _request_timeout=self.timeout, _preload_content=False)

@@ -1,0 +1,119 @@
+"""Reconcile, step one: what a WorkerPool asks for, in one pass over its spec. Pure: no I/O, no clock.
+
+``plan(obj, secrets)`` turns a WorkerPool object and the Secrets it names (read beforehand, see
+:func:`secrets_named`) into a :class:`PoolPlan`: the broker to observe, the Deployment of every queue, and how
+each queue is scaled. Everything a user can get wrong here is a :class:`PlanError` carrying the condition
+reason and message to show; applying the plan (``reconcile.py``) only does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube.render import POOL_LABEL, render_deployments
+from workerpool_operator.scaling_loop import PoolKey, QueuePlan
+from workerpool_operator.spec import SecretKeyRef, SpecError, WorkerPool
+
+SecretData = Mapping[str, bytes] | None  # a Secret's data, None when the Secret does not exist
+
+
+class PlanError(Exception):
+    """The pool cannot be served as it stands; ``retry`` when a change outside the spec may fix it (a Secret)."""
+
+    def __init__(self, reason: str, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.problem = cond.Problem(reason, message)
+        self.retry = retry
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """Everything the operator does for one WorkerPool, decided before any API call."""
+
+    key: PoolKey
+    uid: str
+    generation: int
+    broker: BrokerConfig
+    deployments: Mapping[str, dict[str, Any]]  # queue -> Deployment manifest (without spec.replicas)
+    queues: Mapping[str, QueuePlan]  # queue -> policy and poll interval, in spec order
+    uses_secrets: bool  # the broker URL or CA come from Secrets (re-read now and then)
+
+    @property
+    def queue_names(self) -> list[str]:
+        return list(self.queues)
+
+    @property
+    def deployment_names(self) -> dict[str, str]:
+        return {queue: manifest["metadata"]["name"] for queue, manifest in self.deployments.items()}
+
+    def bounds(self, queue: str) -> tuple[int, int]:
+        policy = self.queues[queue].policy
+        return policy.min_replicas, policy.max_replicas
+
+
+def parse(obj: Mapping[str, Any]) -> WorkerPool:
+    """The typed pool; a spec the model refuses is a :class:`PlanError` that no retry fixes."""
+    try:
+        return WorkerPool.from_object(obj)
+    except SpecError as exc:
+        raise PlanError(cond.REASON_INVALID_SPEC, str(exc), retry=False) from None
+
+
+def secrets_named(pool: WorkerPool) -> list[str]:
+    """The Secrets the pool reads (broker URL, CA), each once."""
+    refs = [pool.spec.broker.url_from, pool.spec.broker.ca_from]
+    return list(dict.fromkeys(ref.name for ref in refs if ref is not None))
+
+
+def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
+    """The plan of a WorkerPool object, its Secrets read (``secrets[name]``; absent or ``None``: not found)."""
+    pool = parse(obj)
+    meta = obj.get("metadata") or {}
+    broker = pool.spec.broker
+    url = broker.url if broker.url_from is None else _secret_text(pool.namespace, broker.url_from, secrets)
+    ca_pem = None if broker.ca_from is None else _secret_text(pool.namespace, broker.ca_from, secrets)
+    if not url:
+        raise PlanError(cond.REASON_INVALID_BROKER_URL, "the broker URL is empty")
+    try:
+        config = broker.to_config(url, ca_pem)
+    except (SpecError, ValueError) as exc:
+        raise PlanError(cond.REASON_INVALID_BROKER_URL, f"invalid broker URL: {exc}") from None
+    uid = str(meta.get("uid") or "")
+    spec = pool.spec
+    return PoolPlan(
+        key=(pool.namespace, pool.name),
+        uid=uid,
+        generation=pool.generation,
+        broker=config,
+        deployments=render_deployments(pool, uid=uid),
+        queues={q.name: QueuePlan(spec.policy_for(q.name), spec.poll_interval_for(q.name)) for q in spec.queues},
+        uses_secrets=broker.url_from is not None or broker.ca_from is not None,
+    )
+
+
+def _secret_text(namespace: str, ref: SecretKeyRef, secrets: Mapping[str, SecretData]) -> str:
+    data = secrets.get(ref.name)
+    if data is None:
+        raise PlanError(cond.REASON_SECRET_NOT_FOUND, f"Secret {namespace}/{ref.name} not found")
+    if ref.key not in data:
+        raise PlanError(cond.REASON_SECRET_KEY_NOT_FOUND, f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+    try:
+        return data[ref.key].decode().strip()
+    except UnicodeDecodeError:
+        message = f"Secret {namespace}/{ref.name} key {ref.key!r} is not text"
+        raise PlanError(cond.REASON_INVALID_BROKER_URL, message) from None
+
+
+def removed_deployments(owned: Collection[Mapping[str, Any]], plan: PoolPlan) -> list[Mapping[str, Any]]:
+    """The Deployments labelled as the pool's that the plan no longer has (a queue taken out of the spec)."""
+    keep = set(plan.deployment_names.values())
+    return [
+        d
+        for d in owned
+        if ((d.get("metadata") or {}).get("labels") or {}).get(POOL_LABEL) == plan.key[1]
+        and (d.get("metadata") or {}).get("name") not in keep
+    ]

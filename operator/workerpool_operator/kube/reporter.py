@@ -1,0 +1,200 @@
+"""What users see of each poll: metrics always, Events on changes, and the status when it is worth a write.
+
+The scaling loop hands every pool's :class:`~workerpool_operator.scaling_loop.PoolResult` to
+:meth:`StatusReporter.report`; reconcile hands it the pool's problems through :meth:`StatusReporter.write`.
+What the status says is decided by the pure functions of ``status.py`` and ``conditions.py``; this class keeps,
+per pool, what it last wrote, and writes only while this replica may (it holds the Lease, or runs alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from workerpool_operator.engine import QueueState
+from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube import metrics
+from workerpool_operator.kube.api import ApiError, KubeApi
+from workerpool_operator.kube.backend import KubeBackend
+from workerpool_operator.kube.events import EventSink
+from workerpool_operator.kube.status import (
+    QueueFigures,
+    build_status,
+    merge_patch,
+    pool_figures,
+    scaler_states,
+    write_needed,
+)
+from workerpool_operator.scaling_loop import PoolKey, PoolResult
+
+logger = logging.getLogger(__name__)
+
+
+class PoolFacts(Protocol):
+    """What the reporter needs to know of a pool besides a poll."""
+
+    @property
+    def key(self) -> PoolKey: ...
+    @property
+    def uid(self) -> str | None: ...
+    @property
+    def generation(self) -> int | None: ...
+    @property
+    def queue_names(self) -> list[str]: ...
+    @property
+    def problem(self) -> cond.Problem | None: ...
+    @property
+    def broker_label(self) -> str: ...
+
+
+@dataclass
+class _Written:
+    """The status of one pool as last written by this replica (or as last seen, while it did not write)."""
+
+    status: dict[str, Any] | None = None
+    at: float = 0.0
+    broker_error: str | None = None
+    observed: bool = False  # a poll came back since this replica began to serve the pool
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        api: KubeApi,
+        backend: KubeBackend,
+        events: EventSink,
+        may_write: Callable[[], bool],
+        *,
+        clock: Callable[[], float] = time.time,
+        figures_refresh: float = 30.0,
+    ) -> None:
+        self._api = api
+        self._backend = backend
+        self._events = events
+        self._may_write = may_write
+        self._clock = clock
+        self.figures_refresh = figures_refresh
+        self._pools: dict[PoolKey, _Written] = {}
+        self._last_poll: dict[str, float] = {}  # broker -> time of the poll last recorded in the histogram
+
+    def seen(self, key: PoolKey, status: Mapping[str, Any] | None) -> None:
+        """The pool's status as the watch delivered it. Kept while this replica does not write (a standby, or a
+        pool not served yet), so that writing resumes from what is there, engine state included."""
+        written = self._pools.setdefault(key, _Written())
+        if written.status is None or not self._may_write():
+            written.status = dict(status or {}) or None
+            written.at = self._clock()
+
+    def persisted_states(self, key: PoolKey, queues: Sequence[str]) -> dict[str, QueueState]:
+        """The engine state of each queue from the status, for a pool that starts being scaled here."""
+        saved = ((self._pools.get(key) or _Written()).status or {}).get("scalerState") or {}
+        states: dict[str, QueueState] = {}
+        for queue, data in saved.items():
+            if queue not in queues:
+                continue
+            try:
+                states[queue] = QueueState.from_dict(data)
+            except ValueError as exc:  # someone edited status by hand: start fresh, conservatively
+                logger.warning("%s/%s: ignoring the saved scaling state of %s: %s", *key, queue, exc)
+        return states
+
+    def forget_queues(self, key: PoolKey, queues: Sequence[str]) -> None:
+        """Queues taken out of the pool: drop their metrics."""
+        for queue in queues:
+            metrics.forget_queue(key[0], key[1], queue)
+
+    def forget_pool(self, key: PoolKey, queues: Sequence[str]) -> None:
+        """The pool is gone: drop its metrics and what was written."""
+        self.forget_queues(key, queues)
+        self._pools.pop(key, None)
+
+    async def report(self, result: PoolResult, pool: PoolFacts) -> None:
+        """One poll of the pool: metrics, Events on scale decisions and broker changes, status if worth it."""
+        written = self._pools.setdefault(result.pool, _Written())
+        namespace, name = result.pool
+        if self._last_poll.get(pool.broker_label) != result.observed_at:
+            self._last_poll[pool.broker_label] = result.observed_at
+            metrics.record_poll(pool.broker_label, result.poll_duration)
+        if result.broker_error is not None:
+            metrics.record_observation_error(namespace, name)
+        if result.broker_error != written.broker_error:
+            if result.broker_error is not None:
+                message = f"cannot observe the broker: {result.broker_error}; replicas are held"
+                await self._events(pool.key, pool.uid, "Warning", cond.REASON_REDIS_UNREACHABLE, message)
+            elif written.broker_error is not None:
+                await self._events(pool.key, pool.uid, "Normal", "BrokerReachable", "the broker answers again")
+        written.broker_error = result.broker_error
+        written.observed = True
+        figures = pool_figures(result, {q.queue: self._ready(result.pool, q.queue) for q in result.queues})
+        for queue in result.queues:
+            await self._record(pool, queue.queue, figures[queue.queue], queue.scaled_from, queue.scale_error)
+        await self.write(pool, figures=figures, scaler_state=scaler_states(result))
+
+    def _ready(self, pool: PoolKey, queue: str) -> int | None:
+        deployment = self._backend.deployment_name(pool, queue)
+        cached = self._backend.cached(pool[0], deployment) if deployment else None
+        return cached.ready if cached is not None else None
+
+    async def _record(
+        self, pool: PoolFacts, queue: str, figures: QueueFigures, scaled_from: int | None, error: str | None
+    ) -> None:
+        namespace, name = pool.key
+        metrics.record_queue(
+            namespace,
+            name,
+            queue,
+            backlog=figures.backlog,
+            in_flight=figures.in_flight,
+            replicas=figures.replicas,
+            desired=figures.desired_replicas,
+        )
+        if figures.scaled and scaled_from is not None and figures.desired_replicas is not None:
+            metrics.record_scale(namespace, name, queue, scaled_from, figures.desired_replicas)
+            message = f"queue {queue}: {scaled_from} -> {figures.desired_replicas} replicas ({figures.reason})"
+            await self._events(pool.key, pool.uid, "Normal", "Scaled", message)
+        elif error is not None:
+            await self._events(pool.key, pool.uid, "Warning", "ScaleFailed", f"queue {queue}: {error}")
+
+    async def write(
+        self,
+        pool: PoolFacts,
+        *,
+        figures: Mapping[str, QueueFigures] | None = None,
+        scaler_state: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Write the pool's status if something worth writing changed (and this replica may write)."""
+        written = self._pools.setdefault(pool.key, _Written())
+        async with written.lock:
+            if not self._may_write() or self._pools.get(pool.key) is not written:
+                return
+            conditions = cond.conditions_for_problem(
+                pool.problem, broker_error=written.broker_error, observed=written.observed
+            )
+            now = self._clock()
+            new = build_status(
+                written.status,
+                generation=pool.generation,
+                queue_names=pool.queue_names,
+                conditions=conditions,
+                figures=figures,
+                scaler_state=scaler_state,
+                now=now,
+            )
+            refresh = self.figures_refresh
+            if not write_needed(written.status, new, seconds_since_write=now - written.at, figures_refresh=refresh):
+                return
+            patch = merge_patch(written.status, new)
+            if not patch:
+                return
+            try:
+                await asyncio.to_thread(self._api.patch_pool_status, *pool.key, patch)
+            except ApiError as exc:
+                if exc.status == 404:  # deleted meanwhile
+                    return
+                raise
+            written.status, written.at = new, now
