@@ -1,0 +1,225 @@
+"""Each part of the operator on its own: the pure plan without any API, then the reconciler, the reporter and the
+pool service constructed directly (the emulator as the API, a list as the Event sink, no kopf)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.kube import KubeCluster
+from tests.operator_helpers import NS, api, pool_manifest
+from workerpool_operator.engine import Decision, QueueState
+from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube.backend import KubeBackend
+from workerpool_operator.kube.plan import PlanError, plan, removed_deployments, secrets_named
+from workerpool_operator.kube.pools import PoolService
+from workerpool_operator.kube.reconcile import ApplyError, Reconciler
+from workerpool_operator.kube.reporter import StatusReporter
+from workerpool_operator.kube.secrets import SecretReader
+from workerpool_operator.observation import QueueObservation
+from workerpool_operator.scaling_loop import PoolResult, QueueResult, ScalingLoop
+
+URL = "redis://redis.apps.svc:6379/0"
+
+
+def _pool(**spec: Any) -> dict[str, Any]:
+    obj = pool_manifest("shop", queues=[{"name": "default", "maxReplicas": 5}, {"name": "mail", "minReplicas": 1}])
+    obj["metadata"].update(uid="uid-1", generation=3)
+    obj["spec"].update(spec)
+    return obj
+
+
+# --- the plan: pure ----------------------------------------------------------------------------------------
+
+
+def test_a_plan_is_made_in_one_pass_from_the_object_and_its_secrets() -> None:
+    made = plan(_pool(), {"redis": {"url": f"{URL}\n".encode()}})
+    assert made.key == (NS, "shop") and (made.uid, made.generation) == ("uid-1", 3)
+    assert made.broker.url == URL, "a Secret written from a file keeps its newline; the plan does not"
+    assert made.queue_names == ["default", "mail"]
+    assert made.deployment_names == {"default": "shop-default", "mail": "shop-mail"}
+    assert made.bounds("default") == (0, 5) and made.bounds("mail") == (1, 10)
+    assert made.queues["default"].interval == 0.5 and made.uses_secrets
+    owner = made.deployments["mail"]["metadata"]["ownerReferences"][0]
+    assert (owner["uid"], owner["controller"]) == ("uid-1", True)
+
+
+def test_the_secrets_a_pool_reads_each_once() -> None:
+    from workerpool_operator.kube.plan import parse
+
+    ca = {"secretKeyRef": {"name": "redis", "key": "ca"}}
+    assert secrets_named(parse(_pool())) == ["redis"]
+    assert secrets_named(
+        parse(_pool(broker={"urlFrom": {"secretKeyRef": {"name": "redis", "key": "u"}}, "caFrom": ca}))
+    ) == ["redis"]
+    assert secrets_named(parse(_pool(broker={"url": "redis://r:6379/0"}))) == []
+
+
+@pytest.mark.parametrize(
+    ("secrets", "reason", "fragment", "retry"),
+    [
+        ({}, cond.REASON_SECRET_NOT_FOUND, "Secret apps/redis not found", True),
+        ({"redis": {"other": b"x"}}, cond.REASON_SECRET_KEY_NOT_FOUND, "has no key 'url'", True),
+        ({"redis": {"url": b"\xff"}}, cond.REASON_INVALID_BROKER_URL, "is not text", True),
+        ({"redis": {"url": b"http://nope"}}, cond.REASON_INVALID_BROKER_URL, "invalid broker URL", True),
+        ({"redis": {"url": b"  "}}, cond.REASON_INVALID_BROKER_URL, "empty", True),
+    ],
+)
+def test_what_a_user_can_fix_is_a_plan_error_with_its_reason(
+    secrets: dict[str, Any], reason: str, fragment: str, retry: bool
+) -> None:
+    with pytest.raises(PlanError) as error:
+        plan(_pool(), secrets)
+    assert error.value.problem.reason == reason and fragment in error.value.problem.message
+    assert error.value.retry is retry
+
+
+def test_an_invalid_spec_is_not_retried() -> None:
+    bad = _pool()
+    bad["spec"]["queues"][0]["concurrency"] = 0
+    with pytest.raises(PlanError) as error:
+        plan(bad, {"redis": {"url": URL.encode()}})
+    assert error.value.problem.reason == cond.REASON_INVALID_SPEC and not error.value.retry
+
+
+def test_removed_deployments_are_the_pools_own_that_the_plan_dropped() -> None:
+    made = plan(_pool(), {"redis": {"url": URL.encode()}})
+
+    def owned(name: str, pool: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": {"workerpool.dev/pool": pool}}}
+
+    listed = [owned("shop-default", "shop"), owned("shop-old", "shop"), owned("shopx-old", "shopx")]
+    assert [d["metadata"]["name"] for d in removed_deployments(listed, made)] == ["shop-old"]
+
+
+# --- the parts with I/O, on the emulator ----------------------------------------------------------------------
+
+
+def made_secrets() -> dict[str, Any]:
+    return {"redis": {"url": URL.encode()}}
+
+
+class Events(list[tuple[str, str, str]]):
+    async def __call__(self, pool: Any, uid: str | None, type_: str, reason: str, message: str) -> None:
+        self.append((type_, reason, message))
+
+
+async def test_the_reconciler_applies_a_plan_and_refuses_what_the_api_refuses(kube: KubeCluster) -> None:
+    client = api(kube)
+    events = Events()
+    reconciler = Reconciler(client, KubeBackend(client), events)
+    # The pool exists: its Deployments' owner (else the garbage collector takes them, as a cluster's would).
+    created = client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    made = plan(created, {"redis": {"url": URL.encode()}})
+    assert await asyncio.wait_for(reconciler.apply(made), 30) == []
+    live = kube.objects("apps/v1/deployments", NS)
+    assert {n: d["spec"]["replicas"] for n, d in live.items()} == {"shop-default": 0, "shop-mail": 1}
+
+    fewer = plan(
+        {**created, "spec": {**created["spec"], "queues": [{"name": "mail", "minReplicas": 1}]}}, made_secrets()
+    )
+    assert await reconciler.apply(fewer) == ["default"]
+    assert set(kube.objects("apps/v1/deployments", NS)) == {"shop-mail"}
+    assert events == [("Normal", "QueueRemoved", "queue default: Deployment deleted")]
+
+    refused = {"apiVersion": "v1", "kind": "Status", "code": 422, "message": "spec.template: Invalid value"}
+    assert kube.emulator is not None
+    kube.emulator["patch", "/apis/apps/v1/namespaces/apps/deployments/shop-mail"] << (lambda _: _respond(refused))  # type: ignore[attr-defined]
+    with pytest.raises(ApplyError) as error:
+        await reconciler.apply(fewer)
+    assert error.value.problem.reason == cond.REASON_APPLY_FAILED and "spec.template" in error.value.problem.message
+
+
+def _respond(status: dict[str, Any]) -> Any:
+    import kmock
+
+    return kmock.Response(status=status["code"], payload=status)  # type: ignore[attr-defined]
+
+
+async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: KubeCluster) -> None:
+    client = api(kube)
+    client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    may_write = [False]
+    events, clock = Events(), [1_800_000_000.0]
+    reporter = StatusReporter(
+        client, KubeBackend(client), events, lambda: may_write[0], clock=lambda: clock[0], figures_refresh=30
+    )
+    made = plan(_pool(), {"redis": {"url": URL.encode()}})
+
+    class Facts:
+        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, made.queue_names, None
+        broker_label = made.broker.redacted_url
+
+    observation = QueueObservation("default", backlog=4, replicas=1)
+    decision = Decision(2, "scale up: backlog 4", current_replicas=1, demand=4)
+    queue = QueueResult("default", observation, decision, QueueState(), scaled_from=1)
+    result = PoolResult((NS, "shop"), None, (queue,), observed_at=clock[0], poll_duration=0.01)
+
+    await reporter.report(result, Facts())
+    assert "status" not in kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"], "a standby writes nothing"
+    may_write[0] = True
+    await reporter.report(result, Facts())
+    status = kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"]["status"]
+    assert status["queues"][0]["replicas"] == 2 and status["queues"][0]["lastScaleReason"] == "scale up: backlog 4"
+    assert status["conditions"][0]["status"] == "True" and status["observedGeneration"] == 3
+    assert ("Normal", "Scaled", "queue default: 1 -> 2 replicas (scale up: backlog 4)") in events
+
+    writes = client.writes
+    held = QueueResult("default", observation, decision._replace(desired_replicas=1), QueueState())
+    steady = PoolResult((NS, "shop"), None, (held,), clock[0], 0.01)
+    await reporter.report(steady, Facts())
+    assert client.writes == writes + 1, "a change of replicas is state: written at once"
+    await reporter.report(steady, Facts())
+    assert client.writes == writes + 1, "nothing changed: nothing written"
+    assert reporter.persisted_states((NS, "shop"), ["default"]) == {"default": QueueState()}
+
+
+async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster) -> None:
+    client = api(kube)
+    client.request("POST", f"/api/v1/namespaces/{NS}/secrets", body=_secret())
+    created = client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    backend, events, may_write = KubeBackend(client), Events(), [False]
+
+    async def on_result(result: PoolResult) -> None:
+        return None
+
+    loop = ScalingLoop(backend, on_result, _NoObserver())
+    reporter = StatusReporter(client, backend, events, lambda: may_write[0])
+    service = PoolService(
+        api=client,
+        loop=loop,
+        reconciler=Reconciler(client, backend, events),
+        reporter=reporter,
+        secrets=SecretReader(client),
+        events=events,
+        may_write=lambda: may_write[0],
+    )
+    await service.pool_changed("ADDED", created)
+    assert service.records[(NS, "shop")].plan is not None, "a standby plans"
+    assert loop.registered() == [] and not kube.objects("apps/v1/deployments", NS), "and writes nothing"
+
+    may_write[0] = True
+    await service.start_writing()
+    assert loop.registered() == [(NS, "shop")]
+    assert set(kube.objects("apps/v1/deployments", NS)) == {"shop-default", "shop-mail"}, "a new generation applied"
+    await service.stop_writing()
+    assert loop.registered() == []
+
+    await service.pool_changed("DELETED", created)
+    assert service.records == {}
+
+
+def _secret() -> dict[str, Any]:
+    import base64
+
+    return {"metadata": {"name": "redis", "namespace": NS}, "data": {"url": base64.b64encode(URL.encode()).decode()}}
+
+
+class _NoObserver:
+    async def observe(self, wanted: Any, timeout: float) -> dict[Any, Any]:  # noqa: ASYNC109
+        return {}
+
+    async def forget(self, keep: Any = ()) -> None:
+        return None
