@@ -24,6 +24,8 @@ if os.environ.get("TEST_VISIBILITY_TIMEOUT"):
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     }
+if os.environ.get("TEST_VISIBILITY_TIMEOUT_ONLY"):  # kombu's restore sweep as the entrypoint sets it
+    _options["visibility_timeout"] = float(os.environ["TEST_VISIBILITY_TIMEOUT_ONLY"])
 if os.environ.get("TEST_GLOBAL_KEYPREFIX"):
     _options["global_keyprefix"] = os.environ["TEST_GLOBAL_KEYPREFIX"]
 app.conf.broker_transport_options = _options

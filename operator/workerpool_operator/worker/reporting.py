@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 
+from workerpool_operator.drain import drain_key
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.reports import decode_report, encode_report, report_key
 
@@ -87,6 +88,8 @@ class LoadReporter:
         concurrency: int,
         ttl: float,
         global_keyprefix: str = "",
+        draining: Callable[[], Collection[str]] = frozenset,
+        started: float = 0.0,
     ) -> None:
         self.client = client
         self.worker = worker
@@ -96,11 +99,16 @@ class LoadReporter:
         self.concurrency = concurrency
         self.ttl = ttl
         self.keys = {q: report_key(q, global_keyprefix) for q in self.queues}
+        self.drain_keys = {q: drain_key(q, global_keyprefix) for q in self.queues}
+        self.draining = draining  # the queues this worker drains now (their consumer is cancelled)
+        self.started = started  # when the worker became ready
+        self.requested: frozenset[str] = frozenset()  # queues the operator asked this worker to drain
         self._failing = False
 
     def loads(self, now: float) -> dict[str, WorkerLoad]:
         counts = self.counts()
         done = self.done()
+        draining = self.draining()
         return {
             q: WorkerLoad(
                 worker=self.worker,
@@ -109,6 +117,8 @@ class LoadReporter:
                 done=done,
                 heartbeat=now,
                 concurrency=self.concurrency,
+                draining=q in draining,
+                started=self.started,
             )
             for q in self.queues
         }
@@ -123,12 +133,14 @@ class LoadReporter:
                 pipe.hset(key, self.worker, encode_report(load))
                 pipe.expire(key, math.ceil(self.ttl))
                 pipe.hgetall(key)
+                pipe.hexists(self.drain_keys[queue], self.worker)
             replies = pipe.execute()
             stale = {
                 key: fields
-                for key, all_fields in zip(self.keys.values(), replies[2::3], strict=True)
+                for key, all_fields in zip(self.keys.values(), replies[2::4], strict=True)
                 if (fields := stale_fields(all_fields, now, self.ttl, self.worker))
             }
+            self.requested = frozenset(q for q, asked in zip(self.queues, replies[3::4], strict=True) if asked)
             if stale:
                 pipe = self.client.pipeline(transaction=False)
                 for key, fields in stale.items():

@@ -30,6 +30,7 @@ from kombu.utils.url import maybe_sanitize_url
 from workerpool_operator.failures import certificate_refusal, first_line
 from workerpool_operator.worker.broker_tls import verified_by_default, with_ca_file
 from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
+from workerpool_operator.worker.draining import CeleryControl, Drainer
 from workerpool_operator.worker.probes import ProbeFiles
 from workerpool_operator.worker.reporting import Counts, LoadReporter, count_requests
 
@@ -154,6 +155,8 @@ class WorkerSupervisor:
         self.config = config
         self.files = files
         self.reporter: LoadReporter | None = None
+        self.drainer: Drainer | None = None
+        self.started = 0.0  # when the worker became ready
         self.concurrency = config.concurrency or 0
         self.escalated = False  # the soft-shutdown timeout ran out and we started a cold shutdown
         self._stop_deadline: float | None = None
@@ -171,8 +174,11 @@ class WorkerSupervisor:
     def _tick(self) -> None:
         self.files.beat()
         reporter = self.reporter
-        if reporter is not None:
-            reporter.publish()
+        if reporter is None:
+            return
+        reporter.publish()
+        if self.drainer is not None and self.drainer.apply(reporter.requested):
+            reporter.publish()  # say at once that this worker drains (or takes tasks again)
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         concurrency = getattr(sender, "concurrency", None)
@@ -181,6 +187,9 @@ class WorkerSupervisor:
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         hostname = getattr(sender, "hostname", f"celery@{self.config.worker_name}")
+        self.started = self.started or time.time()
+        if self.drainer is None:
+            self.drainer = Drainer(CeleryControl(self.app, hostname))
         direct = worker_direct(hostname).name
         queues = tuple(sorted(q for q in self.app.amqp.queues.consume_from if q != direct))
         if not queues:
@@ -211,6 +220,8 @@ class WorkerSupervisor:
             concurrency=self.concurrency,
             ttl=self.config.report_ttl,
             global_keyprefix=str(options.get("global_keyprefix", "") or ""),
+            draining=lambda: self.drainer.draining if self.drainer is not None else frozenset(),
+            started=self.started,
         )
 
     @staticmethod
@@ -273,6 +284,21 @@ class WorkerSupervisor:
         self.files.clear()
 
 
+def restore_promptly(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """kombu's Redis transport settings so that the running workers put a dead worker's unacknowledged
+    (``acks_late``) messages back in their queue about ``visibility_timeout`` after delivery.
+
+    kombu sweeps for overdue unacknowledged messages only every ``unacked_restore_interval`` (10 s) times
+    ``unacked_restore_throttle`` (10) seconds in a running worker, plus once when a worker starts: with its
+    defaults a SIGKILLed worker's task waited for the next worker to start. Here every worker sweeps every
+    quarter of the visibility timeout (1 to 10 s), on every sweep; what the user set stays as set."""
+    settings = dict(options or {})
+    visibility = float(settings.get("visibility_timeout", 3600))
+    settings.setdefault("unacked_restore_interval", max(1, min(10, round(visibility / 4))))
+    settings.setdefault("unacked_restore_throttle", 1)
+    return settings
+
+
 def run(config: WorkerConfig, files: ProbeFiles) -> int:
     """Load the app, check the broker, run the worker until it stops; the process exit code."""
     app = load_app(config.app)
@@ -284,6 +310,7 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
     elif (default_tls := verified_by_default(app.conf.broker_url or "", app.conf.broker_use_ssl)) is not None:
         app.conf.broker_use_ssl = default_tls
     check_broker(app, config.broker_ca_file)
+    app.conf.broker_transport_options = restore_promptly(app.conf.broker_transport_options)
     if config.soft_shutdown_timeout > 0:
         # Ours bounds the warm shutdown (see WorkerSupervisor); Celery's would sleep its whole timeout in
         # the cold shutdown whenever a task runs, so it is turned off.
