@@ -353,8 +353,7 @@ class PoolOperator:
         self.served.discard(key)
         record = self.records.pop(key, None)
         self.backend.forget(key)
-        for queue in record.queue_names if record else ():
-            metrics.forget_queue(key[0], key[1], queue)
+        metrics.forget_pool(key[0], key[1], record.queue_names if record else ())
 
     # --- drift ---------------------------------------------------------------------------------------
 
@@ -439,6 +438,7 @@ class PoolOperator:
             replicas = desired if scaled else current
             deployment = self.backend.deployment_name(result.pool, queue.queue)
             cached = self.backend.cached(namespace, deployment) if deployment else None
+            plan = record.plans.get(queue.queue)
             metrics.record_queue(
                 namespace,
                 name,
@@ -447,9 +447,23 @@ class PoolOperator:
                 in_flight=obs.in_flight if obs.ok else None,
                 replicas=replicas,
                 desired=desired,
+                ready=cached.ready if cached is not None else None,
+                draining=len(queue.state.draining),
+                min_replicas=plan.policy.min_replicas if plan else None,
+                max_replicas=plan.policy.max_replicas if plan else None,
+                paused=decision.paused if decision is not None else None,
+                fallback=decision.fallback_active if decision is not None else None,
             )
             if scaled and decision is not None and queue.scaled_from is not None:
-                metrics.record_scale(namespace, name, queue.queue, queue.scaled_from, decision.desired_replicas)
+                metrics.record_scale(
+                    namespace,
+                    name,
+                    queue.queue,
+                    queue.scaled_from,
+                    decision.desired_replicas,
+                    reason=decision.reason,
+                    reaction_seconds=self._clock() - (result.observed_at - result.poll_duration),
+                )
                 await self._event(
                     record,
                     "Normal",
@@ -487,6 +501,8 @@ class PoolOperator:
             conditions = cond.conditions_for_problem(
                 record.problem, broker_error=record.broker_error, observed=record.observed
             )
+            ready = any(c.type == cond.READY and c.status == "True" for c in conditions)
+            metrics.record_pool(*record.key, broker_up=_broker_up(record), ready=ready)
             now = self._clock()
             new = build_status(
                 record.written,
@@ -522,6 +538,11 @@ class PoolOperator:
             )
         except Exception as exc:  # an Event is worth a try, never a failure
             logger.warning("posting an Event for %s/%s failed: %s", *record.key, exc)
+
+
+def _broker_up(record: PoolRecord) -> bool | None:
+    """Whether the pool's broker answered its last poll; ``None`` when it was not polled (not served)."""
+    return record.broker_error is None if record.observed and record.problem is None else None
 
 
 def _int_or_none(value: object) -> int | None:
