@@ -1,17 +1,15 @@
-# Every target sets up what it needs: a fresh machine only needs python3 (3.11+) and, for Redis, apt-get.
+# Every target sets up what it needs: a fresh machine only needs python3 (3.11+) and, for Redis and
+# Prometheus, apt-get.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench venv redis clean
+.PHONY: demo test lint typecheck unit bench venv redis prometheus clean
 
 demo: venv redis  ## Set up, then run the local demo (real Redis, real Celery workers, real autoscaling).
 	$(BIN)/workerpool-operator demo
 
-test: venv redis  ## Set up, then run lint, type checks and the whole test suite.
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
-	$(BIN)/mypy
+test: venv redis prometheus lint  ## Set up, then run lint, type checks and the whole test suite.
 	$(BIN)/pytest
 
 venv: $(VENV)/.installed
@@ -23,15 +21,24 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 redis:  ## Install redis-server with apt-get when it is missing.
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "redis-server is missing: installing it with apt-get"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@$(call apt_install,redis-server,redis-server)
 
-lint: venv
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+prometheus:  ## Install Prometheus and promtool (the alert tests, the real-Prometheus test) when missing.
+	@$(call apt_install,promtool,prometheus)
+
+# $(call apt_install,COMMAND,PACKAGE): apt-get install PACKAGE unless COMMAND is on the PATH.
+define apt_install
+command -v $(1) >/dev/null 2>&1 || { \
+  echo "$(1) is missing: installing $(2) with apt-get"; \
+  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(2) >/dev/null; }
+endef
+
+lint: venv  ## ruff, mypy (strict), and actionlint on the GitHub workflows.
+	$(BIN)/ruff check operator tests bench monitoring
+	$(BIN)/ruff format --check operator tests bench monitoring
 	$(BIN)/mypy
+	$(BIN)/actionlint -color=never
 
 unit: venv
 	$(BIN)/pytest -q -x

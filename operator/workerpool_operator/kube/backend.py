@@ -26,6 +26,7 @@ from urllib.parse import quote
 import kubernetes
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND, PLURAL
+from workerpool_operator.kube import metrics
 from workerpool_operator.scaling_loop import PoolKey
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class KubeApi:
         if method != "GET":
             self.writes += 1
         response = self._client.call_api(*params, _request_timeout=self._timeout)
+        metrics.record_api_request(method, response.status)
         response.read()
         raw = response.data or b"{}"
         if response.status >= 400:

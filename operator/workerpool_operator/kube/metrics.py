@@ -118,6 +118,12 @@ REACTION_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "workerpool_kube_api_requests_total",
+    "The operator's own Kubernetes API requests (kopf's watches aside), by HTTP method and status code",
+    ("method", "code"),
+    registry=REGISTRY,
+)
 CANCELLED_TASKS = Counter(
     "workerpool_scale_down_cancelled_tasks_total",
     "Tasks cancelled because a scale-down removed the worker running them (should stay 0)",
@@ -253,6 +259,10 @@ def record_scale(
     SCALE_EVENTS.labels(namespace, pool, queue, direction, reason_kind(reason)).inc()
     if reaction_seconds is not None:
         REACTION_SECONDS.labels(direction).observe(max(0.0, reaction_seconds))
+
+
+def record_api_request(method: str, status: int) -> None:
+    API_REQUESTS.labels(method.upper(), str(status)).inc()
 
 
 def record_poll(broker: str, seconds: float) -> None:
