@@ -75,36 +75,33 @@ def variable(name: str, label: str, source: str) -> dash.QueryVariable:
     )
 
 
+OVERVIEW = (
+    (
+        "Pools not Ready",
+        "Pools whose Ready condition is not True: the operator does not scale them.",
+        f"count(workerpool_pool_ready{{{POOL}}} == 0) or vector(0)",
+    ),
+    (
+        "Brokers unreachable",
+        "Pools whose broker did not answer the last poll: their replicas are held.",
+        f"count(workerpool_broker_up{{{POOL}}} == 0) or vector(0)",
+    ),
+    ("Backlog", "Tasks waiting, all selected queues.", f"sum(workerpool_queue_backlog{{{QUEUE}}})"),
+    ("In flight", "Tasks running or reserved.", f"sum(workerpool_queue_in_flight{{{QUEUE}}})"),
+    ("Workers ready", "Ready worker pods.", f"sum(workerpool_queue_ready_replicas{{{QUEUE}}})"),
+    (
+        "Operator leaders",
+        "Operator replicas holding the leader Lease: 1 is right, 0 means nothing scales.",
+        "sum(workerpool_operator_leader)",
+    ),
+)
+
+
 def overview(board: dash.Dashboard) -> dash.Dashboard:
-    return (
-        board.with_row(dash.Row("Overview"))
-        .with_panel(
-            figure(
-                "Pools not Ready",
-                "Pools whose Ready condition is not True: the operator does not scale them.",
-                f"count(workerpool_pool_ready{{{POOL}}} == 0) or vector(0)",
-            )
-        )
-        .with_panel(
-            figure(
-                "Brokers unreachable",
-                "Pools whose broker did not answer the last poll: their replicas are held.",
-                f"count(workerpool_broker_up{{{POOL}}} == 0) or vector(0)",
-            )
-        )
-        .with_panel(
-            figure("Backlog", "Tasks waiting, all selected queues.", f"sum(workerpool_queue_backlog{{{QUEUE}}})")
-        )
-        .with_panel(figure("In flight", "Tasks running or reserved.", f"sum(workerpool_queue_in_flight{{{QUEUE}}})"))
-        .with_panel(figure("Workers ready", "Ready worker pods.", f"sum(workerpool_queue_ready_replicas{{{QUEUE}}})"))
-        .with_panel(
-            figure(
-                "Operator leaders",
-                "Operator replicas holding the leader Lease: 1 is right, 0 means nothing scales.",
-                "sum(workerpool_operator_leader)",
-            )
-        )
-    )
+    board = board.with_row(dash.Row("Overview"))
+    for title, description, expr in OVERVIEW:
+        board = board.with_panel(figure(title, description, expr))
+    return board
 
 
 def queues(board: dash.Dashboard) -> dash.Dashboard:

@@ -40,6 +40,18 @@ def free_port() -> int:
         return port
 
 
+def stop_group(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
+    """SIGTERM the process's session, SIGKILL it after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
 def selectors(expr: str) -> list[str]:
     """Every series selector in ``expr`` (metric name plus its label matchers), each once, in order."""
     found: dict[str, None] = {}
@@ -126,13 +138,7 @@ class PrometheusServer:
         return (self.workdir / "prometheus.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_group(self.process)
         if hasattr(self, "_log"):
             self._log.close()
 
@@ -169,12 +175,6 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_group(self.process)
         if hasattr(self, "_log"):
             self._log.close()
