@@ -39,7 +39,11 @@ def test_release_job_builds_both_images_for_two_platforms_and_pushes_the_chart()
     release = workflow["jobs"]["release"]
     assert release["needs"] == "test" and "refs/tags/v" in release["if"]
     builds = [step for step in release["steps"] if step.get("uses", "").startswith("docker/build-push-action")]
-    assert {step["with"]["file"] for step in builds} == {"Dockerfile", "worker-image/Dockerfile"}
+    # The one multi-stage Dockerfile: targets `operator` and `worker`.
+    assert {(step["with"]["file"], step["with"]["target"]) for step in builds} == {
+        ("Dockerfile", "operator"),
+        ("Dockerfile", "worker"),
+    }
     for step in builds:
         assert step["with"]["platforms"] == "linux/amd64,linux/arm64"
         assert step["with"]["push"] is True and step["with"]["provenance"] == "mode=max"
