@@ -130,7 +130,8 @@ def test_printer_columns_read_declared_fields() -> None:
 
 def test_status_declares_what_the_operator_writes() -> None:
     status = SCHEMA["properties"]["status"]["properties"]
-    assert {"observedGeneration", "conditions", "queues", "totalBacklog", "totalReplicas", "queueCount"} <= set(status)
+    fields = {"observedGeneration", "conditions", "queues", "totalBacklog", "totalReplicas", "queueCount"}
+    assert fields | {"totalReadyReplicas", "workers"} <= set(status)
     assert status["scalerState"]["x-kubernetes-preserve-unknown-fields"] is True
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
     assert set(status["conditions"]["items"]["properties"]) == {
@@ -186,6 +187,8 @@ def test_status_declares_what_the_operator_writes() -> None:
             ],
             "totalBacklog": 7,
             "totalReplicas": 3,
+            "totalReadyReplicas": 2,
+            "workers": "2/3",
             "queueCount": 1,
             "scalerState": {"celery": {"anything": [1, 2], "the": {"engine": "keeps"}}},
         },

@@ -3,13 +3,15 @@ Kubernetes validation and the operator pod's security."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import helm_python
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -37,11 +39,28 @@ SWITCHES: dict[str, dict[str, Any]] = {
             "apiServer": {"cidrs": ["10.0.0.1/32"]},
         }
     },
-    "standalone": {"peering": {"enabled": False}},
+    "monitoring": {
+        "metrics": {
+            "serviceMonitor": {
+                "enabled": True,
+                "relabelings": [{"targetLabel": "cluster", "replacement": "eu-1"}],
+                "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}],
+            }
+        },
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+        "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+    },
+    "no-metrics": {"metrics": {"enabled": False}},
+    "single": {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}},
+    "no-crds": {"crds": {"install": False}},
     "everything": {
         "watch": {"namespaces": ["apps"]},
         "metrics": {"serviceMonitor": {"enabled": True}},
         "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
+        "replicaCount": 3,
+        "leaderElection": {"leaseName": "wpo-leader"},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
         "networkPolicy": {"enabled": True},
         "operator": {"verbose": True, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
         "podAnnotations": {"example.com/owner": "platform"},
@@ -113,37 +132,38 @@ def test_helm_lint_is_clean() -> None:
         assert problems == [] and report["errors"] == [], (values, report)
 
 
-def test_chart_crd_is_the_top_level_crd() -> None:
-    top_level, in_chart = REPO / "crds" / "workerpool.yaml", CHART / "crds" / "workerpool.yaml"
-    assert top_level.is_file(), "crds/workerpool.yaml is missing"
-    assert in_chart.is_file(), f"copy crds/workerpool.yaml to {in_chart.relative_to(REPO)}"
+def test_chart_crd_is_the_top_level_crd(chart: helm_python.Chart) -> None:
+    """crds/workerpool.yaml is the source of truth; the chart carries a copy and renders it with its labels."""
+    top_level, in_chart = REPO / "crds" / "workerpool.yaml", CHART / "files" / "workerpool-crd.yaml"
     assert in_chart.read_bytes() == top_level.read_bytes(), (
-        "the chart's CRD differs from crds/workerpool.yaml: copy it again (one source of truth)"
+        f"{in_chart.relative_to(REPO)} differs from crds/workerpool.yaml: copy it again (one source of truth)"
     )
+    assert not (CHART / "crds").exists(), "no crds/ folder: Helm would install it once and never upgrade it"
+    assert chart.crds == []
+    crd = only(render(chart), "CustomResourceDefinition")
+    source = yaml.safe_load(top_level.read_text())
+    labels, annotations = crd["metadata"].pop("labels"), crd["metadata"].pop("annotations")
+    assert source["metadata"]["labels"].items() <= labels.items() and labels["app.kubernetes.io/instance"] == RELEASE
+    assert annotations == {"helm.sh/resource-policy": "keep"}
+    del source["metadata"]["labels"]
+    assert crd == source
+    kubernetes_validate.validate(crd, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_chart_ships_only_the_workerpool_crd_and_kopf_peering(chart: helm_python.Chart) -> None:
-    names = sorted(doc["metadata"]["name"] for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc)
-    shipped = sorted(
-        doc["metadata"]["name"] for path in sorted((CHART / "crds").glob("*.yaml")) for doc in load_yaml_documents(path)
-    )
-    assert shipped == ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "workerpools.workerpool.dev"]
-    assert names == shipped  # what Helm itself sees in crds/
-    for path in (CHART / "crds").glob("*.yaml"):
-        for doc in load_yaml_documents(path):
-            kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+def test_crd_switches(chart: helm_python.Chart) -> None:
+    assert "CustomResourceDefinition" not in kinds(render(chart, SWITCHES["no-crds"]))
+    crd = only(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "annotations" not in crd["metadata"]
 
 
 # --- Every manifest is valid Kubernetes -----------------------------------------------------------------
 
 
-def _custom_resource_schema(kind: str) -> dict[str, Any]:
-    for path in (CHART / "crds").glob("*.yaml"):
-        for crd in load_yaml_documents(path):
-            if crd["spec"]["names"]["kind"] == kind:
-                schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-                return schema
-    raise LookupError(kind)
+def check_prometheus_rule(rule: Manifest) -> None:
+    """PrometheusRule is a Prometheus Operator custom resource: its groups are the promtool-tested rule file's."""
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"} and set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())["groups"]
 
 
 def check_service_monitor(monitor: Manifest, manifests: list[Manifest]) -> None:
@@ -158,7 +178,16 @@ def check_service_monitor(monitor: Manifest, manifests: list[Manifest]) -> None:
     assert spec["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
     port_names = {port["name"] for port in service["spec"]["ports"]}
     for endpoint in spec["endpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+        assert set(endpoint) <= {
+            "port",
+            "path",
+            "interval",
+            "scrapeTimeout",
+            "honorLabels",
+            "relabelings",
+            "metricRelabelings",
+        }
+        assert isinstance(endpoint["honorLabels"], bool)
         assert endpoint["port"] in port_names
         assert endpoint["path"] == "/metrics"
         for key in ("interval", "scrapeTimeout"):
@@ -173,9 +202,8 @@ def test_every_manifest_validates_for_supported_kubernetes_versions(chart: helm_
         kind = manifest["kind"]
         if kind == "ServiceMonitor":
             check_service_monitor(manifest, manifests)
-        elif manifest["apiVersion"] == "kopf.dev/v1":
-            jsonschema.validate(manifest, _custom_resource_schema(kind))
-            assert set(manifest["metadata"]) <= {"name", "namespace", "labels"}
+        elif kind == "PrometheusRule":
+            check_prometheus_rule(manifest)
         else:
             for version in KUBERNETES_VERSIONS:
                 try:
@@ -198,40 +226,52 @@ def test_the_validator_rejects_what_it_should(chart: helm_python.Chart) -> None:
 def test_default_install(chart: helm_python.Chart) -> None:
     manifests = render(chart)
     assert kinds(manifests) == [
-        "ClusterKopfPeering",
         "ClusterRole",
         "ClusterRoleBinding",
+        "CustomResourceDefinition",
         "Deployment",
+        "Pod",  # the `helm test` hook
+        "PodDisruptionBudget",
+        "Role",  # leader election, in the release namespace
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
     for manifest in manifests:
         labels = manifest["metadata"]["labels"]
-        assert labels["app.kubernetes.io/name"] == "workerpool-operator"
         assert labels["app.kubernetes.io/instance"] == RELEASE
-        assert labels["app.kubernetes.io/version"] == chart.metadata["appVersion"]
+        assert labels["app.kubernetes.io/name"] in ("workerpool-operator", "workerpool-operator-test")
+        if manifest["kind"] != "Pod":
+            assert labels["app.kubernetes.io/version"] == chart.metadata["appVersion"]
 
     deployment = only(manifests, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == only(manifests, "ServiceAccount")["metadata"]["name"] == FULLNAME
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert [term["podAffinityTerm"]["topologyKey"] for term in anti] == ["kubernetes.io/hostname"]
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["podAntiAffinity"]
 
     operator = container(manifests)
-    assert operator["image"] == f"workerpool-operator:{chart.metadata['appVersion']}"
+    assert operator["image"] == f"ghcr.io/workerpool-dev/workerpool-operator:{chart.metadata['appVersion']}"
     assert operator["command"] == ["workerpool-operator"]
     assert operator["args"] == [
         "run",
         "--log-format=json",
         "--liveness=http://0.0.0.0:8080/healthz",
-        f"--peering={FULLNAME}",
-        "--priority=0",
+        f"--lease-name={FULLNAME}",
     ]
     env = {item["name"]: item.get("value") for item in operator["env"]}
     ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
-    assert env["WORKERPOOL_OPERATOR_METRICS_PORT"] == str(ports["metrics"]) == "9090"
+    assert env["WORKERPOOL_OPERATOR_METRICS_PORT"] == str(ports["metrics"]) == "9847"
+    assert operator["env"][2] == {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    }
     probe = operator["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "health"} and ports["health"] == 8080
     assert set(operator["resources"]) == {"requests", "limits"}
@@ -239,17 +279,105 @@ def test_default_install(chart: helm_python.Chart) -> None:
         assert set(part) == {"cpu", "memory"}
 
     service = only(manifests, "Service")
+    assert service["metadata"]["name"] == FULLNAME
     assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
-    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
-    assert only(manifests, "ClusterKopfPeering")["metadata"]["name"] == FULLNAME
+    assert service["spec"]["ports"] == [
+        {"name": "health", "port": 8080, "targetPort": "health", "protocol": "TCP"},
+        {"name": "metrics", "port": 9847, "targetPort": "metrics", "protocol": "TCP"},
+    ]
+    pdb = only(manifests, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_leader_election_rbac_is_the_lease_by_name(chart: helm_python.Chart) -> None:
+    for values, lease in (({}, FULLNAME), ({"leaderElection": {"leaseName": "wpo-leader"}}, "wpo-leader")):
+        manifests = render(chart, values)
+        (role,) = [m for m in manifests if m["kind"] == "Role"]
+        assert role["metadata"] == {**role["metadata"], "namespace": NAMESPACE, "name": f"{FULLNAME}-leader-election"}
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [lease],
+                "verbs": ["get", "update", "patch"],
+            },
+        ]
+        assert f"--lease-name={lease}" in container(manifests)["args"]
+        binding = next(m for m in manifests if m["kind"] == "RoleBinding")
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+
+
+def test_no_kopf_peering_left(chart: helm_python.Chart) -> None:
+    for switch in SWITCHES.values():
+        manifests = render(chart, switch)
+        assert not [m for m in manifests if m["apiVersion"].startswith("kopf.dev")]
+        assert not [
+            a for a in container(manifests)["args"] if a.startswith(("--peering", "--priority", "--standalone"))
+        ]
+        rules = [r for m in manifests if m["kind"] in ("Role", "ClusterRole") for r in m["rules"]]
+        assert not [r for r in rules if "kopf.dev" in r["apiGroups"]]
+    assert "peering" not in (CHART / "values.yaml").read_text().lower()
+
+
+def test_affinity_replicas_and_metrics_switches(chart: helm_python.Chart) -> None:
+    own: dict[str, Any] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    }
+    assert only(render(chart, {"affinity": own}), "Deployment")["spec"]["template"]["spec"]["affinity"] == own
+    assert only(render(chart, {"replicaCount": 5}), "Deployment")["spec"]["replicas"] == 5
+
+    off = render(chart, SWITCHES["no-metrics"])
+    operator = container(off)
+    assert [p["name"] for p in operator["ports"]] == ["health"]
+    assert {e["name"]: e.get("value") for e in operator["env"]}["WORKERPOOL_OPERATOR_METRICS_PORT"] == "0"
+    assert [p["name"] for p in only(off, "Service")["spec"]["ports"]] == ["health"]
+    assert "/metrics" not in only(off, "Pod")["spec"]["containers"][0]["args"][0]
+
+
+def test_helm_test_checks_health_and_metrics_through_the_service(chart: helm_python.Chart) -> None:
+    manifests = render(chart)
+    test = only(manifests, "Pod")
+    assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    deployment = only(manifests, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= test["metadata"]["labels"].items(), "the test pod must not look like an operator pod"
+    check = test["spec"]["containers"][0]
+    assert check["image"] == container(manifests)["image"] and check["command"] == ["python", "-c"]
+    script = check["args"][0]
+    assert f"http://{FULLNAME}.{NAMESPACE}.svc:8080/healthz" in script
+    assert f"http://{FULLNAME}.{NAMESPACE}.svc:9847/metrics" in script and "workerpool_build_info" in script
+    compile(script, "helm-test", "exec")  # the script is valid Python
+    assert_restricted(test)
+    assert "Pod" not in kinds(render(chart, {"test": {"enabled": False}}))
+
+
+def test_monitoring_switches(chart: helm_python.Chart) -> None:
+    assert not {"PrometheusRule", "ConfigMap", "ServiceMonitor"} & set(kinds(render(chart)))
+    manifests = render(chart, SWITCHES["monitoring"])
+    rule = only(manifests, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    check_prometheus_rule(rule)
+    dashboard = only(manifests, "ConfigMap")
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = dashboard["data"].values()
+    assert json.loads(text) == json.loads((REPO / "monitoring" / "dashboard.json").read_text())
+    endpoint = only(manifests, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["honorLabels"] is True
+    assert endpoint["relabelings"] == SWITCHES["monitoring"]["metrics"]["serviceMonitor"]["relabelings"]
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
 
 
 def test_notes_tell_the_user_what_to_do_next(chart: helm_python.Chart) -> None:
     text = notes(chart)
-    assert "kubectl apply -f crds/" in text
-    assert "create secret generic" in text
-    assert "every namespace" in text
+    assert "kubectl apply -f crds/" not in text and "helm upgrade` upgrades it" in text
+    assert "create secret generic" in text and f"helm test {RELEASE}" in text
+    assert "every namespace" in text and "elect a leader" in text
     assert "apps, jobs" in notes(chart, SWITCHES["namespaced"])
+    assert "--show-only templates/crd.yaml" in notes(chart, SWITCHES["no-crds"])
+    assert "elect a leader" not in notes(chart, SWITCHES["single"])
 
 
 # --- Security of the operator pod -----------------------------------------------------------------------
@@ -327,10 +455,10 @@ def test_pss_check_catches_each_violation(chart: helm_python.Chart, mutation: An
 def test_namespaced_mode_has_roles_only(chart: helm_python.Chart) -> None:
     manifests = render(chart, SWITCHES["namespaced"])
     assert not [m for m in manifests if m["kind"].startswith("Cluster")], "cluster-scoped objects in namespaced mode"
-    roles = {m["metadata"]["namespace"]: m for m in manifests if m["kind"] == "Role"}
-    bindings = {m["metadata"]["namespace"]: m for m in manifests if m["kind"] == "RoleBinding"}
-    peerings = {m["metadata"]["namespace"]: m for m in manifests if m["kind"] == "KopfPeering"}
-    assert set(roles) == set(bindings) == set(peerings) == {"apps", "jobs"}
+    operator = [m for m in manifests if m["kind"] in ("Role", "RoleBinding") and m["metadata"]["name"] == FULLNAME]
+    roles = {m["metadata"]["namespace"]: m for m in operator if m["kind"] == "Role"}
+    bindings = {m["metadata"]["namespace"]: m for m in operator if m["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"apps", "jobs"}
     for binding in bindings.values():
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
@@ -345,13 +473,13 @@ def test_service_monitor_switch(chart: helm_python.Chart) -> None:
     check_service_monitor(monitor, manifests)
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["interval"] == "30s"
-    # No Service without metrics, and then no ServiceMonitor either.
+    # No metrics port without metrics, and then no ServiceMonitor either.
     off = render(chart, {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
-    assert "Service" not in kinds(off) and "ServiceMonitor" not in kinds(off)
+    assert "ServiceMonitor" not in kinds(off)
 
 
 def test_pod_disruption_budget_switch(chart: helm_python.Chart) -> None:
-    assert "PodDisruptionBudget" not in kinds(render(chart))
+    assert "PodDisruptionBudget" not in kinds(render(chart, SWITCHES["single"]))
     manifests = render(chart, SWITCHES["pdb"])
     pdb = only(manifests, "PodDisruptionBudget")
     pod_labels = only(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -368,25 +496,21 @@ def test_network_policy_switch(chart: helm_python.Chart) -> None:
     pod_labels = only(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["policyTypes"] == ["Ingress", "Egress"]
+    tester = only(manifests, "Pod")["metadata"]["labels"]
     assert policy["ingress"] == [
+        {
+            "ports": [{"port": "health", "protocol": "TCP"}, {"port": "metrics", "protocol": "TCP"}],
+            "from": [{"podSelector": {"matchLabels": tester}}],
+        },
         {
             "ports": [{"port": "metrics", "protocol": "TCP"}],
             "from": SWITCHES["networkpolicy"]["networkPolicy"]["metricsFrom"],
-        }
+        },
     ]
     egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (6379, "TCP"), (26379, "TCP")}
     api_rule = next(rule for rule in policy["egress"] if {"port": 443, "protocol": "TCP"} in rule["ports"])
     assert api_rule["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
-
-
-def test_standalone_switch(chart: helm_python.Chart) -> None:
-    manifests = render(chart, SWITCHES["standalone"])
-    assert not [m for m in manifests if m["apiVersion"].startswith("kopf.dev")]
-    args = container(manifests)["args"]
-    assert "--standalone" in args and not [a for a in args if a.startswith(("--peering", "--priority"))]
-    rules = only(manifests, "ClusterRole")["rules"]
-    assert not [r for r in rules if "kopf.dev" in r["apiGroups"]]
 
 
 def test_service_account_and_rbac_switches(chart: helm_python.Chart) -> None:
@@ -406,13 +530,14 @@ def test_image_tag_and_names(chart: helm_python.Chart) -> None:
         chart, {"image": {"repository": "registry.example/wpo", "tag": "1.2.3"}, "fullnameOverride": "wpo"}
     )
     assert container(manifests)["image"] == "registry.example/wpo:1.2.3"
-    assert {m["metadata"]["name"] for m in manifests} == {"wpo", "wpo-metrics"}
+    names = {m["metadata"]["name"] for m in manifests if m["kind"] != "CustomResourceDefinition"}
+    assert names == {"wpo", "wpo-leader-election", "wpo-test"}
 
 
 # --- values.schema.json ---------------------------------------------------------------------------------
 
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
-    ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+    ({"replicaCount": -1}, "at '/replicaCount': minimum: got -1, want 0"),
     ({"replicaCount": "one"}, "at '/replicaCount': got string, want integer"),
     ({"unknownKey": True}, "additional properties 'unknownKey' not allowed"),
     ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
@@ -423,8 +548,14 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"watch": {"namespace": ["apps"]}}, "additional properties 'namespace' not allowed"),
     ({"operator": {"logFormat": "xml"}}, "at '/operator/logFormat'"),
     ({"operator": {"healthPort": 0}}, "at '/operator/healthPort'"),
-    ({"peering": {"priority": "high"}}, "at '/peering/priority': got string, want integer"),
-    ({"peering": {"enabled": "yes"}}, "at '/peering/enabled': got string, want boolean"),
+    ({"peering": {"enabled": True}}, "additional properties 'peering' not allowed"),
+    ({"leaderElection": {"leaseName": "Not A Name"}}, "at '/leaderElection/leaseName'"),
+    ({"crds": {"install": "yes"}}, "at '/crds/install': got string, want boolean"),
+    ({"metrics": {"serviceMonitor": {"relabelings": {"a": 1}}}}, "at '/metrics/serviceMonitor/relabelings'"),
+    ({"metrics": {"serviceMonitor": {"honorLabels": "true"}}}, "at '/metrics/serviceMonitor/honorLabels'"),
+    ({"prometheusRule": {"labels": {"release": 1}}}, "at '/prometheusRule/labels/release'"),
+    ({"grafanaDashboard": {"namespace": "Not_A_Namespace"}}, "at '/grafanaDashboard/namespace'"),
+    ({"test": {"enabled": 1}}, "at '/test/enabled': got number, want boolean"),
     ({"metrics": {"port": 70000}}, "at '/metrics/port': maximum"),
     ({"metrics": {"port": "9090"}}, "at '/metrics/port': got string, want integer"),
     ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "at '/metrics/serviceMonitor/interval'"),
@@ -455,19 +586,53 @@ def test_schema_accepts_every_switch(chart: helm_python.Chart) -> None:
     chart.validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
 
 
-def test_every_value_is_commented() -> None:
-    """Each key of values.yaml has a comment right above it, or sits in a block that has one."""
-    lines = (CHART / "values.yaml").read_text().splitlines()
-    documented: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing blocks
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
-            continue
-        indent = len(line) - len(line.lstrip())
-        documented = [(i, d) for i, d in documented if i < indent]
-        commented = index > 0 and lines[index - 1].strip().startswith("#")
-        inherited = any(d for _, d in documented)
-        if stripped.endswith(":"):
-            documented.append((indent, commented or inherited))
-        else:
-            assert commented or inherited, f"values.yaml line {index + 1} has no comment: {line!r}"
+def _leaves(value: Any, path: str = "") -> Iterator[str]:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}" if path else key)
+    else:
+        yield path
+
+
+def _schema_paths(schema: dict[str, Any], path: str = "") -> Iterator[str]:
+    properties = schema.get("properties")
+    if properties:
+        for key, item in properties.items():
+            yield from _schema_paths(item, f"{path}.{key}" if path else key)
+    elif path:
+        yield path
+
+
+def test_schema_and_values_name_the_same_settings() -> None:
+    """The schema declares every value in values.yaml, and values.yaml has every top-level setting."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    in_values = set(_leaves(values))
+    in_schema = set(_schema_paths(schema)) - {"global"}
+    # Maps whose keys are the user's (labels, resources) are leaves in the schema, containers in values.
+    assert {p for p in in_values if not any(p == s or p.startswith(f"{s}.") for s in in_schema)} == set()
+    assert set(schema["properties"]) - {"global"} == set(values)  # optional settings deeper down may be unset
+
+
+def test_chart_readme_is_generated_from_values() -> None:
+    """README.md's Parameters are what @bitnami/readme-generator-for-helm makes of the values.yaml comments (it
+    also refuses a value without a `@param`). `make chart-readme` writes it again."""
+    generator = REPO / "node_modules" / ".bin" / "readme-generator"
+    assert generator.is_file(), "the README generator is missing: `make node-tools` (npm ci) installs it"
+    with tempfile.TemporaryDirectory() as tmp:
+        readme = Path(tmp) / "README.md"
+        readme.write_bytes((CHART / "README.md").read_bytes())
+        result = subprocess.run(
+            [str(generator), "--values", str(CHART / "values.yaml"), "--readme", str(readme)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert readme.read_text() == (CHART / "README.md").read_text(), "README.md is stale: run `make chart-readme`"
+
+
+def test_dashboard_in_the_chart_is_the_generated_one() -> None:
+    from monitoring import dashboard
+
+    assert dashboard.main(["--check"]) == 0, "the dashboard JSON is stale: run `python -m monitoring.dashboard`"

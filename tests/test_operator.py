@@ -79,7 +79,7 @@ def test_replicas_follow_real_celery_backlog_up_and_back_down(
     wait_for(lambda: replicas(kube, "shop-default") == 4, message="4 replicas")
     enqueue(redis_server.url, "default", 10)  # 17 / 2 -> 9, capped at maxReplicas 5
     wait_for(lambda: replicas(kube, "shop-default") == 5, message="5 replicas (max)")
-    labels = {"namespace": NS, "pool": "shop", "queue": "default"}
+    labels = {"namespace": NS, "pool": "shop", "queue_name": "default"}
     # Metrics are set by the reporter once the tick's scaling is done: they may trail the replicas a moment.
     wait_for(lambda: metrics.sample("workerpool_queue_backlog", labels) == 17, message="backlog metric")
     assert metrics.sample("workerpool_queue_desired_replicas", labels) == 5
@@ -96,7 +96,8 @@ def test_replicas_follow_real_celery_backlog_up_and_back_down(
     wait_for(lambda: any("-> 0 replicas" in e["message"] for e in events(kube, "Scaled")), message="Event")
     scaled = [e["message"] for e in events(kube, "Scaled")]
     assert any("0 -> 4" in m for m in scaled), scaled
-    assert metrics.sample("workerpool_scale_events_total", {**labels, "direction": "down"})
+    assert metrics.sample("workerpool_scale_events_total", {**labels, "direction": "down", "reason": "idle"})
+    assert metrics.sample("workerpool_scale_events_total", {**labels, "direction": "up", "reason": "wake_from_zero"})
 
 
 def test_no_api_writes_at_steady_state(operator: RunningOperator, redis_server: RedisServer) -> None:

@@ -92,6 +92,7 @@ def test_one_replica_writes_and_a_killed_leader_is_replaced_within_a_lease(
 ) -> None:
     enqueue(redis_server.url, "default", 3)
     wait_for(lambda: replicas(kube, "shop-default") == 3, message="the leader scales up")
+    wait_for(lambda: events(kube, "Scaled"), message="its Event (posted after the scale)")
     leader = holder(kube)
     assert leader is not None
     seen = writes_by(kube)
@@ -164,8 +165,8 @@ def test_run_says_it_stands_by_while_another_holds_the_lease_then_leads(
         assert "became the leader" not in output
         assert [w for ws in writes_by(kube).values() for w in ws] == [], "a standby writes nothing"
         # Someone else is gone: after the lease duration, run takes over and serves the pool.
-        wait_for(lambda: holder(kube) not in (None, "someone-else"), timeout=15, message="taken over")
-        wait_for(lambda: (condition(kube, "shop", "Ready") or {}).get("status") == "True", message="Ready")
+        wait_for(lambda: holder(kube) not in (None, "someone-else"), timeout=60, message="taken over")
+        wait_for(lambda: (condition(kube, "shop", "Ready") or {}).get("status") == "True", timeout=60, message="Ready")
         assert "taking it over" in operator.output() and "became the leader" in operator.output()
     finally:
         operator.stop()

@@ -135,7 +135,7 @@ def test_metrics_port_setting_and_series(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(metrics.PORT_ENV, "70000")
     with pytest.raises(ValueError, match="between 0 and 65535"):
         metrics.configured_port()
-    labels = {"namespace": "units", "pool": "p", "queue": "q"}
+    labels = {"namespace": "units", "pool": "p", "queue_name": "q"}
     metrics.record_queue("units", "p", "q", backlog=3, in_flight=None, replicas=1, desired=2)
     assert metrics.sample("workerpool_queue_backlog", labels) == 3
     assert metrics.sample("workerpool_queue_in_flight", labels) is None

@@ -41,9 +41,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The kopf peering object's name. */}}
-{{- define "workerpool-operator.peeringName" -}}
-{{- default (include "workerpool-operator.fullname" .) .Values.peering.name }}
+{{/* The leader-election Lease's name (in the release namespace). */}}
+{{- define "workerpool-operator.leaseName" -}}
+{{- default (include "workerpool-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/* The operator image reference. */}}
@@ -80,4 +80,11 @@ or by one Role per watched namespace. Each rule lists exactly the verbs the oper
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/* Labels of the `helm test` pod: the release's, but not the operator pods' selector. */}}
+{{- define "workerpool-operator.testLabels" -}}
+app.kubernetes.io/name: {{ include "workerpool-operator.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
 {{- end }}

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import kubernetes
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND, PLURAL, __version__
+from workerpool_operator.kube import metrics
 
 MERGE_PATCH = "application/merge-patch+json"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -139,6 +140,7 @@ class KubeApi:
         if method != "GET":
             self.writes += 1
         response = self._client.call_api(*params, _request_timeout=timeout or self.timeout)
+        metrics.record_api_request(method, response.status)
         response.read()
         raw = response.data or b"{}"
         if response.status >= 400:

@@ -1,35 +1,100 @@
 """Prometheus metrics of the operator, served on a port of their own.
 
-``WORKERPOOL_OPERATOR_METRICS_PORT`` (default 9090) chooses the port; ``0`` disables the endpoint
-(the metrics are still kept, so tests can read them from :data:`REGISTRY`).
+``WORKERPOOL_OPERATOR_METRICS_PORT`` (default :data:`DEFAULT_PORT`, 9847: not Prometheus's own 9090)
+chooses the port; ``0`` disables the endpoint (the metrics are still kept, so tests can read them from
+:data:`REGISTRY`). A port that cannot be bound is one logged line, never a failure: scaling goes on.
+
+Names follow Prometheus's conventions (base units, ``_total`` counters, ``_info`` for build facts) and
+share celery-exporter's ``queue_name`` label, so one dashboard can filter both by queue. Every series is
+listed in docs/operations.md ("Metrics"). ``_created`` series are off: no one graphs them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import platform
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from workerpool_operator import __version__
+
+logger = logging.getLogger(__name__)
 
 PORT_ENV = "WORKERPOOL_OPERATOR_METRICS_PORT"
-DEFAULT_PORT = 9090
+DEFAULT_PORT = 9847
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series beside counters and histograms (process-wide setting)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-_QUEUE_LABELS = ("namespace", "pool", "queue")
+# process_* (CPU, memory, file descriptors, start time), python_info and python_gc_*, as every Python
+# exporter has them; registered in our registry rather than the library's default one.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
-BACKLOG = Gauge(
-    "workerpool_queue_backlog", "Messages waiting in the broker (all priorities)", _QUEUE_LABELS, registry=REGISTRY
+POOL_LABELS = ("namespace", "pool")
+QUEUE_LABELS = ("namespace", "pool", "queue_name")  # celery-exporter's label for a queue
+
+
+def _queue_gauge(name: str, documentation: str) -> Gauge:
+    return Gauge(name, documentation, QUEUE_LABELS, registry=REGISTRY)
+
+
+def _pool_gauge(name: str, documentation: str) -> Gauge:
+    return Gauge(name, documentation, POOL_LABELS, registry=REGISTRY)
+
+
+BUILD_INFO = Info("workerpool_build", "The operator's version", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__, "python_version": platform.python_version()})
+LEADER = Gauge(
+    "workerpool_operator_leader",
+    "1 on the operator replica holding the leader Lease (the one that scales), 0 on standbys",
+    registry=REGISTRY,
 )
-IN_FLIGHT = Gauge(
-    "workerpool_queue_in_flight", "Tasks running or reserved, from worker reports", _QUEUE_LABELS, registry=REGISTRY
+
+BACKLOG = _queue_gauge("workerpool_queue_backlog", "Messages waiting in the broker (all priorities)")
+IN_FLIGHT = _queue_gauge("workerpool_queue_in_flight", "Tasks running or reserved, from worker reports")
+REPLICAS = _queue_gauge("workerpool_queue_replicas", "Replicas of the queue's Deployment (spec.replicas)")
+READY_REPLICAS = _queue_gauge("workerpool_queue_ready_replicas", "Ready replicas of the queue's Deployment")
+DESIRED_REPLICAS = _queue_gauge("workerpool_queue_desired_replicas", "Replicas the scaling engine wants")
+MIN_REPLICAS = _queue_gauge("workerpool_queue_min_replicas", "The queue's minReplicas")
+MAX_REPLICAS = _queue_gauge("workerpool_queue_max_replicas", "The queue's maxReplicas")
+PAUSED = _queue_gauge("workerpool_queue_paused", "1 while scaling of the queue is paused (scaling.paused)")
+FALLBACK = _queue_gauge(
+    "workerpool_queue_fallback_active", "1 while the queue is held by its fallback after failed observations"
 )
-REPLICAS = Gauge(
-    "workerpool_queue_replicas", "Current replicas of the queue's Deployment", _QUEUE_LABELS, registry=REGISTRY
+DRAINING = _queue_gauge("workerpool_queue_workers_draining", "Workers asked to stop taking tasks, still finishing")
+QUEUE_GAUGES = (
+    BACKLOG,
+    IN_FLIGHT,
+    REPLICAS,
+    READY_REPLICAS,
+    DESIRED_REPLICAS,
+    MIN_REPLICAS,
+    MAX_REPLICAS,
+    PAUSED,
+    FALLBACK,
+    DRAINING,
 )
-DESIRED_REPLICAS = Gauge(
-    "workerpool_queue_desired_replicas", "Replicas the scaling engine wants", _QUEUE_LABELS, registry=REGISTRY
-)
+
+BROKER_UP = _pool_gauge("workerpool_broker_up", "1 when the pool's broker answered the last poll, else 0")
+POOL_READY = _pool_gauge("workerpool_pool_ready", "1 when the pool's Ready condition is True, else 0")
+POOL_GAUGES = (BROKER_UP, POOL_READY)
+
 POLL_SECONDS = Histogram(
     "workerpool_broker_poll_seconds",
     "Duration of one pipelined poll of a broker",
@@ -38,23 +103,55 @@ POLL_SECONDS = Histogram(
     registry=REGISTRY,
 )
 OBSERVATION_ERRORS = Counter(
-    "workerpool_observation_errors_total",
-    "Failed broker observations per pool",
-    ("namespace", "pool"),
-    registry=REGISTRY,
+    "workerpool_observation_errors_total", "Failed broker observations per pool", POOL_LABELS, registry=REGISTRY
 )
 SCALE_EVENTS = Counter(
     "workerpool_scale_events_total",
-    "Replica changes made by the scaler",
-    (*_QUEUE_LABELS, "direction"),
+    "Replica changes made by the scaler, by direction and kind of reason",
+    (*QUEUE_LABELS, "direction", "reason"),
+    registry=REGISTRY,
+)
+REACTION_SECONDS = Histogram(
+    "workerpool_scale_reaction_seconds",
+    "From the start of the poll that saw the demand to the replica change written to the API",
+    ("direction",),
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+API_REQUESTS = Counter(
+    "workerpool_kube_api_requests_total",
+    "The operator's own Kubernetes API requests (kopf's watches aside), by HTTP method and status code",
+    ("method", "code"),
+    registry=REGISTRY,
+)
+CANCELLED_TASKS = Counter(
+    "workerpool_scale_down_cancelled_tasks_total",
+    "Tasks cancelled because a scale-down removed the worker running them (should stay 0)",
+    QUEUE_LABELS,
     registry=REGISTRY,
 )
 
-LEADER = Gauge(
-    "workerpool_operator_leader",
-    "1 on the replica holding the leader Lease (or running alone), 0 on a standby",
-    registry=REGISTRY,
+# The engine's reasons start with one of these; the label keeps the kind, never the figures.
+_REASON_KINDS = (
+    ("wake from zero", "wake_from_zero"),
+    ("scale up to min replicas", "min_replicas"),
+    ("scale down to max replicas", "max_replicas"),
+    ("scale to zero", "idle"),
+    ("scale up", "demand"),
+    ("scale down", "demand"),
+    ("fallback", "fallback"),
+    ("observation failed", "observation_failed"),
+    ("paused", "paused"),
 )
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a scaling reason, for the ``reason`` label: a short fixed word, never the figures."""
+    for prefix, kind in _REASON_KINDS:
+        if reason.startswith(prefix):
+            return kind
+    return "other"
+
 
 _server_lock = threading.Lock()
 _server_port: int | None = None
@@ -72,17 +169,32 @@ def configured_port() -> int:
     return port
 
 
-def serve(port: int | None = None) -> int | None:
-    """Start the metrics endpoint once per process; returns its port, or ``None`` when disabled."""
+def serve(port: int | None = None, address: str = "0.0.0.0") -> int | None:
+    """Start the metrics endpoint once per process; returns its port, or ``None`` when disabled or when the
+    port cannot be bound (one error line says so; the operator goes on without metrics)."""
     global _server_port
     wanted = configured_port() if port is None else port
     if wanted == 0:
         return None
     with _server_lock:
         if _server_port is None:
-            start_http_server(wanted, registry=REGISTRY)
+            try:
+                start_http_server(wanted, addr=address, registry=REGISTRY)
+            except OSError as error:
+                logger.error(
+                    "metrics: cannot listen on port %d (%s); serving no metrics, scaling goes on. Set %s to a"
+                    " free port, or 0 to turn metrics off",
+                    wanted,
+                    error.strerror or error,
+                    PORT_ENV,
+                )
+                return None
             _server_port = wanted
         return _server_port
+
+
+def set_leader(is_leader: bool) -> None:
+    LEADER.set(1 if is_leader else 0)
 
 
 def record_queue(
@@ -94,22 +206,63 @@ def record_queue(
     in_flight: int | None,
     replicas: int | None,
     desired: int | None,
+    ready: int | None = None,
+    draining: int | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    paused: bool | None = None,
+    fallback: bool | None = None,
 ) -> None:
     """The figures of one queue after a poll; ``None`` leaves a figure as it was (failed poll)."""
     labels = (namespace, pool, queue)
-    if backlog is not None:
-        BACKLOG.labels(*labels).set(backlog)
-    if in_flight is not None:
-        IN_FLIGHT.labels(*labels).set(in_flight)
-    if replicas is not None:
-        REPLICAS.labels(*labels).set(replicas)
-    if desired is not None:
-        DESIRED_REPLICAS.labels(*labels).set(desired)
+    figures = (
+        (BACKLOG, backlog),
+        (IN_FLIGHT, in_flight),
+        (REPLICAS, replicas),
+        (READY_REPLICAS, ready),
+        (DESIRED_REPLICAS, desired),
+        (DRAINING, draining),
+        (MIN_REPLICAS, min_replicas),
+        (MAX_REPLICAS, max_replicas),
+        (PAUSED, paused),
+        (FALLBACK, fallback),
+    )
+    for gauge, value in figures:
+        if value is not None:
+            gauge.labels(*labels).set(int(value))
+    CANCELLED_TASKS.labels(*labels)  # a counter that should read 0 is there to read 0
 
 
-def record_scale(namespace: str, pool: str, queue: str, before: int, after: int) -> None:
-    if after != before:
-        SCALE_EVENTS.labels(namespace, pool, queue, "up" if after > before else "down").inc()
+def set_draining(namespace: str, pool: str, queue: str, workers: int) -> None:
+    DRAINING.labels(namespace, pool, queue).set(workers)
+
+
+def record_cancelled_tasks(namespace: str, pool: str, queue: str, count: int) -> None:
+    if count > 0:
+        CANCELLED_TASKS.labels(namespace, pool, queue).inc(count)
+
+
+def record_scale(
+    namespace: str,
+    pool: str,
+    queue: str,
+    before: int,
+    after: int,
+    *,
+    reason: str = "",
+    reaction_seconds: float | None = None,
+) -> None:
+    """A replica change the scaler wrote; ``reaction_seconds`` from the start of the poll that asked for it."""
+    if after == before:
+        return
+    direction = "up" if after > before else "down"
+    SCALE_EVENTS.labels(namespace, pool, queue, direction, reason_kind(reason)).inc()
+    if reaction_seconds is not None:
+        REACTION_SECONDS.labels(direction).observe(max(0.0, reaction_seconds))
+
+
+def record_api_request(method: str, status: int) -> None:
+    API_REQUESTS.labels(method.upper(), str(status)).inc()
 
 
 def record_poll(broker: str, seconds: float) -> None:
@@ -120,18 +273,31 @@ def record_observation_error(namespace: str, pool: str) -> None:
     OBSERVATION_ERRORS.labels(namespace, pool).inc()
 
 
+def record_pool(namespace: str, pool: str, *, broker_up: bool | None, ready: bool) -> None:
+    """The pool's health: its broker answered the last poll (``None``: not polled), its Ready condition."""
+    if broker_up is not None:
+        BROKER_UP.labels(namespace, pool).set(1 if broker_up else 0)
+    POOL_READY.labels(namespace, pool).set(1 if ready else 0)
+    OBSERVATION_ERRORS.labels(namespace, pool)
+
+
 def forget_queue(namespace: str, pool: str, queue: str) -> None:
     """Drop a removed queue's series, so dashboards do not show stale figures."""
-    for gauge in (BACKLOG, IN_FLIGHT, REPLICAS, DESIRED_REPLICAS):
+    for gauge in QUEUE_GAUGES:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, pool, queue)
 
 
-def sample(name: str, labels: dict[str, str]) -> float | None:
+def forget_pool(namespace: str, pool: str, queues: tuple[str, ...] | list[str] = ()) -> None:
+    """Drop a deleted pool's gauges (its queues' too)."""
+    for queue in queues:
+        forget_queue(namespace, pool, queue)
+    for gauge in POOL_GAUGES:
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, pool)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
     """One sample's value from :data:`REGISTRY` (for tests and the terminal view)."""
-    value = REGISTRY.get_sample_value(name, labels)
+    value = REGISTRY.get_sample_value(name, labels or {})
     return None if value is None else float(value)
-
-
-def set_leader(is_leader: bool) -> None:
-    LEADER.set(1 if is_leader else 0)

@@ -64,6 +64,9 @@ class PoolRecord:
     def broker_label(self) -> str:
         return self.plan.broker.redacted_url if self.plan is not None else ""
 
+    def bounds(self, queue: str) -> tuple[int, int] | None:
+        return self.plan.bounds(queue) if self.plan is not None and queue in self.plan.queues else None
+
 
 class PoolService:
     """Keeps every pool planned, and the served ones applied, scaled, reported and retried."""

@@ -29,7 +29,7 @@ from workerpool_operator.kube.status import (
     scaler_states,
     write_needed,
 )
-from workerpool_operator.scaling_loop import PoolKey, PoolResult
+from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueueResult
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class PoolFacts(Protocol):
     def problem(self) -> cond.Problem | None: ...
     @property
     def broker_label(self) -> str: ...
+    def bounds(self, queue: str) -> tuple[int, int] | None:
+        """The queue's min and max replicas, if the pool has a plan."""
 
 
 @dataclass
@@ -110,7 +112,7 @@ class StatusReporter:
 
     def forget_pool(self, key: PoolKey, queues: Sequence[str]) -> None:
         """The pool is gone: drop its metrics and what was written."""
-        self.forget_queues(key, queues)
+        metrics.forget_pool(key[0], key[1], list(queues))
         self._pools.pop(key, None)
 
     async def report(self, result: PoolResult, pool: PoolFacts) -> None:
@@ -132,7 +134,7 @@ class StatusReporter:
         written.observed = True
         figures = pool_figures(result, {q.queue: self._ready(result.pool, q.queue) for q in result.queues})
         for queue in result.queues:
-            await self._record(pool, queue.queue, figures[queue.queue], queue.scaled_from, queue.scale_error)
+            await self._record(pool, queue, figures[queue.queue], result)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
 
     def _ready(self, pool: PoolKey, queue: str) -> int | None:
@@ -140,10 +142,11 @@ class StatusReporter:
         cached = self._backend.cached(pool[0], deployment) if deployment else None
         return cached.ready if cached is not None else None
 
-    async def _record(
-        self, pool: PoolFacts, queue: str, figures: QueueFigures, scaled_from: int | None, error: str | None
-    ) -> None:
+    async def _record(self, pool: PoolFacts, result: QueueResult, figures: QueueFigures, poll: PoolResult) -> None:
+        """One queue's metrics, and its Event when it was scaled (or a scale failed)."""
         namespace, name = pool.key
+        queue, decision, scaled_from = result.queue, result.decision, result.scaled_from
+        bounds = pool.bounds(queue)
         metrics.record_queue(
             namespace,
             name,
@@ -152,13 +155,23 @@ class StatusReporter:
             in_flight=figures.in_flight,
             replicas=figures.replicas,
             desired=figures.desired_replicas,
+            ready=figures.ready_replicas,
+            draining=len(result.state.draining),
+            min_replicas=bounds[0] if bounds else None,
+            max_replicas=bounds[1] if bounds else None,
+            paused=decision.paused if decision is not None else None,
+            fallback=decision.fallback_active if decision is not None else None,
         )
         if figures.scaled and scaled_from is not None and figures.desired_replicas is not None:
-            metrics.record_scale(namespace, name, queue, scaled_from, figures.desired_replicas)
+            reaction = self._clock() - (poll.observed_at - poll.poll_duration)  # from the start of the poll
+            reason = figures.reason or ""
+            metrics.record_scale(
+                namespace, name, queue, scaled_from, figures.desired_replicas, reason=reason, reaction_seconds=reaction
+            )
             message = f"queue {queue}: {scaled_from} -> {figures.desired_replicas} replicas ({figures.reason})"
             await self._events(pool.key, pool.uid, "Normal", "Scaled", message)
-        elif error is not None:
-            await self._events(pool.key, pool.uid, "Warning", "ScaleFailed", f"queue {queue}: {error}")
+        elif result.scale_error is not None:
+            await self._events(pool.key, pool.uid, "Warning", "ScaleFailed", f"queue {queue}: {result.scale_error}")
 
     async def write(
         self,
@@ -175,6 +188,9 @@ class StatusReporter:
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
             )
+            ready = any(c.type == cond.READY and c.status == "True" for c in conditions)
+            broker_up = written.broker_error is None if written.observed and pool.problem is None else None
+            metrics.record_pool(*pool.key, broker_up=broker_up, ready=ready)
             now = self._clock()
             new = build_status(
                 written.status,

@@ -116,7 +116,9 @@ def build_status(
         "queueCount": len(queue_names),
         "totalBacklog": sum(int(q.get("backlog", 0)) for q in queues),
         "totalReplicas": sum(int(q.get("replicas", 0)) for q in queues),
+        "totalReadyReplicas": sum(int(q.get("readyReplicas", 0)) for q in queues),
     }
+    status["workers"] = f"{status['totalReadyReplicas']}/{status['totalReplicas']}"  # as kubectl get deploy READY
     if generation is not None:
         status["observedGeneration"] = generation
     elif "observedGeneration" in previous:

@@ -27,6 +27,7 @@ POOL_CLASSES = {
     "eventlet": "workerpool_operator.worker.eventlet_pool:EventletPool",
 }
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("plain", "json")
 DEFAULT_STATE_DIR = "/tmp/workerpool"  # an emptyDir in the pod; readOnlyRootFilesystem-friendly
 DEFAULT_PROBE_MAX_AGE = 30.0
 DEFAULT_BROKER_CHECK_TIMEOUT = 5.0
@@ -50,6 +51,11 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "seconds running tasks get after SIGTERM before they are cancelled (default 0: wait for them)",
     ),
     ("WORKERPOOL_LOGLEVEL", "loglevel", "debug, info, warning, error or critical (default info)"),
+    (
+        "WORKERPOOL_LOG_FORMAT",
+        "log_format",
+        "plain (Celery's) or json (one JSON object per line, the operator's --log-format json keys)",
+    ),
     ("WORKERPOOL_WORKER_NAME", "worker_name", "this worker's name in reports (default: the hostname, the pod name)"),
     ("WORKERPOOL_BROKER_URL", "broker_url", "overrides the app's broker_url"),
     ("WORKERPOOL_BROKER_URL_FILE", "broker_url_file", "a file holding the broker URL (a mounted Secret)"),
@@ -84,6 +90,7 @@ class WorkerConfig:
     max_tasks_per_child: int | None = None
     soft_shutdown_timeout: float = 0.0
     loglevel: str = "info"
+    log_format: str = "plain"
     worker_name: str = field(default_factory=socket.gethostname)
     broker_url: str | None = None
     broker_ca_file: Path | None = None
@@ -158,6 +165,10 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
     if loglevel not in LOGLEVELS:
         raise ConfigError(f"unknown log level {loglevel!r} ({name_of('loglevel')}): use one of {', '.join(LOGLEVELS)}")
 
+    log_format = (raw("log_format") or "plain").strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"unknown log format {log_format!r} ({name_of('log_format')}): use plain or json")
+
     queues = tuple(q.strip() for q in (raw("queues") or "").split(",") if q.strip())
 
     extra: list[str] = list(getattr(args, "extra_args", None) or [])
@@ -183,6 +194,7 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         max_tasks_per_child=_integer(raw("max_tasks_per_child"), name_of("max_tasks_per_child"), minimum=1),
         soft_shutdown_timeout=_number(raw("soft_shutdown_timeout"), name_of("soft_shutdown_timeout"), 0.0, minimum=0),
         loglevel=loglevel,
+        log_format=log_format,
         worker_name=(raw("worker_name") or socket.gethostname()).strip(),
         broker_url=_broker_url(raw("broker_url"), raw("broker_url_file")),
         broker_ca_file=_broker_ca_file(raw("broker_ca_file")),

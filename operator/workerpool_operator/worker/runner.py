@@ -31,6 +31,7 @@ from workerpool_operator.failures import certificate_refusal, first_line
 from workerpool_operator.worker.broker_tls import verified_by_default, with_ca_file
 from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
 from workerpool_operator.worker.draining import CeleryControl, Drainer
+from workerpool_operator.worker.logs import use_json_logs
 from workerpool_operator.worker.probes import ProbeFiles
 from workerpool_operator.worker.reporting import Counts, LoadReporter, count_requests
 
@@ -301,6 +302,8 @@ def restore_promptly(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def run(config: WorkerConfig, files: ProbeFiles) -> int:
     """Load the app, check the broker, run the worker until it stops; the process exit code."""
+    if config.log_format == "json":
+        use_json_logs(config.loglevel)
     app = load_app(config.app)
     if config.broker_url is not None:
         app.conf.broker_url = config.broker_url
@@ -320,7 +323,9 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
     supervisor.connect()
     supervisor.heartbeat.start()
     try:
-        code = app.start(argv=config.celery_argv(pool_name="custom" if config.pool in POOL_CLASSES else None))
+        argv = config.celery_argv(pool_name="custom" if config.pool in POOL_CLASSES else None)
+        quiet = ["--quiet"] if config.log_format == "json" else []  # no banner among the JSON lines
+        code = app.start(argv=[*quiet, *argv])
     except click.UsageError as error:  # a bad `celery worker` argument among the extra ones
         raise ConfigError(f"bad celery worker arguments: {error.format_message()}") from None
     finally:
