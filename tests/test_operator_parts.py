@@ -226,3 +226,6 @@ class _NoObserver:
 
     async def forget(self, keep: Any = ()) -> None:
         return None
+
+    async def send_drains(self, *args: Any) -> None:
+        return None

@@ -39,6 +39,7 @@ from typing import Any, cast
 from urllib.parse import quote
 
 import hiredis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -56,6 +57,7 @@ from redis.retry import Retry
 
 from workerpool_operator import reports
 from workerpool_operator.brokers import BrokerAddress, BrokerConfig, BrokerURLError
+from workerpool_operator.drain import drain_key, encode_request
 from workerpool_operator.failures import causes, certificate_refusal, first_line
 from workerpool_operator.observation import BrokerObservation, QueueObservation
 
@@ -453,6 +455,22 @@ class Observer:
         duration = time.monotonic() - started
         self._log_success(config, len(names), duration)
         return config, BrokerObservation(queues=observed, duration=duration)
+
+    async def send_drains(
+        self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
+    ) -> None:
+        """The operator's one write to a broker: drain requests for ``queue`` (the format is ``drain.py``'s), on
+        the broker's own connection pool, in one round trip. A read-only user for the polls needs write access
+        to the ``workerpool:drain:*`` keys for this (docs/operations.md)."""
+        key = drain_key(queue, config.global_keyprefix)
+        client = Redis(connection_pool=self._broker(config).pool)
+        async with client.pipeline(transaction=False) as pipe:
+            if draining:
+                pipe.hset(key, mapping={worker: encode_request(since) for worker, since in draining.items()})
+                pipe.expire(key, ttl)
+            if released:
+                pipe.hdel(key, *released)
+            await pipe.execute()
 
     async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
         """Close the pools of brokers not in ``keep`` (for example after a Secret changed the URL)."""

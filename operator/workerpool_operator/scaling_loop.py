@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from workerpool_operator import drain
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import Decision, QueueState, ScalingPolicy, decide
 from workerpool_operator.observation import BrokerObservation, QueueObservation
@@ -46,6 +47,12 @@ class BrokerObserver(Protocol):
     async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
         """Close the connections of every broker not in ``keep``."""
 
+    async def send_drains(
+        self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
+    ) -> None:
+        """Ask the ``draining`` workers (worker -> when asked) to drain ``queue``, and take the request back from the
+        ``released`` ones, over the broker (``drain.py``); the requests expire ``ttl`` seconds after."""
+
 
 def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[BrokerConfig]) -> frozenset[BrokerConfig]:
     """The brokers polled before that no registered pool uses any more (pool gone, or its Secret now names
@@ -69,6 +76,8 @@ class QueueResult:
     state: QueueState
     scaled_from: int | None = None  # replicas before a scale call made this tick, else None
     scale_error: str | None = None
+    drain_error: str | None = None  # the drain requests could not be sent (the workers keep what they do)
+    cancelled: int = 0  # tasks running on the workers this tick's scale-down removed (0 when drained first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,22 +264,37 @@ class ScalingLoop:
             return QueueResult(queue=queue, observation=observation, decision=None, state=state)
 
         observation = dataclasses.replace(observation, replicas=replicas)
-        decision, new_state = decide(observation, state, pool.plans[queue].policy, now)
+        policy = pool.plans[queue].policy
+        decision, new_state = decide(observation, state, policy, now)
         pool.states[queue] = new_state
+        result = QueueResult(queue=queue, observation=observation, decision=decision, state=new_state)
+        drain_error = await self._send_drains(pool, queue, state, new_state, policy.drain_timeout)
+        if drain_error is not None:
+            result = dataclasses.replace(result, drain_error=drain_error)
         if decision.desired_replicas == replicas:
-            return QueueResult(queue=queue, observation=observation, decision=decision, state=new_state)
+            return result
+        removed = set(decision.remove_first[: max(0, replicas - decision.desired_replicas)])
+        cancelled = sum(w.running for w in observation.workers if w.worker in removed)
         try:
             await self._backend.scale(pool.key, queue, decision.desired_replicas, decision.remove_first)
         except Exception as exc:
             logger.warning("scaling %s/%s queue %s failed: %s", *pool.key, queue, exc)
-            return QueueResult(
-                queue=queue,
-                observation=observation,
-                decision=decision,
-                state=new_state,
-                scaled_from=replicas,
-                scale_error=str(exc) or type(exc).__name__,
+            return dataclasses.replace(result, scaled_from=replicas, scale_error=str(exc) or type(exc).__name__)
+        return dataclasses.replace(result, scaled_from=replicas, cancelled=cancelled)
+
+    async def _send_drains(
+        self, pool: _Registration, queue: str, before: QueueState, after: QueueState, drain_timeout: float
+    ) -> str | None:
+        """Keep the workers' drain requests in line with the engine's state: the draining ones asked (again: the
+        requests expire), the ones no longer draining (taken back, or gone) released."""
+        released = {worker for worker, _ in before.draining} - {worker for worker, _ in after.draining}
+        if not after.draining and not released:
+            return None
+        try:
+            await self._observer.send_drains(
+                pool.broker, queue, dict(after.draining), sorted(released), drain.ttl_for(drain_timeout)
             )
-        return QueueResult(
-            queue=queue, observation=observation, decision=decision, state=new_state, scaled_from=replicas
-        )
+        except Exception as exc:
+            logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, exc)
+            return str(exc) or type(exc).__name__
+        return None

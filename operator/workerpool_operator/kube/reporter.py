@@ -61,6 +61,7 @@ class _Written:
     at: float = 0.0
     broker_error: str | None = None
     observed: bool = False  # a poll came back since this replica began to serve the pool
+    drain_failing: set[str] = field(default_factory=set)  # queues whose drain requests could not be sent
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -162,6 +163,9 @@ class StatusReporter:
             paused=decision.paused if decision is not None else None,
             fallback=decision.fallback_active if decision is not None else None,
         )
+        await self._drain_events(pool, result)
+        if result.cancelled:
+            metrics.record_cancelled_tasks(namespace, name, queue, result.cancelled)
         if figures.scaled and scaled_from is not None and figures.desired_replicas is not None:
             reaction = self._clock() - (poll.observed_at - poll.poll_duration)  # from the start of the poll
             reason = figures.reason or ""
@@ -172,6 +176,32 @@ class StatusReporter:
             await self._events(pool.key, pool.uid, "Normal", "Scaled", message)
         elif result.scale_error is not None:
             await self._events(pool.key, pool.uid, "Warning", "ScaleFailed", f"queue {queue}: {result.scale_error}")
+
+    async def _drain_events(self, pool: PoolFacts, result: QueueResult) -> None:
+        """Events for workers asked to drain, and for drained workers removed once idle."""
+        decision, queue = result.decision, result.queue
+        if decision is None:
+            return
+        loads = {w.worker: w for w in result.observation.workers}
+        if decision.drain:
+            running = sum(loads[w].running for w in decision.drain if w in loads)
+            count = len(decision.drain)
+            message = f"queue {queue}: draining {count} worker{'s' if count != 1 else ''} ({running} tasks running)"
+            await self._events(pool.key, pool.uid, "Normal", "Draining", message)
+        if result.scaled_from is not None and result.scale_error is None:
+            removed = decision.remove_first[: max(0, result.scaled_from - decision.desired_replicas)]
+            for worker in removed:
+                load = loads.get(worker)
+                if load is not None and load.draining and load.in_flight == 0:
+                    message = f"queue {queue}: removed idle worker {worker}"
+                    await self._events(pool.key, pool.uid, "Normal", "WorkerRemoved", message)
+        failing = self._pools.setdefault(pool.key, _Written()).drain_failing
+        if result.drain_error is not None and queue not in failing:  # once per outage
+            failing.add(queue)
+            message = f"queue {queue}: cannot send drain requests: {result.drain_error}"
+            await self._events(pool.key, pool.uid, "Warning", "DrainFailed", message)
+        elif result.drain_error is None:
+            failing.discard(queue)
 
     async def write(
         self,

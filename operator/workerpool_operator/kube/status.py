@@ -38,6 +38,7 @@ class QueueFigures:
     replicas: int | None = None
     ready_replicas: int | None = None
     desired_replicas: int | None = None
+    draining: int | None = None  # workers asked to drain (they take no new task; removed once idle)
     oldest_age: float | None = None
     reason: str | None = None  # the decision's reason: written (as lastScaleReason) when this poll scaled
     scaled: bool = False  # the replica count was changed by this poll
@@ -62,6 +63,7 @@ def queue_figures(queue: QueueResult, ready_replicas: int | None) -> QueueFigure
         replicas=desired if changed else current,
         ready_replicas=ready_replicas,
         desired_replicas=desired,
+        draining=len(queue.state.draining) if decision is not None else None,
         oldest_age=obs.oldest_age if obs.ok else None,
         reason=decision.reason if decision is not None else None,
         scaled=changed,
@@ -103,6 +105,7 @@ def build_status(
             _set(entry, "replicas", update.replicas)
             _set(entry, "readyReplicas", update.ready_replicas)
             _set(entry, "desiredReplicas", update.desired_replicas)
+            _set(entry, "draining", update.draining)
             if update.oldest_age is not None:
                 entry["oldestTaskAgeSeconds"] = round(update.oldest_age, 1)
             if update.scaled:
