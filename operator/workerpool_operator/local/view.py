@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workerpool_operator.observation import WorkerLoad
-from workerpool_operator.scaling_loop import PoolResult
+from workerpool_operator.scaling_loop import PoolResult, QueueResult
 
 SPARK = "▁▂▃▄▅▆▇█"
 THROUGHPUT_WINDOW = 10.0  # seconds of completions the throughput figure averages over
@@ -50,6 +50,7 @@ class QueueRow:
     in_flight: int | None = None
     workers: int = 0
     stopping: int = 0
+    draining: int = 0  # workers asked to drain: no new tasks, removed once idle
     desired: int | None = None
     reason: str = "waiting for the first poll"
     error: str | None = None
@@ -117,6 +118,8 @@ class Dashboard:
             if qr.decision is not None:
                 figures.desired = qr.decision.desired_replicas
                 figures.reason = qr.decision.reason
+                figures.draining = len(qr.state.draining) if qr.state is not None else 0
+                events += self._drain_events(qr, now)
                 if qr.scaled_from is not None and qr.scale_error is None:
                     figures.last_change = (now, qr.scaled_from, qr.decision.desired_replicas)
                     verb = "up" if qr.decision.desired_replicas > qr.scaled_from else "down"
@@ -132,6 +135,18 @@ class Dashboard:
             figures.workers, figures.stopping = replicas(qr.queue)
             figures.peak_workers = max(figures.peak_workers, figures.workers)
             self.timeline.append(Sample(now, qr.queue, figures.backlog or 0, figures.in_flight or 0, figures.workers))
+        return events
+
+    def _drain_events(self, qr: QueueResult, now: float) -> list[tuple[float, str]]:
+        decision = qr.decision
+        assert decision is not None
+        events = []
+        if decision.drain:
+            running = sum(w.running for w in qr.observation.workers if w.worker in decision.drain)
+            names = ", ".join(decision.drain)
+            events.append(self.event(f"{qr.queue}: draining {names} ({running} tasks running)", now))
+        if decision.undrain:
+            events.append(self.event(f"{qr.queue}: taking {', '.join(decision.undrain)} back (demand is back)", now))
         return events
 
     def _count_completions(self, figures: QueueRow, workers: tuple[WorkerLoad, ...], now: float) -> None:
@@ -241,6 +256,8 @@ def _workers_cell(figures: QueueRow, bars: bool = True) -> Text:
     cell.append("□" * (width - filled), style="dim")
     cell.append(f" {figures.workers}" if bars else str(figures.workers), style="bold")
     cell.append(f"/{info.max_replicas}", style="dim")
+    if figures.draining:
+        cell.append(f" {figures.draining} draining" if bars else f" {figures.draining}⇣", style="yellow")
     if figures.stopping:
         cell.append(f" +{figures.stopping} stopping" if bars else f" +{figures.stopping}↓", style="magenta")
     return cell
@@ -298,6 +315,7 @@ class LogView:
         lines = {}
         for queue, f in self._dashboard.queues.items():
             stopping = f" (+{f.stopping} stopping)" if f.stopping else ""
+            stopping += f" ({f.draining} draining)" if f.draining else ""
             figures = f"backlog {f.backlog} in-flight {f.in_flight}" if f.backlog is not None else f"error: {f.error}"
             lines[queue] = f"{queue}: {figures} workers {f.workers}{stopping} {f.throughput:.1f} tasks/s"
         return lines
