@@ -230,8 +230,15 @@ def _paths_set(value: Any, schema: crd_rules.Schema, path: str = "") -> set[str]
 
 
 # Fields the full example cannot set together with the ones it shows: an inline url (it reads the URL from a
-# Secret) and a sentinel master (its URL is rediss://).
-NOT_IN_FULL_EXAMPLE = {".spec.broker.url", ".spec.broker.sentinelMaster"}
+# Secret), a sentinel master (its URL is rediss://) and Flower's basic auth (it signs in with OAuth).
+NOT_IN_FULL_EXAMPLE = {
+    ".spec.broker.url",
+    ".spec.broker.sentinelMaster",
+    ".spec.flower.auth.basicFrom",
+    ".spec.flower.auth.basicFrom.secretKeyRef",
+    ".spec.flower.auth.basicFrom.secretKeyRef.name",
+    ".spec.flower.auth.basicFrom.secretKeyRef.key",
+}
 
 
 def test_full_example_sets_every_field() -> None:
