@@ -92,6 +92,10 @@ MSG_QUEUE_NAME = (
 )
 MSG_RESERVED_QUEUE = "unacked, unacked_index and unacked_mutex are kombu's own Redis keys, not queue names"
 MSG_DUPLICATE_QUEUE = "duplicate queue name {name!r}: queue names must be unique"
+BEAT_DEPLOYMENT_SUFFIX = "celery-beat"  # <pool>-celery-beat: beat's Deployment
+FLOWER_DEPLOYMENT_SUFFIX = "flower"  # <pool>-flower: Flower's Deployment and Service
+MSG_QUEUE_BEAT = "a queue named celery-beat would share its Deployment name with beat: rename the queue"
+MSG_QUEUE_FLOWER = "a queue named flower would share its Deployment name with Flower: rename the queue"
 MSG_SCHEDULER = "beat.scheduler must be a Python class path, like django_celery_beat.schedulers:DatabaseScheduler"
 MSG_FLOWER_AUTH = "flower.auth needs exactly one of basicFrom or oauth"
 MSG_FLOWER_STATE_VOLUME = "flower.stateVolume only applies with flower.persistent: true"
@@ -530,6 +534,10 @@ class WorkerPoolSpec(_Model):
             seen.add(queue.name)
             if self.broker.separator in queue.name:
                 raise ValueError(MSG_SEPARATOR)
+        if self.beat is not None and BEAT_DEPLOYMENT_SUFFIX in seen:
+            raise ValueError(MSG_QUEUE_BEAT)
+        if self.flower is not None and FLOWER_DEPLOYMENT_SUFFIX in seen:
+            raise ValueError(MSG_QUEUE_FLOWER)
         return self
 
     def queue(self, name: str) -> QueueSpec:

@@ -49,6 +49,10 @@ class PoolFacts(Protocol):
     def problem(self) -> cond.Problem | None: ...
     @property
     def broker_label(self) -> str: ...
+    @property
+    def beat_deployment(self) -> str | None: ...
+    @property
+    def beat_duplicates(self) -> tuple[str, ...]: ...
 
 
 @dataclass
@@ -135,6 +139,17 @@ class StatusReporter:
             await self._record(pool, queue.queue, figures[queue.queue], queue.scaled_from, queue.scale_error)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
 
+    def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
+        """The beat Deployment as the watch last saw it (replica counts ``None`` until it has been seen)."""
+        if pool.beat_deployment is None:
+            return None
+        cached = self._backend.cached(pool.key[0], pool.beat_deployment)
+        return {
+            "deployment": pool.beat_deployment,
+            "replicas": None if cached is None else cached.replicas,
+            "readyReplicas": None if cached is None else cached.ready,
+        }
+
     def _ready(self, pool: PoolKey, queue: str) -> int | None:
         deployment = self._backend.deployment_name(pool, queue)
         cached = self._backend.cached(pool[0], deployment) if deployment else None
@@ -175,6 +190,9 @@ class StatusReporter:
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
             )
+            beat = self._beat(pool)
+            if beat is not None:
+                conditions.append(cond.beat_condition(beat["deployment"], beat["readyReplicas"], pool.beat_duplicates))
             now = self._clock()
             new = build_status(
                 written.status,
@@ -183,6 +201,7 @@ class StatusReporter:
                 conditions=conditions,
                 figures=figures,
                 scaler_state=scaler_state,
+                beat=beat,
                 now=now,
             )
             refresh = self.figures_refresh
