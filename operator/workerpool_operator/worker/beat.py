@@ -22,6 +22,7 @@ Import only from the entrypoint: it imports Celery and redis.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import logging
 import sys
@@ -72,7 +73,9 @@ def check_schedule(app: Celery, config: BeatConfig) -> None:
 
 def fire_times(schedule: Any, last_run_at: datetime.datetime, now: datetime.datetime) -> Iterator[datetime.datetime]:
     """The fire times of a Celery schedule (interval, crontab, solar, ...) after ``last_run_at``, lazily: each is
-    ``now`` plus the schedule's own ``remaining_estimate`` from the previous one (an overdue run fires now)."""
+    ``now`` plus the schedule's own ``remaining_estimate`` from the previous one (an overdue run fires now). The
+    schedule is asked on a copy whose clock stands at ``now``, so the times are exact (a crontab's on the minute)."""
+    schedule = _at(schedule, now)
     estimate = getattr(schedule, "remaining_estimate", None)
     previous = last_run_at
     while True:
@@ -80,23 +83,20 @@ def fire_times(schedule: Any, last_run_at: datetime.datetime, now: datetime.date
             due, seconds = schedule.is_due(previous)
             yield now if due else now + datetime.timedelta(seconds=float(seconds))
             return
-        fire = max(_current(schedule, now) + estimate(previous), now)
+        fire = max(now + estimate(previous), now)
         if fire <= previous:
             return  # the schedule does not move forward: nothing more to tell
         yield fire
         previous = fire
 
 
-def _current(schedule: Any, fallback: datetime.datetime) -> datetime.datetime:
-    """The schedule's own "now", the one its ``remaining_estimate`` counts from (so successive fire times do not
-    drift by the time spent computing them)."""
-    try:
-        current = schedule.now()
-        if hasattr(schedule, "maybe_make_aware"):
-            current = schedule.maybe_make_aware(current)
-    except Exception:
-        return fallback
-    return current if isinstance(current, datetime.datetime) else fallback
+def _at(schedule: Any, now: datetime.datetime) -> Any:
+    """A copy of ``schedule`` whose clock (Celery's ``nowfun``) stands still at ``now``."""
+    if not hasattr(schedule, "nowfun"):
+        return schedule
+    pinned = copy.copy(schedule)
+    pinned.nowfun = lambda: now
+    return pinned
 
 
 def entry_queue(app: Celery, task: str, options: Mapping[str, Any], args: Any = (), kwargs: Any = None) -> str:
