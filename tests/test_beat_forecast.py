@@ -137,7 +137,7 @@ def test_fire_times_of_a_crontab_are_its_own() -> None:
     now = APP.now()
     times = list(itertools.islice(fire_times(quarter_hours, now, now), 6))
     assert all(t.minute % 15 == 0 and t.second == 0 for t in times)
-    assert all((b - a) == datetime.timedelta(minutes=15) for a, b in zip(times, times[1:], strict=False))
+    assert all((b - a) == datetime.timedelta(minutes=15) for a, b in itertools.pairwise(times))
     assert now < times[0] <= now + datetime.timedelta(minutes=15)
 
 

@@ -7,6 +7,7 @@ the other waits for the lock; a clean stop hands over at once, a killed beat aft
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -67,7 +68,7 @@ def assert_on_schedule_and_once(times: list[float], window: float) -> None:
     """Every 2 s, once: about window / 2 runs (two beats would make twice as many), 2 s apart."""
     expected = window / 2
     assert expected - 2 <= len(times) <= expected + 1, f"{len(times)} runs in {window:g} s: {times}"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 1.6 <= statistics.median(gaps) <= 2.4, gaps
     assert max(gaps) < 4.5, f"a fire time was skipped: {gaps}"
 
@@ -125,7 +126,7 @@ def test_a_stopped_beat_hands_over_at_once_and_a_killed_one_after_its_lock_expir
         assert 2 <= took_over <= 12, f"took over after {took_over:.1f} s (lock TTL 6 s)"
         time.sleep(5)
     times = sorted(t["at"] for t in ticks(redis_server))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) > 0.5, f"two beats sent the same fire: {gaps}"
     ids = [t["id"] for t in ticks(redis_server)]
     assert len(ids) == len(set(ids))
