@@ -93,8 +93,8 @@ def test_a_periodic_task_every_2_s_runs_on_schedule_and_once_with_two_beats_runn
         end = time.time()
         assert ready(running) and not ready(waiting)
         assert (waiting.state_dir / "heartbeat").exists(), "a waiting beat stays alive for its liveness probe"
-        holder = redis_server.client().get(lock_key(APP))
-        assert holder is not None and holder.startswith(running.env["WORKERPOOL_WORKER_NAME"] + "/")
+        holder = str(redis_server.client().get(lock_key(APP)))
+        assert holder.startswith(running.env["WORKERPOOL_WORKER_NAME"] + "/")
     assert_on_schedule_and_once(ticks_between(redis_server, start + 1, end - 1), end - start - 2)
     ids = [t["id"] for t in ticks(redis_server)]
     assert len(ids) == len(set(ids))
