@@ -76,7 +76,7 @@ def test_beat_and_flower_are_rendered_applied_and_kept_out_of_scaling(
     assert services(kube)["shop-flower"]["spec"]["selector"] == flower["selector"]["matchLabels"]
 
     # Not ready yet: the condition says where to look; once the pod is ready, it says so.
-    found = wait_for(lambda: beat_condition(kube, "shop"), message="BeatReady")
+    found = wait_for(lambda: beat_condition(kube, "shop") or {}, message="BeatReady")
     assert (found["status"], found["reason"]) == ("False", "BeatNotReady")
     assert "kubectl logs deploy/shop-celery-beat" in found["message"] and "exit code 5" in found["message"]
     set_ready(kube, "shop-celery-beat", 1)
