@@ -23,6 +23,7 @@ from workerpool_operator.kube.render import (
     owner_reference,
     pod_spec,
     probe,
+    standard_probes,
     with_last_applied,
 )
 from workerpool_operator.spec import BEAT_DEPLOYMENT_SUFFIX, FLOWER_DEPLOYMENT_SUFFIX, BeatSpec, FlowerSpec, WorkerPool
@@ -111,28 +112,29 @@ def _singleton(pool: WorkerPool, component: str, uid: str, pod: dict[str, Any]) 
     }
 
 
+def _state_volume(
+    source: dict[str, Any] | None, name: str, path: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int | None]:
+    """A component's own volume (its schedule or state file), mounted at ``path`` and made writable by the image's
+    group: the pod's volumes, the container's mounts, the pod's fsGroup. Nothing without a volume source."""
+    if source is None:
+        return [], [], None
+    return [{**source, "name": name}], [{"name": name, "mountPath": path}], IMAGE_GROUP
+
+
 def render_beat(pool: WorkerPool, beat: BeatSpec, uid: str) -> dict[str, Any]:
     """Beat's Deployment: the template's image in ``beat`` mode, replicas 1, Recreate, its schedule volume."""
-    volumes, mounts = [], []
-    if beat.schedule_volume is not None:
-        volumes.append({**beat.schedule_volume, "name": BEAT_SCHEDULE_VOLUME})
-        mounts.append({"name": BEAT_SCHEDULE_VOLUME, "mountPath": BEAT_SCHEDULE_DIR})
+    volumes, mounts, fs_group = _state_volume(beat.schedule_volume, BEAT_SCHEDULE_VOLUME, BEAT_SCHEDULE_DIR)
     beat_container = container(
         pool,
         name=BEAT,
         env=beat_environment(pool, beat),
         args=beat_args(beat),
         resources=beat.resources or pool.spec.template.resources,
-        probes={
-            # Import the app, and wait out a previous beat's lock (its TTL, after a node loss).
-            "startupProbe": probe("ready", period=2, failures=150),
-            "readinessProbe": probe("ready", period=10, failures=3),
-            "livenessProbe": probe("alive", period=30, failures=3),
-        },
+        probes=standard_probes(probe),  # startup: import the app, and wait out a lost beat's lock (its TTL)
         mounts=mounts,
     )
     beat_container["terminationMessagePolicy"] = "FallbackToLogsOnError"  # the one-line error, in the pod status
-    fs_group = IMAGE_GROUP if beat.schedule_volume is not None else None
     pod = pod_spec(pool, beat_container, volumes=volumes, grace=BEAT_GRACE, fs_group=fs_group)
     return _singleton(pool, BEAT, uid, pod)
 
@@ -148,26 +150,18 @@ def _http_probe(flower: FlowerSpec, *, period: int, failures: int) -> dict[str, 
 
 def render_flower(pool: WorkerPool, flower: FlowerSpec, uid: str) -> dict[str, Any]:
     """Flower's Deployment: the template's image in ``flower`` mode, one pod, Recreate, its state volume."""
-    volumes, mounts = [], []
-    if flower.state_volume is not None:
-        volumes.append({**flower.state_volume, "name": FLOWER_STATE_VOLUME})
-        mounts.append({"name": FLOWER_STATE_VOLUME, "mountPath": FLOWER_STATE_DIR})
+    volumes, mounts, fs_group = _state_volume(flower.state_volume, FLOWER_STATE_VOLUME, FLOWER_STATE_DIR)
     flower_container = container(
         pool,
         name=FLOWER,
         env=flower_environment(pool, flower),
         args=flower_args(flower),
         resources=flower.resources or pool.spec.template.resources,
-        probes={
-            "startupProbe": _http_probe(flower, period=2, failures=150),
-            "readinessProbe": _http_probe(flower, period=10, failures=3),
-            "livenessProbe": _http_probe(flower, period=30, failures=3),
-        },
+        probes=standard_probes(lambda _kind, **timing: _http_probe(flower, **timing)),
         mounts=mounts,
     )
     flower_container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": FLOWER_PORT, "protocol": "TCP"}]
     flower_container["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    fs_group = IMAGE_GROUP if flower.state_volume is not None else None
     pod = pod_spec(pool, flower_container, volumes=volumes, grace=BEAT_GRACE, fs_group=fs_group)
     return _singleton(pool, FLOWER, uid, pod)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND
@@ -159,11 +159,7 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
         env=worker_environment(pool, queue),
         args=worker_args(pool),
         resources=queue.resources or pool.spec.template.resources,
-        probes={
-            "startupProbe": probe("ready", period=2, failures=150),  # up to 5 minutes to import the app
-            "readinessProbe": probe("ready", period=10, failures=3),
-            "livenessProbe": probe("alive", period=30, failures=3),
-        },
+        probes=standard_probes(probe),
     )
 
 
@@ -211,6 +207,16 @@ def container(
     if limits:
         rendered["resources"] = limits
     return rendered
+
+
+def standard_probes(make: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Startup (every 2 s, up to 5 minutes: importing the app), readiness (every 10 s) and liveness (every 30 s,
+    3 failures), each made by ``make(kind, period=, failures=)``."""
+    return {
+        "startupProbe": make("ready", period=2, failures=150),
+        "readinessProbe": make("ready", period=10, failures=3),
+        "livenessProbe": make("alive", period=30, failures=3),
+    }
 
 
 def probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:

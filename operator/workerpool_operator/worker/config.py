@@ -152,17 +152,13 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         env = next(name for name, d, _ in ENV_VARS if d == dest)
         return f"--{dest.replace('_', '-')} / {env}"
 
-    app = raw("app")
-    if app is None:
-        raise ConfigError(f"no Celery app given: set {name_of('app')} (e.g. myproject.celery:app)")
+    app = require_app(raw("app"), name_of("app"))
 
     pool = (raw("pool") or "prefork").strip().lower()
     if pool not in POOLS:
         raise ConfigError(f"unknown pool {pool!r} ({name_of('pool')}): use one of {', '.join(POOLS)}")
 
-    loglevel = (raw("loglevel") or "info").strip().lower()
-    if loglevel not in LOGLEVELS:
-        raise ConfigError(f"unknown log level {loglevel!r} ({name_of('loglevel')}): use one of {', '.join(LOGLEVELS)}")
+    loglevel = parse_loglevel(raw("loglevel"), name_of("loglevel"))
 
     queues = tuple(q.strip() for q in (raw("queues") or "").split(",") if q.strip())
 
@@ -200,6 +196,19 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         task_events=parse_flag(raw("task_events"), name_of("task_events")),
         extra_args=tuple(extra),
     )
+
+
+def require_app(value: str | None, name: str) -> str:
+    if value is None:
+        raise ConfigError(f"no Celery app given: set {name} (e.g. myproject.celery:app)")
+    return value.strip()
+
+
+def parse_loglevel(value: str | None, name: str) -> str:
+    loglevel = (value or "info").strip().lower()
+    if loglevel not in LOGLEVELS:
+        raise ConfigError(f"unknown log level {loglevel!r} ({name}): use one of {', '.join(LOGLEVELS)}")
+    return loglevel
 
 
 def parse_flag(value: str | None, name: str) -> bool:

@@ -61,14 +61,20 @@ def prepare_process(config: WorkerConfig, environ: MutableMapping[str, str]) -> 
         maybe_patch_concurrency(["--pool", config.pool])
 
 
-def run_main(argv: Sequence[str], environ: MutableMapping[str, str]) -> int:
-    config = parse_run_args(argv, environ)
-    files = ProbeFiles(config.state_dir)
+def fresh_probe_files(state_dir: Path) -> ProbeFiles:
+    """The probe files, cleared of what a previous container left, and alive while starting up."""
+    files = ProbeFiles(state_dir)
     try:
         files.reset()
-        files.beat()  # alive while starting up
+        files.beat()
     except OSError as error:
-        raise ConfigError(f"cannot write the probe files in {config.state_dir}: {error.strerror}") from None
+        raise ConfigError(f"cannot write the probe files in {state_dir}: {error.strerror}") from None
+    return files
+
+
+def run_main(argv: Sequence[str], environ: MutableMapping[str, str]) -> int:
+    config = parse_run_args(argv, environ)
+    files = fresh_probe_files(config.state_dir)
     prepare_process(config, environ)
 
     from workerpool_operator.worker.runner import run
@@ -78,12 +84,7 @@ def run_main(argv: Sequence[str], environ: MutableMapping[str, str]) -> int:
 
 def beat_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     config = parse_beat_args(argv, environ)
-    files = ProbeFiles(config.state_dir)
-    try:
-        files.reset()
-        files.beat()  # alive while starting up
-    except OSError as error:
-        raise ConfigError(f"cannot write the probe files in {config.state_dir}: {error.strerror}") from None
+    files = fresh_probe_files(config.state_dir)
     from workerpool_operator.worker.beat import run_beat
 
     return run_beat(config, files)

@@ -16,13 +16,14 @@ from pathlib import Path
 from workerpool_operator import beat_forecast
 from workerpool_operator.worker.config import (
     DEFAULT_STATE_DIR,
-    LOGLEVELS,
     ConfigError,
     _Parser,
     parse_integer,
+    parse_loglevel,
     parse_seconds,
     read_broker_ca_file,
     read_broker_url,
+    require_app,
 )
 
 DEFAULT_SCHEDULE_FILE = "/tmp/celerybeat-schedule"  # the pod's /tmp: an emptyDir, writable under a read-only root
@@ -145,15 +146,9 @@ def _parse(
 
 
 def _shared(raw: Lookup, name_of: Callable[[str], str]) -> dict[str, object]:
-    app = raw("app")
-    if app is None:
-        raise ConfigError(f"no Celery app given: set {name_of('app')} (e.g. myproject.celery:app)")
-    loglevel = (raw("loglevel") or "info").strip().lower()
-    if loglevel not in LOGLEVELS:
-        raise ConfigError(f"unknown log level {loglevel!r} ({name_of('loglevel')}): use one of {', '.join(LOGLEVELS)}")
     return {
-        "app": app.strip(),
-        "loglevel": loglevel,
+        "app": require_app(raw("app"), name_of("app")),
+        "loglevel": parse_loglevel(raw("loglevel"), name_of("loglevel")),
         "worker_name": (raw("worker_name") or socket.gethostname()).strip(),
         "broker_url": read_broker_url(raw("broker_url"), raw("broker_url_file")),
         "broker_ca_file": read_broker_ca_file(raw("broker_ca_file")),
