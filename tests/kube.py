@@ -55,6 +55,9 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "v1/pods": kmock.ResourceInfo(
         kind="Pod", namespaced=True, verbs={"list", "watch", "get", "patch", "create", "delete"}
     ),
+    "v1/services": kmock.ResourceInfo(
+        kind="Service", namespaced=True, verbs={"list", "watch", "get", "patch", "create", "delete"}
+    ),
     "v1/secrets": kmock.ResourceInfo(
         kind="Secret", namespaced=True, verbs={"list", "watch", "get", "patch", "create", "delete"}
     ),

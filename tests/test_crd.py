@@ -233,8 +233,15 @@ def _paths_set(value: Any, schema: crd_rules.Schema, path: str = "") -> set[str]
 
 
 # Fields the full example cannot set together with the ones it shows: an inline url (it reads the URL from a
-# Secret) and a sentinel master (its URL is rediss://).
-NOT_IN_FULL_EXAMPLE = {".spec.broker.url", ".spec.broker.sentinelMaster"}
+# Secret), a sentinel master (its URL is rediss://) and Flower's basic auth (it signs in with OAuth).
+NOT_IN_FULL_EXAMPLE = {
+    ".spec.broker.url",
+    ".spec.broker.sentinelMaster",
+    ".spec.flower.auth.basicFrom",
+    ".spec.flower.auth.basicFrom.secretKeyRef",
+    ".spec.flower.auth.basicFrom.secretKeyRef.name",
+    ".spec.flower.auth.basicFrom.secretKeyRef.key",
+}
 
 
 def test_full_example_sets_every_field() -> None:
@@ -263,6 +270,14 @@ VALID: dict[str, Any] = {
 }
 
 DELETE = object()
+BASIC = {"secretKeyRef": {"name": "flower-users", "key": "users"}}
+OAUTH = {
+    "provider": "github",
+    "allowedEmails": ".*@shop.example",
+    "redirectUri": "https://flower.shop.example/login",
+    "clientIdFrom": {"secretKeyRef": {"name": "oauth", "key": "id"}},
+    "clientSecretFrom": {"secretKeyRef": {"name": "oauth", "key": "secret"}},
+}
 
 
 def edit(*changes: tuple[str, Any]) -> dict[str, Any]:
@@ -513,6 +528,54 @@ BAD: list[Bad] = [
         "spec.queues[1].scaling.scaleUp.pods: Input should be greater than or equal to 1",
     ),
     Bad(
+        "a queue named like beat's Deployment",
+        edit(("spec.beat", {}), ("spec.queues.1.name", "celery-beat")),
+        f'spec.queues: Invalid value: "object": {model.MSG_QUEUE_BEAT}',
+        model.MSG_QUEUE_BEAT,
+    ),
+    Bad(
+        "a queue named like Flower's Deployment",
+        edit(("spec.flower", {"auth": {"basicFrom": BASIC}}), ("spec.queues.1.name", "flower")),
+        f'spec.queues: Invalid value: "object": {model.MSG_QUEUE_FLOWER}',
+        model.MSG_QUEUE_FLOWER,
+    ),
+    Bad(
+        "a beat scheduler that is not a class path",
+        edit(("spec.beat", {"scheduler": "django celery beat"})),
+        f'spec.beat.scheduler: Invalid value: "str": {model.MSG_SCHEDULER}',
+        f"spec.beat.scheduler: {model.MSG_SCHEDULER}",
+    ),
+    Bad(
+        "Flower without auth",
+        edit(("spec.flower", {"taskEvents": True})),
+        "spec.flower.auth: Required value",
+        "spec.flower.auth: required field is missing",
+    ),
+    Bad(
+        "Flower with both kinds of auth",
+        edit(("spec.flower", {"auth": {"basicFrom": BASIC, "oauth": OAUTH}})),
+        f'spec.flower.auth: Invalid value: "object": {model.MSG_FLOWER_AUTH}',
+        model.MSG_FLOWER_AUTH,
+    ),
+    Bad(
+        "Flower's state volume without persistence",
+        edit(("spec.flower", {"auth": {"oauth": OAUTH}, "stateVolume": {"emptyDir": {}}})),
+        f'spec.flower.stateVolume: Invalid value: "object": {model.MSG_FLOWER_STATE_VOLUME}',
+        model.MSG_FLOWER_STATE_VOLUME,
+    ),
+    Bad(
+        "Flower's URL prefix with a leading slash",
+        edit(("spec.flower", {"auth": {"basicFrom": BASIC}, "urlPrefix": "/flower"})),
+        f'spec.flower.urlPrefix: Invalid value: "str": {model.MSG_URL_PREFIX}',
+        model.MSG_URL_PREFIX,
+    ),
+    Bad(
+        "a Flower password in the spec",
+        edit(("spec.flower", {"auth": {"basic": "ops:s3cret"}})),
+        'unknown field "spec.flower.auth.basic"',
+        "spec.flower.auth.basic: unknown field",
+    ),
+    Bad(
         "pool name too long for a label",
         edit(("metadata.name", "a" * 64)),
         f'Invalid value: "object": {model.MSG_POOL_NAME}',
@@ -565,6 +628,15 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("a module-only app", edit(("spec.app", "proj"))),
     ("pool name of 63 characters", edit(("metadata.name", "a" * 63))),
     ("integer and string quantities", edit(("spec.template.resources", {"requests": {"cpu": 2, "memory": "1.5Gi"}}))),
+    ("beat with every default", edit(("spec.beat", {}))),
+    (
+        "Flower with OAuth, persistent on a volume",
+        edit(("spec.flower", {"auth": {"oauth": OAUTH}, "persistent": True, "stateVolume": {"emptyDir": {}}})),
+    ),
+    (
+        "queues named celery-beat and flower without beat and Flower",
+        edit(("spec.queues.0.name", "celery-beat"), ("spec.queues.1.name", "flower")),
+    ),
 ]
 
 

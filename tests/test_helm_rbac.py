@@ -103,6 +103,13 @@ def expected_calls(namespace: str | None) -> list[tuple[str, str]]:
         ("POST", f"/apis/apps/v1/namespaces/{ns}/deployments"),
         ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
         ("DELETE", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-removed"),
+        # Flower's Service: read, applied, listed by the pool's label, watched for drift, deleted with spec.flower.
+        ("GET", f"/api/v1/namespaces/{ns}/services/shop-flower"),
+        ("GET", f"/api/v1/{scope}services?labelSelector=workerpool.dev%2Fpool"),
+        ("GET", f"/api/v1/{scope}services?watch=true"),
+        ("POST", f"/api/v1/namespaces/{ns}/services"),
+        ("PATCH", f"/api/v1/namespaces/{ns}/services/shop-flower"),
+        ("DELETE", f"/api/v1/namespaces/{ns}/services/shop-flower"),
         # Pod deletion cost before a scale-down: the idlest pods, named by the worker reports.
         ("PATCH", f"/api/v1/namespaces/{ns}/pods/shop-default-abc12"),
         # The broker URL Secret, by name.
@@ -354,6 +361,7 @@ def test_recorded_calls_of_a_pool_lifecycle_are_allowed_and_use_every_grant(
     api.request("DELETE", f"{pools}/shop")
     api.request("DELETE", f"{pools}/old")
     h.wait_for(lambda: not kube.objects("workerpool.dev/v1alpha1/workerpools", h.NS), message="deletion")
+    beat_and_flower_lifecycle(kube, api)
 
     calls = recorded(kube)
     assert check_requests(grants(chart), calls) == []
@@ -362,6 +370,44 @@ def test_recorded_calls_of_a_pool_lifecycle_are_allowed_and_use_every_grant(
     unused = granted_permissions(grants(chart, discovery=False)) - used
     assert any(is_lease(r) for r in requests), "the run took the Lease"
     assert unused == set(), f"granted but never used in a recorded run: {sorted(unused, key=str)}"
+
+
+def beat_and_flower_lifecycle(kube: KubeCluster, api: KubeApi) -> None:
+    """A pool with beat and Flower: created, its Service deleted by hand (put back), then both taken out."""
+    pools = f"/apis/workerpool.dev/v1alpha1/namespaces/{h.NS}/workerpools"
+    manifest = h.pool_manifest("cron", queues=[{"name": "periodic"}])
+    manifest["spec"]["beat"] = {}
+    manifest["spec"]["flower"] = {"auth": {"basicFrom": {"secretKeyRef": {"name": "flower", "key": "users"}}}}
+    api.request("POST", pools, body=manifest)
+    h.wait_for(lambda: "cron-flower" in kube.objects("v1/services", h.NS), message="Flower's Service")
+    h.wait_for(lambda: h.condition(kube, "cron", "BeatReady"), message="a BeatReady condition")
+    api.request("DELETE", f"/api/v1/namespaces/{h.NS}/services/cron-flower")
+    h.wait_for(lambda: h.events(kube, "ServiceRestored"), message="the Service put back")
+    edit = {"spec": {"beat": None, "flower": None}}
+    api.request("PATCH", f"{pools}/cron", body=edit, content_type="application/merge-patch+json")
+    h.wait_for(lambda: not kube.objects("v1/services", h.NS), message="Flower's Service deleted")
+    h.wait_for(lambda: set(h.deployments(kube)) == {"cron-periodic"}, message="beat's and Flower's Deployments deleted")
+    api.request("DELETE", f"{pools}/cron")
+
+
+def test_recorded_calls_of_beat_and_flower_are_allowed_and_use_every_service_grant(
+    chart: helm_python.Chart, operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    """Beat's and Flower's workloads within the rules; every grant on Services is used by a call really made
+    (the whole chart's grants are checked by the lifecycle test above, which runs this pool too)."""
+    kube = operator.cluster
+    api = scene_api(kube)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}}
+    secret["data"] = {"url": base64.b64encode(redis_server.url.encode()).decode()}
+    api.request("POST", f"/api/v1/namespaces/{h.NS}/secrets", body=secret)
+    beat_and_flower_lifecycle(kube, api)
+    calls = recorded(kube)
+    assert check_requests(grants(chart, {"peering": {"enabled": False}}), calls) == []
+    used = {(r.verb, r.group_resource, None) for r in (parse_request(m, u) for m, u in calls) if r.is_resource}
+    granted = granted_permissions(grants(chart, {"peering": {"enabled": False}}, discovery=False))
+    services = {g for g in granted if g[1] == "core/services"}
+    assert services and services - used == set()
+    assert {("patch", "apps/deployments", None), ("delete", "apps/deployments", None)} <= used
 
 
 def _run_operator(chart_args: list[str], monkeypatch: pytest.MonkeyPatch) -> KopfRunner:

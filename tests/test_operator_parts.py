@@ -152,6 +152,9 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
         key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, made.queue_names, None
         broker_label = made.broker.redacted_url
 
+        beat_deployment: str | None = None
+        beat_duplicates: tuple[str, ...] = ()
+
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
 

@@ -30,10 +30,16 @@ from workerpool_operator.brokers import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATO
 from workerpool_operator.engine import ScalingPolicy
 
 __all__ = [
+    "BeatSpec",
     "BrokerSpec",
     "CeleryPool",
     "FallbackOverride",
     "FallbackSpec",
+    "FlowerAuthSpec",
+    "FlowerServiceSpec",
+    "FlowerSpec",
+    "OAuthProvider",
+    "OAuthSpec",
     "QueueSpec",
     "ScaleUpOverride",
     "ScaleUpSpec",
@@ -86,6 +92,15 @@ MSG_QUEUE_NAME = (
 )
 MSG_RESERVED_QUEUE = "unacked, unacked_index and unacked_mutex are kombu's own Redis keys, not queue names"
 MSG_DUPLICATE_QUEUE = "duplicate queue name {name!r}: queue names must be unique"
+BEAT_DEPLOYMENT_SUFFIX = "celery-beat"  # <pool>-celery-beat: beat's Deployment
+FLOWER_DEPLOYMENT_SUFFIX = "flower"  # <pool>-flower: Flower's Deployment and Service
+MSG_QUEUE_BEAT = "a queue named celery-beat would share its Deployment name with beat: rename the queue"
+MSG_QUEUE_FLOWER = "a queue named flower would share its Deployment name with Flower: rename the queue"
+MSG_SCHEDULER = "beat.scheduler must be a Python class path, like django_celery_beat.schedulers:DatabaseScheduler"
+MSG_FLOWER_AUTH = "flower.auth needs exactly one of basicFrom or oauth"
+MSG_FLOWER_STATE_VOLUME = "flower.stateVolume only applies with flower.persistent: true"
+MSG_URL_PREFIX = "flower.urlPrefix must be path segments without leading or trailing '/', like flower or ops/flower"
+URL_PREFIX_PATTERN = "^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"
 
 
 def min_max_message(min_replicas: int, max_replicas: int) -> str:
@@ -387,17 +402,121 @@ class QueueSpec(_Model):
         return self
 
 
+# --- beat and Flower: the pool's other workloads, never scaled ---------------------------------------------
+
+Args = Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
+
+
+class BeatSpec(_Model):
+    """Celery beat for the pool's app: one Deployment, one pod at most, ever."""
+
+    scheduler: Annotated[str, Field(min_length=1, max_length=253)] | None = None  # None: the app's (shelve file)
+    schedule_volume: RawObject | None = None  # a volume source for the schedule file; None: the pod's /tmp
+    max_interval_seconds: Annotated[Int, Field(ge=1, le=300)] = 5
+    resources: ResourceRequirements | None = None  # None: template.resources
+    extra_args: Args = []
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, scheduler: str | None) -> str | None:
+        if scheduler is not None and not re.search(APP_PATTERN, scheduler):
+            raise ValueError(MSG_SCHEDULER)
+        return scheduler
+
+
+class OAuthProvider(StrEnum):
+    """Flower's OAuth2 login handlers."""
+
+    GOOGLE = "google"
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    OKTA = "okta"
+
+
+class OAuthSpec(_Model):
+    """Flower's OAuth2 login: who may sign in, and the OAuth client, whose id and secret come from Secrets."""
+
+    provider: OAuthProvider
+    allowed_emails: Annotated[str, Field(min_length=1, max_length=1024)]
+    redirect_uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    client_id_from: SecretKeyRef
+    client_secret_from: SecretKeyRef
+
+    _unwrap = field_validator("client_id_from", "client_secret_from", mode="before")(_unwrap_secret_key_ref)
+
+    @field_serializer("client_id_from", "client_secret_from")
+    def _wrap(self, ref: SecretKeyRef | None) -> dict[str, Any] | None:
+        return _wrap_secret_key_ref(ref)
+
+
+class FlowerAuthSpec(_Model):
+    """Exactly one of: HTTP basic auth (``user:password`` pairs, comma-separated, in a Secret) or OAuth2."""
+
+    basic_from: SecretKeyRef | None = None
+    oauth: OAuthSpec | None = None
+
+    _unwrap = field_validator("basic_from", mode="before")(_unwrap_secret_key_ref)
+
+    @field_serializer("basic_from")
+    def _wrap(self, ref: SecretKeyRef | None) -> dict[str, Any] | None:
+        return _wrap_secret_key_ref(ref)
+
+    @model_validator(mode="after")
+    def _check_one(self) -> Self:
+        if (self.basic_from is None) == (self.oauth is None):
+            raise ValueError(MSG_FLOWER_AUTH)
+        return self
+
+
+class FlowerServiceSpec(_Model):
+    """The Service in front of Flower; an Ingress (or a port-forward) is the user's."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: Annotated[Int, Field(ge=1, le=65535)] = 5555
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=8192)]], Field(max_length=64)] = {}
+
+
+class FlowerSpec(_Model):
+    """Flower for the pool's app and broker: one Deployment and a Service."""
+
+    auth: FlowerAuthSpec
+    task_events: Bool = False
+    purge_offline_workers_seconds: Annotated[Int, Field(ge=0, le=86400)] = 600
+    persistent: Bool = False
+    state_volume: RawObject | None = None
+    url_prefix: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    resources: ResourceRequirements | None = None  # None: template.resources
+    service: FlowerServiceSpec = FlowerServiceSpec()
+    env: Annotated[list[RawObject], Field(max_length=32)] = []
+    extra_args: Args = []
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _check_url_prefix(cls, prefix: str | None) -> str | None:
+        if prefix is not None and not re.search(URL_PREFIX_PATTERN, prefix):
+            raise ValueError(MSG_URL_PREFIX)
+        return prefix
+
+    @model_validator(mode="after")
+    def _check_state_volume(self) -> Self:
+        if self.state_volume is not None and not self.persistent:
+            raise ValueError(MSG_FLOWER_STATE_VOLUME)
+        return self
+
+
 # --- the whole spec and the resource ------------------------------------------------------------------------
 
 
 class WorkerPoolSpec(_Model):
-    """What the user wants: a broker, an app, a pod template, queues and how they scale."""
+    """What the user wants: a broker, an app, a pod template, queues and how they scale; beat and Flower."""
 
     broker: BrokerSpec
     app: Annotated[str, Field(min_length=1, max_length=253)]
     template: TemplateSpec
     queues: Annotated[list[QueueSpec], Field(min_length=1, max_length=MAX_QUEUES)]
     scaling: ScalingSpec = ScalingSpec()
+    beat: BeatSpec | None = None
+    flower: FlowerSpec | None = None
 
     @field_validator("app")
     @classmethod
@@ -415,6 +534,10 @@ class WorkerPoolSpec(_Model):
             seen.add(queue.name)
             if self.broker.separator in queue.name:
                 raise ValueError(MSG_SEPARATOR)
+        if self.beat is not None and BEAT_DEPLOYMENT_SUFFIX in seen:
+            raise ValueError(MSG_QUEUE_BEAT)
+        if self.flower is not None and FLOWER_DEPLOYMENT_SUFFIX in seen:
+            raise ValueError(MSG_QUEUE_FLOWER)
         return self
 
     def queue(self, name: str) -> QueueSpec:

@@ -1,13 +1,15 @@
 """How a worker is configured: the environment and arguments of ``workerpool-worker`` for one queue of a
-WorkerPool. Pure. Shared by the Kubernetes Deployments (``kube/render.py``) and the local runtime
-(``local/runtime.py``), so a local worker runs exactly as a pod would.
+WorkerPool, and for the pool's beat and Flower. Pure. Shared by the Kubernetes Deployments (``kube/render.py``,
+``kube/components.py``) and the local runtime (``local/runtime.py``), so a local process runs exactly as a pod
+would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workerpool_operator.spec import QueueSpec, WorkerPool
+from workerpool_operator.spec import BeatSpec, FlowerSpec, QueueSpec, SecretKeyRef, WorkerPool
 
 STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR)
 BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
@@ -18,6 +20,22 @@ BROKER_CA_FILE = f"{BROKER_CA_DIR}/{BROKER_CA_NAME}"
 BROKER_CA_ENV = "WORKERPOOL_BROKER_CA_FILE"
 WORKER_NAME_ENV = "WORKERPOOL_WORKER_NAME"
 STATE_DIR_ENV = "WORKERPOOL_STATE_DIR"
+TASK_EVENTS_ENV = "WORKERPOOL_TASK_EVENTS"
+# Beat's schedule file (the default shelve scheduler's): on spec.beat.scheduleVolume, else in the pod's /tmp.
+BEAT_SCHEDULE_DIR = "/var/lib/celery-beat"
+BEAT_SCHEDULE_FILE_ENV = "WORKERPOOL_BEAT_SCHEDULE_FILE"
+BEAT_SCHEDULE_NAME = "celerybeat-schedule"
+# Flower's state file with spec.flower.persistent: on spec.flower.stateVolume, else in the pod's /tmp.
+FLOWER_STATE_DIR = "/var/lib/flower"
+FLOWER_DB_NAME = "flower.db"
+FLOWER_PORT = 5555
+FLOWER_STATE_SAVE_INTERVAL_MS = 60_000  # besides the save at shutdown, so a killed pod loses a minute at most
+FLOWER_AUTH_PROVIDERS = {
+    "google": "flower.views.auth.GoogleAuth2LoginHandler",
+    "github": "flower.views.auth.GithubLoginHandler",
+    "gitlab": "flower.views.auth.GitLabLoginHandler",
+    "okta": "flower.views.auth.OktaLoginHandler",
+}
 
 
 def soft_shutdown_timeout(pool: WorkerPool) -> int:
@@ -39,22 +57,121 @@ def worker_environment(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any
     if queue.max_tasks_per_child is not None:
         env.append({"name": "WORKERPOOL_MAX_TASKS_PER_CHILD", "value": str(queue.max_tasks_per_child)})
     env.append({"name": "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT", "value": str(soft_shutdown_timeout(pool))})
-    env.append({"name": WORKER_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
-    env.append({"name": STATE_DIR_ENV, "value": STATE_DIR})
+    if pool.spec.flower is not None and pool.spec.flower.task_events:
+        env.append({"name": TASK_EVENTS_ENV, "value": "1"})
+    env += _identity_and_broker(pool)
+    return _with_user_env(env, pool.spec.template.env)
+
+
+def _identity_and_broker(pool: WorkerPool) -> list[dict[str, Any]]:
+    """What every process of the pool gets: its name (the pod's), its state directory and the broker."""
+    env: list[dict[str, Any]] = [
+        {"name": WORKER_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": STATE_DIR_ENV, "value": STATE_DIR},
+    ]
     broker = pool.spec.broker
     if broker.url_from is not None:
-        ref = {"name": broker.url_from.name, "key": broker.url_from.key}
-        env.append({"name": BROKER_URL_ENV, "valueFrom": {"secretKeyRef": ref}})
+        env.append({"name": BROKER_URL_ENV, "valueFrom": {"secretKeyRef": _ref(broker.url_from)}})
     elif broker.url is not None:
         env.append({"name": BROKER_URL_ENV, "value": broker.url})
     if broker.ca_from is not None:
         env.append({"name": BROKER_CA_ENV, "value": BROKER_CA_FILE})
-    user = [dict(e) for e in pool.spec.template.env]
-    overridden = {e.get("name") for e in user}
-    return [e for e in env if e["name"] not in overridden] + user
+    return env
+
+
+def _ref(ref: SecretKeyRef) -> dict[str, str]:
+    return {"name": ref.name, "key": ref.key}
+
+
+def _with_user_env(env: list[dict[str, Any]], *user_lists: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``env`` followed by the user's lists, a later entry replacing an earlier one of the same name."""
+    for user in user_lists:
+        entries = [dict(e) for e in user]
+        overridden = {e.get("name") for e in entries}
+        env = [e for e in env if e.get("name") not in overridden] + entries
+    return env
 
 
 def worker_args(pool: WorkerPool) -> list[str]:
     """The container arguments: ``template.extraArgs`` for Celery, after ``--``."""
     extra = pool.spec.template.extra_args
     return ["--", *extra] if extra else []
+
+
+# --- beat and Flower ---------------------------------------------------------------------------------------
+
+
+def beat_schedule_file(beat: BeatSpec) -> str:
+    """Where the default scheduler keeps its schedule: on the schedule volume, else in the pod's /tmp (kept
+    across container restarts, lost with the pod)."""
+    directory = BEAT_SCHEDULE_DIR if beat.schedule_volume is not None else "/tmp"
+    return f"{directory}/{BEAT_SCHEDULE_NAME}"
+
+
+def beat_environment(pool: WorkerPool, beat: BeatSpec) -> list[dict[str, Any]]:
+    """``workerpool-worker beat``'s settings; ``template.env`` (the app's own settings) can override them."""
+    env: list[dict[str, Any]] = [
+        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
+        {"name": "WORKERPOOL_BEAT_MAX_INTERVAL", "value": str(beat.max_interval_seconds)},
+        {"name": BEAT_SCHEDULE_FILE_ENV, "value": beat_schedule_file(beat)},
+    ]
+    if beat.scheduler is not None:
+        env.append({"name": "WORKERPOOL_BEAT_SCHEDULER", "value": beat.scheduler})
+    env += _identity_and_broker(pool)
+    return _with_user_env(env, pool.spec.template.env)
+
+
+def beat_args(beat: BeatSpec) -> list[str]:
+    """The container arguments: the ``beat`` mode, then ``beat.extraArgs`` for ``celery beat``."""
+    return ["beat", "--", *beat.extra_args] if beat.extra_args else ["beat"]
+
+
+def flower_db_file(flower: FlowerSpec) -> str:
+    directory = FLOWER_STATE_DIR if flower.state_volume is not None else "/tmp"
+    return f"{directory}/{FLOWER_DB_NAME}"
+
+
+def flower_environment(pool: WorkerPool, flower: FlowerSpec) -> list[dict[str, Any]]:
+    """``workerpool-worker flower``'s settings: Flower reads its own options from ``FLOWER_*`` variables. Secrets
+    stay in Secrets (``valueFrom``). ``template.env`` and then ``flower.env`` can override any of them."""
+    env: list[dict[str, Any]] = [
+        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
+        {"name": "FLOWER_PORT", "value": str(FLOWER_PORT)},
+        # Never switch task events on for every worker of the broker (Flower's default): only the pool's own
+        # workers send them, and only with flower.taskEvents (see worker_environment).
+        {"name": "FLOWER_ENABLE_EVENTS", "value": "false"},
+    ]
+    auth = flower.auth
+    if auth.basic_from is not None:
+        env.append({"name": "FLOWER_BASIC_AUTH", "valueFrom": {"secretKeyRef": _ref(auth.basic_from)}})
+    elif auth.oauth is not None:
+        oauth = auth.oauth
+        env += [
+            {"name": "FLOWER_AUTH_PROVIDER", "value": FLOWER_AUTH_PROVIDERS[oauth.provider.value]},
+            {"name": "FLOWER_AUTH", "value": oauth.allowed_emails},
+            {"name": "FLOWER_OAUTH2_REDIRECT_URI", "value": oauth.redirect_uri},
+            {"name": "FLOWER_OAUTH2_KEY", "valueFrom": {"secretKeyRef": _ref(oauth.client_id_from)}},
+            {"name": "FLOWER_OAUTH2_SECRET", "valueFrom": {"secretKeyRef": _ref(oauth.client_secret_from)}},
+        ]
+    if flower.purge_offline_workers_seconds:
+        env.append({"name": "FLOWER_PURGE_OFFLINE_WORKERS", "value": str(flower.purge_offline_workers_seconds)})
+    if flower.persistent:
+        env += [
+            {"name": "FLOWER_PERSISTENT", "value": "true"},
+            {"name": "FLOWER_DB", "value": flower_db_file(flower)},
+            {"name": "FLOWER_STATE_SAVE_INTERVAL", "value": str(FLOWER_STATE_SAVE_INTERVAL_MS)},
+        ]
+    if flower.url_prefix is not None:
+        env.append({"name": "FLOWER_URL_PREFIX", "value": flower.url_prefix})
+    env += _identity_and_broker(pool)
+    return _with_user_env(env, pool.spec.template.env, flower.env)
+
+
+def flower_args(flower: FlowerSpec) -> list[str]:
+    """The container arguments: the ``flower`` mode, then ``flower.extraArgs`` for Flower."""
+    return ["flower", "--", *flower.extra_args] if flower.extra_args else ["flower"]
+
+
+def flower_path(flower: FlowerSpec, path: str) -> str:
+    """A path of Flower's web server, under ``flower.urlPrefix``."""
+    return f"/{flower.url_prefix}{path}" if flower.url_prefix else path

@@ -64,9 +64,14 @@ or by one Role per watched namespace. Each rule lists exactly the verbs the oper
 - apiGroups: ["workerpool.dev"]
   resources: ["workerpools/status"]
   verbs: ["patch"]
-# The per-queue Deployments the operator renders, owns and scales.
+# The per-queue Deployments the operator renders, owns and scales; beat's and Flower's (never scaled).
 - apiGroups: ["apps"]
   resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Flower's Service (spec.flower): rendered, owned and watched (put back when edited or deleted by hand) like the
+# Deployments.
+- apiGroups: [""]
+  resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Worker pods: annotated by name (from the worker reports) with pod-deletion-cost before a scale-down.
 - apiGroups: [""]

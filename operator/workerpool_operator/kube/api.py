@@ -97,6 +97,16 @@ def deployment_path(namespace: str, name: str = "") -> str:
     return f"{base}/{_q(name)}" if name else base
 
 
+def service_path(namespace: str, name: str = "") -> str:
+    base = f"/api/v1/namespaces/{_q(namespace)}/services"
+    return f"{base}/{_q(name)}" if name else base
+
+
+def object_path(kind: str, namespace: str, name: str = "") -> str:
+    """The path of a Deployment or a Service (the kinds of workload the operator renders)."""
+    return service_path(namespace, name) if kind == "Service" else deployment_path(namespace, name)
+
+
 def pool_path(namespace: str, name: str) -> str:
     return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{_q(namespace)}/{PLURAL}/{_q(name)}"
 
@@ -165,7 +175,7 @@ class KubeApi:
         patched: dict[str, Any] = self.request("PATCH", path, body=dict(body), content_type=MERGE_PATCH)
         return patched
 
-    # --- Secrets and Deployments -------------------------------------------------------------------------
+    # --- Secrets, Deployments and Services -------------------------------------------------------------------------
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """A Secret's decoded data, or ``None`` when it does not exist."""
@@ -185,29 +195,43 @@ class KubeApi:
 
     def apply_deployment(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Create the Deployment, or merge-patch it to the manifest. Returns the object as stored."""
-        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        return self.apply_object({**manifest, "kind": "Deployment"})
+
+    def apply_object(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the Deployment or Service (its ``kind``), or merge-patch it to the manifest; the object as stored."""
+        kind, namespace, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            return self.merge_patch(deployment_path(namespace, name), manifest)
+            return self.merge_patch(object_path(kind, namespace, name), manifest)
         except ApiError as exc:
             if exc.status != 404:
                 raise
         try:
-            created: dict[str, Any] = self.request("POST", deployment_path(namespace), body=dict(manifest))
+            created: dict[str, Any] = self.request("POST", object_path(kind, namespace), body=dict(manifest))
             return created
         except ApiError as exc:
             if exc.status != 409:  # created meanwhile (by our own drift repair): patch it
                 raise
-        return self.merge_patch(deployment_path(namespace, name), manifest)
+        return self.merge_patch(object_path(kind, namespace, name), manifest)
+
+    def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(object_path(kind, namespace, name))
+
+    def list_services(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        items = self.request("GET", service_path(namespace), query=[("labelSelector", label_selector)])
+        return [item for item in items.get("items") or () if isinstance(item, dict)]
+
+    def delete_object(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            self.request("DELETE", object_path(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         return self.merge_patch(deployment_path(namespace, name), {"spec": {"replicas": replicas}})
 
     def delete_deployment(self, namespace: str, name: str) -> None:
-        try:
-            self.request("DELETE", deployment_path(namespace, name))
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        self.delete_object("Deployment", namespace, name)
 
     def set_deletion_cost(self, namespace: str, pod: str, cost: int | None) -> bool:
         """Mark a pod for the ReplicaSet (``None`` removes the mark); ``False`` when the pod is gone already."""

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 READY = "Ready"
 BROKER_REACHABLE = "BrokerReachable"
+BEAT_READY = "BeatReady"  # only with spec.beat
 
 # Reasons (CamelCase, as the API conventions want).
 REASON_SCALING = "Scaling"  # Ready=True: workloads applied, broker observed
@@ -23,6 +24,9 @@ REASON_INVALID_BROKER_URL = "InvalidBrokerURL"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_REDIS_UNREACHABLE = "RedisUnreachable"
 REASON_APPLY_FAILED = "WorkloadApplyFailed"
+REASON_BEAT_RUNNING = "BeatRunning"
+REASON_BEAT_NOT_READY = "BeatNotReady"
+REASON_DUPLICATE_BEAT = "DuplicateBeat"
 
 # Problems that stop a pool from being served at all (no broker to observe).
 CONFIG_REASONS = frozenset(
@@ -93,6 +97,26 @@ def conditions_for_problem(problem: Problem | None, *, broker_error: str | None,
     if problem is not None and problem.reason in CONFIG_REASONS:
         return pool_conditions(config_problem=problem, broker_error=broker_error, observed=observed)
     return pool_conditions(config_problem=None, broker_error=broker_error, observed=observed, apply_problem=problem)
+
+
+def beat_condition(deployment: str, ready: int | None, duplicates: Sequence[str] = ()) -> Condition:
+    """``BeatReady``: the beat pod is ready, and no other pool of the namespace runs beat for the same app on the
+    same broker. The operator cannot load the app, so a beat that fails (exit code 5: nothing to schedule) shows
+    here as a pod that does not become ready, with where to look."""
+    if duplicates:
+        others = ", ".join(sorted(duplicates))
+        message = (
+            f"WorkerPool {others} in this namespace also runs beat for this app on the same broker: one beat runs at "
+            "a time (the others wait for its lock), so keep spec.beat in one pool only"
+        )
+        return Condition(BEAT_READY, "False", REASON_DUPLICATE_BEAT, message)
+    if ready:
+        return Condition(BEAT_READY, "True", REASON_BEAT_RUNNING, f"the beat pod of Deployment {deployment} is ready")
+    message = (
+        f"the beat pod of Deployment {deployment} is not ready: starting, waiting for another beat's lock, or "
+        f"failing (kubectl logs deploy/{deployment}; exit code 5: the app has no beat_schedule and no scheduler)"
+    )
+    return Condition(BEAT_READY, "False", REASON_BEAT_NOT_READY, message)
 
 
 def merge_conditions(

@@ -1,8 +1,10 @@
-"""Drift repair: a Deployment the operator owns was edited or deleted by hand; put back what the plan says.
+"""Drift repair: a Deployment or Service the operator owns was edited or deleted by hand; put back what the plan
+says.
 
 Every replica feeds the Deployment watch into the backend's replica cache; only the replica that may write
-repairs. A manual edit of a field the manifest sets is reverted; fields the manifest does not set (and the
-replica count, which is the scaler's) are left alone. A deleted Deployment is recreated with the replicas it had.
+repairs. A manual edit of a field the manifest sets is reverted; fields the manifest does not set (and a queue's
+replica count, which is the scaler's) are left alone. A deleted queue Deployment is recreated with the replicas it
+had; a component (beat, Flower, its Service) as rendered, so beat scaled to 2 by hand goes back to 1.
 """
 
 from __future__ import annotations
@@ -58,31 +60,54 @@ class DriftRepair:
         if not deleted and before and before.version and version and version < before.version:
             return  # an old event: we already know a newer version of this Deployment
         self._backend.observe_deployment(obj, deleted=deleted)
+        await self._repair("Deployment", deleted, obj, before.replicas if before is not None else None)
+
+    async def service_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        await self._repair("Service", event_type == "DELETED", obj, None)
+
+    async def _repair(self, kind: str, deleted: bool, obj: Mapping[str, Any], replicas_before: int | None) -> None:
         if not self._may_write():
             return
+        meta = obj.get("metadata") or {}
         plan = self._plan_of((str(meta.get("namespace")), str((meta.get("labels") or {}).get(POOL_LABEL))))
         if plan is None:
             return
-        manifest = next((m for m in plan.deployments.values() if m["metadata"]["name"] == meta.get("name")), None)
-        if manifest is None:
+        found = _manifest_named(plan, kind, str(meta.get("name")))
+        if found is None:
             return
-        queue = manifest["metadata"]["annotations"][QUEUE_ANNOTATION]
+        what, manifest = found
         if deleted:
             if not await self._pool_still_there(plan):
-                return  # the pool is going: its Deployments go with it
-            replicas = before.replicas if before is not None else plan.bounds(queue)[0]
-            await self._restore(plan, {**manifest, "spec": {**manifest["spec"], "replicas": replicas}}, "deleted")
+                return  # the pool is going: its objects go with it
+            queue = manifest["metadata"]["annotations"].get(QUEUE_ANNOTATION)
+            if queue is not None:  # the scaler's count, as it was
+                replicas = replicas_before if replicas_before is not None else plan.bounds(queue)[0]
+                manifest = {**manifest, "spec": {**manifest["spec"], "replicas": replicas}}
+            await self._restore(plan, what, manifest, "deleted")
         elif not contains(obj, manifest):
-            await self._restore(plan, manifest, "edited")
+            await self._restore(plan, what, manifest, "edited")
 
-    async def _restore(self, plan: PoolPlan, body: Mapping[str, Any], how: str) -> None:
-        restored = await asyncio.to_thread(self._api.apply_deployment, body)
-        self._backend.observe_deployment(restored)
-        queue = body["metadata"]["annotations"][QUEUE_ANNOTATION]
-        what = "Deployment deleted by hand, recreated" if how == "deleted" else "manual edit reverted"
-        await self._events(plan.key, plan.uid, "Warning", "DeploymentRestored", f"queue {queue}: {what}")
+    async def _restore(self, plan: PoolPlan, what: str, body: Mapping[str, Any], how: str) -> None:
+        restored = await asyncio.to_thread(self._api.apply_object, body)
+        if body["kind"] == "Deployment":
+            self._backend.observe_deployment(restored)
+        kind = body["kind"]
+        message = f"{kind} deleted by hand, recreated" if how == "deleted" else "manual edit reverted"
+        await self._events(plan.key, plan.uid, "Warning", f"{kind}Restored", f"{what}: {message}")
 
     async def _pool_still_there(self, plan: PoolPlan) -> bool:
         live = await asyncio.to_thread(self._api.get_pool, *plan.key)
         meta = (live or {}).get("metadata") or {}
         return bool(live is not None and meta.get("uid") == plan.uid and not meta.get("deletionTimestamp"))
+
+
+def _manifest_named(plan: PoolPlan, kind: str, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The plan's manifest of ``kind`` and ``name``, with what it is for a person (``queue mail``, ``beat``)."""
+    if kind == "Deployment":
+        for queue, manifest in plan.deployments.items():
+            if manifest["metadata"]["name"] == name:
+                return f"queue {queue}", manifest
+    for key, manifest in plan.components.items():
+        if manifest["kind"] == kind and manifest["metadata"]["name"] == name:
+            return key, manifest
+    return None

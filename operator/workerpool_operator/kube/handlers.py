@@ -121,3 +121,9 @@ async def pool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Keep the replica cache current, and put back a Deployment edited or deleted by hand."""
     await memo.drift.deployment_changed(str(event.get("type")), event["object"])
+
+
+@kopf.on.event("v1", "services", labels={POOL_LABEL: kopf.PRESENT})
+async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Put back Flower's Service when it is edited or deleted by hand."""
+    await memo.drift.service_changed(str(event.get("type")), event["object"])

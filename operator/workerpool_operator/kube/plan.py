@@ -1,19 +1,21 @@
 """Reconcile, step one: what a WorkerPool asks for, in one pass over its spec. Pure: no I/O, no clock.
 
 ``plan(obj, secrets)`` turns a WorkerPool object and the Secrets it names (read beforehand, see
-:func:`secrets_named`) into a :class:`PoolPlan`: the broker to observe, the Deployment of every queue, and how
-each queue is scaled. Everything a user can get wrong here is a :class:`PlanError` carrying the condition
-reason and message to show; applying the plan (``reconcile.py``) only does I/O.
+:func:`secrets_named`) into a :class:`PoolPlan`: the broker to observe, the Deployment of every queue, how
+each queue is scaled, and the workloads that are not scaled (beat, Flower and its Service). Everything a user
+can get wrong here is a :class:`PlanError` carrying the condition reason and message to show; applying the plan
+(``reconcile.py``) only does I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube.components import render_components
 from workerpool_operator.kube.render import POOL_LABEL, render_deployments
 from workerpool_operator.scaling_loop import PoolKey, QueuePlan
 from workerpool_operator.spec import SecretKeyRef, SpecError, WorkerPool
@@ -41,6 +43,26 @@ class PoolPlan:
     deployments: Mapping[str, dict[str, Any]]  # queue -> Deployment manifest (without spec.replicas)
     queues: Mapping[str, QueuePlan]  # queue -> policy and poll interval, in spec order
     uses_secrets: bool  # the broker URL or CA come from Secrets (re-read now and then)
+    components: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # beat, flower, flower-service
+    beat_app: str | None = None  # the app beat runs for (None: no beat)
+
+    @property
+    def beat_identity(self) -> tuple[str, str, str | None, str] | None:
+        """What two beats must not share: the app, and the broker (URL, sentinel master, key prefix)."""
+        if self.beat_app is None:
+            return None
+        return (self.beat_app, self.broker.url, self.broker.sentinel_master, self.broker.global_keyprefix)
+
+    def component_name(self, key: str) -> str | None:
+        manifest = self.components.get(key)
+        return None if manifest is None else str(manifest["metadata"]["name"])
+
+    def owned_names(self, kind: str) -> set[str]:
+        """The names of every object of ``kind`` the plan has (queue Deployments and components)."""
+        names = {m["metadata"]["name"] for m in self.components.values() if m["kind"] == kind}
+        if kind == "Deployment":
+            names |= set(self.deployment_names.values())
+        return names
 
     @property
     def queue_names(self) -> list[str]:
@@ -92,6 +114,8 @@ def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
         deployments=render_deployments(pool, uid=uid),
         queues={q.name: QueuePlan(spec.policy_for(q.name), spec.poll_interval_for(q.name)) for q in spec.queues},
         uses_secrets=broker.url_from is not None or broker.ca_from is not None,
+        components=render_components(pool, uid=uid),
+        beat_app=spec.app if spec.beat is not None else None,
     )
 
 
@@ -109,8 +133,14 @@ def _secret_text(namespace: str, ref: SecretKeyRef, secrets: Mapping[str, Secret
 
 
 def removed_deployments(owned: Collection[Mapping[str, Any]], plan: PoolPlan) -> list[Mapping[str, Any]]:
-    """The Deployments labelled as the pool's that the plan no longer has (a queue taken out of the spec)."""
-    keep = set(plan.deployment_names.values())
+    """The Deployments labelled as the pool's that the plan no longer has (a queue taken out of the spec, beat
+    or Flower turned off)."""
+    return removed_objects(owned, plan, "Deployment")
+
+
+def removed_objects(owned: Collection[Mapping[str, Any]], plan: PoolPlan, kind: str) -> list[Mapping[str, Any]]:
+    """The objects of ``kind`` labelled as the pool's that the plan no longer has."""
+    keep = plan.owned_names(kind)
     return [
         d
         for d in owned

@@ -20,6 +20,8 @@ from typing import Any
 
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.api import KubeApi, int_or_none
+from workerpool_operator.kube.beats import duplicate_beats
+from workerpool_operator.kube.components import BEAT
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.plan import PlanError, PoolPlan, parse, plan, secrets_named
 from workerpool_operator.kube.reconcile import ApplyError, Reconciler
@@ -43,6 +45,7 @@ class PoolRecord:
     retry_at: float | None = None  # when to plan (and apply) it again
     secrets_read_at: float = 0.0
     planned_generation: int | None = None  # the generation last planned, whether that worked or not
+    beat_duplicates: tuple[str, ...] = ()  # other pools of the namespace running beat for the same app and broker
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -66,6 +69,10 @@ class PoolRecord:
 
     def bounds(self, queue: str) -> tuple[int, int] | None:
         return self.plan.bounds(queue) if self.plan is not None and queue in self.plan.queues else None
+
+    @property
+    def beat_deployment(self) -> str | None:
+        return self.plan.component_name(BEAT) if self.plan is not None else None
 
 
 class PoolService:
@@ -96,6 +103,7 @@ class PoolService:
         key: PoolKey = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
             self.forget(key)
+            await self.check_beats(key[0])
             return
         record = self.records.get(key)
         if record is None or record.uid != meta.get("uid"):
@@ -109,6 +117,7 @@ class PoolService:
         if record.planned_generation == record.generation:
             return  # nothing a plan depends on changed (a status update); Secrets are the retry loop's
         await self.refresh(record, apply=True)
+        await self.check_beats(key[0])
 
     def plan_of(self, key: PoolKey) -> PoolPlan | None:
         """The plan a served pool is scaled by (for drift repair)."""
@@ -120,6 +129,22 @@ class PoolService:
         self._loop.unregister(key)
         record = self.records.pop(key, None)
         self._reporter.forget_pool(key, record.queue_names if record else ())
+
+    async def check_beats(self, namespace: str) -> None:
+        """Flag the pools of ``namespace`` that run beat for the same app on the same broker (status, and a Warning
+        Event when that starts), and clear the flag of those that no longer do."""
+        records = {key: r for key, r in self.records.items() if key[0] == namespace}
+        found = duplicate_beats({key: r.plan.beat_identity if r.plan else None for key, r in records.items()})
+        for key, others in found.items():
+            record = records[key]
+            if others == record.beat_duplicates:
+                continue
+            record.beat_duplicates = others
+            if self._may_write():
+                if others:
+                    message = f"WorkerPool {', '.join(others)} also runs beat for this app on this broker"
+                    await self._events(key, record.uid, "Warning", cond.REASON_DUPLICATE_BEAT, message)
+                await self._reporter.write(record)
 
     # --- planning and applying -------------------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND
-from workerpool_operator.spec import QueueSpec, WorkerPool
+from workerpool_operator.spec import QueueSpec, ResourceRequirements, WorkerPool
 from workerpool_operator.worker_env import (
     BROKER_CA_DIR,
     BROKER_CA_NAME,
@@ -105,15 +105,32 @@ def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str,
 
 
 def _pod_spec(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
+    return pod_spec(pool, _container(pool, queue))
+
+
+def pod_spec(
+    pool: WorkerPool,
+    container: dict[str, Any],
+    *,
+    volumes: Sequence[Mapping[str, Any]] = (),
+    grace: int | None = None,
+    fs_group: int | None = None,
+) -> dict[str, Any]:
+    """The pod of any of the pool's workloads: ``container``, the template's placement and volumes, the restricted
+    security context. ``fs_group`` makes mounted volumes writable by the image's group."""
     template = pool.spec.template
+    security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if fs_group is not None:
+        security |= {"fsGroup": fs_group, "fsGroupChangePolicy": "OnRootMismatch"}
     spec: dict[str, Any] = {
-        "terminationGracePeriodSeconds": template.termination_grace_period_seconds,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [_container(pool, queue)],
+        "terminationGracePeriodSeconds": template.termination_grace_period_seconds if grace is None else grace,
+        "securityContext": security,
+        "containers": [container],
         "volumes": [
             {"name": STATE_VOLUME, "emptyDir": {}},
             *_broker_ca_volumes(pool),
             *[dict(v) for v in template.volumes],
+            *[dict(v) for v in volumes],
         ],
     }
     if template.service_account_name:
@@ -136,11 +153,32 @@ def _pod_spec(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
 
 
 def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
+    return container(
+        pool,
+        name=CONTAINER_NAME,
+        env=worker_environment(pool, queue),
+        args=worker_args(pool),
+        resources=queue.resources or pool.spec.template.resources,
+        probes=standard_probes(probe),
+    )
+
+
+def container(
+    pool: WorkerPool,
+    *,
+    name: str,
+    env: list[dict[str, Any]],
+    args: list[str],
+    resources: ResourceRequirements,
+    probes: Mapping[str, Any],
+    mounts: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """A container of the template's image, with the restricted security context and the pool's mounts."""
     template = pool.spec.template
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
+    rendered: dict[str, Any] = {
+        "name": name,
         "image": template.image,
-        "env": worker_environment(pool, queue),
+        "env": env,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -151,30 +189,38 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
             {"name": STATE_VOLUME, "mountPath": TMP_DIR},
             *_broker_ca_mounts(pool),
             *[dict(m) for m in template.volume_mounts],
+            *[dict(m) for m in mounts],
         ],
-        "startupProbe": _probe("ready", period=2, failures=150),  # up to 5 minutes to import the app
-        "readinessProbe": _probe("ready", period=10, failures=3),
-        "livenessProbe": _probe("alive", period=30, failures=3),
+        **probes,
     }
     # No command by default: the image's entrypoint runs (the worker image's is tini, then workerpool-worker,
     # configured by the WORKERPOOL_* variables above), so tini stays PID 1 and reaps zombies.
     if template.command:
-        container["command"] = list(template.command)
-    args = worker_args(pool)
+        rendered["command"] = list(template.command)
     if args:
-        container["args"] = args
+        rendered["args"] = args
     if template.image_pull_policy:
-        container["imagePullPolicy"] = template.image_pull_policy
+        rendered["imagePullPolicy"] = template.image_pull_policy
     if template.env_from:
-        container["envFrom"] = [dict(e) for e in template.env_from]
-    resources = queue.resources or template.resources
-    rendered = resources.model_dump(exclude_defaults=True)
-    if rendered:
-        container["resources"] = rendered
-    return container
+        rendered["envFrom"] = [dict(e) for e in template.env_from]
+    limits = resources.model_dump(exclude_defaults=True)
+    if limits:
+        rendered["resources"] = limits
+    return rendered
 
 
-def _probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:
+def standard_probes(make: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Startup (every 2 s, up to 5 minutes: importing the app), readiness (every 10 s) and liveness (every 30 s,
+    3 failures), each made by ``make(kind, period=, failures=)``."""
+    return {
+        "startupProbe": make("ready", period=2, failures=150),
+        "readinessProbe": make("ready", period=10, failures=3),
+        "livenessProbe": make("alive", period=30, failures=3),
+    }
+
+
+def probe(kind: str, *, period: int, failures: int) -> dict[str, Any]:
+    """``workerpool-worker check <kind>``: a file stat, no broker call."""
     return {
         "exec": {"command": [*WORKER_COMMAND, "check", kind]},
         "periodSeconds": period,

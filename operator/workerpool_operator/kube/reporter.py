@@ -52,6 +52,11 @@ class PoolFacts(Protocol):
     def bounds(self, queue: str) -> tuple[int, int] | None:
         """The queue's min and max replicas, if the pool has a plan."""
 
+    @property
+    def beat_deployment(self) -> str | None: ...
+    @property
+    def beat_duplicates(self) -> tuple[str, ...]: ...
+
 
 @dataclass
 class _Written:
@@ -138,6 +143,17 @@ class StatusReporter:
             await self._record(pool, queue, figures[queue.queue], result)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
 
+    def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
+        """The beat Deployment as the watch last saw it (replica counts ``None`` until it has been seen)."""
+        if pool.beat_deployment is None:
+            return None
+        cached = self._backend.cached(pool.key[0], pool.beat_deployment)
+        return {
+            "deployment": pool.beat_deployment,
+            "replicas": None if cached is None else cached.replicas,
+            "readyReplicas": None if cached is None else cached.ready,
+        }
+
     def _ready(self, pool: PoolKey, queue: str) -> int | None:
         deployment = self._backend.deployment_name(pool, queue)
         cached = self._backend.cached(pool[0], deployment) if deployment else None
@@ -221,6 +237,9 @@ class StatusReporter:
             ready = any(c.type == cond.READY and c.status == "True" for c in conditions)
             broker_up = written.broker_error is None if written.observed and pool.problem is None else None
             metrics.record_pool(*pool.key, broker_up=broker_up, ready=ready)
+            beat = self._beat(pool)
+            if beat is not None:
+                conditions.append(cond.beat_condition(beat["deployment"], beat["readyReplicas"], pool.beat_duplicates))
             now = self._clock()
             new = build_status(
                 written.status,
@@ -229,6 +248,7 @@ class StatusReporter:
                 conditions=conditions,
                 figures=figures,
                 scaler_state=scaler_state,
+                beat=beat,
                 now=now,
             )
             refresh = self.figures_refresh

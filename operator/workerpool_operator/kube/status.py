@@ -88,9 +88,11 @@ def build_status(
     conditions: Sequence[Condition],
     figures: Mapping[str, QueueFigures] | None = None,
     scaler_state: Mapping[str, Mapping[str, Any]] | None = None,
+    beat: Mapping[str, Any] | None = None,
     now: float,
 ) -> dict[str, Any]:
-    """The whole status to write. Queues are listed in spec order; removed queues disappear."""
+    """The whole status to write. Queues are listed in spec order; removed queues disappear; ``beat`` (its
+    Deployment, replicas and ready replicas) only while the pool has one."""
     previous = previous or {}
     stamp = rfc3339(now)
     before = {q.get("name"): q for q in previous.get("queues") or () if isinstance(q, Mapping)}
@@ -122,6 +124,8 @@ def build_status(
         "totalReadyReplicas": sum(int(q.get("readyReplicas", 0)) for q in queues),
     }
     status["workers"] = f"{status['totalReadyReplicas']}/{status['totalReplicas']}"  # as kubectl get deploy READY
+    if beat is not None:
+        status["beat"] = {k: v for k, v in beat.items() if v is not None}
     if generation is not None:
         status["observedGeneration"] = generation
     elif "observedGeneration" in previous:

@@ -48,7 +48,7 @@ class WorkerSettings:
         }
 
 
-def _inherited_environment() -> dict[str, str]:
+def inherited_environment() -> dict[str, str]:
     """This process's environment without worker settings, so a worker runs on the YAML's settings alone."""
     return {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_") and k != "REMAP_SIGTERM"}
 
@@ -93,7 +93,7 @@ class WorkerExit:
     last_log_line: str
 
 
-def _last_line(path: Path) -> str:
+def last_log_line(path: Path) -> str:
     try:
         with path.open("rb") as log:
             log.seek(0, os.SEEK_END)
@@ -187,7 +187,7 @@ class LocalProcessBackend:
             (state_dir / stale).unlink(missing_ok=True)
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**_inherited_environment(), "PYTHONUNBUFFERED": "1"}
+        env = {**inherited_environment(), "PYTHONUNBUFFERED": "1"}
         env.update(settings.environment(self.broker_url, name, state_dir))
         log: IO[bytes]
         with log_path.open("ab") as log:
@@ -246,7 +246,7 @@ class LocalProcessBackend:
                     expected=worker.terminating,
                     was_ready=worker.name in self._ready,
                     lifetime=now - worker.started_at,
-                    last_log_line=_last_line(worker.log_path),
+                    last_log_line=last_log_line(worker.log_path),
                 )
             )
             self._ready.discard(worker.name)

@@ -22,25 +22,17 @@ from typing import Any, TextIO
 import yaml
 
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, WorkerSettings
+from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, WorkerSettings, inherited_environment
+from workerpool_operator.local.components import ComponentSettings, LocalComponents, local_env, plan_components
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
 from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
 from workerpool_operator.spec import SpecError, WorkerPool
-from workerpool_operator.worker_env import (
-    BROKER_CA_ENV,
-    BROKER_CA_FILE,
-    BROKER_URL_ENV,
-    STATE_DIR_ENV,
-    WORKER_NAME_ENV,
-    worker_args,
-    worker_environment,
-)
+from workerpool_operator.worker_env import worker_args, worker_environment
 
 logger = logging.getLogger(__name__)
 
 LOCAL_NAMESPACE = "local"
-LOCAL_SETTINGS = (WORKER_NAME_ENV, BROKER_URL_ENV, STATE_DIR_ENV)  # set per process
 START_FAILURES = 3  # workers of one queue failing before they are ready, in a row, before the runtime gives up
 
 
@@ -86,6 +78,8 @@ class LocalPool:
     queues: list[QueueInfo]
     grace: float
     unset_env: tuple[str, ...] = ()  # template env taken from Secrets or fields: not set locally
+    components: tuple[ComponentSettings, ...] = ()  # beat and Flower, never scaled
+    flower_missing: bool = False  # spec.flower, but Flower is not installed here
 
 
 def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) -> LocalPool:
@@ -102,14 +96,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
     skipped: set[str] = set()
     for queue in spec.queues:
         plans[queue.name] = QueuePlan(policy=spec.policy_for(queue.name), interval=spec.poll_interval_for(queue.name))
-        env: dict[str, str] = {}
-        for item in worker_environment(pool, queue):
-            if item.get("value") == BROKER_CA_FILE and item["name"] == BROKER_CA_ENV:
-                skipped.add(item["name"])  # a file from the caFrom Secret, mounted in a pod only
-            elif "value" in item:
-                env[item["name"]] = str(item["value"])
-            elif item["name"] not in LOCAL_SETTINGS:
-                skipped.add(item["name"])  # from a Secret or a field: there is no cluster to read it from
+        env = local_env(worker_environment(pool, queue), skipped)
         # Celery's soft shutdown sleeps its whole timeout whenever a task is running at SIGTERM, so every
         # stop of a busy worker would take the grace period: locally, a plain warm shutdown (running tasks
         # finish, prefetched ones go back to the queue), bounded by the grace period as a pod's is.
@@ -127,6 +114,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
                 max_replicas=queue.max_replicas,
             )
         )
+    components = tuple(plan_components(pool, skipped, loglevel))
     return LocalPool(
         key=(LOCAL_NAMESPACE, pool.name),
         broker=broker,
@@ -135,6 +123,8 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
         queues=infos,
         grace=float(spec.template.termination_grace_period_seconds),
         unset_env=tuple(sorted(skipped)),
+        components=components,
+        flower_missing=spec.flower is not None and not any(c.name == "flower" for c in components),
     )
 
 
@@ -181,6 +171,7 @@ class LocalRuntime:
         self.backend = LocalProcessBackend(broker_url, self.workdir, grace=self.grace)
         for settings in pool.workers.values():
             self.backend.configure(pool.key, settings)
+        self.components = LocalComponents(broker_url, self.workdir)
         self.observer = Observer()
         self.loop = ScalingLoop(self.backend, self._report, self.observer)
         self.dashboard = Dashboard(title, pool.queues)
@@ -192,6 +183,11 @@ class LocalRuntime:
             self.dashboard.notes.append(
                 f"not set locally (from Secrets or fields in a cluster): {', '.join(pool.unset_env)}"
             )
+        for component in pool.components:
+            where = f" at {component.url} (no sign-in locally)" if component.url else ""
+            self.dashboard.notes.append(f"{component.name} runs beside the workers{where}")
+        if pool.flower_missing:
+            self.dashboard.notes.append("spec.flower: Flower is not installed here (pip install flower), not started")
         self._live = live
         self._out = out
         self.view: View | None = None
@@ -202,6 +198,8 @@ class LocalRuntime:
 
     async def __aenter__(self) -> LocalRuntime:
         self.view = make_view(self.dashboard, live=self._live, out=self._out)
+        for component in self.pool.components:
+            self.components.start(component, inherited_environment())
         self.loop.register(self.pool.key, self.pool.broker, self.pool.plans)
         return self
 
@@ -211,6 +209,7 @@ class LocalRuntime:
     async def _report(self, result: PoolResult) -> None:
         events = self.dashboard.update(result, self._replicas)
         events += self._worker_exits()
+        events += [self.dashboard.event(line) for line in self.components.exited()]
         if self.view is not None:
             self.view.show(events)
         if self._on_result is not None:
@@ -256,6 +255,7 @@ class LocalRuntime:
                     )
                 ]
             )
+        stopping = asyncio.ensure_future(asyncio.to_thread(self.components.stop, self.grace))
         shutdown = asyncio.ensure_future(self.backend.shutdown(self.grace))
         waiters: list[asyncio.Future[Any]] = [shutdown]
         if force is not None:
@@ -270,6 +270,7 @@ class LocalRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await shutdown
             self.backend.kill_all()
+            await stopping
             await self.observer.aclose()
             keep_logs = not self._own_workdir or self.failure is not None
             self.dashboard.notes = [f"worker logs kept in {self.workdir / 'logs'}"] if keep_logs else []

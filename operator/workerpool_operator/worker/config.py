@@ -36,6 +36,8 @@ DEFAULT_BROKER_CHECK_TIMEOUT = 5.0
 EX_CONFIG = 2  # an argument or environment variable is invalid (unknown pool, bad number, ...)
 EX_APP = 3  # the Celery app cannot be imported
 EX_BROKER = 4  # the broker URL or CA cannot be read, is not a Redis URL, or the broker does not answer
+EX_NO_SCHEDULE = 5  # beat: the app has no beat_schedule and beat has no scheduler: nothing to send
+EX_BEAT_LOCK_LOST = 6  # beat: another beat took the lock (this one could not renew it in time)
 
 # (environment variable, argparse destination, help) for every setting; the single source for the docs.
 ENV_VARS: tuple[tuple[str, str, str], ...] = (
@@ -68,6 +70,7 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("WORKERPOOL_STATE_DIR", "state_dir", f"where the probe files live (default {DEFAULT_STATE_DIR})"),
     ("WORKERPOOL_REPORT_INTERVAL", "report_interval", f"seconds between reports (default {DEFAULT_INTERVAL:g})"),
     ("WORKERPOOL_REPORT_TTL", "report_ttl", f"seconds a report stays valid (default {DEFAULT_TTL:g})"),
+    ("WORKERPOOL_TASK_EVENTS", "task_events", "1: send task events (celery worker -E), for Flower (default 0)"),
     ("WORKERPOOL_EXTRA_ARGS", "extra_args", "more `celery worker` arguments, shell-quoted"),
 )
 
@@ -97,6 +100,7 @@ class WorkerConfig:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     report_interval: float = DEFAULT_INTERVAL
     report_ttl: float = DEFAULT_TTL
+    task_events: bool = False
     extra_args: tuple[str, ...] = ()
 
     def celery_argv(self, pool_name: str | None = None) -> list[str]:
@@ -121,6 +125,8 @@ class WorkerConfig:
             argv += ["--prefetch-multiplier", str(self.prefetch_multiplier)]
         if self.max_tasks_per_child is not None:
             argv += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
+        if self.task_events:
+            argv.append("--task-events")
         return [*argv, *self.extra_args]
 
 
@@ -153,17 +159,13 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         env = next(name for name, d, _ in ENV_VARS if d == dest)
         return f"--{dest.replace('_', '-')} / {env}"
 
-    app = raw("app")
-    if app is None:
-        raise ConfigError(f"no Celery app given: set {name_of('app')} (e.g. myproject.celery:app)")
+    app = require_app(raw("app"), name_of("app"))
 
     pool = (raw("pool") or "prefork").strip().lower()
     if pool not in POOLS:
         raise ConfigError(f"unknown pool {pool!r} ({name_of('pool')}): use one of {', '.join(POOLS)}")
 
-    loglevel = (raw("loglevel") or "info").strip().lower()
-    if loglevel not in LOGLEVELS:
-        raise ConfigError(f"unknown log level {loglevel!r} ({name_of('loglevel')}): use one of {', '.join(LOGLEVELS)}")
+    loglevel = parse_loglevel(raw("loglevel"), name_of("loglevel"))
 
     log_format = (raw("log_format") or "plain").strip().lower()
     if log_format not in LOG_FORMATS:
@@ -180,8 +182,8 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         except ValueError as error:
             raise ConfigError(f"WORKERPOOL_EXTRA_ARGS cannot be parsed: {error}") from None
 
-    report_interval = _number(raw("report_interval"), name_of("report_interval"), DEFAULT_INTERVAL, minimum=0.05)
-    report_ttl = _number(raw("report_ttl"), name_of("report_ttl"), DEFAULT_TTL, minimum=1.0)
+    report_interval = parse_seconds(raw("report_interval"), name_of("report_interval"), DEFAULT_INTERVAL, minimum=0.05)
+    report_ttl = parse_seconds(raw("report_ttl"), name_of("report_ttl"), DEFAULT_TTL, minimum=1.0)
     if report_ttl <= report_interval:
         raise ConfigError(f"the report TTL ({report_ttl:g} s) must be longer than the interval ({report_interval:g} s)")
 
@@ -189,23 +191,48 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         app=app.strip(),
         queues=queues,
         pool=pool,
-        concurrency=_integer(raw("concurrency"), name_of("concurrency"), minimum=1),
-        prefetch_multiplier=_integer(raw("prefetch_multiplier"), name_of("prefetch_multiplier"), minimum=1),
-        max_tasks_per_child=_integer(raw("max_tasks_per_child"), name_of("max_tasks_per_child"), minimum=1),
-        soft_shutdown_timeout=_number(raw("soft_shutdown_timeout"), name_of("soft_shutdown_timeout"), 0.0, minimum=0),
+        concurrency=parse_integer(raw("concurrency"), name_of("concurrency"), minimum=1),
+        prefetch_multiplier=parse_integer(raw("prefetch_multiplier"), name_of("prefetch_multiplier"), minimum=1),
+        max_tasks_per_child=parse_integer(raw("max_tasks_per_child"), name_of("max_tasks_per_child"), minimum=1),
+        soft_shutdown_timeout=parse_seconds(
+            raw("soft_shutdown_timeout"), name_of("soft_shutdown_timeout"), 0.0, minimum=0
+        ),
         loglevel=loglevel,
         log_format=log_format,
         worker_name=(raw("worker_name") or socket.gethostname()).strip(),
-        broker_url=_broker_url(raw("broker_url"), raw("broker_url_file")),
-        broker_ca_file=_broker_ca_file(raw("broker_ca_file")),
+        broker_url=read_broker_url(raw("broker_url"), raw("broker_url_file")),
+        broker_ca_file=read_broker_ca_file(raw("broker_ca_file")),
         state_dir=Path(raw("state_dir") or DEFAULT_STATE_DIR),
         report_interval=report_interval,
         report_ttl=report_ttl,
+        task_events=parse_flag(raw("task_events"), name_of("task_events")),
         extra_args=tuple(extra),
     )
 
 
-def _integer(value: str | None, name: str, minimum: int) -> int | None:
+def require_app(value: str | None, name: str) -> str:
+    if value is None:
+        raise ConfigError(f"no Celery app given: set {name} (e.g. myproject.celery:app)")
+    return value.strip()
+
+
+def parse_loglevel(value: str | None, name: str) -> str:
+    loglevel = (value or "info").strip().lower()
+    if loglevel not in LOGLEVELS:
+        raise ConfigError(f"unknown log level {loglevel!r} ({name}): use one of {', '.join(LOGLEVELS)}")
+    return loglevel
+
+
+def parse_flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    flag = value.strip().lower()
+    if flag not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
+    return flag in ("1", "true")
+
+
+def parse_integer(value: str | None, name: str, minimum: int) -> int | None:
     if value is None:
         return None
     try:
@@ -217,7 +244,7 @@ def _integer(value: str | None, name: str, minimum: int) -> int | None:
     return number
 
 
-def _number(value: str | None, name: str, default: float, minimum: float) -> float:
+def parse_seconds(value: str | None, name: str, default: float, minimum: float) -> float:
     if value is None:
         return default
     try:
@@ -229,7 +256,7 @@ def _number(value: str | None, name: str, default: float, minimum: float) -> flo
     return number
 
 
-def _broker_url(url: str | None, url_file: str | None) -> str | None:
+def read_broker_url(url: str | None, url_file: str | None) -> str | None:
     if url is not None:
         return url.strip()
     if url_file is None:
@@ -243,7 +270,7 @@ def _broker_url(url: str | None, url_file: str | None) -> str | None:
     return text
 
 
-def _broker_ca_file(path: str | None) -> Path | None:
+def read_broker_ca_file(path: str | None) -> Path | None:
     """The CA file, once it is known to hold at least one certificate Python's TLS can load."""
     if path is None:
         return None

@@ -1,7 +1,9 @@
 """``workerpool-worker``: the entrypoint of the worker image.
 
     workerpool-worker [options] [-- more celery worker args]     run the Celery worker
-    workerpool-worker check ready|alive [--max-age S]            the probe command
+    workerpool-worker beat [options] [-- more celery beat args]  run Celery beat (one per app and broker)
+    workerpool-worker flower [options] [-- more flower args]     run Flower
+    workerpool-worker check ready|alive [--max-age S]            the probe command (worker and beat)
 
 Order matters when running: settings are parsed first (stdlib only), then gevent/eventlet
 monkey-patch, and only then are Celery and the user's app imported. The probe command imports
@@ -24,6 +26,7 @@ from workerpool_operator.worker.config import (
     WorkerConfig,
     parse_run_args,
 )
+from workerpool_operator.worker.mode_config import parse_beat_args, parse_flower_args
 from workerpool_operator.worker.probes import ProbeFiles, check
 
 
@@ -58,14 +61,20 @@ def prepare_process(config: WorkerConfig, environ: MutableMapping[str, str]) -> 
         maybe_patch_concurrency(["--pool", config.pool])
 
 
-def run_main(argv: Sequence[str], environ: MutableMapping[str, str]) -> int:
-    config = parse_run_args(argv, environ)
-    files = ProbeFiles(config.state_dir)
+def fresh_probe_files(state_dir: Path) -> ProbeFiles:
+    """The probe files, cleared of what a previous container left, and alive while starting up."""
+    files = ProbeFiles(state_dir)
     try:
         files.reset()
-        files.beat()  # alive while starting up
+        files.beat()
     except OSError as error:
-        raise ConfigError(f"cannot write the probe files in {config.state_dir}: {error.strerror}") from None
+        raise ConfigError(f"cannot write the probe files in {state_dir}: {error.strerror}") from None
+    return files
+
+
+def run_main(argv: Sequence[str], environ: MutableMapping[str, str]) -> int:
+    config = parse_run_args(argv, environ)
+    files = fresh_probe_files(config.state_dir)
     prepare_process(config, environ)
 
     from workerpool_operator.worker.runner import run
@@ -73,11 +82,30 @@ def run_main(argv: Sequence[str], environ: MutableMapping[str, str]) -> int:
     return run(config, files)
 
 
+def beat_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    config = parse_beat_args(argv, environ)
+    files = fresh_probe_files(config.state_dir)
+    from workerpool_operator.worker.beat import run_beat
+
+    return run_beat(config, files)
+
+
+def flower_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    config = parse_flower_args(argv, environ)
+    from workerpool_operator.worker.flower import run_flower
+
+    return run_flower(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "check":
             return check_main(args[1:], os.environ)
+        if args and args[0] == "beat":
+            return beat_main(args[1:], os.environ)
+        if args and args[0] == "flower":
+            return flower_main(args[1:], os.environ)
         if args and args[0] == "run":
             args = args[1:]
         return run_main(args, os.environ)

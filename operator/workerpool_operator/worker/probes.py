@@ -1,8 +1,10 @@
 """Readiness and liveness as files, so a Kubernetes probe is a file stat instead of `celery inspect ping`.
 
 * ``<state dir>/ready`` exists while the worker consumes (created on ``worker_ready``, removed when
-  shutdown starts and at start-up, since an emptyDir outlives a container restart);
-* ``<state dir>/heartbeat`` has its mtime refreshed every report interval while the worker runs.
+  shutdown starts and at start-up, since an emptyDir outlives a container restart), or while beat runs its
+  schedule (it holds the beat lock);
+* ``<state dir>/heartbeat`` has its mtime refreshed every report interval while the worker runs, and on every
+  pass of beat over its schedule (also while it waits for the lock).
 
 ``workerpool-worker check ready|alive`` reads them. This module imports no Celery and no Redis, so
 the probe command starts in a few tens of milliseconds.
@@ -75,5 +77,5 @@ def check(kind: str, files: ProbeFiles, max_age: float, now: float | None = None
     if kind == "alive":
         return True, f"alive: last heartbeat {age:.1f} s ago"
     if not files.ready.exists():
-        return False, "not ready: the worker is not consuming (starting or shutting down)"
+        return False, "not ready: not serving (starting, waiting for the beat lock, or shutting down)"
     return True, f"ready: consuming, last heartbeat {age:.1f} s ago"

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import click
@@ -205,13 +205,7 @@ class WorkerSupervisor:
 
     def _make_reporter(self, queues: tuple[str, ...]) -> LoadReporter:
         # Bounded socket waits: a vanished broker must not hold the heartbeat or the shutdown.
-        conn = self.app.connection_for_write(transport_options=REPORT_SOCKET_OPTIONS)
-        channel = conn.default_channel
-        # The channel's own pool carries every broker setting (TLS, sentinel, auth); a plain client on it
-        # leaves key names alone (the channel's client would add global_keyprefix to some commands only).
-        client = redis.Redis(connection_pool=channel.pool)
-        self._connection = conn
-        options: Mapping[str, Any] = self.app.conf.broker_transport_options or {}
+        client, self._connection, prefix = broker_client(self.app)
         return LoadReporter(
             client=client,
             worker=self.config.worker_name,
@@ -220,7 +214,7 @@ class WorkerSupervisor:
             done=self._done,
             concurrency=self.concurrency,
             ttl=self.config.report_ttl,
-            global_keyprefix=str(options.get("global_keyprefix", "") or ""),
+            global_keyprefix=prefix,
             draining=lambda: self.drainer.draining if self.drainer is not None else frozenset(),
             started=self.started,
         )
@@ -300,10 +294,19 @@ def restore_promptly(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
-def run(config: WorkerConfig, files: ProbeFiles) -> int:
-    """Load the app, check the broker, run the worker until it stops; the process exit code."""
-    if config.log_format == "json":
-        use_json_logs(config.loglevel)
+class AppSettings(Protocol):
+    """What :func:`prepare_app` needs of any mode's settings."""
+
+    @property
+    def app(self) -> str: ...
+    @property
+    def broker_url(self) -> str | None: ...
+    @property
+    def broker_ca_file(self) -> Path | None: ...
+
+
+def prepare_app(config: AppSettings) -> Celery:
+    """The user's app, on the configured broker (verified with its CA), once the broker answers."""
     app = load_app(config.app)
     if config.broker_url is not None:
         app.conf.broker_url = config.broker_url
@@ -314,6 +317,25 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
         app.conf.broker_use_ssl = default_tls
     check_broker(app, config.broker_ca_file)
     app.conf.broker_transport_options = restore_promptly(app.conf.broker_transport_options)
+    return app
+
+
+def broker_client(app: Celery) -> tuple[redis.Redis, Any, str]:
+    """A plain Redis client on the app's broker, for the entrypoint's own keys (reports, beat's lock and forecast),
+    with bounded socket waits; also the connection to release, and the ``global_keyprefix``."""
+    conn = app.connection_for_write(transport_options=REPORT_SOCKET_OPTIONS)
+    channel = conn.default_channel
+    # The channel's own pool carries every broker setting (TLS, sentinel, auth); a plain client on it leaves key
+    # names alone (the channel's client would add global_keyprefix to some commands only).
+    options: Mapping[str, Any] = app.conf.broker_transport_options or {}
+    return redis.Redis(connection_pool=channel.pool), conn, str(options.get("global_keyprefix", "") or "")
+
+
+def run(config: WorkerConfig, files: ProbeFiles) -> int:
+    """Load the app, check the broker, run the worker until it stops; the process exit code."""
+    if config.log_format == "json":
+        use_json_logs(config.loglevel)
+    app = prepare_app(config)
     if config.soft_shutdown_timeout > 0:
         # Ours bounds the warm shutdown (see WorkerSupervisor); Celery's would sleep its whole timeout in
         # the cold shutdown whenever a task runs, so it is turned off.
@@ -338,4 +360,4 @@ def run(config: WorkerConfig, files: ProbeFiles) -> int:
     return exit_code
 
 
-__all__ = ["WorkerSupervisor", "check_broker", "load_app", "run", "use_broker_ca"]
+__all__ = ["WorkerSupervisor", "broker_client", "check_broker", "load_app", "prepare_app", "run", "use_broker_ca"]
