@@ -151,6 +151,7 @@ def test_status_declares_what_the_operator_writes() -> None:
         "replicas",
         "readyReplicas",
         "desiredReplicas",
+        "draining",
         "lastScaleTime",
         "lastScaleReason",
     } == set(queue)

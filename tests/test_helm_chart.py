@@ -300,7 +300,7 @@ def test_leader_election_rbac_is_the_lease_by_name(chart: helm_python.Chart) -> 
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
                 "resourceNames": [lease],
-                "verbs": ["get", "update", "patch"],
+                "verbs": ["get", "patch"],
             },
         ]
         assert f"--lease-name={lease}" in container(manifests)["args"]
