@@ -1,0 +1,119 @@
+"""Scale-down without killing: which workers to drain, when to remove them, when to take them back. Pure.
+
+The engine decides how many workers a queue should have serving (``wanted``: reporting workers that are not
+draining, plus pods that do not report yet); this module turns that into what the backend does:
+
+- more wanted than serving: take back draining workers first (instant: they are running), then add pods;
+- fewer: first remove pods that do not report yet (starting: the ReplicaSet removes unready pods first),
+  then ask the idlest workers to drain (fewest running, then fewest reserved): they stop taking tasks,
+  hand back what they prefetched and finish what they run;
+- a draining worker is removed once its report says it is draining and idle, or after ``drain_timeout``
+  whatever it runs; while pods are starting nobody is removed by name (the ReplicaSet would remove the
+  starting pods instead);
+- a worker asked to drain that never says so (an older worker image) is removed once idle after
+  ``UNCONFIRMED_AFTER`` seconds, as the idlest worker was before draining existed.
+
+With ``drain_timeout`` 0 nothing drains: the idlest workers are removed at once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from workerpool_operator.observation import WorkerLoad
+
+UNCONFIRMED_AFTER = 30.0  # seconds a drain request may go unanswered before the worker is treated as not draining
+
+Draining = tuple[tuple[str, float], ...]
+
+
+class Plan(NamedTuple):
+    desired_replicas: int
+    remove_first: tuple[str, ...]
+    drain: tuple[str, ...]
+    undrain: tuple[str, ...]
+    draining: Draining
+    added: int  # pods added
+    cut: int  # replicas removed that do not report yet
+    note: str  # what happened to draining workers, for the reason ("" when nothing)
+
+
+def idlest_first(workers: tuple[WorkerLoad, ...], count: int) -> tuple[str, ...]:
+    """The ``count`` workers to remove first: fewest running + reserved, then fewest running, then by name."""
+    if count <= 0 or not workers:
+        return ()
+    ranked = sorted([(w.running + w.reserved, w.running, w.worker) for w in workers])
+    return tuple(name for _, _, name in ranked[:count])
+
+
+def still_draining(workers: tuple[WorkerLoad, ...], draining: Draining, now: float) -> Draining:
+    """The drain state after an observation: workers that stopped reporting are gone; a worker that says it is
+    draining but is not in the state (a restart lost it) is adopted."""
+    if not draining:
+        adopted = tuple((w.worker, now) for w in workers if w.draining)
+        return adopted
+    present = {w.worker for w in workers}
+    kept = tuple(item for item in draining if item[0] in present)
+    known = {name for name, _ in kept}
+    return kept + tuple((w.worker, now) for w in workers if w.draining and w.worker not in known)
+
+
+def plan(
+    wanted: int, current: int, workers: tuple[WorkerLoad, ...], draining: Draining, drain_timeout: float, now: float
+) -> Plan:
+    """What to do so that ``wanted`` workers serve; ``draining`` as returned by :func:`still_draining`."""
+    reporting = len(workers)
+    starting = current - reporting if current > reporting else 0
+    if drain_timeout <= 0:
+        return _without_draining(wanted, current, workers, draining)
+    serving = current - len(draining)
+    add = cut = 0
+    drain: tuple[str, ...] = ()
+    undrain: tuple[str, ...] = ()
+    if wanted > serving:
+        by_load = {w.worker: w.running + w.reserved for w in workers}
+        busiest = sorted(draining, key=lambda item: (-by_load.get(item[0], 0), item[0]))
+        undrain = tuple(name for name, _ in busiest[: wanted - serving])
+        add = wanted - serving - len(undrain)
+        if undrain:
+            taken = set(undrain)
+            draining = tuple(item for item in draining if item[0] not in taken)
+    elif wanted < serving:
+        surplus = serving - wanted
+        cut = surplus if surplus < starting else starting
+        if surplus > cut:
+            held = {name for name, _ in draining}
+            drain = idlest_first(tuple(w for w in workers if w.worker not in held), surplus - cut)
+            draining = draining + tuple((name, now) for name in drain)
+    remove: tuple[str, ...] = ()
+    note = ""
+    if draining and starting <= cut:  # with pods still starting, the ReplicaSet would remove those instead
+        loads = {w.worker: w for w in workers}
+        fresh = set(drain)
+        remove = tuple(
+            name
+            for name, since in draining
+            if name not in fresh and _removable(loads[name], now - since, drain_timeout)
+        )
+        if remove:
+            gone = set(remove)
+            draining = tuple(item for item in draining if item[0] not in gone)
+            note = f"remove {len(remove)} drained worker{'s' if len(remove) > 1 else ''}"
+    desired = current + add - cut - len(remove)
+    return Plan(desired, remove, drain, undrain, draining, add, cut, note)
+
+
+def _removable(worker: WorkerLoad, draining_for: float, drain_timeout: float) -> bool:
+    if draining_for >= drain_timeout:
+        return True
+    idle = not worker.running and not worker.reserved
+    return idle and (worker.draining or draining_for >= UNCONFIRMED_AFTER)
+
+
+def _without_draining(wanted: int, current: int, workers: tuple[WorkerLoad, ...], draining: Draining) -> Plan:
+    """drainTimeoutSeconds 0: the replicas follow ``wanted`` at once, the idlest workers named first; workers
+    still draining from before are taken back."""
+    undrain = tuple(name for name, _ in draining)
+    remove = idlest_first(workers, current - wanted) if wanted < current else ()
+    added = wanted - current if wanted > current else 0
+    return Plan(wanted, remove, (), undrain, (), added, 0, "")

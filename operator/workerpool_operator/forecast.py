@@ -1,0 +1,243 @@
+"""What the engine learns from the worker reports, and how many workers that says a queue needs. Pure.
+
+``learn`` turns two observations in a row into estimates, smoothed over time:
+
+- **task seconds**: how long one task holds a slot (Little's law): slot-seconds of running tasks / tasks
+  finished, both from the reports (``running``, and the ``done`` counters);
+- **arrival rate**: tasks per second landing in the queue: the change of backlog + in flight, plus the tasks
+  finished meanwhile;
+- **start-up**: seconds from a scale-up until the new worker's report (its ``started`` time).
+
+``capacity`` sizes a queue from them: enough workers to take the work there is (``outstanding``) and what
+will arrive before another pod could start, within a horizon of one start-up delay (one task duration when
+tasks are longer): ``workers = task_seconds / slots x (outstanding + arrival_rate x startup / UTILISATION)
+/ horizon``. For long tasks this is one slot per task, for short ones the work a worker does in a start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Any, NamedTuple
+
+from workerpool_operator.observation import WorkerLoad
+
+ARRIVAL_HORIZON = 30.0  # seconds the arrival rate is smoothed over
+RECENT_HORIZON = 2.0  # seconds the recent arrival rate (what a scale-up reacts to) is smoothed over
+SERVICE_HORIZON = 600.0  # seconds of busy time the task-seconds estimate remembers
+STARTUP_WEIGHT = 0.3  # weight of a new start-up sample
+MIN_COMPLETED = 0.5  # (decayed) tasks finished before task seconds are trusted
+UTILISATION = 1.0  # share of the slots the arrivals may keep busy (queued tasks are sized on their own)
+DRAIN_SHARE = 0.5  # queued work is sized to be done within this share of a start-up delay
+FORGET_RATE = 0.01  # tasks/s: below this an idle queue's arrival rate is taken as zero
+LAUNCH_MEMORY = 1800.0  # seconds a scale-up waits for its workers before it is no longer a start-up sample
+
+_done = attrgetter("done")
+_running = attrgetter("running")
+_name = attrgetter("worker")
+_started = attrgetter("started")
+
+
+class Learned(NamedTuple):
+    """The estimates and the bookkeeping behind them. Persisted with the rest of the queue's state."""
+
+    at: float | None = None  # when the bookkeeping below was taken; None: no baseline yet (or idle)
+    outstanding: int = 0  # backlog + in flight then
+    running: int = 0  # tasks running then
+    workers: tuple[WorkerLoad, ...] = ()  # the reports then (their ``done`` counters)
+    arrival_rate: float = 0.0  # tasks per second
+    recent_rate: float = 0.0  # tasks per second over the last few seconds
+    busy: float = 0.0  # slot-seconds of running tasks, decayed over SERVICE_HORIZON
+    completed: float = 0.0  # tasks finished, decayed the same way
+    startup: float | None = None  # seconds from a scale-up to the new worker's report
+    newest_start: float = 0.0  # the latest ``started`` of any worker seen
+    launches: tuple[tuple[float, int], ...] = ()  # (time, pods) asked for whose workers have not reported yet
+
+    @property
+    def task_seconds(self) -> float | None:
+        """Seconds one task holds a slot; None until some tasks have finished."""
+        return self.busy / self.completed if self.completed >= MIN_COMPLETED and self.busy > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "outstanding": self.outstanding,
+            "running": self.running,
+            "counters": [[w.worker, w.done] for w in self.workers],
+            "arrivalRate": self.arrival_rate,
+            "recentRate": self.recent_rate,
+            "busy": self.busy,
+            "completed": self.completed,
+            "startup": self.startup,
+            "newestStart": self.newest_start,
+            "launches": [[t, n] for t, n in self.launches],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Learned:
+        """Read what ``to_dict`` wrote. Raises ``ValueError`` on anything else."""
+        if not data:
+            return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"scaling state: learned must be an object, got {type(data).__name__}")
+        counters = data.get("counters", [])
+        if not isinstance(counters, list) or not all(
+            isinstance(c, list) and len(c) == 2 and isinstance(c[0], str) and _count(c[1]) for c in counters
+        ):
+            raise ValueError("scaling state: learned.counters must be a list of [worker, done]")
+        launches = data.get("launches", [])
+        if not isinstance(launches, list) or not all(
+            isinstance(x, list) and len(x) == 2 and _real(x[0]) and _count(x[1]) for x in launches
+        ):
+            raise ValueError("scaling state: learned.launches must be a list of [time, pods]")
+        at, startup = data.get("at"), data.get("startup")
+        numbers = {k: data.get(k, 0) for k in ("arrivalRate", "recentRate", "busy", "completed", "newestStart")}
+        if not all(_real(v) and v >= 0 for v in numbers.values()) or not (at is None or _real(at)):
+            raise ValueError("scaling state: learned figures must be non-negative numbers")
+        if not (startup is None or (_real(startup) and startup >= 0)):
+            raise ValueError("scaling state: learned.startup must be a non-negative number")
+        if not (_count(data.get("outstanding", 0)) and _count(data.get("running", 0))):
+            raise ValueError("scaling state: learned.outstanding and running must be non-negative integers")
+        return cls(
+            at=None if at is None else float(at),
+            outstanding=data.get("outstanding", 0),
+            running=data.get("running", 0),
+            workers=tuple(WorkerLoad(name, done=done) for name, done in counters),
+            arrival_rate=float(numbers["arrivalRate"]),
+            recent_rate=float(numbers["recentRate"]),
+            busy=float(numbers["busy"]),
+            completed=float(numbers["completed"]),
+            startup=None if startup is None else float(startup),
+            newest_start=float(numbers["newestStart"]),
+            launches=tuple((float(t), n) for t, n in launches),
+        )
+
+
+def _real(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _count(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, starting: int, now: float) -> Learned:
+    """The estimates after one more observation (``starting``: replicas that do not report yet)."""
+    running = sum(map(_running, workers))
+    newest_start, startup, launches = previous.newest_start, previous.startup, previous.launches
+    if workers:
+        latest = max(map(_started, workers))
+        if latest > newest_start:
+            if launches:
+                startup, launches = _startups(workers, newest_start, startup, launches)
+            newest_start = latest
+    if launches:
+        launches = _trim(launches, starting, now)
+    at = previous.at
+    if at is None or now <= at:  # a baseline: nothing to compare with yet
+        at = now if outstanding or running else None  # idle: no baseline needed
+        return previous._replace(
+            at=at, outstanding=outstanding, running=running, workers=workers,
+            startup=startup, newest_start=newest_start, launches=launches,
+        )  # fmt: skip
+    elapsed = now - at
+    completions = _completions(previous.workers, workers, at)
+    arrivals = outstanding - previous.outstanding + completions
+    now_rate = arrivals / elapsed if arrivals > 0 else 0.0
+    keep = math.exp(-elapsed / ARRIVAL_HORIZON)
+    rate = previous.arrival_rate * keep + (1.0 - keep) * now_rate
+    keep = math.exp(-elapsed / RECENT_HORIZON)
+    recent = previous.recent_rate * keep + (1.0 - keep) * now_rate
+    busy, completed = previous.busy, previous.completed
+    if completions or running or previous.running:
+        fade = math.exp(-elapsed / SERVICE_HORIZON)
+        busy = busy * fade + (previous.running + running) * 0.5 * elapsed
+        completed = completed * fade + completions
+    idle = not outstanding and not running and not completions
+    if idle and rate < FORGET_RATE:  # idle and forgotten: stop moving (no status write for nothing)
+        return Learned(None, 0, 0, workers, 0.0, 0.0, busy, completed, startup, newest_start, launches)
+    return Learned(now, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches)
+
+
+def _completions(before: tuple[WorkerLoad, ...], after: tuple[WorkerLoad, ...], since: float) -> int:
+    """Tasks finished between two observations, from the workers' ``done`` counters."""
+    if len(before) == len(after) and list(map(_name, before)) == list(map(_name, after)):
+        finished: int = sum(map(_done, after)) - sum(map(_done, before))
+        if finished >= 0:
+            return finished
+    counted = {w.worker: w.done for w in before}
+    finished = 0
+    for worker in after:
+        was = counted.get(worker.worker)
+        if was is None:  # new since: all it did, if it started since (else its report had just expired)
+            finished += worker.done if worker.started >= since or not worker.started else 0
+        elif worker.done > was:
+            finished += worker.done - was
+    return finished
+
+
+def _startups(
+    workers: tuple[WorkerLoad, ...], newest_start: float, startup: float | None, launches: tuple[tuple[float, int], ...]
+) -> tuple[float | None, tuple[tuple[float, int], ...]]:
+    """Match the workers that started since ``newest_start`` with the oldest scale-ups still waiting."""
+    pending = [list(item) for item in launches]
+    for started in sorted(w.started for w in workers if w.started > newest_start):
+        while pending and pending[0][1] <= 0:
+            pending.pop(0)
+        if not pending or pending[0][0] > started:
+            continue  # started before any scale-up we wait for: not ours to time
+        sample = started - pending[0][0]
+        startup = sample if startup is None else startup + STARTUP_WEIGHT * (sample - startup)
+        pending[0][1] -= 1
+    return startup, tuple((t, int(n)) for t, n in pending if n > 0)
+
+
+def _trim(launches: tuple[tuple[float, int], ...], starting: int, now: float) -> tuple[tuple[float, int], ...]:
+    """No more launches waiting than replicas without a report; none older than LAUNCH_MEMORY."""
+    kept: list[tuple[float, int]] = []
+    room = starting
+    for time, pods in reversed(launches):  # newest first: the oldest are the ones that went
+        if room <= 0 or now - time > LAUNCH_MEMORY:
+            break
+        kept.append((time, min(pods, room)))
+        room -= pods
+    kept.reverse()
+    return tuple(kept)
+
+
+def with_launch(learned: Learned, now: float, pods: int) -> Learned:
+    return learned._replace(launches=(*learned.launches, (now, pods)))
+
+
+def capacity(
+    queued: float, running: int, arrival_rate: float, task_seconds: float, slots: int, startup: float
+) -> float:
+    """Workers (fractional) for what there is and what comes, over the next start-up delay:
+
+    - the arrivals: ``arrival_rate x task_seconds`` slots (Little's law), or the arrivals of one start-up
+      delay when tasks are longer than that, at ``UTILISATION``;
+    - the ``queued`` tasks (waiting, or reserved inside a busy worker), done within ``DRAIN_SHARE`` of a
+      start-up delay (one task's duration if longer);
+    - the ``running`` tasks, as long as they will still run then (long tasks keep their slot)."""
+    short = task_seconds < startup
+    flow = arrival_rate * (task_seconds if short else startup) / UTILISATION
+    horizon = startup * DRAIN_SHARE
+    if horizon < task_seconds:
+        horizon = task_seconds
+    if horizon < 1.0:
+        horizon = 1.0
+    held = running * task_seconds / startup if short else running
+    return (flow + queued * task_seconds / horizon + held) / slots
+
+
+def drain_seconds(work: float, arrival_rate: float, task_seconds: float, slots: int, workers: int) -> float:
+    """Seconds ``workers`` need to finish ``work`` while tasks keep arriving (inf if they never catch up)."""
+    rate = workers * slots / task_seconds - arrival_rate
+    if work <= 0:
+        return 0.0
+    return work / rate if rate > 0 else math.inf
+
+
+def names(workers: Sequence[WorkerLoad]) -> list[str]:
+    return list(map(_name, workers))
