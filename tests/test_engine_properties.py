@@ -212,3 +212,18 @@ def test_a_restart_between_decisions_changes_no_decision(
         return out
 
     assert replay(restart=False) == replay(restart=True)
+
+
+@given(policies(), st.lists(st.tuples(st.integers(0, 500), st.integers(0, 60), st.floats(0.5, 20.0)), max_size=60))
+def test_the_state_stays_small(policy: ScalingPolicy, steps: list[tuple[int, int, float]]) -> None:
+    """Whatever happens, the state keeps only what its windows need (it is written to the status)."""
+    state, replicas, now = QueueState(), 0, 0.0
+    for backlog, in_flight, gap in steps:
+        now += gap
+        workers = tuple(WorkerLoad(f"w{i}", running=1, done=int(now), started=1.0) for i in range(min(replicas, 8)))
+        observation = QueueObservation("q", backlog, in_flight, workers, replicas=replicas)
+        decision, state = decide(observation, state, policy, now)
+        replicas = decision.desired_replicas
+        assert all(t >= now - policy.scale_up_period for t, _ in state.scale_ups)
+        assert len(state.scale_ups) <= len(steps) and len(state.learned.launches) <= policy.max_replicas + 1
+        assert len(state.recommendations) <= max(policy.scale_down_window, 1.0) / 0.5 + 2

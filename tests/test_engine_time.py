@@ -183,8 +183,8 @@ def test_workers_gone_leave_the_drain_state_and_a_draining_report_is_adopted() -
 def test_an_older_worker_that_never_confirms_is_removed_when_idle_after_a_while() -> None:
     state = QueueState(draining=(("b", 0.0),))
     reports = (busy("a", 1), busy("b", 0))  # idle, never says it is draining
-    assert decide(obs(0, reports), state, DRAIN, 10.0)[0].remove_first == ()
-    assert decide(obs(0, reports), state, DRAIN, 30.0)[0].remove_first == ("b",)
+    assert decide(obs(0, reports), state, DRAIN, 9.0)[0].remove_first == ()
+    assert decide(obs(0, reports), state, DRAIN, 10.0)[0].remove_first == ("b",)
 
 
 def test_without_draining_the_idlest_go_at_once_and_leftover_drains_are_taken_back() -> None:
@@ -250,3 +250,27 @@ def test_windows_from_another_source_feed_the_same_floor() -> None:
     assert floor([beat], 960.0, 30.0, size=lambda tasks: math.ceil(tasks / 4)) == (0, None)
     assert floor([beat], 975.0, 30.0, size=lambda tasks: math.ceil(tasks / 4)) == (30, beat)
     assert floor([beat, Window(900.0, 2000.0, replicas=40)], 975.0, 30.0)[0] == 40
+
+
+def test_a_worker_that_does_not_say_when_it_started_is_timed_at_its_first_report() -> None:
+    policy = ScalingPolicy(max_replicas=10, target_per_replica=4, startup_seconds=30.0)
+    one = (busy("a", 4, done=100),)
+    _, state = decide(obs(2000, one), known(0.5, 998.0, one, 2004), policy, 1000.0)
+    joined = (busy("a", 4, done=120), busy("b", 0))
+    _, state = decide(obs(1900, joined, replicas=state.learned.launches[0][1] + 1), state, policy, 1008.0)
+    assert state.learned.startup == 8.0
+
+
+def test_an_idle_queue_leaves_its_persisted_state_alone() -> None:
+    """No status write for an idle pool: between polls only the time of the latest recommendation moves."""
+    policy = ScalingPolicy(min_replicas=1, target_per_replica=4, startup_seconds=10.0)
+    state = known(0.5, 0.0, (busy("a", 0, done=7),), 0)
+    written = []
+    for step in range(200):
+        idle = (WorkerLoad("a", done=7, heartbeat=1000.0 + 2 * step, concurrency=4, started=1.0),)
+        decision, state = decide(obs(0, idle), state, policy, 1000.0 + 2 * step)
+        assert decision.desired_replicas == 1
+        stored = state.to_dict()
+        stored["recommendations"] = [value for _, value in stored["recommendations"]]
+        written.append(json.dumps(stored, sort_keys=True))
+    assert len(set(written[-100:])) == 1

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 from workerpool_operator.observation import WorkerLoad
 
-UNCONFIRMED_AFTER = 30.0  # seconds a drain request may go unanswered before the worker is treated as not draining
+UNCONFIRMED_AFTER = 10.0  # seconds a drain request may go unanswered (reports come every 2 s) before the worker
+# is treated as one that cannot drain
 
 Draining = tuple[tuple[str, float], ...]
 

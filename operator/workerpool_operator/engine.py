@@ -36,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 
 from workerpool_operator import drain
 from workerpool_operator.drain import idlest_first
-from workerpool_operator.forecast import Learned, capacity, drain_seconds, learn, with_launch
+from workerpool_operator.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
 from workerpool_operator.observation import QueueObservation
 from workerpool_operator.schedules import Schedule, cron_windows, floor
 
@@ -55,6 +55,7 @@ __all__ = [
 DEMAND, THROUGHPUT = "demand", "throughput"
 POLICIES = (THROUGHPUT, DEMAND)
 SCHEDULE_MARGIN = 10.0  # seconds added to the start-up delay when a schedule's floor is applied ahead
+RESTART_GAP = 30.0  # seconds without a decision after which the scale-down window starts again from what runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,9 @@ class Decision(NamedTuple):
 
 
 _draining_flag = attrgetter("draining")
+# NamedTuple's generated __new__ is Python code; tuple.__new__ builds the same object in C. decide() makes a few
+# of these per queue per poll, so it builds them this way (positional, every field given).
+_new = tuple.__new__
 
 
 class _Wanted(NamedTuple):
@@ -207,7 +211,6 @@ class _Wanted(NamedTuple):
     reason: str
     recommendation: int
     recommendations: tuple[Stamped, ...]
-    scale_ups: tuple[Stamped, ...]
 
 
 def decide(
@@ -228,6 +231,20 @@ def decide(
 
     workers = observation.workers
     draining = state.draining
+    if (
+        not current
+        and not workers
+        and not draining
+        and not policy.schedules
+        and observation.backlog < policy.activation_backlog
+        and state.learned.at is None
+        and not state.learned.launches
+        and low == 0
+    ):  # asleep, and staying so: the common case of many queues, kept cheap
+        reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
+        demand = observation.backlog + observation.in_flight
+        asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned)
+        return Decision(0, reason, (), 0, demand, 0), asleep
     if draining or any(map(_draining_flag, workers)):
         draining = drain.still_draining(workers, draining, now)
     serving = current - len(draining)
@@ -236,15 +253,16 @@ def decide(
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
     demand = backlog + in_flight
-    learned = learn(state.learned, workers, demand, starting, now)
+    learned = state.learned
+    if policy.policy != DEMAND:  # the demand policy uses none of it
+        learned = learn(learned, workers, demand, starting, now)
     idle_since = state.idle_since
     if demand:
         idle_since = None
     elif idle_since is None:
         idle_since = now
     startup = learned.startup if learned.startup is not None else policy.startup_seconds
-    task_seconds = learned.task_seconds
-    if policy.policy == DEMAND or task_seconds is None:
+    if policy.policy == DEMAND or learned.completed < MIN_COMPLETED or learned.busy <= 0:
         wanted = _by_demand(observation, state, policy, now, serving, idle_since, low, high)
     else:
         wanted = _by_throughput(
@@ -260,10 +278,16 @@ def decide(
             opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
             reason = f"schedule {window.source!r} ({opens}): at least {scheduled} workers; {reason}"
 
-    plan = drain.plan(workers_wanted, current, workers, draining, policy.drain_timeout, now)
-    scale_ups = wanted.scale_ups
+    if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not
+        plan = _new(drain.Plan, (workers_wanted, (), (), (), (), workers_wanted - current, 0, ""))
+    else:
+        plan = drain.plan(workers_wanted, current, workers, draining, policy.drain_timeout, now)
+    scale_ups = state.scale_ups
+    if scale_ups and scale_ups[0][0] <= now - policy.scale_up_period:  # times rise: a few at most
+        scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)
     if plan.added:
-        learned = with_launch(learned, now, plan.added)
+        if policy.policy != DEMAND:
+            learned = with_launch(learned, now, plan.added, workers)
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain:
         reason += f"; drain {len(plan.drain)} ({', '.join(plan.drain)})"
@@ -271,24 +295,20 @@ def decide(
         reason += f"; take back {len(plan.undrain)} draining"
     if plan.note:
         reason += f"; {plan.note}"
-    decision = Decision(
-        plan.desired_replicas,
-        reason,
-        plan.remove_first,
-        current,
-        demand,
-        wanted.recommendation,
-        drain=plan.drain,
-        undrain=plan.undrain,
-    )
-    return decision, QueueState(0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned)
+    decision = _new(
+        Decision,
+        (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
+         plan.drain, plan.undrain),
+    )  # fmt: skip
+    return decision, _new(QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned))
 
 
 def _stabilize(
     recommendations: tuple[Stamped, ...], recommendation: int, serving: int, high: int, window: float, now: float
 ) -> tuple[int, tuple[Stamped, ...]]:
     """The highest recommendation inside the window (this one included), and the window's new contents:
-    times rising, values falling. A fresh state counts ``serving`` as a recommendation made now."""
+    times rising, values falling. A fresh state, or one last written more than ``RESTART_GAP`` ago (a
+    restart, an outage), counts ``serving`` as a recommendation made now: no scale-down at once after it."""
     if window <= 0:
         return recommendation, ()
     since = now - window
@@ -296,14 +316,14 @@ def _stabilize(
         recommendations = ()  # asleep or waking: what was recommended before the queue slept is stale
         stabilized = recommendation
     else:
-        if recommendations and recommendations[0][0] <= since:  # times rise along the tuple
+        if not recommendations or now - recommendations[-1][0] > (window if window > RESTART_GAP else RESTART_GAP):
+            recommendations = ((now, min(serving, high)),)
+        elif recommendations[0][0] <= since:  # times rise along the tuple
             first = 1
             while first < len(recommendations) and recommendations[first][0] <= since:
                 first += 1
             recommendations = recommendations[first:]
-        if not recommendations:
-            recommendations = ((now, min(serving, high)),)
-        stabilized = max(recommendation, recommendations[0][1])  # values fall along the tuple
+        stabilized = max(recommendation, recommendations[0][1]) if recommendations else recommendation
     kept = len(recommendations)
     while kept and recommendations[kept - 1][1] <= recommendation:
         kept -= 1
@@ -345,13 +365,14 @@ def _by_demand(
     window = policy.scale_down_window
     stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
-    scale_ups = state.scale_ups
-    if scale_ups and scale_ups[0][0] <= now - policy.scale_up_period:
-        scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)  # a few at most
     limited = False
     desired = stabilized
     if stabilized > current:
-        period_start = min([current, *(before for _, before in scale_ups)])  # replicas when the period began
+        period_start = current  # the replicas when the current scale-up period began
+        since = now - policy.scale_up_period
+        for time, before in state.scale_ups:
+            if time > since and before < period_start:
+                period_start = before
         limit = max(
             period_start + policy.scale_up_pods,
             -(-period_start * (100 + policy.scale_up_percent) // 100),
@@ -397,9 +418,7 @@ def _by_demand(
         reason = f"hold {current}: {load}; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     else:
         reason = f"steady: {load}"
-    if desired > current:
-        scale_ups = (*scale_ups, (now, current))
-    return _Wanted(desired, reason, recommendation, recommendations, scale_ups)
+    return _new(_Wanted, (desired, reason, recommendation, recommendations))
 
 
 def _by_throughput(
@@ -470,7 +489,7 @@ def _by_throughput(
         else:
             reason = f"steady: {figures}; {serving} workers"
     wanted = min(max(wanted, low), high)
-    return _Wanted(wanted, reason, keep, recommendations, state.scale_ups)
+    return _new(_Wanted, (wanted, reason, keep, recommendations))
 
 
 def _on_failure(

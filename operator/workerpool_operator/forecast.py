@@ -37,6 +37,8 @@ _done = attrgetter("done")
 _running = attrgetter("running")
 _name = attrgetter("worker")
 _started = attrgetter("started")
+_exp = math.exp
+_new = tuple.__new__  # builds a NamedTuple in C (all fields, in order): learn() runs for every queue at every poll
 
 
 class Learned(NamedTuple):
@@ -124,48 +126,47 @@ def _count(value: object) -> bool:
 
 def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, starting: int, now: float) -> Learned:
     """The estimates after one more observation (``starting``: replicas that do not report yet)."""
-    running = sum(map(_running, workers))
-    newest_start, startup, launches = previous.newest_start, previous.startup, previous.launches
-    if workers:
-        latest = max(map(_started, workers))
-        if latest > newest_start:
-            if launches:
-                startup, launches = _startups(workers, newest_start, startup, launches)
-            newest_start = latest
+    (at, before, running_before, seen, rate, recent, busy, completed, startup, newest_start, launches) = previous
+    if at is None and not outstanding and not launches and (not workers or not any(map(_running, workers))):
+        return previous  # idle, no baseline: nothing to learn, nothing to change
+    running = sum(map(_running, workers)) if workers else 0
     if launches:
+        if workers:
+            startup, launches, newest_start = _startups(seen, workers, newest_start, startup, launches, now)
         launches = _trim(launches, starting, now)
-    at = previous.at
     if at is None or now <= at:  # a baseline: nothing to compare with yet
-        at = now if outstanding or running else None  # idle: no baseline needed
-        return previous._replace(
-            at=at, outstanding=outstanding, running=running, workers=workers,
-            startup=startup, newest_start=newest_start, launches=launches,
-        )  # fmt: skip
+        at = now if outstanding or running else None
+        return _new(
+            Learned, (at, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches)
+        )
     elapsed = now - at
-    completions = _completions(previous.workers, workers, at)
-    arrivals = outstanding - previous.outstanding + completions
+    # Tasks finished since, from the done counters: the same workers (the usual case), or some came and went.
+    if len(seen) == len(workers) and list(map(_name, seen)) == list(map(_name, workers)):
+        completions = sum(map(_done, workers)) - sum(map(_done, seen))
+        if completions < 0:
+            completions = _completions(seen, workers, at)
+    else:
+        completions = _completions(seen, workers, at)
+    arrivals = outstanding - before + completions
     now_rate = arrivals / elapsed if arrivals > 0 else 0.0
-    keep = math.exp(-elapsed / ARRIVAL_HORIZON)
-    rate = previous.arrival_rate * keep + (1.0 - keep) * now_rate
-    keep = math.exp(-elapsed / RECENT_HORIZON)
-    recent = previous.recent_rate * keep + (1.0 - keep) * now_rate
-    busy, completed = previous.busy, previous.completed
-    if completions or running or previous.running:
-        fade = math.exp(-elapsed / SERVICE_HORIZON)
-        busy = busy * fade + (previous.running + running) * 0.5 * elapsed
+    keep = _exp(-elapsed / ARRIVAL_HORIZON)
+    rate = rate * keep + (1.0 - keep) * now_rate
+    keep = _exp(-elapsed / RECENT_HORIZON)
+    recent = recent * keep + (1.0 - keep) * now_rate
+    if completions or running or running_before:
+        fade = _exp(-elapsed / SERVICE_HORIZON)
+        busy = busy * fade + (running_before + running) * 0.5 * elapsed
         completed = completed * fade + completions
-    idle = not outstanding and not running and not completions
-    if idle and rate < FORGET_RATE:  # idle and forgotten: stop moving (no status write for nothing)
-        return Learned(None, 0, 0, workers, 0.0, 0.0, busy, completed, startup, newest_start, launches)
-    return Learned(now, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches)
+    if not outstanding and not running and not completions and rate < FORGET_RATE:
+        # idle and forgotten: stop moving (no status write for nothing)
+        return _new(Learned, (None, 0, 0, workers, 0.0, 0.0, busy, completed, startup, newest_start, launches))
+    return _new(
+        Learned, (now, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches)
+    )
 
 
 def _completions(before: tuple[WorkerLoad, ...], after: tuple[WorkerLoad, ...], since: float) -> int:
-    """Tasks finished between two observations, from the workers' ``done`` counters."""
-    if len(before) == len(after) and list(map(_name, before)) == list(map(_name, after)):
-        finished: int = sum(map(_done, after)) - sum(map(_done, before))
-        if finished >= 0:
-            return finished
+    """Tasks finished between two observations, worker by worker (some workers came or went, or restarted)."""
     counted = {w.worker: w.done for w in before}
     finished = 0
     for worker in after:
@@ -178,11 +179,27 @@ def _completions(before: tuple[WorkerLoad, ...], after: tuple[WorkerLoad, ...], 
 
 
 def _startups(
-    workers: tuple[WorkerLoad, ...], newest_start: float, startup: float | None, launches: tuple[tuple[float, int], ...]
-) -> tuple[float | None, tuple[tuple[float, int], ...]]:
-    """Match the workers that started since ``newest_start`` with the oldest scale-ups still waiting."""
+    before: tuple[WorkerLoad, ...],
+    workers: tuple[WorkerLoad, ...],
+    newest_start: float,
+    startup: float | None,
+    launches: tuple[tuple[float, int], ...],
+    now: float,
+) -> tuple[float | None, tuple[tuple[float, int], ...], float]:
+    """Match the workers new since the last observation with the oldest scale-ups still waiting for theirs.
+
+    New: started after any worker seen before; or, for a worker that does not say when it started (an older
+    worker image), a name not seen before, timed at its first report (``now``)."""
+    latest = max(map(_started, workers))
+    if latest:
+        new = [w.started for w in workers if w.started > newest_start] if latest > newest_start else []
+    else:  # no worker says when it started (an older worker image): new names, timed now
+        known = set(map(_name, before))
+        new = [now for w in workers if w.worker not in known]
+    if not new:
+        return startup, launches, newest_start
     pending = [list(item) for item in launches]
-    for started in sorted(w.started for w in workers if w.started > newest_start):
+    for started in sorted(new):
         while pending and pending[0][1] <= 0:
             pending.pop(0)
         if not pending or pending[0][0] > started:
@@ -190,7 +207,8 @@ def _startups(
         sample = started - pending[0][0]
         startup = sample if startup is None else startup + STARTUP_WEIGHT * (sample - startup)
         pending[0][1] -= 1
-    return startup, tuple((t, int(n)) for t, n in pending if n > 0)
+    kept = tuple((t, int(n)) for t, n in pending if n > 0)
+    return startup, kept, latest if latest > newest_start else newest_start
 
 
 def _trim(launches: tuple[tuple[float, int], ...], starting: int, now: float) -> tuple[tuple[float, int], ...]:
@@ -206,8 +224,18 @@ def _trim(launches: tuple[tuple[float, int], ...], starting: int, now: float) ->
     return tuple(kept)
 
 
-def with_launch(learned: Learned, now: float, pods: int) -> Learned:
-    return learned._replace(launches=(*learned.launches, (now, pods)))
+def with_launch(learned: Learned, now: float, pods: int, workers: tuple[WorkerLoad, ...]) -> Learned:
+    """Remember a scale-up, to time its workers' start-up; the workers there now are not its."""
+    newest = learned.newest_start
+    if not learned.launches and workers:
+        latest = max(map(_started, workers))
+        newest = latest if latest > newest else newest
+    l = learned  # noqa: E741
+    return _new(
+        Learned,
+        (l.at, l.outstanding, l.running, l.workers, l.arrival_rate, l.recent_rate, l.busy, l.completed, l.startup,
+         newest, (*l.launches, (now, pods))),
+    )  # fmt: skip
 
 
 def capacity(
