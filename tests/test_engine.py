@@ -185,7 +185,7 @@ def test_idlest_first_orders_by_load_then_running_then_name() -> None:
 def test_state_round_trips_through_json() -> None:
     learned = Learned(
         at=10.0, outstanding=7, running=3, workers=(WorkerLoad("w-1", done=12),), arrival_rate=1.5,
-        recent_rate=2.5, busy=40.0, completed=20.0, startup=14.0, newest_start=9.0, launches=((8.0, 2),),
+        recent_rate=2.5, busy=40.0, completed=20.0, startup=14.0, newest_start=9.0, launches=((8.0, 2),), done=12,
     )  # fmt: skip
     state = QueueState(
         failures=2, idle_since=12.5, recommendations=((1.0, 5), (3.5, 2)), scale_ups=((3.0, 1),),

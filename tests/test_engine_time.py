@@ -27,7 +27,17 @@ def known(
 ) -> QueueState:
     """A state whose estimates say ``task_seconds`` per task and no arrivals; its baseline is ``workers``."""
     running = sum(w.running for w in workers)
-    learned = Learned(at, outstanding, running, workers, busy=task_seconds * 1e6, completed=1e6, **fields)  # type: ignore[arg-type]
+    done = sum(w.done for w in workers)
+    learned = Learned(
+        at,
+        outstanding,
+        running,
+        workers,
+        busy=task_seconds * 1e6,
+        completed=1e6,
+        done=done,
+        **fields,  # type: ignore[arg-type]
+    )
     return QueueState(learned=learned)
 
 

@@ -216,11 +216,7 @@ class _Wanted(NamedTuple):
 def decide(
     observation: QueueObservation, state: QueueState, policy: ScalingPolicy, now: float
 ) -> tuple[Decision, QueueState]:
-    """How many replicas the queue should have now, and the state to pass to the next call.
-
-    Longer than 80 lines on purpose: one pass without helper calls for what every queue goes through on
-    every poll keeps 10,000 queues within the 50 ms budget (docs/benchmarks.md, bench_engine).
-    """
+    """How many replicas the queue should have now, and the state to pass to the next call."""
     current = observation.replicas
     if policy.paused:
         return Decision(current, f"paused: holding {current} replicas", (), current, paused=True), state
@@ -241,10 +237,7 @@ def decide(
         and not state.learned.launches
         and low == 0
     ):  # asleep, and staying so: the common case of many queues, kept cheap
-        reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
-        demand = observation.backlog + observation.in_flight
-        asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned)
-        return Decision(0, reason, (), 0, demand, 0), asleep
+        return _stay_asleep(observation, state, policy)
     if draining or any(map(_draining_flag, workers)):
         draining = drain.still_draining(workers, draining, now)
     serving = current - len(draining)
@@ -271,12 +264,7 @@ def decide(
         )  # fmt: skip
     workers_wanted, reason = wanted.workers, wanted.reason
     if policy.schedules:
-        lead = startup + SCHEDULE_MARGIN
-        scheduled, window = floor(cron_windows(policy.schedules, now, lead), now, lead)
-        if window is not None and workers_wanted < scheduled and workers_wanted < high:
-            workers_wanted = scheduled if scheduled < high else high
-            opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
-            reason = f"schedule {window.source!r} ({opens}): at least {scheduled} workers; {reason}"
+        workers_wanted, reason = _scheduled(policy, now, startup, workers_wanted, reason, high)
 
     if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not
         plan = _new(drain.Plan, (workers_wanted, (), (), (), (), workers_wanted - current, 0, ""))
@@ -289,18 +277,45 @@ def decide(
         if policy.policy != DEMAND:
             learned = with_launch(learned, now, plan.added, workers)
         scale_ups = (*scale_ups, (now, serving))
-    if plan.drain:
-        reason += f"; drain {len(plan.drain)} ({', '.join(plan.drain)})"
-    if plan.undrain:
-        reason += f"; take back {len(plan.undrain)} draining"
-    if plan.note:
-        reason += f"; {plan.note}"
+    if plan.drain or plan.undrain or plan.note:
+        reason = _with_plan(reason, plan)
     decision = _new(
         Decision,
         (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
          plan.drain, plan.undrain),
     )  # fmt: skip
     return decision, _new(QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned))
+
+
+def _stay_asleep(
+    observation: QueueObservation, state: QueueState, policy: ScalingPolicy
+) -> tuple[Decision, QueueState]:
+    reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
+    demand = observation.backlog + observation.in_flight
+    asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned)
+    return Decision(0, reason, (), 0, demand, 0), asleep
+
+
+def _scheduled(
+    policy: ScalingPolicy, now: float, startup: float, wanted: int, reason: str, high: int
+) -> tuple[int, str]:
+    """The schedules' floor, from one start-up delay (and a margin) before each window opens."""
+    lead = startup + SCHEDULE_MARGIN
+    scheduled, window = floor(cron_windows(policy.schedules, now, lead), now, lead)
+    if window is None or wanted >= scheduled or wanted >= high:
+        return wanted, reason
+    opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
+    return min(scheduled, high), f"schedule {window.source!r} ({opens}): at least {scheduled} workers; {reason}"
+
+
+def _with_plan(reason: str, plan: drain.Plan) -> str:
+    if plan.drain:
+        reason += f"; drain {len(plan.drain)} ({', '.join(plan.drain)})"
+    if plan.undrain:
+        reason += f"; take back {len(plan.undrain)} draining"
+    if plan.note:
+        reason += f"; {plan.note}"
+    return reason
 
 
 def _stabilize(

@@ -55,6 +55,7 @@ class Learned(NamedTuple):
     startup: float | None = None  # seconds from a scale-up to the new worker's report
     newest_start: float = 0.0  # the latest ``started`` of any worker seen
     launches: tuple[tuple[float, int], ...] = ()  # (time, pods) asked for whose workers have not reported yet
+    done: int = 0  # the workers' done counters then, added up
 
     @property
     def task_seconds(self) -> float | None:
@@ -113,6 +114,7 @@ class Learned(NamedTuple):
             startup=None if startup is None else float(startup),
             newest_start=float(numbers["newestStart"]),
             launches=tuple((float(t), n) for t, n in launches),
+            done=sum(done for _, done in counters),
         )
 
 
@@ -126,26 +128,35 @@ def _count(value: object) -> bool:
 
 def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, starting: int, now: float) -> Learned:
     """The estimates after one more observation (``starting``: replicas that do not report yet)."""
-    (at, before, running_before, seen, rate, recent, busy, completed, startup, newest_start, launches) = previous
+    (at, before, running_before, seen, rate, recent, busy, completed, startup, newest_start, launches, done_before) = (
+        previous
+    )
     if at is None and not outstanding and not launches and (not workers or not any(map(_running, workers))):
         return previous  # idle, no baseline: nothing to learn, nothing to change
     running = sum(map(_running, workers)) if workers else 0
-    if launches:
+    done = sum(map(_done, workers)) if workers else 0
+    if launches:  # scale-ups waiting for their workers: time the ones that came
         if workers:
-            startup, launches, newest_start = _startups(seen, workers, newest_start, startup, launches, now)
-        launches = _trim(launches, starting, now)
+            latest = max(map(_started, workers))
+            if latest > newest_start or not latest:
+                startup, launches, newest_start = _startups(seen, workers, newest_start, startup, launches, now)
+        if launches and (len(launches) > 1 or launches[0][1] > starting or now - launches[0][0] > LAUNCH_MEMORY):
+            launches = _trim(launches, starting, now)
     if at is None or now <= at:  # a baseline: nothing to compare with yet
         at = now if outstanding or running else None
         return _new(
-            Learned, (at, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches)
+            Learned,
+            (at, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches, done),
         )
     elapsed = now - at
-    # Tasks finished since, from the done counters: the same workers (the usual case), or some came and went.
-    if len(seen) == len(workers) and list(map(_name, seen)) == list(map(_name, workers)):
-        completions = sum(map(_done, workers)) - sum(map(_done, seen))
-        if completions < 0:
-            completions = _completions(seen, workers, at)
-    else:
+    # Tasks finished since, from the done counters: the same workers (the usual case: as many, first and last
+    # names the same; reports are sorted by name), or, when workers came and went, worker by worker.
+    completions = done - done_before
+    if (
+        completions < 0
+        or len(seen) != len(workers)
+        or (workers and (seen[0].worker != workers[0].worker or seen[-1].worker != workers[-1].worker))
+    ):
         completions = _completions(seen, workers, at)
     arrivals = outstanding - before + completions
     now_rate = arrivals / elapsed if arrivals > 0 else 0.0
@@ -159,9 +170,10 @@ def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, 
         completed = completed * fade + completions
     if not outstanding and not running and not completions and rate < FORGET_RATE:
         # idle and forgotten: stop moving (no status write for nothing)
-        return _new(Learned, (None, 0, 0, workers, 0.0, 0.0, busy, completed, startup, newest_start, launches))
+        return _new(Learned, (None, 0, 0, workers, 0.0, 0.0, busy, completed, startup, newest_start, launches, done))
     return _new(
-        Learned, (now, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches)
+        Learned,
+        (now, outstanding, running, workers, rate, recent, busy, completed, startup, newest_start, launches, done),
     )
 
 
@@ -234,7 +246,7 @@ def with_launch(learned: Learned, now: float, pods: int, workers: tuple[WorkerLo
     return _new(
         Learned,
         (l.at, l.outstanding, l.running, l.workers, l.arrival_rate, l.recent_rate, l.busy, l.completed, l.startup,
-         newest, (*l.launches, (now, pods))),
+         newest, (*l.launches, (now, pods)), l.done),
     )  # fmt: skip
 
 
