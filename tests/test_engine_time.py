@@ -284,3 +284,31 @@ def test_an_idle_queue_leaves_its_persisted_state_alone() -> None:
         stored["recommendations"] = [value for _, value in stored["recommendations"]]
         written.append(json.dumps(stored, sort_keys=True))
     assert len(set(written[-100:])) == 1
+
+
+def test_long_tasks_busy_workers_hand_back_what_they_prefetched_until_a_slot_frees() -> None:
+    """With long tasks a task prefetched by a busy worker would wait a whole task: the worker is asked to
+    drain (it hands its reserved tasks back to the queue, where an idle worker takes them) and taken back
+    once one of its slots is free. It is not a scale-down: it keeps counting as a serving worker."""
+    policy = ScalingPolicy(max_replicas=10, target_per_replica=2)
+    full = WorkerLoad("a", running=2, reserved=2, done=5, concurrency=2, started=1.0)
+    idle = WorkerLoad("b", running=0, done=5, concurrency=2, started=1.0)
+    state = known(600.0, 98.0, (full, idle), 4)
+    decision, state = decide(obs(0, (full, idle)), state, policy, 100.0)
+    assert decision.drain == ("a",) and state.handing_back == ("a",) and state.draining == ()
+    assert "1 busy worker hand back what they prefetched" in decision.reason
+    handed = WorkerLoad("a", running=2, done=5, concurrency=2, started=1.0, draining=True)
+    took = WorkerLoad("b", running=2, done=5, concurrency=2, started=1.0)
+    decision, state = decide(obs(0, (handed, took)), state, policy, 102.0)
+    assert decision.drain == () and decision.undrain == () and state.handing_back == ("a",)
+    assert state.draining == ()  # its draining report is not adopted as a scale-down
+    freed = WorkerLoad("a", running=1, done=6, concurrency=2, started=1.0, draining=True)
+    decision, state = decide(obs(0, (freed, took)), state, policy, 104.0)
+    assert decision.undrain == ("a",) and state.handing_back == ()
+
+
+def test_short_tasks_keep_their_prefetch() -> None:
+    policy = ScalingPolicy(max_replicas=10, target_per_replica=2)
+    full = WorkerLoad("a", running=2, reserved=2, done=5, concurrency=2, started=1.0)
+    decision, state = decide(obs(0, (full,)), known(0.5, 98.0, (full,), 4), policy, 100.0)
+    assert decision.drain == () and state.handing_back == ()

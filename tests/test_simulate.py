@@ -11,6 +11,7 @@ import pytest
 from workerpool_operator.cli import main
 from workerpool_operator.engine import ScalingPolicy, Schedule
 from workerpool_operator.sim.cluster import Cluster, WorkerModel
+from workerpool_operator.sim.command import without_draining
 from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
 from workerpool_operator.sim.simulate import QueueSetup, simulate
 from workerpool_operator.sim.trace import TraceError, draw_tasks, parse_service_time, parse_trace, read_trace
@@ -56,13 +57,16 @@ def test_concurrency_runs_tasks_side_by_side_and_a_scale_down_lets_running_tasks
     assert result.killed == 0 and result.drains >= 1
 
 
-def test_prefetched_tasks_wait_inside_a_busy_worker() -> None:
+def test_prefetched_tasks_wait_inside_a_busy_worker_unless_it_hands_them_back() -> None:
     """Celery's default early acknowledgement: a busy worker of concurrency 2 still reserves 2 more tasks,
-    and they wait for its slots while the pods started for them are idle."""
+    and they wait for its slots while the pods started for them are idle, unless the engine has the busy
+    worker hand them back (tasks that have run 30 s by then: long ones)."""
     tasks = [(0.0, 300.0)] * 4
     queue = setup(concurrency=2, max_replicas=4, target_per_replica=2)
-    early = simulate(tasks, queue, "ours", startup_delay=10.0)
-    assert sorted(early.waits) == [10.0, 10.0, 310.0, 310.0]
+    kept = simulate(tasks, without_draining(queue), "ours", startup_delay=10.0)
+    assert sorted(kept.waits) == [10.0, 10.0, 310.0, 310.0]
+    handed = simulate(tasks, queue, "ours", startup_delay=10.0)
+    assert sorted(handed.waits) == [10.0, 10.0, 40.0, 40.0]  # at the first poll after 30 s of running
     late = simulate(tasks, queue, "ours", startup_delay=10.0, acks_late=True)
     assert max(late.waits) < 15.0
 

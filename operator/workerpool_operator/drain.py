@@ -18,10 +18,11 @@ With ``drain_timeout`` 0 nothing drains: the idlest workers are removed at once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from workerpool_operator.observation import WorkerLoad
 
+HAND_BACK_AFTER = 30.0  # task seconds from which a busy worker's prefetched tasks are sent back to the queue
 UNCONFIRMED_AFTER = 10.0  # seconds a drain request may go unanswered (reports come every 2 s) before the worker
 # is treated as one that cannot drain
 
@@ -47,16 +48,46 @@ def idlest_first(workers: tuple[WorkerLoad, ...], count: int) -> tuple[str, ...]
     return tuple(name for _, _, name in ranked[:count])
 
 
-def still_draining(workers: tuple[WorkerLoad, ...], draining: Draining, now: float) -> Draining:
+def still_draining(
+    workers: tuple[WorkerLoad, ...], draining: Draining, now: float, handing: tuple[str, ...] = ()
+) -> Draining:
     """The drain state after an observation: workers that stopped reporting are gone; a worker that says it is
-    draining but is not in the state (a restart lost it) is adopted."""
-    if not draining:
-        adopted = tuple((w.worker, now) for w in workers if w.draining)
-        return adopted
+    draining but is not in the state (a restart lost it), nor handing back, is adopted."""
     present = {w.worker for w in workers}
     kept = tuple(item for item in draining if item[0] in present)
-    known = {name for name, _ in kept}
+    known = {name for name, _ in kept}.union(handing)
     return kept + tuple((w.worker, now) for w in workers if w.draining and w.worker not in known)
+
+
+def hand_back(
+    workers: tuple[WorkerLoad, ...], handing: tuple[str, ...], plan: Plan, task_seconds: float | None, policy: Any
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Long tasks: a busy worker's prefetched tasks would wait a whole task behind it, while other workers may
+    be idle. Such a worker (every slot running, something reserved) is asked to drain, which hands its
+    prefetched tasks back to the queue; once a slot frees it is taken back. Returns (workers handing back now,
+    to drain, to take back). Nothing of it with draining off or tasks shorter than ``HAND_BACK_AFTER``."""
+    if policy.drain_timeout <= 0 or task_seconds is None or task_seconds < HAND_BACK_AFTER:
+        return (), (), handing  # take back any left from before
+    slots = policy.target_per_replica if policy.target_per_replica > 0 else 1
+    leaving = {name for name, _ in plan.draining}
+    loads = {w.worker: w for w in workers}
+    kept: list[str] = []
+    take: list[str] = []
+    for name in handing:
+        worker = loads.get(name)
+        if worker is None or name in leaving:
+            continue  # gone, or drained for a scale-down now
+        if worker.running < (worker.concurrency or slots):
+            take.append(name)
+        else:
+            kept.append(name)
+    asked = set(handing)
+    hand = tuple(
+        w.worker
+        for w in workers
+        if w.reserved and w.running >= (w.concurrency or slots) and w.worker not in asked and w.worker not in leaving
+    )
+    return (*kept, *hand), hand, tuple(take)
 
 
 def plan(

@@ -103,6 +103,9 @@ class QueueState(NamedTuple):
     draining: tuple[tuple[str, float], ...] = ()
     # What the reports taught about this queue (task seconds, arrival rate, start-up delay).
     learned: Learned = Learned()
+    # Busy workers asked to stop consuming for a while, so that what they prefetched goes back to the queue
+    # (long tasks: a prefetched task would wait a whole task behind them); taken back when a slot frees.
+    handing_back: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +115,7 @@ class QueueState(NamedTuple):
             "scaleUps": [[t, r] for t, r in self.scale_ups],
             "draining": [[w, t] for w, t in self.draining],
             "learned": self.learned.to_dict(),
+            "handingBack": list(self.handing_back),
         }
 
     @classmethod
@@ -134,6 +138,7 @@ class QueueState(NamedTuple):
             scale_ups=_stamps(data.get("scaleUps", ()), "scaleUps"),
             draining=_draining(data.get("draining", ())),
             learned=Learned.from_dict(data.get("learned")),
+            handing_back=_names(data.get("handingBack", ())),
         )
 
 
@@ -155,6 +160,12 @@ def _stamps(value: object, name: str) -> tuple[Stamped, ...]:
             raise ValueError(f"scaling state: {name} replicas must be a non-negative integer, got {replicas!r}")
         stamps.append((_number(item[0], name), replicas))
     return tuple(stamps)
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"scaling state: handingBack must be a list of worker names, got {value!r}")
+    return tuple(value)
 
 
 def _draining(value: object) -> tuple[tuple[str, float], ...]:
@@ -238,8 +249,9 @@ def decide(
         and low == 0
     ):  # asleep, and staying so: the common case of many queues, kept cheap
         return _stay_asleep(observation, state, policy)
-    if draining or any(map(_draining_flag, workers)):
-        draining = drain.still_draining(workers, draining, now)
+    handing = state.handing_back
+    if draining or handing or any(map(_draining_flag, workers)):
+        draining = drain.still_draining(workers, draining, now, handing)
     serving = current - len(draining)
     reporting = len(workers)
     starting = current - reporting if current > reporting else 0
@@ -279,12 +291,21 @@ def decide(
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
         reason = _with_plan(reason, plan)
+    held = learned.held_seconds if policy.drain_timeout > 0 and learned.busy else None
+    if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
+        handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
+        if hand or take:
+            plan = plan._replace(drain=plan.drain + hand, undrain=plan.undrain + take)
+            if hand:
+                reason += f"; {len(hand)} busy worker{'s' if len(hand) > 1 else ''} hand back what they prefetched"
     decision = _new(
         Decision,
         (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
          plan.drain, plan.undrain),
     )  # fmt: skip
-    return decision, _new(QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned))
+    return decision, _new(
+        QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing)
+    )
 
 
 def _stay_asleep(
@@ -292,7 +313,7 @@ def _stay_asleep(
 ) -> tuple[Decision, QueueState]:
     reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
     demand = observation.backlog + observation.in_flight
-    asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned)
+    asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned, ())
     return Decision(0, reason, (), 0, demand, 0), asleep
 
 
@@ -530,4 +551,4 @@ def _on_failure(
         scale_ups = (*tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period), (now, current))
     decision = Decision(desired, reason, (), current, fallback_active=fallback_active)
     # Idle time must be seen without gaps: an outage restarts the idle clock.
-    return decision, state._replace(failures=failures, idle_since=None, scale_ups=scale_ups)
+    return decision, state._replace(failures=failures, idle_since=None, scale_ups=scale_ups)  # drains kept

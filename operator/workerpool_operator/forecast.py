@@ -62,6 +62,15 @@ class Learned(NamedTuple):
         """Seconds one task holds a slot; None until some tasks have finished."""
         return self.busy / self.completed if self.completed >= MIN_COMPLETED and self.busy > 0 else None
 
+    @property
+    def held_seconds(self) -> float | None:
+        """Task seconds, or before any task finished, how long the running tasks have run so far (a lower
+        bound); None without any busy time."""
+        if self.completed >= MIN_COMPLETED and self.busy > 0:
+            return self.busy / self.completed
+        held = self.completed + self.running
+        return self.busy / held if held > 0 and self.busy > 0 else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "at": self.at,
