@@ -291,7 +291,7 @@ def decide(
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
         reason = _with_plan(reason, plan)
-    held = learned.held_seconds if policy.drain_timeout > 0 and learned.busy else None
+    held = learned.held_seconds if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND else None
     if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
         handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
         if hand or take:
