@@ -577,6 +577,24 @@ BAD: list[Bad] = [
         "spec.flower.auth.basic: unknown field",
     ),
     Bad(
+        "a cron expression with four fields",
+        edit(("spec.scaling", {"schedules": [{"cron": "0 * * *", "durationSeconds": 60, "replicas": 2}]})),
+        'spec.scaling.schedules[0].cron: Invalid value: "0 * * *"',
+        f"spec.scaling.schedules[0].cron: {model.MSG_CRON}",
+    ),
+    Bad(
+        "a policy that does not exist",
+        edit(("spec.queues.1.scaling", {"policy": "predictive"})),
+        'spec.queues[1].scaling.policy: Unsupported value: "predictive"',
+        "spec.queues[1].scaling.policy: Input should be 'throughput' or 'demand'",
+    ),
+    Bad(
+        "a schedule without replicas",
+        edit(("spec.scaling", {"schedules": [{"cron": "0 * * * *", "durationSeconds": 60}]})),
+        "spec.scaling.schedules[0].replicas: Required value",
+        "spec.scaling.schedules[0].replicas: required field is missing",
+    ),
+    Bad(
         "pool name too long for a label",
         edit(("metadata.name", "a" * 64)),
         f'Invalid value: "object": {model.MSG_POOL_NAME}',

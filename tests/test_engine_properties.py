@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -9,7 +10,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workerpool_operator.engine import Decision, QueueState, ScalingPolicy, decide
+from workerpool_operator.engine import DEMAND, POLICIES, Decision, QueueState, ScalingPolicy, decide
+from workerpool_operator.forecast import Learned
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 
 settings.register_profile("engine", max_examples=200, deadline=None)
@@ -34,6 +36,26 @@ def policies(draw: st.DrawFn, paused: bool = False) -> ScalingPolicy:
         fallback_failure_threshold=draw(st.integers(1, 5)),
         fallback_replicas=draw(st.none() | st.integers(0, 60)),
         paused=paused,
+        drain_timeout=draw(st.sampled_from([0.0, 60.0, 3600.0])),
+        policy=draw(st.sampled_from(POLICIES)),
+        startup_seconds=draw(st.sampled_from([5.0, 30.0])),
+    )
+
+
+@st.composite
+def learned(draw: st.DrawFn) -> Learned:
+    """Estimates as some earlier polls left them (or none yet)."""
+    if draw(st.booleans()):
+        return Learned()
+    return Learned(
+        at=draw(st.none() | st.floats(NOW - 30.0, NOW - 1.0)),
+        outstanding=draw(st.integers(0, 500)),
+        running=draw(st.integers(0, 100)),
+        arrival_rate=draw(st.floats(0.0, 300.0)),
+        recent_rate=draw(st.floats(0.0, 300.0)),
+        busy=draw(st.floats(0.0, 5000.0)),
+        completed=draw(st.floats(0.0, 5000.0)),
+        startup=draw(st.none() | st.floats(1.0, 120.0)),
     )
 
 
@@ -48,6 +70,7 @@ def states(draw: st.DrawFn) -> QueueState:
         idle_since=draw(st.none() | st.floats(NOW - 1000.0, NOW)),
         recommendations=tuple((NOW - age, value) for age, value in zip(ages, values, strict=True)),
         scale_ups=tuple((NOW - age, draw(st.integers(0, 60))) for age in ups),
+        learned=draw(learned()),
     )
 
 
@@ -75,8 +98,12 @@ def observations(draw: st.DrawFn, replicas: st.SearchStrategy[int] = ANY_REPLICA
 
 @given(observations(), states(), policies())
 def test_bounds_always_hold(observation: QueueObservation, state: QueueState, policy: ScalingPolicy) -> None:
-    decision, _ = decide(observation, state, policy, NOW)
-    assert policy.min_replicas <= decision.desired_replicas <= policy.max_replicas
+    """Within [min, max]; above max only while workers drain (they are removed once idle, never killed)."""
+    decision, new_state = decide(observation, state, policy, NOW)
+    assert policy.min_replicas <= decision.desired_replicas
+    serving = decision.desired_replicas - len(new_state.draining)
+    assert serving <= max(policy.max_replicas, observation.replicas - len(observation.workers))
+    assert decision.desired_replicas <= max(policy.max_replicas, observation.replicas)
 
 
 @given(st.data(), states(), policies())
@@ -130,6 +157,7 @@ def test_desired_replicas_are_monotone_in_demand(
 def test_a_demand_jump_is_answered_in_one_decision_up_to_the_step_limit(
     data: st.DataObject, policy: ScalingPolicy
 ) -> None:
+    policy = dataclasses.replace(policy, policy=DEMAND)
     current = data.draw(st.integers(1, policy.max_replicas))
     wanted = data.draw(st.integers(current + 1, 200))
     demand = data.draw(st.integers((wanted - 1) * policy.target_per_replica + 1, wanted * policy.target_per_replica))
@@ -184,3 +212,18 @@ def test_a_restart_between_decisions_changes_no_decision(
         return out
 
     assert replay(restart=False) == replay(restart=True)
+
+
+@given(policies(), st.lists(st.tuples(st.integers(0, 500), st.integers(0, 60), st.floats(0.5, 20.0)), max_size=60))
+def test_the_state_stays_small(policy: ScalingPolicy, steps: list[tuple[int, int, float]]) -> None:
+    """Whatever happens, the state keeps only what its windows need (it is written to the status)."""
+    state, replicas, now = QueueState(), 0, 0.0
+    for backlog, in_flight, gap in steps:
+        now += gap
+        workers = tuple(WorkerLoad(f"w{i}", running=1, done=int(now), started=1.0) for i in range(min(replicas, 8)))
+        observation = QueueObservation("q", backlog, in_flight, workers, replicas=replicas)
+        decision, state = decide(observation, state, policy, now)
+        replicas = decision.desired_replicas
+        assert all(t >= now - policy.scale_up_period for t, _ in state.scale_ups)
+        assert len(state.scale_ups) <= len(steps) and len(state.learned.launches) <= policy.max_replicas + 1
+        assert len(state.recommendations) <= max(policy.scale_down_window, 1.0) / 0.5 + 2

@@ -41,6 +41,7 @@ spec:
     scaleUp: {pods: 4, periodSeconds: 0}
     scaleDownStabilizationSeconds: 2
     idleSecondsBeforeZero: 2
+    drainTimeoutSeconds: 0  # the local runtime does not drain workers yet: remove the idlest at once
 """
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import heapq
 from pathlib import Path
 
 import pytest
 
 from workerpool_operator.cli import main
-from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.engine import ScalingPolicy, Schedule
+from workerpool_operator.sim.cluster import Cluster, WorkerModel
+from workerpool_operator.sim.command import without_draining
 from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
 from workerpool_operator.sim.simulate import QueueSetup, simulate
 from workerpool_operator.sim.trace import TraceError, draw_tasks, parse_service_time, parse_trace, read_trace
@@ -28,8 +31,8 @@ def test_a_task_on_a_sleeping_queue_waits_for_a_pod_to_start() -> None:
     result = simulate([(0.0, 5.0)], setup(target_per_replica=1), "ours", startup_delay=20.0)
     assert result.waits == [20.0]
     assert result.finished == 1
-    # woken at 0, ready at 20, done at 25; idle from the poll at 26, to zero 120 s later at 146
-    assert result.replica_seconds == pytest.approx(146.0)
+    # woken at 0, ready at 20, done at 25; idle from the poll at 26, drained 120 s later at 146, removed at 148
+    assert result.replica_seconds == pytest.approx(148.0)
     assert result.scale_events == 2
     assert [row.desired for row in result.timeline][:2] == [1, 1]
     assert result.timeline[-1].pods == 0
@@ -46,10 +49,26 @@ def test_tasks_queue_behind_a_busy_worker() -> None:
 
 def test_concurrency_runs_tasks_side_by_side_and_a_scale_down_lets_running_tasks_finish() -> None:
     tasks = [(0.0, 300.0)] * 4 + [(1.0, 1.0)]
-    result = simulate(tasks, setup(concurrency=2, max_replicas=4, target_per_replica=2), "ours", startup_delay=10.0)
+    queue = setup(concurrency=2, max_replicas=4, target_per_replica=2)
+    result = simulate(tasks, queue, "ours", startup_delay=10.0, acks_late=True)
     assert result.finished == 5
-    assert max(result.waits) <= 12.0  # two pods, ready by the poll after 10 s, take everything at once
+    assert max(result.waits) <= 12.0  # acks_late: each pod holds only what it runs; three pods take everything
     assert max(row.pods for row in result.timeline) >= 2
+    assert result.killed == 0 and result.drains >= 1
+
+
+def test_prefetched_tasks_wait_inside_a_busy_worker_unless_it_hands_them_back() -> None:
+    """Celery's default early acknowledgement: a busy worker of concurrency 2 still reserves 2 more tasks,
+    and they wait for its slots while the pods started for them are idle, unless the engine has the busy
+    worker hand them back (tasks that have run 30 s by then: long ones)."""
+    tasks = [(0.0, 300.0)] * 4
+    queue = setup(concurrency=2, max_replicas=4, target_per_replica=2)
+    kept = simulate(tasks, without_draining(queue), "ours", startup_delay=10.0)
+    assert sorted(kept.waits) == [10.0, 10.0, 310.0, 310.0]
+    handed = simulate(tasks, queue, "ours", startup_delay=10.0)
+    assert sorted(handed.waits) == [10.0, 10.0, 40.0, 40.0]  # at the first poll after 30 s of running
+    late = simulate(tasks, queue, "ours", startup_delay=10.0, acks_late=True)
+    assert max(late.waits) < 15.0
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
@@ -66,9 +85,13 @@ def test_counting_in_flight_serves_long_tasks_better_than_the_list_length() -> N
     trace = read_trace(str(TRACES / "long.csv"))
     tasks = draw_tasks(trace, "exp:1", seed=1)
     queue = setup(2, max_replicas=10, target_per_replica=2)
-    ours, keda = (simulate(tasks, queue, name, trace_end=trace.end) for name in ("ours", "keda"))
-    assert ours.finished == keda.finished == len(tasks)
+    ours, keda = (simulate(tasks, queue, name, trace_end=trace.end, acks_late=True) for name in ("ours", "keda"))
+    assert ours.finished == len(tasks)
     assert ours.wait_percentile(95) < keda.wait_percentile(95) / 10
+    # KEDA's list-only trigger scales busy pods away: their tasks are killed at the grace period and come
+    # back an hour later (to be killed again, some of them); ours drains and kills nothing
+    assert ours.killed == ours.lost == 0
+    assert keda.killed > 10 and keda.redelivered > 10 and keda.lost == 0
 
 
 def test_unstarted_tasks_count_with_their_wait_so_far() -> None:
@@ -151,7 +174,8 @@ def test_task_trace() -> None:
         ("time,rate\n0,1\n", "at least two rows"),
         ("time,rate\n0,1\n10,fast\n", "line 3: rate must be a non-negative number, got 'fast'"),
         ("time,rate\n10,1\n5,1\n", "line 3: time 5 goes backwards"),
-        ("time,duration\n0,0\n", "line 2: duration must be a positive number"),
+        ("time,duration\n0,-1\n", "line 2: duration must be a non-negative number, got '-1'"),
+        ("time,duration\n0,fast\n", "line 2: duration must be a non-negative number, got 'fast'"),
         ("time,duration\n0,1,2\n", "line 2: expected 2 values, got 3"),
         ("time,rate,service_time\n0,1,gamma:2\n9,0\n", "line 2: service time 'gamma:2'"),
     ],
@@ -218,8 +242,11 @@ def test_simulate_command_compares_both_policies_and_writes_timeline_and_plot(
     argv = ["simulate", "-f", str(pool_file), "--trace", str(TRACES / "burst.csv"), "--policy", "both"]
     assert main([*argv, "--out", str(out), "--plot", str(plot)]) == 0
     text = capsys.readouterr().out
-    assert "queue emails of WorkerPool shop: concurrency 8, target 8 per replica, replicas 0..20" in text
-    assert "task wait p95" in text and "replica-seconds" in text and "scale events" in text
+    assert "queue emails of WorkerPool shop: concurrency 8, prefetch multiplier 1, policy throughput, " in text
+    assert "replicas 0..20, poll every 2s, grace 30s, drain timeout 3600s" in text
+    for row in ("task wait p95", "replica-seconds", "÷ physical minimum", "scale events", "tasks killed"):
+        assert row in text
+    assert "without draining (drainTimeoutSeconds: 0) ours kills" in text
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["policy"] for row in rows} == {"ours", "keda"}
@@ -232,7 +259,7 @@ def test_simulate_command_uses_the_named_queue(pool_file: Path, capsys: pytest.C
     assert main([*argv, "--policy", "keda", "--startup-delay", "5", "--seed", "2"]) == 0
     text = capsys.readouterr().out
     assert "queue reports of WorkerPool shop: concurrency 2" in text
-    assert "pod start-up 5s; seed 2" in text and "keda" in text
+    assert "pod start-up 5; acks_late off; seed 2" in text and "keda" in text
 
 
 @pytest.mark.parametrize(
@@ -241,7 +268,8 @@ def test_simulate_command_uses_the_named_queue(pool_file: Path, capsys: pytest.C
         (["--queue", "nope"], "burst.csv", "no queue 'nope'"),
         ([], "missing.csv", "cannot read the trace"),
         (["--service-time", "exp:-2"], "burst.csv", "service time 'exp:-2'"),
-        (["--startup-delay", "-1"], "burst.csv", "--startup-delay must not be negative"),
+        (["--startup-delay", "-1"], "burst.csv", "--startup-delay: service time '-1'"),
+        (["--startup-delay", "uniform:30,10"], "burst.csv", "--startup-delay: service time 'uniform:30,10'"),
     ],
 )
 def test_simulate_command_reports_bad_input(
@@ -261,3 +289,80 @@ def test_simulate_command_rejects_a_file_without_one_workerpool(
     path.write_text("kind: WorkerPool\nmetadata: {name: x}\nspec: {queues: []}\n")
     assert main(["simulate", "-f", str(path), "--trace", str(TRACES / "burst.csv")]) == 2
     assert "spec" in capsys.readouterr().err
+
+
+# --- the workers: prefetch, drain, grace, kills ----------------------------------------------------------
+
+
+def run_events(cluster: Cluster) -> None:
+    while cluster.heap:
+        time, kind, _, pod, task = heapq.heappop(cluster.heap)
+        cluster.now = time
+        cluster.handle(kind, pod, task)
+
+
+def test_a_task_killed_at_the_grace_period_comes_back_after_the_visibility_timeout() -> None:
+    cluster = Cluster(
+        [(0.0, 100.0)], "q", WorkerModel(concurrency=1, acks_late=True, grace=30.0, visibility_timeout=50.0)
+    )
+    pod = cluster.create_pod(0.0)
+    cluster.arrive(0)
+    assert pod.running == {0}
+    cluster.now = 10.0
+    cluster.terminate(pod)  # SIGTERM at 10: killed at 40, back in the list at 90
+    run_events(cluster)
+    assert (cluster.killed, cluster.redelivered, cluster.lost, cluster.finished) == (1, 1, 0, 0)
+    assert list(cluster.queue) == [0] and cluster.pod_seconds(90.0) == 40.0
+
+
+def test_without_acks_late_a_killed_task_is_lost() -> None:
+    cluster = Cluster([(0.0, 100.0)], "q", WorkerModel(concurrency=1, grace=30.0))
+    pod = cluster.create_pod(0.0)
+    cluster.arrive(0)
+    cluster.terminate(pod)
+    run_events(cluster)
+    assert (cluster.killed, cluster.lost, cluster.redelivered) == (1, 1, 0) and not cluster.queue
+
+
+def test_a_draining_worker_hands_back_what_it_prefetched_and_finishes_what_it_runs() -> None:
+    cluster = Cluster([(0.0, 10.0)] * 3, "q", WorkerModel(concurrency=1, prefetch_multiplier=1))
+    first = cluster.create_pod(0.0)
+    for task in range(3):
+        cluster.arrive(task)
+    assert (first.running, list(first.reserved), list(cluster.queue)) == ({0}, [1], [2])  # 1 runs, 1 reserved
+    cluster.drain(first)
+    assert list(cluster.queue) == [1, 2]  # handed back to the head of the list, in order
+    second = cluster.create_pod(0.0)
+    assert second.running == {1} and list(second.reserved) == [2]
+    run_events(cluster)
+    assert cluster.finished == 3 and cluster.killed == 0 and first.done == 1
+
+
+def test_start_up_delays_are_drawn_from_a_seeded_distribution() -> None:
+    trace = read_trace(str(TRACES / "burst.csv"))
+    tasks = draw_tasks(trace, "exp:1", seed=1)[:3000]
+    queue = setup(8, max_replicas=20, target_per_replica=8)
+    runs = [simulate(tasks, queue, "ours", startup_delay="uniform:5,60", seed=seed) for seed in (1, 1, 2)]
+    assert runs[0].replica_seconds == runs[1].replica_seconds
+    assert runs[0].replica_seconds != runs[2].replica_seconds
+
+
+def test_tasks_that_round_to_zero_are_accepted_and_counted() -> None:
+    trace = parse_trace("time,duration\n0,0.000\n1,0\n2,4\n")
+    result = simulate(draw_tasks(trace, "exp:1", seed=1), setup(2, target_per_replica=2), "ours", startup_delay=0)
+    assert result.finished == 3
+    assert result.physical_minimum == 2.0  # 4 s of work on 2 slots
+    assert result.cost_ratio == result.replica_seconds / 2.0
+
+
+def test_a_schedule_prewarms_for_a_beat_spike() -> None:
+    trace = read_trace(str(TRACES / "beat.csv"))
+    tasks = [t for t in draw_tasks(trace, "exp:1", seed=1) if t[0] < 4000]
+    hourly = Schedule("0 * * * *", duration=120.0, replicas=20)
+    plain, warmed = (
+        simulate(tasks, setup(4, max_replicas=20, target_per_replica=4, schedules=s), "ours", startup_delay=10)
+        for s in ((), (hourly,))
+    )
+    assert warmed.wait_percentile(95) < plain.wait_percentile(95) * 0.8
+    spike = [row for row in warmed.timeline if 3590 <= row.time < 3600]
+    assert spike and min(row.ready for row in spike) == 20  # ready before the top of the hour

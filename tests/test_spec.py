@@ -13,7 +13,7 @@ import pytest
 from tests import crd_rules
 from tests.test_crd import VALID, edit, example
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.engine import ScalingPolicy, Schedule
 from workerpool_operator.spec import (
     QUANTITY_PATTERN,
     CeleryPool,
@@ -128,6 +128,8 @@ POLICY_FIELDS = {
     "fallback_replicas": "fallback.replicas",
     "paused": "paused",
     "drain_timeout": "drainTimeoutSeconds",
+    "policy": "policy",
+    "startup_seconds": "startupSeconds",
 }
 
 
@@ -139,7 +141,8 @@ def test_crd_scaling_defaults_are_the_engines() -> None:
         for part in path.split("."):
             value = value.get(part)
         assert value == getattr(engine, field), field
-    covered = set(POLICY_FIELDS) | {"min_replicas", "max_replicas", "target_per_replica"}
+    assert stored["schedules"] == [] and engine.schedules == ()
+    covered = set(POLICY_FIELDS) | {"min_replicas", "max_replicas", "target_per_replica", "schedules"}
     assert covered == {field.name for field in dataclasses.fields(ScalingPolicy)}
     queue = SPEC_SCHEMA["properties"]["queues"]["items"]["properties"]
     assert (queue["minReplicas"]["default"], queue["maxReplicas"]["default"]) == (
@@ -208,6 +211,9 @@ def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:
         fallback_replicas=2,
         paused=False,
         drain_timeout=7200.0,
+        policy="demand",
+        startup_seconds=90.0,
+        schedules=(Schedule("0 2 * * *", 3600.0, 6, "Europe/Paris"),),  # replaces the pool-wide list
     )
     assert spec.poll_interval_for("reports") == 5.0
     emails = spec.policy_for("emails")  # only the target is overridden; the rest is pool-wide
@@ -216,6 +222,7 @@ def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:
         max_replicas=10,
         target_per_replica=150,
         fallback_replicas=1,
+        schedules=(Schedule("0 * * * *", 300.0, 2, "UTC"),),
     )
     assert spec.poll_interval_for("emails") == 2.0
 
@@ -322,3 +329,13 @@ def test_accepts_any_mapping_like_kopfs_body() -> None:
     views = {"metadata": MappingProxyType(raw["metadata"]), "spec": MappingProxyType(raw["spec"])}
     frozen = MappingProxyType({**raw, **views})
     assert WorkerPool.from_object(frozen) == WorkerPool.from_object(raw)
+
+
+def test_cron_and_time_zone_are_checked_beyond_what_the_crd_can_say() -> None:
+    """The CRD checks the shape (five fields); the model also refuses a minute 61 and an unknown zone."""
+    schedule = {"cron": "61 * * * *", "durationSeconds": 60, "replicas": 2}
+    with pytest.raises(SpecError, match=r"spec.scaling.schedules\[0\].cron: not a cron expression: Bad minute"):
+        parse(edit(("spec.scaling", {"schedules": [schedule]})))
+    schedule = {"cron": "0 * * * *", "durationSeconds": 60, "replicas": 2, "timeZone": "Mars/Olympus"}
+    with pytest.raises(SpecError, match="unknown time zone 'Mars/Olympus'"):
+        parse(edit(("spec.queues.0.scaling", {"schedules": [schedule]})))

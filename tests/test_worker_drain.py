@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.worker_process import producer, running_worker, runs, wait_for
-from workerpool_operator import drain, reports
+from workerpool_operator import drain_requests as drain
+from workerpool_operator import reports
 from workerpool_operator.worker.draining import Drainer
 from workerpool_operator.worker.runner import restore_promptly
 

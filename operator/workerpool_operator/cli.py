@@ -159,10 +159,10 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from workerpool_operator.sim import simulate
+    from workerpool_operator.sim import command
 
     try:
-        text = simulate.run_command(
+        text = command.run_command(
             args.file,
             args.trace,
             queue=args.queue,
@@ -171,6 +171,8 @@ def _simulate(args: argparse.Namespace) -> int:
             service_time=args.service_time,
             seed=args.seed,
             replicas=args.replicas,
+            acks_late=args.acks_late,
+            visibility_timeout=args.visibility_timeout,
             out=args.out,
             plot=args.plot,
         )
@@ -190,7 +192,13 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     sim.add_argument("--trace", required=True, help="CSV: `time,rate[,service_time]` or `time,duration`")
     sim.add_argument("--queue", default=None, help="which queue of the WorkerPool (default: the first)")
     sim.add_argument("--policy", choices=["ours", "keda", "both"], default="ours", help="default: ours")
-    sim.add_argument("--startup-delay", type=float, default=20.0, help="seconds a new pod takes to start (20)")
+    sim.add_argument(
+        "--startup-delay",
+        metavar="DIST",
+        default="20",
+        help="seconds from a pod's creation to its first task: a number or a distribution as for --service-time, "
+        "e.g. uniform:10,30 (20)",
+    )
     sim.add_argument(
         "--service-time",
         metavar="DIST",
@@ -200,6 +208,15 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same run (1)")
     sim.add_argument("--replicas", type=int, default=None, help="replicas at the start (default: min replicas)")
+    sim.add_argument(
+        "--acks-late",
+        action="store_true",
+        help="tasks are acks_late: prefetch counts running tasks, and a killed task comes back after the "
+        "visibility timeout instead of being lost",
+    )
+    sim.add_argument(
+        "--visibility-timeout", type=float, default=3600.0, help="seconds before a killed acks_late task comes back"
+    )
     sim.add_argument("--out", metavar="CSV", default=None, help="write the timeline to this CSV")
     sim.add_argument("--plot", metavar="PNG", default=None, help="write backlog and replicas over time to this PNG")
     sim.set_defaults(func=_simulate)

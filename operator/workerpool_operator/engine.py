@@ -4,20 +4,26 @@
 state (the operator persists it in the WorkerPool status through ``to_dict`` / ``from_dict``), so the same inputs
 always give the same outputs, and a restart of the operator changes no decision.
 
-The model (docs/simulator.md compares it with KEDA's):
+Two policies (``scaling.policy``; docs/simulator.md measures both against KEDA's):
 
-- demand = backlog + in flight; recommendation = ceil(demand / target per replica), clamped to [min, max]
-  and, while the queue is awake, never below 1 (only the idle rule takes a queue to zero);
-- up: at once, at most max(scale_up_pods, scale_up_percent %) more than the replicas at the start of the
-  last ``scale_up_period`` (HPA's rate limit);
-- down: to the highest recommendation made inside the last ``scale_down_window`` (HPA's stabilization);
-  a fresh state counts the current replicas as a recommendation made now, so a restart never scales down
-  at once;
-- to zero: only after no backlog and nothing in flight for ``idle_before_zero``; from zero: once the backlog
-  reaches ``activation_backlog``;
-- a failed observation never lowers replicas; after ``fallback_failure_threshold`` failures in a row the
-  fallback holds at least ``fallback_replicas`` (when set);
-- ``paused``: replicas stay as they are.
+- ``throughput`` (the default) knows time. From the worker reports it learns how long a task holds a slot,
+  how fast tasks arrive and how long a new worker takes to start (``forecast.py``; until it has data it
+  uses ``demand``, and the spec's ``startupSeconds``). It adds workers only when the ones running will not
+  have finished the work before a new one would be ready, and then enough at once, without a step limit;
+  it keeps a worker no longer than that worker's start-up would take to undo (the scale-down window is the
+  start-up delay, at most ``scale_down_window``).
+- ``demand``: recommendation = ceil((backlog + in flight) / target per replica), clamped to [min, max] and,
+  while the queue is awake, never below 1; up at once but at most max(scale_up_pods, scale_up_percent %)
+  more than at the start of the last ``scale_up_period`` (HPA's rate limit); down to the highest
+  recommendation inside the last ``scale_down_window`` (HPA's stabilization); a fresh state counts the
+  current replicas as a recommendation made now, so a restart never scales down at once.
+
+Both: to zero only after no backlog and nothing in flight for ``idle_before_zero``; from zero once the backlog
+reaches ``activation_backlog``; ``schedules`` hold a floor of workers in cron windows, from one start-up delay
+before each window (``schedules.py``); a failed observation never lowers replicas, and after
+``fallback_failure_threshold`` failures in a row the fallback holds at least ``fallback_replicas``; ``paused``:
+replicas stay as they are. Scale-downs drain workers instead of killing them (``drain.py``): the workers
+leave once idle, or after ``drain_timeout``.
 """
 
 from __future__ import annotations
@@ -25,9 +31,31 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
-from workerpool_operator.observation import QueueObservation, WorkerLoad
+from workerpool_operator import drain
+from workerpool_operator.drain import idlest_first
+from workerpool_operator.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
+from workerpool_operator.observation import QueueObservation
+from workerpool_operator.schedules import Schedule, cron_windows, floor
+
+__all__ = [
+    "DEMAND",
+    "POLICIES",
+    "THROUGHPUT",
+    "Decision",
+    "QueueState",
+    "ScalingPolicy",
+    "Schedule",
+    "decide",
+    "idlest_first",
+]
+
+DEMAND, THROUGHPUT = "demand", "throughput"
+POLICIES = (THROUGHPUT, DEMAND)
+SCHEDULE_MARGIN = 10.0  # seconds added to the start-up delay when a schedule's floor is applied ahead
+RESTART_GAP = 30.0  # seconds without a decision after which the scale-down window starts again from what runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +78,9 @@ class ScalingPolicy:
     fallback_replicas: int | None = None  # floor held after that many failures; None: hold current replicas
     paused: bool = False  # no scaling at all while set
     drain_timeout: float = 3600.0  # longest a worker may drain before it is removed anyway; 0: no draining
+    policy: str = THROUGHPUT  # THROUGHPUT or DEMAND
+    startup_seconds: float = 30.0  # expected seconds from a scale-up to the new worker's report, until learned
+    schedules: tuple[Schedule, ...] = ()  # cron windows with a replica floor
 
 
 Stamped = tuple[float, int]  # (time, replicas)
@@ -70,6 +101,11 @@ class QueueState(NamedTuple):
     scale_ups: tuple[Stamped, ...] = ()
     # Workers asked to drain (stop taking tasks, finish what they run), with when they were asked.
     draining: tuple[tuple[str, float], ...] = ()
+    # What the reports taught about this queue (task seconds, arrival rate, start-up delay).
+    learned: Learned = Learned()
+    # Busy workers asked to stop consuming for a while, so that what they prefetched goes back to the queue
+    # (long tasks: a prefetched task would wait a whole task behind them); taken back when a slot frees.
+    handing_back: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +114,8 @@ class QueueState(NamedTuple):
             "recommendations": [[t, r] for t, r in self.recommendations],
             "scaleUps": [[t, r] for t, r in self.scale_ups],
             "draining": [[w, t] for w, t in self.draining],
+            "learned": self.learned.to_dict(),
+            "handingBack": list(self.handing_back),
         }
 
     @classmethod
@@ -99,6 +137,8 @@ class QueueState(NamedTuple):
             recommendations=_stamps(data.get("recommendations", ()), "recommendations"),
             scale_ups=_stamps(data.get("scaleUps", ()), "scaleUps"),
             draining=_draining(data.get("draining", ())),
+            learned=Learned.from_dict(data.get("learned")),
+            handing_back=_names(data.get("handingBack", ())),
         )
 
 
@@ -120,6 +160,12 @@ def _stamps(value: object, name: str) -> tuple[Stamped, ...]:
             raise ValueError(f"scaling state: {name} replicas must be a non-negative integer, got {replicas!r}")
         stamps.append((_number(item[0], name), replicas))
     return tuple(stamps)
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"scaling state: handingBack must be a list of worker names, got {value!r}")
+    return tuple(value)
 
 
 def _draining(value: object) -> tuple[tuple[str, float], ...]:
@@ -163,12 +209,19 @@ class Decision(NamedTuple):
         return "none"
 
 
-def idlest_first(workers: tuple[WorkerLoad, ...], count: int) -> tuple[str, ...]:
-    """The ``count`` workers to remove first: fewest running + reserved, then fewest running, then by name."""
-    if count <= 0 or not workers:
-        return ()
-    ranked = sorted([(w.running + w.reserved, w.running, w.worker) for w in workers])
-    return tuple(name for _, _, name in ranked[:count])
+_draining_flag = attrgetter("draining")
+# NamedTuple's generated __new__ is Python code; tuple.__new__ builds the same object in C. decide() makes a few
+# of these per queue per poll, so it builds them this way (positional, every field given).
+_new = tuple.__new__
+
+
+class _Wanted(NamedTuple):
+    """What a policy asks for: workers serving (not draining), and why."""
+
+    workers: int
+    reason: str
+    recommendation: int
+    recommendations: tuple[Stamped, ...]
 
 
 def decide(
@@ -183,83 +236,192 @@ def decide(
     if observation.error is not None:
         return _on_failure(observation, state, policy, now, low, high)
 
-    target = policy.target_per_replica if policy.target_per_replica > 0 else 1
+    workers = observation.workers
+    draining = state.draining
+    if (
+        not current
+        and not workers
+        and not draining
+        and not policy.schedules
+        and observation.backlog < policy.activation_backlog
+        and state.learned.at is None
+        and not state.learned.launches
+        and low == 0
+    ):  # asleep, and staying so: the common case of many queues, kept cheap
+        return _stay_asleep(observation, state, policy)
+    handing = state.handing_back
+    if draining or handing or any(map(_draining_flag, workers)):
+        draining = drain.still_draining(workers, draining, now, handing)
+    serving = current - len(draining)
+    reporting = len(workers)
+    starting = current - reporting if current > reporting else 0
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
     demand = backlog + in_flight
-    load = f"backlog {backlog}, in-flight {in_flight}, target {target} per replica"
+    learned = state.learned
+    if policy.policy != DEMAND:  # the demand policy uses none of it
+        learned = learn(learned, workers, demand, starting, now)
     idle_since = state.idle_since
     if demand:
         idle_since = None
     elif idle_since is None:
         idle_since = now
-
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    asleep = current == 0 and backlog < wake_at
-    if asleep:
-        recommendation = low
+    startup = learned.startup if learned.startup is not None else policy.startup_seconds
+    if policy.policy == DEMAND or learned.completed < MIN_COMPLETED or learned.busy <= 0:
+        wanted = _by_demand(observation, state, policy, now, serving, idle_since, low, high)
     else:
-        recommendation = -(-demand // target) or 1  # awake: never below one until the idle rule says so
-        if recommendation < low:
-            recommendation = low
-        if recommendation > high:
-            recommendation = high
+        wanted = _by_throughput(
+            observation, state, policy, now, serving, reporting - len(draining), starting, learned, startup,
+            idle_since, low, high,
+        )  # fmt: skip
+    workers_wanted, reason = wanted.workers, wanted.reason
+    if policy.schedules:
+        workers_wanted, reason = _scheduled(policy, now, startup, workers_wanted, reason, high)
 
-    # Scale-down stabilization: the highest recommendation inside the window (this one included).
-    window = policy.scale_down_window
-    recommendations = state.recommendations
-    stabilized = recommendation
-    if window > 0:
-        since = now - window
-        if current == 0:
-            recommendations = ()  # asleep or waking: what was recommended before the queue slept is stale
-        else:
-            if recommendations and recommendations[0][0] <= since:  # times rise along the tuple
-                first = 1
-                while first < len(recommendations) and recommendations[first][0] <= since:
-                    first += 1
-                recommendations = recommendations[first:]
-            if not recommendations:  # fresh state: the current replicas count as a recommendation made now
-                recommendations = ((now, min(current, high)),)
-            stabilized = max(stabilized, recommendations[0][1])  # values fall along the tuple
-        kept = len(recommendations)
-        while kept and recommendations[kept - 1][1] <= recommendation:
-            kept -= 1
-        recommendations = (*recommendations[:kept], (now, recommendation))
-
+    if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not
+        plan = _new(drain.Plan, (workers_wanted, (), (), (), (), workers_wanted - current, 0, ""))
+    else:
+        plan = drain.plan(workers_wanted, current, workers, draining, policy.drain_timeout, now)
     scale_ups = state.scale_ups
-    if scale_ups and scale_ups[0][0] <= now - policy.scale_up_period:
-        scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)  # a few at most
+    if scale_ups and scale_ups[0][0] <= now - policy.scale_up_period:  # times rise: a few at most
+        scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)
+    if plan.added:
+        if policy.policy != DEMAND:
+            learned = with_launch(learned, now, plan.added, workers)
+        scale_ups = (*scale_ups, (now, serving))
+    if plan.drain or plan.undrain or plan.note:
+        reason = _with_plan(reason, plan)
+    held = learned.held_seconds if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND else None
+    if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
+        handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
+        if hand or take:
+            plan = plan._replace(drain=plan.drain + hand, undrain=plan.undrain + take)
+            if hand:
+                reason += f"; {len(hand)} busy worker{'s' if len(hand) > 1 else ''} hand back what they prefetched"
+    decision = _new(
+        Decision,
+        (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
+         plan.drain, plan.undrain),
+    )  # fmt: skip
+    return decision, _new(
+        QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing)
+    )
+
+
+def _stay_asleep(
+    observation: QueueObservation, state: QueueState, policy: ScalingPolicy
+) -> tuple[Decision, QueueState]:
+    reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
+    demand = observation.backlog + observation.in_flight
+    asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned, ())
+    return Decision(0, reason, (), 0, demand, 0), asleep
+
+
+def _scheduled(
+    policy: ScalingPolicy, now: float, startup: float, wanted: int, reason: str, high: int
+) -> tuple[int, str]:
+    """The schedules' floor, from one start-up delay (and a margin) before each window opens."""
+    lead = startup + SCHEDULE_MARGIN
+    scheduled, window = floor(cron_windows(policy.schedules, now, lead), now, lead)
+    if window is None or wanted >= scheduled or wanted >= high:
+        return wanted, reason
+    opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
+    return min(scheduled, high), f"schedule {window.source!r} ({opens}): at least {scheduled} workers; {reason}"
+
+
+def _with_plan(reason: str, plan: drain.Plan) -> str:
+    if plan.drain:
+        reason += f"; drain {len(plan.drain)} ({', '.join(plan.drain)})"
+    if plan.undrain:
+        reason += f"; take back {len(plan.undrain)} draining"
+    if plan.note:
+        reason += f"; {plan.note}"
+    return reason
+
+
+def _stabilize(
+    recommendations: tuple[Stamped, ...], recommendation: int, serving: int, high: int, window: float, now: float
+) -> tuple[int, tuple[Stamped, ...]]:
+    """The highest recommendation inside the window (this one included), and the window's new contents:
+    times rising, values falling. A fresh state, or one last written more than ``RESTART_GAP`` ago (a
+    restart, an outage), counts ``serving`` as a recommendation made now: no scale-down at once after it."""
+    if window <= 0:
+        return recommendation, ()
+    since = now - window
+    if serving == 0:
+        recommendations = ()  # asleep or waking: what was recommended before the queue slept is stale
+        stabilized = recommendation
+    else:
+        if not recommendations or now - recommendations[-1][0] > (window if window > RESTART_GAP else RESTART_GAP):
+            recommendations = ((now, min(serving, high)),)
+        elif recommendations[0][0] <= since:  # times rise along the tuple
+            first = 1
+            while first < len(recommendations) and recommendations[first][0] <= since:
+                first += 1
+            recommendations = recommendations[first:]
+        stabilized = max(recommendation, recommendations[0][1]) if recommendations else recommendation
+    kept = len(recommendations)
+    while kept and recommendations[kept - 1][1] <= recommendation:
+        kept -= 1
+    return stabilized, (*recommendations[:kept], (now, recommendation))
+
+
+def _awake_bounds(
+    recommendation: int, serving: int, backlog: int, policy: ScalingPolicy, low: int, high: int
+) -> tuple[int, bool, int]:
+    """(recommendation within bounds, asleep, wake threshold): awake, never below one."""
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    if serving == 0 and backlog < wake_at:
+        return low, True, wake_at
+    if recommendation < 1:
+        recommendation = 1
+    if recommendation < low:
+        recommendation = low
+    return (recommendation if recommendation < high else high), False, wake_at
+
+
+def _by_demand(
+    observation: QueueObservation,
+    state: QueueState,
+    policy: ScalingPolicy,
+    now: float,
+    current: int,
+    idle_since: float | None,
+    low: int,
+    high: int,
+) -> _Wanted:
+    """ceil(demand / target), HPA's window and step limit. ``current``: the workers serving."""
+    target = policy.target_per_replica if policy.target_per_replica > 0 else 1
+    backlog = observation.backlog if observation.backlog > 0 else 0
+    in_flight = observation.in_flight if observation.in_flight > 0 else 0
+    load = f"backlog {backlog}, in-flight {in_flight}, target {target} per replica"
+    recommendation, asleep, wake_at = _awake_bounds(
+        -(-(backlog + in_flight) // target), current, backlog, policy, low, high
+    )
+    window = policy.scale_down_window
+    stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
     limited = False
+    desired = stabilized
     if stabilized > current:
         period_start = current  # the replicas when the current scale-up period began
-        for _, before in scale_ups:
-            if before < period_start:
+        since = now - policy.scale_up_period
+        for time, before in state.scale_ups:
+            if time > since and before < period_start:
                 period_start = before
-        limit = period_start + policy.scale_up_pods
-        by_percent = -(-period_start * (100 + policy.scale_up_percent) // 100)
-        if by_percent > limit:
-            limit = by_percent
-        if limit < current:  # replicas added outside the engine's count: never let the limit scale down
-            limit = current
-        if limit < 1:
-            limit = 1
+        limit = max(
+            period_start + policy.scale_up_pods,
+            -(-period_start * (100 + policy.scale_up_percent) // 100),
+            current,  # replicas added outside the engine's count: never let the limit scale down
+            1,
+        )
         limited = stabilized > limit
         desired = limit if limited else stabilized
-    else:
-        desired = stabilized
     idle_for = 0.0 if idle_since is None else now - idle_since
     to_zero = low == 0 and current > 0 and idle_since is not None and idle_for >= policy.idle_before_zero
-    if to_zero:
-        desired = 0
-    if desired < low:
-        desired = low
-    if desired > high:
-        desired = high
+    desired = min(max(0 if to_zero else desired, low), high)
 
     if desired > current:
-        scale_ups = (*scale_ups, (now, current))
         if current == 0 and backlog >= wake_at:
             reason = f"wake from zero: backlog {backlog} >= activation {wake_at}; {load}"
         elif stabilized <= low:
@@ -292,11 +454,78 @@ def decide(
         reason = f"hold {current}: {load}; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     else:
         reason = f"steady: {load}"
+    return _new(_Wanted, (desired, reason, recommendation, recommendations))
 
-    remove = idlest_first(observation.workers, current - desired) if desired < current else ()
-    decision = Decision(desired, reason, remove, current, demand, recommendation)
-    new_state = QueueState(0, idle_since, recommendations, scale_ups)
-    return decision, new_state
+
+def _by_throughput(
+    observation: QueueObservation,
+    state: QueueState,
+    policy: ScalingPolicy,
+    now: float,
+    serving: int,
+    active: int,
+    starting: int,
+    learned: Learned,
+    startup: float,
+    idle_since: float | None,
+    low: int,
+    high: int,
+) -> _Wanted:
+    """Enough workers for the work there is and what arrives before another pod could start (forecast.py)."""
+    task_seconds = learned.task_seconds or 1.0
+    rate = learned.arrival_rate
+    slots = policy.target_per_replica if policy.target_per_replica > 0 else 1
+    backlog = observation.backlog if observation.backlog > 0 else 0
+    in_flight = observation.in_flight if observation.in_flight > 0 else 0
+    work = backlog + in_flight
+    running = learned.running if learned.running < work else work
+    queued = work - running
+    coming = learned.recent_rate if learned.recent_rate > rate else rate
+    keep = math.ceil(capacity(queued, running, coming, task_seconds, slots, startup) - 1e-9)
+    keep, asleep, wake_at = _awake_bounds(keep, serving, backlog, policy, low, high)
+    # What is still there when a pod started now is ready, if only the workers ready now work until then.
+    left = queued + (coming - active * slots / task_seconds) * startup
+    if left < 0:
+        left = 0.0
+    up = math.ceil(capacity(left, running, coming, task_seconds, slots, startup) - 1e-9)
+    window = policy.scale_down_window if policy.scale_down_window < startup else startup
+    stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
+    figures = (
+        f"backlog {backlog}, in-flight {in_flight}, arrivals {coming:.2f}/s, {task_seconds:.3g}s per task, "
+        f"{slots} per worker"
+    )
+    idle_for = 0.0 if idle_since is None else now - idle_since
+    to_zero = low == 0 and serving > 0 and idle_since is not None and idle_for >= policy.idle_before_zero
+    if to_zero:
+        wanted = 0
+        reason = f"scale to zero: no backlog and nothing in flight for {idle_for:.0f}s"
+    elif asleep:
+        wanted = low
+        reason = f"asleep: backlog {backlog} below activation {wake_at}"
+    elif serving == 0 or up > serving:
+        wanted = up if up > 1 else 1
+        reason = (
+            f"scale up to {wanted}: {figures}; {left:.0f} tasks still there when a new worker is ready in "
+            f"{startup:.0f}s"
+        )
+    else:
+        wanted = stabilized if stabilized < serving else serving
+        if wanted < up:
+            wanted = up
+        if wanted < serving:
+            reason = f"scale down to {wanted}: {figures} need {keep}"
+            if stabilized > keep:
+                reason += f"; highest need in the last {window:.0f}s: {stabilized}"
+        elif work and up <= serving < keep:
+            took = drain_seconds(work, rate, task_seconds, slots, active or 1)
+            reason = (
+                f"hold {serving}: backlog {backlog} + in-flight {in_flight} done in {took:.0f}s by {active} "
+                f"workers; a new worker needs {startup:.0f}s"
+            )
+        else:
+            reason = f"steady: {figures}; {serving} workers"
+    wanted = min(max(wanted, low), high)
+    return _new(_Wanted, (wanted, reason, keep, recommendations))
 
 
 def _on_failure(
@@ -306,10 +535,10 @@ def _on_failure(
     current = observation.replicas
     failures = state.failures + 1
     fallback_active = failures >= max(1, policy.fallback_failure_threshold)
-    floor = current
+    floor_replicas = current
     if fallback_active and policy.fallback_replicas is not None:
-        floor = max(current, policy.fallback_replicas)
-    desired = min(max(floor, low), high)
+        floor_replicas = max(current, policy.fallback_replicas)
+    desired = min(max(floor_replicas, low), high)
     if fallback_active and policy.fallback_replicas is not None:
         reason = f"fallback after {failures} failed observations: at least {policy.fallback_replicas} replicas"
     else:
@@ -320,12 +549,6 @@ def _on_failure(
     scale_ups = state.scale_ups
     if desired > current:
         scale_ups = (*tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period), (now, current))
-    decision = Decision(
-        desired,
-        reason,
-        idlest_first(observation.workers, current - desired) if desired < current else (),
-        current,
-        fallback_active=fallback_active,
-    )
+    decision = Decision(desired, reason, (), current, fallback_active=fallback_active)
     # Idle time must be seen without gaps: an outage restarts the idle clock.
-    return decision, QueueState(failures, None, state.recommendations, scale_ups)
+    return decision, state._replace(failures=failures, idle_since=None, scale_ups=scale_ups)  # drains kept

@@ -57,7 +57,7 @@ from redis.retry import Retry
 
 from workerpool_operator import reports
 from workerpool_operator.brokers import BrokerAddress, BrokerConfig, BrokerURLError
-from workerpool_operator.drain import drain_key, encode_request
+from workerpool_operator.drain_requests import drain_key, encode_request
 from workerpool_operator.failures import causes, certificate_refusal, first_line
 from workerpool_operator.observation import BrokerObservation, QueueObservation
 
@@ -459,8 +459,8 @@ class Observer:
     async def send_drains(
         self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
     ) -> None:
-        """The operator's one write to a broker: drain requests for ``queue`` (the format is ``drain.py``'s), on
-        the broker's own connection pool, in one round trip. A read-only user for the polls needs write access
+        """The operator's one write to a broker: drain requests for ``queue`` (in ``drain_requests.py``'s format),
+        on the broker's own connection pool, in one round trip. A read-only user for the polls needs write access
         to the ``workerpool:drain:*`` keys for this (docs/operations.md)."""
         key = drain_key(queue, config.global_keyprefix)
         client = Redis(connection_pool=self._broker(config).pool)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from workerpool_operator import drain
+from workerpool_operator import drain_requests
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import Decision, QueueState, ScalingPolicy, decide
 from workerpool_operator.observation import BrokerObservation, QueueObservation
@@ -51,7 +51,7 @@ class BrokerObserver(Protocol):
         self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
     ) -> None:
         """Ask the ``draining`` workers (worker -> when asked) to drain ``queue``, and take the request back from the
-        ``released`` ones, over the broker (``drain.py``); the requests expire ``ttl`` seconds after."""
+        ``released`` ones, over the broker (``drain_requests.py``); the requests expire ``ttl`` seconds after."""
 
 
 def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[BrokerConfig]) -> frozenset[BrokerConfig]:
@@ -292,7 +292,7 @@ class ScalingLoop:
             return None
         try:
             await self._observer.send_drains(
-                pool.broker, queue, dict(after.draining), sorted(released), drain.ttl_for(drain_timeout)
+                pool.broker, queue, dict(after.draining), sorted(released), drain_requests.ttl_for(drain_timeout)
             )
         except Exception as exc:
             logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, exc)

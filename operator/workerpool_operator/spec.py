@@ -28,6 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from workerpool_operator.brokers import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATOR, BrokerConfig
 from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.schedules import Schedule, check_cron, check_timezone
 
 __all__ = [
     "BeatSpec",
@@ -45,6 +46,7 @@ __all__ = [
     "ScaleUpSpec",
     "ScalingOverride",
     "ScalingSpec",
+    "ScheduleSpec",
     "SecretKeyRef",
     "SpecError",
     "TemplateSpec",
@@ -101,6 +103,9 @@ MSG_FLOWER_AUTH = "flower.auth needs exactly one of basicFrom or oauth"
 MSG_FLOWER_STATE_VOLUME = "flower.stateVolume only applies with flower.persistent: true"
 MSG_URL_PREFIX = "flower.urlPrefix must be path segments without leading or trailing '/', like flower or ops/flower"
 URL_PREFIX_PATTERN = "^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"
+MAX_SCHEDULES = 8
+CRON_PATTERN = r"^\S+( +\S+){4}$"
+MSG_CRON = "cron must be five fields: minute hour day-of-month month day-of-week, like '0 * * * *'"
 
 
 def min_max_message(min_replicas: int, max_replicas: int) -> str:
@@ -281,8 +286,43 @@ Window = Annotated[Seconds, Field(ge=0, le=86400)]
 Activation = Annotated[Int, Field(ge=1, le=1_000_000)]
 FailureThreshold = Annotated[Int, Field(ge=1, le=1000)]
 Replicas = Annotated[Int, Field(ge=0, le=1000)]
+Startup = Annotated[Seconds, Field(ge=0, le=3600)]
+PolicyName = Literal["throughput", "demand"]
 
 DEFAULT_POLL_INTERVAL = 2.0
+
+
+class ScheduleSpec(_Model):
+    """A cron window that holds a floor of replicas, started one start-up delay ahead."""
+
+    cron: Annotated[str, Field(min_length=1, max_length=100)]
+    duration_seconds: Annotated[Seconds, Field(ge=1, le=86400)]
+    replicas: Replicas
+    time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, cron: str) -> str:
+        if not re.search(CRON_PATTERN, cron):
+            raise ValueError(MSG_CRON)
+        problem = check_cron(cron)
+        if problem is not None:
+            raise ValueError(f"not a cron expression: {problem}")
+        return cron
+
+    @field_validator("time_zone")
+    @classmethod
+    def _check_time_zone(cls, name: str) -> str:
+        problem = check_timezone(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
+
+    def to_schedule(self) -> Schedule:
+        return Schedule(self.cron, float(self.duration_seconds), self.replicas, self.time_zone)
+
+
+Schedules = Annotated[list[ScheduleSpec], Field(max_length=MAX_SCHEDULES)]
 
 
 class ScaleUpSpec(_Model):
@@ -313,12 +353,15 @@ class ScalingSpec(_Model):
     fallback: FallbackSpec = FallbackSpec()
     paused: Bool = _POLICY.paused
     drain_timeout_seconds: Window = _POLICY.drain_timeout
+    policy: PolicyName = "throughput"
+    startup_seconds: Startup = _POLICY.startup_seconds
+    schedules: Schedules = []
 
     def merged(self, override: ScalingOverride) -> ScalingSpec:
         """This pool-wide scaling with a queue's overrides laid over it, field by field."""
         merged = self.model_dump(by_alias=False)
         for key, value in override.model_dump(by_alias=False, exclude_none=True).items():
-            merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) else value  # a list replaces
         return ScalingSpec.model_validate(merged)
 
 
@@ -345,6 +388,9 @@ class ScalingOverride(_Model):
     fallback: FallbackOverride | None = None
     paused: Bool | None = None
     drain_timeout_seconds: Window | None = None
+    policy: PolicyName | None = None
+    startup_seconds: Startup | None = None
+    schedules: Schedules | None = None
 
 
 # --- queues -------------------------------------------------------------------------------------------------
@@ -568,6 +614,9 @@ class WorkerPoolSpec(_Model):
             fallback_replicas=scaling.fallback.replicas,
             paused=scaling.paused,
             drain_timeout=float(scaling.drain_timeout_seconds),
+            policy=scaling.policy,
+            startup_seconds=float(scaling.startup_seconds),
+            schedules=tuple(schedule.to_schedule() for schedule in scaling.schedules),
         )
 
     def poll_interval_for(self, queue_name: str) -> float:

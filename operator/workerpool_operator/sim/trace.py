@@ -6,7 +6,8 @@ Two formats, told apart by the header (docs/simulator.md):
   arrivals) holds from its ``time`` (seconds from the start) until the next row's; the last row closes the
   trace (its rate is not used). The optional ``service_time`` is a distribution (``exp:2``) for the tasks
   arriving in that segment; empty means the simulator's default.
-- ``time,duration``: one task per row, arriving at ``time`` and running for ``duration`` seconds.
+- ``time,duration``: one task per row, arriving at ``time`` and running for ``duration`` seconds (0 is fine:
+  a task faster than the trace's resolution).
 
 Lines starting with ``#`` are comments. Times must not go backwards.
 """
@@ -59,8 +60,13 @@ DISTRIBUTIONS = "exp:MEAN, const:SECONDS, uniform:LOW,HIGH, lognormal:MEAN,SIGMA
 
 
 def parse_service_time(spec: str) -> ServiceTime:
+    """A task duration distribution (see :func:`parse_distribution`); durations are positive."""
+    return parse_distribution(spec)
+
+
+def parse_distribution(spec: str, *, allow_zero: bool = False) -> ServiceTime:
     """``exp:2`` (exponential, mean 2 s), ``const:0.5`` or ``0.5``, ``uniform:1,3``, ``lognormal:2,0.8``
-    (mean 2 s; sigma of the underlying normal)."""
+    (mean 2 s; sigma of the underlying normal). ``allow_zero``: ``const:0`` is accepted (a start-up delay)."""
     text = spec.strip()
     kind, _, args = text.partition(":")
     kind = kind.strip().lower()
@@ -82,7 +88,8 @@ def parse_service_time(spec: str) -> ServiceTime:
         return lambda rng: rng.expovariate(rate)
     if kind == "const":
         (seconds,) = values
-        _positive(spec, seconds, "the duration")
+        if not (allow_zero and seconds == 0):
+            _positive(spec, seconds, "the duration")
         return lambda rng: seconds
     if kind == "uniform":
         low, high = values
@@ -139,14 +146,13 @@ def _cells(name: str, number: int, line: str, count: int, optional: int = 0) -> 
     return cells + [""] * (count + optional - len(cells))
 
 
-def _number(name: str, number: int, column: str, text: str, *, positive: bool = False) -> float:
+def _number(name: str, number: int, column: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        kind = "a positive" if positive else "a non-negative"
-        raise TraceError(f"{name} line {number}: {column} must be {kind} number, got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise TraceError(f"{name} line {number}: {column} must be a non-negative number, got {text!r}")
     return value
 
 
@@ -183,7 +189,7 @@ def _task_trace(name: str, rows: Iterable[tuple[int, str]]) -> Trace:
     for number, line in rows:
         cells = _cells(name, number, line, 2)
         time = _number(name, number, "time", cells[0])
-        duration = _number(name, number, "duration", cells[1], positive=True)
+        duration = _number(name, number, "duration", cells[1])  # 0: faster than the trace's resolution
         if time < last:
             raise TraceError(f"{name} line {number}: time {cells[0]} goes backwards (previous row: {last:g})")
         tasks.append((time, duration))

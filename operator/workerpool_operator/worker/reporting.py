@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import redis
 
-from workerpool_operator.drain import drain_key
+from workerpool_operator.drain_requests import drain_key
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.reports import decode_report, encode_report, report_key
 
