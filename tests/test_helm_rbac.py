@@ -405,9 +405,9 @@ def test_recorded_calls_of_beat_and_flower_are_allowed_and_use_every_service_gra
     api.request("POST", f"/api/v1/namespaces/{h.NS}/secrets", body=secret)
     beat_and_flower_lifecycle(kube, api)
     calls = recorded(kube)
-    assert check_requests(grants(chart, {"peering": {"enabled": False}}), calls) == []
+    assert check_requests(grants(chart), calls) == []
     used = {(r.verb, r.group_resource, None) for r in (parse_request(m, u) for m, u in calls) if r.is_resource}
-    granted = granted_permissions(grants(chart, {"peering": {"enabled": False}}, discovery=False))
+    granted = granted_permissions(grants(chart, discovery=False))
     services = {g for g in granted if g[1] == "core/services"}
     assert services and services - used == set()
     assert {("patch", "apps/deployments", None), ("delete", "apps/deployments", None)} <= used

@@ -5,6 +5,7 @@ Short poll intervals and windows (tests/operator_helpers.FAST_SCALING) keep ever
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -311,6 +312,14 @@ def test_scale_down_marks_the_idlest_pods_first(operator: RunningOperator, redis
     assert {name for method, name in pod_calls if method == "PATCH"} == {"shop-default-idle1", "shop-default-idle2"}
 
 
+def scaler_state(kube: KubeCluster, name: str) -> dict[str, Any]:
+    """The engine's memory as written in the status: one compact JSON string."""
+    raw = get_pool(kube, name)["status"].get("scalerState") or "{}"
+    assert isinstance(raw, str)
+    state: dict[str, Any] = json.loads(raw)
+    return state
+
+
 def _run_operator(kube: KubeCluster) -> Any:
     from kopf.testing import KopfRunner
 
@@ -336,9 +345,7 @@ def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
         wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
         redis_server.client().delete("default")
         wait_for(lambda: replicas(kube, "shop-default") == 1, timeout=10, message="down to 1, idle clock running")
-        idle_since = wait_for(
-            lambda: get_pool(kube, "shop")["status"]["scalerState"]["default"].get("idleSince"), timeout=5
-        )
+        idle_since = wait_for(lambda: scaler_state(kube, "shop")["default"].get("idleSince"), timeout=5)
     finally:
         first.__exit__(None, None, None)
     assert first.exception is None
@@ -351,7 +358,7 @@ def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
         wait_for(lambda: replicas(kube, "shop-default") == 0, timeout=15, message="zero once idle long enough")
         went_to_zero = time.time()
         assert went_to_zero - idle_since < 6 + 4, "the idle clock restarted with the operator"
-        state = get_pool(kube, "shop")["status"]["scalerState"]["default"]
+        state = scaler_state(kube, "shop")["default"]
         assert state.get("idleSince") == idle_since
     finally:
         second.__exit__(None, None, None)

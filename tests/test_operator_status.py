@@ -151,3 +151,16 @@ def test_the_latest_recommendations_time_alone_is_never_written() -> None:
     lower = _status(first, scaler_state={"default": {**state, "recommendations": [[T0 - 100, 4], [T0 + 9, 1]]}})
     assert write_needed(first, lower, seconds_since_write=3600)
     assert not write_needed(first, lower, seconds_since_write=1)
+
+
+def test_the_engines_memory_goes_out_as_one_json_string_and_comes_back() -> None:
+    from workerpool_operator.kube.status import from_wire, to_wire
+
+    status = _status(scaler_state={"default": {"idleSince": 1.5, "learned": {"startup": 12.0}}})
+    wire = to_wire(status)
+    assert isinstance(wire["scalerState"], str) and "\n" not in wire["scalerState"]
+    assert from_wire(wire) == status
+    assert from_wire({**wire, "scalerState": "{not json"}) == {k: v for k, v in status.items() if k != "scalerState"}
+    legacy = {**status, "scalerState": {"default": {"idleSince": 1.5}}}  # the first release wrote an object
+    assert from_wire(legacy) == legacy
+    assert from_wire(None) is None

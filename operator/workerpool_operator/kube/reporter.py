@@ -24,9 +24,11 @@ from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.status import (
     QueueFigures,
     build_status,
+    from_wire,
     merge_patch,
     pool_figures,
     scaler_states,
+    to_wire,
     write_needed,
 )
 from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueueResult
@@ -95,7 +97,7 @@ class StatusReporter:
         pool not served yet), so that writing resumes from what is there, engine state included."""
         written = self._pools.setdefault(key, _Written())
         if written.status is None or not self._may_write():
-            written.status = dict(status or {}) or None
+            written.status = from_wire(status)
             written.at = self._clock()
 
     def persisted_states(self, key: PoolKey, queues: Sequence[str]) -> dict[str, QueueState]:
@@ -254,7 +256,7 @@ class StatusReporter:
             refresh = self.figures_refresh
             if not write_needed(written.status, new, seconds_since_write=now - written.at, figures_refresh=refresh):
                 return
-            patch = merge_patch(written.status, new)
+            patch = merge_patch(to_wire(written.status) if written.status else None, to_wire(new))
             if not patch:
                 return
             try:

@@ -10,6 +10,7 @@ change of figures (backlog and in-flight counts move with every poll: refreshed 
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,34 @@ def build_status(
     if state:
         status["scalerState"] = state
     return status
+
+
+def to_wire(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as written to the API server: the engine's memory (``scalerState``) as one compact JSON string,
+    so ``kubectl describe`` shows it as one line instead of pages of floats; the rest as built."""
+    wire = dict(status)
+    if isinstance(wire.get("scalerState"), Mapping):
+        wire["scalerState"] = json.dumps(wire["scalerState"], separators=(",", ":"), sort_keys=True)
+    return wire
+
+
+def from_wire(status: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A status as read from the API server, the engine's memory parsed again (a string that is not JSON is
+    dropped: the engine then starts afresh, conservatively). The first release's object form is read as is."""
+    if not status:
+        return None
+    read = dict(status)
+    state = read.get("scalerState")
+    if isinstance(state, str):
+        try:
+            parsed = json.loads(state)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            read["scalerState"] = parsed
+        else:
+            read.pop("scalerState")
+    return read
 
 
 def _set(entry: dict[str, Any], key: str, value: object) -> None:
