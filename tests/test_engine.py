@@ -9,7 +9,7 @@ import json
 import pytest
 
 from workerpool_operator.engine import DEMAND, Decision, QueueState, ScalingPolicy, decide, idlest_first
-from workerpool_operator.forecast import Learned
+from workerpool_operator.engine.forecast import Learned
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 
 

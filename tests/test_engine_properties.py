@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workerpool_operator.engine import DEMAND, POLICIES, Decision, QueueState, ScalingPolicy, decide
-from workerpool_operator.forecast import Learned
+from workerpool_operator.engine.forecast import Learned
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 
 settings.register_profile("engine", max_examples=200, deadline=None)

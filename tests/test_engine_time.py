@@ -8,9 +8,9 @@ import json
 import math
 
 from workerpool_operator.engine import DEMAND, QueueState, ScalingPolicy, Schedule, decide
-from workerpool_operator.forecast import Learned, capacity, learn
+from workerpool_operator.engine.forecast import Learned, capacity, learn
+from workerpool_operator.engine.schedules import Window, cron_windows, floor
 from workerpool_operator.observation import QueueObservation, WorkerLoad
-from workerpool_operator.schedules import Window, cron_windows, floor
 
 
 def obs(backlog: int, workers: tuple[WorkerLoad, ...], replicas: int | None = None) -> QueueObservation:

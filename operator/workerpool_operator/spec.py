@@ -28,7 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from workerpool_operator.brokers import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATOR, BrokerConfig
 from workerpool_operator.engine import ScalingPolicy
-from workerpool_operator.schedules import Schedule, check_cron, check_timezone
+from workerpool_operator.engine.schedules import Schedule, check_cron, check_timezone
 
 __all__ = [
     "BeatSpec",

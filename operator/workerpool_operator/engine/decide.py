@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
-from workerpool_operator import drain
-from workerpool_operator.drain import idlest_first
-from workerpool_operator.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
+from workerpool_operator.engine import drain
+from workerpool_operator.engine.drain import idlest_first
+from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
+from workerpool_operator.engine.schedules import Schedule, cron_windows, floor
 from workerpool_operator.observation import QueueObservation
-from workerpool_operator.schedules import Schedule, cron_windows, floor
 
 __all__ = [
     "DEMAND",
