@@ -38,6 +38,9 @@ class QueueObservation:
     oldest_age: float | None = None  # seconds the oldest waiting message has waited, when known
     error: str | None = None  # None when the observation succeeded
     replicas: int = 0  # current replicas of the queue's workload (from the backend, not Redis)
+    # Announced fire times of work for this queue, (unix time, source): Celery beat's next fires of the
+    # periodic tasks routed here (beat_forecast.py), read in the same round trip.
+    fires: tuple[tuple[float, str], ...] = ()
 
     @property
     def ok(self) -> bool:

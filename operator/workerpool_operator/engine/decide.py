@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
-from workerpool_operator.engine import drain
+from workerpool_operator.engine import drain, spikes
 from workerpool_operator.engine.drain import idlest_first
 from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
 from workerpool_operator.engine.schedules import Schedule, cron_windows, floor
+from workerpool_operator.engine.spikes import Spike
 from workerpool_operator.observation import QueueObservation
 
 __all__ = [
@@ -106,6 +107,8 @@ class QueueState(NamedTuple):
     # Busy workers asked to stop consuming for a while, so that what they prefetched goes back to the queue
     # (long tasks: a prefetched task would wait a whole task behind them); taken back when a slot frees.
     handing_back: tuple[str, ...] = ()
+    # Per source of announced fires (Celery beat's periodic tasks): the fire watched and the demand each brings.
+    spikes: tuple[Spike, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +119,7 @@ class QueueState(NamedTuple):
             "draining": [[w, t] for w, t in self.draining],
             "learned": self.learned.to_dict(),
             "handingBack": list(self.handing_back),
+            "spikes": spikes.to_list(self.spikes),
         }
 
     @classmethod
@@ -139,6 +143,7 @@ class QueueState(NamedTuple):
             draining=_draining(data.get("draining", ())),
             learned=Learned.from_dict(data.get("learned")),
             handing_back=_names(data.get("handingBack", ())),
+            spikes=spikes.from_list(data.get("spikes", ())),
         )
 
 
@@ -243,6 +248,8 @@ def decide(
         and not workers
         and not draining
         and not policy.schedules
+        and not observation.fires
+        and not state.spikes
         and observation.backlog < policy.activation_backlog
         and state.learned.at is None
         and not state.learned.launches
@@ -258,6 +265,9 @@ def decide(
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
     demand = backlog + in_flight
+    remembered = state.spikes
+    if observation.fires or remembered:
+        remembered = spikes.learn(remembered, observation.fires, demand, now)
     learned = state.learned
     if policy.policy != DEMAND:  # the demand policy uses none of it
         learned = learn(learned, workers, demand, starting, now)
@@ -275,8 +285,8 @@ def decide(
             idle_since, low, high,
         )  # fmt: skip
     workers_wanted, reason = wanted.workers, wanted.reason
-    if policy.schedules:
-        workers_wanted, reason = _scheduled(policy, now, startup, workers_wanted, reason, high)
+    if policy.schedules or observation.fires:
+        workers_wanted, reason = _scheduled(policy, observation, remembered, now, startup, workers_wanted, reason, high)
 
     if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not
         plan = _new(drain.Plan, (workers_wanted, (), (), (), (), workers_wanted - current, 0, ""))
@@ -304,7 +314,7 @@ def decide(
          plan.drain, plan.undrain),
     )  # fmt: skip
     return decision, _new(
-        QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing)
+        QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered)
     )
 
 
@@ -313,16 +323,28 @@ def _stay_asleep(
 ) -> tuple[Decision, QueueState]:
     reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
     demand = observation.backlog + observation.in_flight
-    asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned, ())
+    asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned, (), ())
     return Decision(0, reason, (), 0, demand, 0), asleep
 
 
 def _scheduled(
-    policy: ScalingPolicy, now: float, startup: float, wanted: int, reason: str, high: int
+    policy: ScalingPolicy,
+    observation: QueueObservation,
+    remembered: tuple[Spike, ...],
+    now: float,
+    startup: float,
+    wanted: int,
+    reason: str,
+    high: int,
 ) -> tuple[int, str]:
-    """The schedules' floor, from one start-up delay (and a margin) before each window opens."""
+    """The floor of the schedules and of the announced fires, from one start-up delay (and a margin) before each
+    window opens; a fire's window is sized from the demand its source brought last time."""
     lead = startup + SCHEDULE_MARGIN
-    scheduled, window = floor(cron_windows(policy.schedules, now, lead), now, lead)
+    windows = cron_windows(policy.schedules, now, lead) if policy.schedules else ()
+    if observation.fires:
+        windows += spikes.windows(remembered, observation.fires)
+    target = policy.target_per_replica if policy.target_per_replica > 0 else 1
+    scheduled, window = floor(windows, now, lead, size=lambda tasks: -(-tasks // target))
     if window is None or wanted >= scheduled or wanted >= high:
         return wanted, reason
     opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
