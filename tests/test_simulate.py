@@ -366,3 +366,29 @@ def test_a_schedule_prewarms_for_a_beat_spike() -> None:
     assert warmed.wait_percentile(95) < plain.wait_percentile(95) * 0.8
     spike = [row for row in warmed.timeline if 3590 <= row.time < 3600]
     assert spike and min(row.ready for row in spike) == 20  # ready before the top of the hour
+
+
+def test_beats_announced_fires_pre_warm_the_spikes_after_the_first() -> None:
+    """The hourly beat trace: the engine learns each fire's size from the last and is ready for the next."""
+    import yaml
+
+    from workerpool_operator.sim.command import setup_for
+    from workerpool_operator.sim.simulate import EPOCH, announced_fires
+    from workerpool_operator.spec import WorkerPool
+
+    trace = read_trace(str(REPO / "examples" / "traces" / "beat.csv"))
+    tasks = draw_tasks(trace, "exp:1", 1)
+    pool = yaml.safe_load((REPO / "examples" / "beat.yaml").read_text())
+    del pool["spec"]["queues"][0]["scaling"]["schedules"]  # beat's announcements alone
+    setup = setup_for(WorkerPool.from_object(pool), "hourly")
+
+    def spike_waits(beat: tuple[str, ...]) -> list[float]:
+        result = simulate(tasks, setup, "ours", startup_delay=10, trace_end=trace.end, beat=beat)
+        assert result.finished == len(tasks) and result.killed == 0
+        return sorted(w for (a, _), w in zip(tasks, result.waits, strict=True) if 2 * 3600 <= a < 2 * 3600 + 10)
+
+    blind, warned = spike_waits(()), spike_waits(("0 * * * *",))
+    p95 = lambda waits: waits[int(0.95 * len(waits))]  # noqa: E731
+    assert p95(warned) < p95(blind) - 5, (p95(warned), p95(blind))
+    fires = announced_fires(("0 * * * *",), EPOCH + 3000)
+    assert fires == ((EPOCH + 3600, "0 * * * *"),)

@@ -173,6 +173,7 @@ def _simulate(args: argparse.Namespace) -> int:
             replicas=args.replicas,
             acks_late=args.acks_late,
             visibility_timeout=args.visibility_timeout,
+            beat=args.beat,
             out=args.out,
             plot=args.plot,
         )
@@ -216,6 +217,13 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     sim.add_argument(
         "--visibility-timeout", type=float, default=3600.0, help="seconds before a killed acks_late task comes back"
+    )
+    sim.add_argument(
+        "--beat",
+        metavar="CRON",
+        action="append",
+        default=[],
+        help="a periodic task's cron, announced to our engine as Celery beat announces its fires (repeatable)",
     )
     sim.add_argument("--out", metavar="CSV", default=None, help="write the timeline to this CSV")
     sim.add_argument("--plot", metavar="PNG", default=None, help="write backlog and replicas over time to this PNG")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import yaml
 
+from workerpool_operator.engine.schedules import check_cron
 from workerpool_operator.sim.output import format_summary, plot_timeline, write_timeline
 from workerpool_operator.sim.simulate import PolicyName, QueueSetup, SimResult, simulate
 from workerpool_operator.sim.trace import TraceError, draw_tasks, parse_distribution, read_trace
@@ -77,6 +79,7 @@ def run_command(
     visibility_timeout: float = 3600.0,
     out: str | None = None,
     plot: str | None = None,
+    beat: Sequence[str] = (),
 ) -> str:
     """What ``workerpool-operator simulate`` does; returns the text to print. Raises ``ValueError`` subclasses
     (``SimulationError``, ``TraceError``) with a message for the user."""
@@ -89,6 +92,9 @@ def run_command(
         raise SimulationError(f"--replicas must not be negative, got {replicas}")
     if visibility_timeout < 0:
         raise SimulationError(f"--visibility-timeout must not be negative, got {visibility_timeout:g}")
+    for cron in beat:
+        if (problem := check_cron(cron)) is not None:
+            raise SimulationError(f"--beat {cron!r}: {problem}")
     trace = read_trace(trace_path)
     tasks = draw_tasks(trace, DEFAULT_SERVICE_TIME, seed, override=service_time)
     names: list[PolicyName] = ["ours", "keda"] if policy == "both" else [policy]  # type: ignore[list-item]
@@ -99,6 +105,7 @@ def run_command(
         "acks_late": acks_late,
         "visibility_timeout": visibility_timeout,
         "seed": seed,
+        "beat": tuple(beat),
     }
     results = [simulate(tasks, setup, name, **options) for name in names]  # type: ignore[arg-type]
     p = setup.policy

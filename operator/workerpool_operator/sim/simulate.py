@@ -19,12 +19,16 @@ minimum (at most ``drain_limit`` seconds more), so each policy pays for its own 
 
 from __future__ import annotations
 
+import datetime
+import functools
 import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from cronsim import CronSim
 
 from workerpool_operator.engine import QueueState, ScalingPolicy, decide
 from workerpool_operator.observation import QueueObservation, WorkerLoad
@@ -120,10 +124,13 @@ def simulate(
     acks_late: bool = False,
     visibility_timeout: float = 3600.0,
     seed: int = 1,
+    beat: Sequence[str] = (),
 ) -> SimResult:
     """Run the tasks (sorted (arrival, duration) pairs) through a queue scaled by ``policy``.
 
     ``startup_delay``: seconds from a pod's creation to its first task, a number or a distribution.
+    ``beat``: cron expressions of the trace's periodic tasks, announced to our engine as Celery beat announces
+    its next fires (``QueueObservation.fires``, an hour ahead): beat-aware capacity. KEDA knows nothing of them.
     """
     if policy not in ("ours", "keda"):
         raise ValueError(f"unknown policy {policy!r}: ours or keda")
@@ -131,7 +138,25 @@ def simulate(
         raise ValueError("concurrency must be >= 1 and the poll interval > 0")
     model = WorkerModel(setup.concurrency, setup.prefetch_multiplier, acks_late, setup.grace, visibility_timeout)
     run = _Simulation(tasks, setup, policy, model, _startup(startup_delay, seed), keda)
+    run.beat = tuple(beat)
     return run.run(trace_end, initial_replicas, drain_limit)
+
+
+def announced_fires(crons: Sequence[str], at: float, horizon: float = 3600.0) -> tuple[tuple[float, str], ...]:
+    """The fires of ``crons`` after ``at`` and within ``horizon``, as beat announces them (source: the cron)."""
+    fires = []
+    for cron in crons:
+        fire = _next_fire(cron, at - at % 60.0)
+        if fire <= at:
+            fire = _next_fire(cron, at - at % 60.0 + 60.0)
+        if fire <= at + horizon:
+            fires.append((fire, cron))
+    return tuple(fires)
+
+
+@functools.lru_cache(maxsize=1024)
+def _next_fire(cron: str, minute: float) -> float:
+    return next(CronSim(cron, datetime.datetime.fromtimestamp(minute, datetime.UTC))).timestamp()
 
 
 def _startup(spec: float | str, seed: int) -> Callable[[], float]:
@@ -166,6 +191,7 @@ class _Simulation(Cluster):
         self.peak = 0
         self.drains = 0
         self.timeline: list[TimelineRow] = []
+        self.beat: tuple[str, ...] = ()
 
     def run(self, trace_end: float | None, initial_replicas: int | None, drain_limit: float) -> SimResult:
         tasks, n = self.tasks, len(self.tasks)
@@ -275,7 +301,8 @@ class _Simulation(Cluster):
             for p in ready
         )
         in_flight = sum(w.running + w.reserved for w in workers)
-        observation = QueueObservation(self.name, backlog, in_flight, workers, replicas=replicas)
+        fires = announced_fires(self.beat, at) if self.beat else ()
+        observation = QueueObservation(self.name, backlog, in_flight, workers, replicas=replicas, fires=fires)
         decision, self.state = decide(observation, self.state, self.setup.policy, at)
         by_name = {p.name: p for p in ready}
         for name in decision.drain:
