@@ -232,7 +232,13 @@ class _Wanted(NamedTuple):
 def decide(
     observation: QueueObservation, state: QueueState, policy: ScalingPolicy, now: float
 ) -> tuple[Decision, QueueState]:
-    """How many replicas the queue should have now, and the state to pass to the next call."""
+    """How many replicas the queue should have now, and the state to pass to the next call.
+
+    One function, longer than the project's 80 lines, on purpose: it runs for every due queue at every tick, and
+    each helper call it saves counts. bench/bench_engine.py measures 10,000 queues in every situation (half on
+    each policy) at 150 ms best on a shared 2-core machine (docs/benchmarks.md), against a 50 ms target it
+    misses; the old demand-only engine took 40-59 ms in the same setting. Split further, it would be slower.
+    """
     current = observation.replicas
     if policy.paused:
         return Decision(current, f"paused: holding {current} replicas", (), current, paused=True), state
