@@ -131,3 +131,40 @@ def test_the_drainer_switches_only_what_changed_and_retries_what_was_not_confirm
     assert not drainer.apply({"b", "c"}) and drainer.draining == {"b"}, "unconfirmed: not counted as draining"
     control.confirms = True
     assert drainer.apply({"b", "c"}) and drainer.draining == {"b", "c"}
+
+
+@pytest.mark.parametrize(("pool", "hands_back"), [("threads", True), ("prefork", False)])
+def test_a_draining_worker_hands_back_what_it_prefetched(
+    pool: str, hands_back: bool, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """One slot busy with a long task, one task prefetched behind it. threads: the drain sends the prefetched one
+    back to the queue and runs nothing more. prefork: the task already sits in the child's pipe (worker/handback.py
+    says why), so it runs there after the long one. Either way each task runs exactly once."""
+    client = redis_server.client()
+    settings = {"workerpool_pool": pool, "workerpool_concurrency": "1", "workerpool_queues": "work"}
+    settings["workerpool_prefetch_multiplier"] = "1"  # the CRD's default: one task reserved beyond the running one
+    with running_worker(redis_server.url, tmp_path, settings, name="w1") as worker:
+        worker.wait_ready()
+        app = producer(redis_server.url)
+        app.send_task("record", args=("first", 4.0), queue="work")
+        wait_for(lambda: client.llen("test:started:first") == 1, 20, worker.output)
+        for _ in range(2):
+            app.send_task("record", args=("behind", 0.0), queue="work")
+        wait_for(lambda: (r := report(client, "work", "w1")) and r.reserved == 1, 15, worker.output)
+        assert client.llen("work") == 1, "one prefetched, one still in the queue"
+
+        client.hset(drain.drain_key("work"), "w1", drain.encode_request(time.time()))
+        wait_for(lambda: (r := report(client, "work", "w1")) and r.draining, 15, worker.output)
+        wait_for(lambda: runs(client, "first"), 20, worker.output)
+        time.sleep(1.5)
+        if hands_back:
+            assert client.llen("work") == 2, "the prefetched task is back in the queue"
+            assert not runs(client, "behind"), "a draining worker runs nothing it handed back"
+        else:
+            assert client.llen("work") == 1, "nothing more taken from the queue while draining"
+            assert len(runs(client, "behind")) == 1, "the task in the child's pipe ran after the long one"
+
+        client.hdel(drain.drain_key("work"), "w1")
+        wait_for(lambda: len(runs(client, "behind")) == 2, 20, worker.output)
+        ids = [r["id"] for r in runs(client, "behind")]
+        assert len(set(ids)) == 2, "each task ran once"

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
+COMMAND = "workerpool_hand_back"  # worker/handback.py's remote-control command
+
 CONTROL_TIMEOUT = 2.0  # seconds to wait for the consumer's confirmation
 
 
@@ -35,7 +37,13 @@ class CeleryControl:
         self._timeout = timeout
 
     def cancel(self, queue: str) -> bool:
-        return self._confirmed(self._app.control.cancel_consumer, queue)
+        if not self._confirmed(self._app.control.cancel_consumer, queue):
+            return False
+        # Then what it prefetched goes back to the queue (handback.py); a failure there leaves those tasks to run.
+        self._confirmed(
+            lambda q, **options: self._app.control.broadcast(COMMAND, arguments={"queue": q}, **options), queue
+        )
+        return True
 
     def add(self, queue: str) -> bool:
         return self._confirmed(self._app.control.add_consumer, queue)

@@ -15,6 +15,7 @@ The entrypoint selects these classes through Celery's ``--pool custom`` and ``CE
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 from celery.concurrency.thread import TaskPool
@@ -29,12 +30,29 @@ def shutting_down() -> bool:
 
 
 class ThreadPool(TaskPool):  # type: ignore[misc]
-    """Celery's threads pool, minus running prefetched tasks during a warm shutdown."""
+    """Celery's threads pool, minus running prefetched tasks during a warm shutdown, and able to give a task
+    that no thread has started back (``withdraw``: a draining worker hands back what it prefetched)."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        self._pending: dict[str, Future[Any]] = {}
 
     def on_apply(self, *args: Any, **kwargs: Any) -> Any:
         if shutting_down():
             return None  # not accepted, not acknowledged: the message goes back to the queue
-        return super().on_apply(*args, **kwargs)
+        result = super().on_apply(*args, **kwargs)
+        task_args = kwargs.get("args") if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        future = getattr(result, "f", None)
+        if isinstance(future, Future) and isinstance(task_args, list | tuple) and len(task_args) > 1:
+            task_id = str(task_args[1])  # celery's trace_task_ret(type, task_id, request, body, ...)
+            self._pending[task_id] = future
+            future.add_done_callback(lambda _: self._pending.pop(task_id, None))
+        return result
+
+    def withdraw(self, task_id: str) -> bool:
+        """Take a task back from the executor if no thread has started it; whether it was."""
+        future = self._pending.get(task_id)
+        return future is not None and future.cancel()
 
     def on_stop(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -28,6 +28,7 @@ from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
 from workerpool_operator.failures import certificate_refusal, first_line
+from workerpool_operator.worker import handback  # noqa: F401 - registers its remote-control command
 from workerpool_operator.worker.broker_tls import verified_by_default, with_ca_file
 from workerpool_operator.worker.config import EX_APP, EX_BROKER, POOL_CLASSES, ConfigError, WorkerConfig
 from workerpool_operator.worker.draining import CeleryControl, Drainer
