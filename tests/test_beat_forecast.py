@@ -50,13 +50,15 @@ def test_encode_and_decode_round_trip() -> None:
 
 
 def test_fires_by_queue_merges_entries_within_the_window() -> None:
-    assert FORECAST.fires_by_queue(now=1010.0, within=600) == {"reports": (1500.0,), "default": (1020.0, 1030.0)}
-    assert FORECAST.fires_by_queue(now=1000.0, within=3000) == {
-        "reports": (1500.0, 3600.0),
-        "default": (1010.0, 1020.0, 1030.0),
+    assert FORECAST.fires_by_queue(now=1010.0, within=600) == {
+        "reports": ((1500.0, "late"),),
+        "default": ((1020.0, "often"), (1030.0, "often")),
     }
-    assert FORECAST.next_fire("reports", now=1500.0) == 3600.0
-    assert FORECAST.next_fire("mail", now=0.0) is None
+    assert FORECAST.fires_by_queue(now=1000.0, within=3000) == {
+        "reports": ((1500.0, "late"), (3600.0, "hourly")),
+        "default": ((1010.0, "often"), (1020.0, "often"), (1030.0, "often")),
+    }
+    assert FORECAST.fires_by_queue(now=5000.0, within=600) == {}, "a queue with no fire ahead is not listed"
 
 
 @pytest.mark.parametrize(

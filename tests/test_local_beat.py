@@ -1,5 +1,6 @@
 """``workerpool-operator local`` with beat and Flower: they run beside the workers, and a periodic task arrives on
-schedule (real redis-server, real beat, worker and Flower processes through the entrypoint)."""
+schedule, and beat's forecast of it reaches the engine (real redis-server, real beat, worker and Flower processes
+through the entrypoint)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ async def test_local_runs_beat_and_flower_beside_the_workers(redis_server: Redis
             notes = list(runtime.dashboard.notes)
             await wait_for(lambda: client.llen("test:ticks") >= 5, within=60)
             assert await asyncio.to_thread(healthy, f"http://127.0.0.1:{port}/healthcheck")
+            # beat's forecast reached the engine through the observer: it watches the periodic tasks' fires
+            sources = {spike.source for spike in runtime.loop.states(pool.key)["periodic"].spikes}
+            assert "tick" in sources, sources
         finally:
             stop.set()
             await loop

@@ -468,3 +468,58 @@ def test_scrub_removes_secrets_plain_and_quoted() -> None:
 async def test_observing_nothing_is_nothing(observer: Observer) -> None:
     assert await observer.observe({}, timeout=1) == {}
     await asyncio.sleep(0)
+
+
+async def test_beat_forecasts_become_each_queues_fires(redis_server: RedisServer, observer: Observer) -> None:
+    """A pool's beat publishes when each periodic task fires and where it goes (beat_forecast.py): the same
+    round trip hands those fires to the queue's observation; other queues, other apps and fires beyond the
+    hour ahead stay out; no forecast, or one we cannot read, is no fires and no error."""
+    from workerpool_operator import beat_forecast as bf
+
+    client = redis_server.client()
+    server_now = float(client.time()[0])
+    config = BrokerConfig(url=redis_server.url, global_keyprefix="shop:")
+    forecast = bf.BeatForecast(
+        beat="beat-0",
+        published=server_now,
+        horizon=7200,
+        entries=(
+            bf.ForecastEntry(
+                "nightly", "t.nightly", "reports", (server_now + 60, server_now + 4000), server_now + 7200
+            ),
+            bf.ForecastEntry("hourly", "t.hourly", "reports", (server_now + 30,), server_now + 7200),
+            bf.ForecastEntry("ping", "t.ping", "elsewhere", (server_now + 5,), server_now + 7200),
+            bf.ForecastEntry("past", "t.past", "emails", (server_now - 10,), server_now + 7200),
+        ),
+    )
+    client.set(bf.forecast_key("proj", "shop:"), bf.encode_forecast(forecast))
+    client.set(bf.forecast_key("other", "shop:"), bf.encode_forecast(forecast))  # not asked for
+
+    observed = await observer.observe({config: ["reports", "emails"]}, timeout=5, beats={config: ["proj"]})
+    queues = observed[config].queues
+    assert [(round(t - server_now), source) for t, source in queues["reports"].fires] == [
+        (30, "hourly"),
+        (60, "nightly"),
+    ]
+    assert queues["emails"].fires == (), "a fire already past is not announced"
+    assert queues["reports"].ok and queues["emails"].ok
+
+    without = await observer.observe({config: ["reports"]}, timeout=5)  # a pool without beat
+    assert without[config].queues["reports"].fires == ()
+
+    client.set(bf.forecast_key("proj", "shop:"), '{"version": 99}')  # a newer beat's format
+    again = await observer.observe({config: ["reports"]}, timeout=5, beats={config: ["proj"]})
+    assert again[config].ok and again[config].queues["reports"].fires == (), "an old fire is not kept"
+
+    client.delete(bf.forecast_key("proj", "shop:"))
+    client.rpush(bf.forecast_key("proj", "shop:"), "not a string")
+    wrong = await observer.observe({config: ["reports"]}, timeout=5, beats={config: ["proj"]})
+    assert wrong[config].ok and wrong[config].queues["reports"].fires == ()
+
+
+def test_a_plan_with_beat_apps_reads_their_forecasts_last() -> None:
+    config = BrokerConfig(url="redis://localhost:6379/0")
+    plan = poll_plan(config, ("a",), False, ("proj", "other"))
+    assert plan.commands[-2:] == (("GET", "workerpool:beat:forecast:proj"), ("GET", "workerpool:beat:forecast:other"))
+    replies: list[object] = [[b"100", b"0"], 0, 0, 0, 0, [], None, b"garbage"]
+    assert read_replies(plan, replies)["a"].fires == ()

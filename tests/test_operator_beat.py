@@ -171,3 +171,30 @@ def test_two_pools_running_beat_for_one_app_on_one_broker_are_both_told(
 
     patch_pool(kube, "shop-copy", {"spec": {"beat": None}})
     wait_for(lambda: reason("shop") == "BeatNotReady", message="the flag cleared")
+
+
+def test_beats_announced_fire_starts_a_worker_before_the_task_arrives(
+    operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    """The pool's beat publishes its forecast (as ``workerpool-worker beat`` does, written here): a periodic task
+    for ``default`` in 20 s. The operator reads it with the queue and starts a worker from zero before anything is
+    waiting, and the decision names the periodic task."""
+    from workerpool_operator import beat_forecast as bf
+
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    client = redis_server.client()
+    now = float(client.time()[0])
+    entry = bf.ForecastEntry("nightly-export", "shop.export", "default", (now + 20.0,), now + 3600)
+    forecast = bf.BeatForecast("shop-celery-beat-0", now, 3600, (entry,))
+    client.set(bf.forecast_key("shop.celery:app"), bf.encode_forecast(forecast), ex=60)
+    queues = [{"name": "default", "concurrency": 2, "minReplicas": 0, "maxReplicas": 5}]
+    create_pool(kube, with_beat_and_flower("shop", queues=queues))
+
+    wait_for(lambda: replicas(kube, "shop-default") == 1, message="a worker before the fire")
+    assert client.llen("default") == 0, "nothing was waiting"
+    reason = wait_for(
+        lambda: (get_pool(kube, "shop").get("status", {}).get("queues") or [{}])[0].get("lastScaleReason"),
+        message="the queue's last scale reason",
+    )
+    assert "beat: nightly-export" in reason, reason

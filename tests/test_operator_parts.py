@@ -224,7 +224,7 @@ def _secret() -> dict[str, Any]:
 
 
 class _NoObserver:
-    async def observe(self, wanted: Any, timeout: float) -> dict[Any, Any]:  # noqa: ASYNC109
+    async def observe(self, wanted: Any, timeout: float, beats: Any = None) -> dict[Any, Any]:  # noqa: ASYNC109
         return {}
 
     async def forget(self, keep: Any = ()) -> None:

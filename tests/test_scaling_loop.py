@@ -162,3 +162,32 @@ def test_brokers_to_forget_are_those_polled_before_and_used_by_no_pool() -> None
     assert brokers_to_forget({a, b}, {b, c}) == {a}
     assert brokers_to_forget({a, b}, {a, b}) == frozenset()
     assert brokers_to_forget({a}, set()) == {a}
+
+
+async def test_a_pool_with_beat_starts_a_worker_before_an_announced_fire(redis_server: RedisServer, observer) -> None:
+    """Nothing waits, nothing runs, the pool is at zero: beat's forecast says a periodic task goes to `reports`
+    in 5 s. The pool that runs that beat gets a worker now (one start-up ahead); a pool without beat reads no
+    forecast."""
+    from workerpool_operator import beat_forecast as bf
+
+    client = redis_server.client()
+    now = float(client.time()[0])
+    entry = bf.ForecastEntry("nightly", "t.nightly", "reports", (now + 5.0,), now + 3600)
+    client.set(bf.forecast_key("proj"), bf.encode_forecast(bf.BeatForecast("beat-0", now, 3600, (entry,))))
+    broker = BrokerConfig(url=redis_server.url)
+    backend = RecordingBackend({(A, "reports"): 0, (B, "reports"): 0})
+    reports: list[PoolResult] = []
+    clock = Clock()
+    clock.now = now
+    loop = make_loop(backend, observer, clock, reports)
+    loop.register(B, broker, {"reports": QueuePlan(POLICY, 2.0)})
+    await loop.run_once()
+    assert backend.calls == [], "a pool without beat reads no forecast"
+
+    loop.unregister(B)
+    loop.register(A, broker, {"reports": QueuePlan(POLICY, 2.0)}, beat_app="proj")
+    await loop.run_once()
+    assert backend.calls == [(A, "reports", 1, ())]
+    (queue,) = next(r for r in reports if r.pool == A).queues
+    assert queue.observation.fires == ((now + 5.0, "nightly"),)
+    assert queue.decision is not None and "beat: nightly" in queue.decision.reason

@@ -67,20 +67,15 @@ class BeatForecast:
     horizon: float
     entries: tuple[ForecastEntry, ...] = field(default=())
 
-    def fires_by_queue(self, now: float, within: float) -> dict[str, tuple[float, ...]]:
-        """The fire times in ``(now, now + within]``, merged per queue and ascending. A queue whose entries'
-        lists end before ``now + within`` (cut short) gets what is known."""
+    def fires_by_queue(self, now: float, within: float) -> dict[str, tuple[tuple[float, str], ...]]:
+        """The fires in ``(now, now + within]`` as ``(time, entry name)``, merged per queue and ascending (what
+        the engine takes as ``QueueObservation.fires``). A queue whose entries' lists end before ``now + within``
+        (cut short) gets what is known."""
         end = now + within
-        merged: dict[str, list[float]] = {}
+        merged: dict[str, list[tuple[float, str]]] = {}
         for entry in self.entries:
-            times = merged.setdefault(entry.queue, [])
-            times.extend(t for t in entry.fires if now < t <= end)
-        return {queue: tuple(sorted(times)) for queue, times in merged.items()}
-
-    def next_fire(self, queue: str, now: float) -> float | None:
-        """The first fire time after ``now`` of any entry sending to ``queue``, if known."""
-        upcoming = [t for e in self.entries if e.queue == queue for t in e.fires if t > now]
-        return min(upcoming, default=None)
+            merged.setdefault(entry.queue, []).extend((t, entry.name) for t in entry.fires if now < t <= end)
+        return {queue: tuple(sorted(fires)) for queue, fires in merged.items() if fires}
 
 
 def encode_forecast(forecast: BeatForecast) -> str:

@@ -8,7 +8,10 @@ Per poll and broker, one pipelined request covers every queue asked for:
 - with ``read_oldest_age``, ``LINDEX key -1`` of every priority list: the oldest message of each list,
   whose ``properties.timestamp`` (set by producers, e.g. in a ``before_task_publish`` handler) gives
   the oldest waiting task's age. Celery does not stamp messages by itself, so without it the age is
-  unknown (``None``).
+  unknown (``None``),
+- ``GET`` of the beat forecast of every app asked for (pools with ``spec.beat``, see
+  :mod:`.beat_forecast`): the next fires of each periodic task become ``QueueObservation.fires`` of the
+  queue it is sent to. A missing or unreadable forecast (no beat running, an older format) is no fires.
 
 Each reply is checked: a missing key is an empty queue, a key of the wrong type is an error for that
 queue, never a zero. Brokers are polled concurrently, each under its own timeout; every failure is a
@@ -25,6 +28,7 @@ parsed in bulk by hiredis' C reader straight from the connection's stream, and r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import json
@@ -55,7 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from workerpool_operator import reports
+from workerpool_operator import beat_forecast, reports
 from workerpool_operator.brokers import BrokerAddress, BrokerConfig, BrokerURLError
 from workerpool_operator.drain_requests import drain_key, encode_request
 from workerpool_operator.failures import causes, certificate_refusal, first_line
@@ -64,6 +68,7 @@ from workerpool_operator.observation import BrokerObservation, QueueObservation
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 4
+FIRES_AHEAD = 3600.0  # seconds of a beat forecast handed to the engine
 _READ_SIZE = 1 << 20
 _NOT_ENOUGH_DATA = object()
 
@@ -83,6 +88,7 @@ class PollPlan:
     list_keys: tuple[tuple[str, ...], ...]  # per queue: every priority list
     report_keys: tuple[str, ...]  # per queue
     read_oldest_age: bool
+    beat_apps: tuple[str, ...]  # apps whose beat forecast is read, after every queue's replies
     commands: tuple[tuple[str, ...], ...] = field(repr=False)
     payload: bytes = field(repr=False)  # the packed commands, sent as they are
 
@@ -92,9 +98,11 @@ class PollPlan:
 
 
 @functools.lru_cache(maxsize=512)
-def poll_plan(config: BrokerConfig, queues: tuple[str, ...], read_oldest_age: bool = False) -> PollPlan:
+def poll_plan(
+    config: BrokerConfig, queues: tuple[str, ...], read_oldest_age: bool = False, beat_apps: tuple[str, ...] = ()
+) -> PollPlan:
     """The request for ``queues`` on ``config``'s broker: ``TIME``, then per queue its LLENs, its HGETALL
-    and (optionally) its LINDEX -1s. Cached: the same queue set is packed once."""
+    and (optionally) its LINDEX -1s, then a GET per beat app. Cached: the same queue set is packed once."""
     commands: list[tuple[str, ...]] = [("TIME",)]
     list_keys = tuple(tuple(config.priority_keys(queue)) for queue in queues)
     report_keys = tuple(reports.report_key(queue, config.global_keyprefix) for queue in queues)
@@ -103,11 +111,13 @@ def poll_plan(config: BrokerConfig, queues: tuple[str, ...], read_oldest_age: bo
         commands.append(("HGETALL", report))
         if read_oldest_age:
             commands += [("LINDEX", key, "-1") for key in keys]
+    commands += [("GET", beat_forecast.forecast_key(app, config.global_keyprefix)) for app in beat_apps]
     return PollPlan(
         queues=queues,
         list_keys=list_keys,
         report_keys=report_keys,
         read_oldest_age=read_oldest_age,
+        beat_apps=beat_apps,
         commands=tuple(commands),
         payload=b"".join(hiredis.pack_command(cast(Any, command)) for command in commands),
     )
@@ -134,7 +144,7 @@ def read_replies(
     # one row per queue; the details are worked out only for what is not plain.
     width = len(plan.list_keys[0]) if plan.queues else 0
     stride = width * 2 + 1 if plan.read_oldest_age else width + 1
-    body = replies[1:]
+    body = replies[1 : len(replies) - len(plan.beat_apps)]
     lengths_rows = zip(*(body[column::stride] for column in range(width)), strict=True)
     report_column = body[width::stride]
     oldest_rows: Iterable[Sequence[object]] = (
@@ -156,7 +166,13 @@ def read_replies(
             continue
         if not report and not oldest:
             before = previous.get(queue)
-            if before is not None and before.backlog == backlog and not before.workers and before.ok:
+            if (
+                before is not None
+                and before.backlog == backlog
+                and not before.workers
+                and not before.fires
+                and before.ok
+            ):
                 observed[queue] = before  # frozen and equal: building a new one is most of the cost
                 continue
             observed[queue] = QueueObservation(queue=queue, backlog=backlog)
@@ -169,7 +185,31 @@ def read_replies(
             workers=workers,
             oldest_age=_oldest_age(oldest, now) if oldest else None,
         )
+    if plan.beat_apps:
+        _add_fires(observed, replies[len(replies) - len(plan.beat_apps) :], now)
     return observed
+
+
+_FORECAST_ERRORS_LOGGED: set[str] = set()
+
+
+def _add_fires(observed: dict[str, QueueObservation], forecasts: Sequence[object], now: float) -> None:
+    """Each queue's announced fires within :data:`FIRES_AHEAD`, from the beat forecasts' replies (source: the
+    periodic task's name in ``beat_schedule``). A reply that is not a readable forecast adds nothing."""
+    fires: dict[str, list[tuple[float, str]]] = {}  # two apps may send to one queue
+    for reply in forecasts:
+        if isinstance(reply, ResponseError) and str(reply) not in _FORECAST_ERRORS_LOGGED:
+            _FORECAST_ERRORS_LOGGED.add(str(reply))  # once per message: it would repeat with every poll
+            log.warning("reading a beat forecast failed (no pre-warming for beat's fires): %s", reply)
+        forecast = beat_forecast.decode_forecast(reply) if isinstance(reply, bytes | str) else None
+        if forecast is None:
+            continue
+        for queue, found in forecast.fires_by_queue(now, FIRES_AHEAD).items():
+            if queue in observed:
+                fires.setdefault(queue, []).extend(found)
+    for queue, announced in fires.items():
+        if observed[queue].ok:
+            observed[queue] = dataclasses.replace(observed[queue], fires=tuple(sorted(announced)))
 
 
 def _lengths_error(keys: Sequence[str], lengths: Sequence[object]) -> str:
@@ -408,19 +448,28 @@ class Observer:
         self,
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (per broker)
+        beats: Mapping[BrokerConfig, Collection[str]] | None = None,
     ) -> dict[BrokerConfig, BrokerObservation]:
-        """Poll every broker in ``wanted`` for its queues, concurrently, each within ``timeout`` seconds."""
-        arrived = {config: observation async for config, observation in self.observe_as_completed(wanted, timeout)}
+        """Poll every broker in ``wanted`` for its queues, concurrently, each within ``timeout`` seconds; with
+        ``beats``, also read the forecasts of those apps' beats on that broker (``QueueObservation.fires``)."""
+        arrived = {
+            config: observation async for config, observation in self.observe_as_completed(wanted, timeout, beats)
+        }
         return {config: arrived[config] for config in wanted}
 
     async def observe_as_completed(
         self,
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (per broker)
+        beats: Mapping[BrokerConfig, Collection[str]] | None = None,
     ) -> AsyncIterator[tuple[BrokerConfig, BrokerObservation]]:
         """Like :meth:`observe`, but yields each broker's observation as soon as it is there."""
+        beats = beats or {}
         tasks = [
-            asyncio.create_task(self.observe_broker(config, queues, timeout), name=f"observe {config.redacted_url}")
+            asyncio.create_task(
+                self.observe_broker(config, queues, timeout, beats.get(config, ())),
+                name=f"observe {config.redacted_url}",
+            )
             for config, queues in wanted.items()
         ]
         try:
@@ -436,14 +485,16 @@ class Observer:
         config: BrokerConfig,
         queues: Collection[str],
         timeout: float,  # noqa: ASYNC109
+        beat_apps: Collection[str] = (),
     ) -> tuple[BrokerConfig, BrokerObservation]:
         """One broker's poll. Never raises (except cancellation): failures are values."""
         names = tuple(dict.fromkeys(queues))
+        apps = tuple(sorted(set(beat_apps)))
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 broker = self._broker(config)
-                plan = poll_plan(config, names, self.read_oldest_age)
+                plan = poll_plan(config, names, self.read_oldest_age, apps)
                 replies = await broker.round_trip(plan)
             observed = read_replies(plan, replies, self.report_ttl, previous=broker.last_queues)
             broker.last_queues = dict(observed)  # our own copy: callers may change theirs

@@ -42,7 +42,9 @@ class BrokerObserver(Protocol):
         self,
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (per broker, not for the whole call)
-    ) -> dict[BrokerConfig, BrokerObservation]: ...
+        beats: Mapping[BrokerConfig, Collection[str]] | None = None,
+    ) -> dict[BrokerConfig, BrokerObservation]:
+        """Every broker's queues; with ``beats`` (apps per broker), their beat's announced fires as well."""
 
     async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
         """Close the connections of every broker not in ``keep``."""
@@ -98,6 +100,7 @@ class _Registration:
     broker: BrokerConfig
     plans: dict[str, QueuePlan]
     states: dict[str, QueueState]
+    beat_app: str | None = None  # the app whose beat forecast announces this pool's periodic work
     next_due: dict[str, float] = field(default_factory=dict)
 
 
@@ -132,8 +135,10 @@ class ScalingLoop:
         broker: BrokerConfig,
         plans: Mapping[str, QueuePlan],
         states: Mapping[str, QueueState] | None = None,
+        beat_app: str | None = None,
     ) -> None:
-        """Add a pool or update it in place. Engine state survives for queues that stay."""
+        """Add a pool or update it in place. Engine state survives for queues that stay. ``beat_app``: the pool
+        runs a beat for that app, whose forecast (``beat_forecast.py``) is read with the pool's queues."""
         previous = self._pools.get(key)
         kept = dict(previous.states) if previous is not None else {}
         kept.update(states or {})
@@ -142,6 +147,7 @@ class ScalingLoop:
             broker=broker,
             plans=dict(plans),
             states={queue: kept.get(queue, QueueState()) for queue in plans},
+            beat_app=beat_app,
         )
         if previous is not None:
             pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}
@@ -195,11 +201,15 @@ class ScalingLoop:
             return []
 
         wanted: dict[BrokerConfig, set[str]] = {}
+        beats: dict[BrokerConfig, set[str]] = {}
         for key, queues in due.items():
-            wanted.setdefault(self._pools[key].broker, set()).update(queues)
+            pool = self._pools[key]
+            wanted.setdefault(pool.broker, set()).update(queues)
+            if pool.beat_app is not None:
+                beats.setdefault(pool.broker, set()).add(pool.beat_app)
         self._connected |= wanted.keys()
         started = time.monotonic()
-        observed = await self._observer.observe(wanted, self._observe_timeout)
+        observed = await self._observer.observe(wanted, self._observe_timeout, beats)
         duration = time.monotonic() - started
         observed_at = self._clock()
 

@@ -197,7 +197,7 @@ class PoolService:
         queues = record.plan.queue_names
         fresh = record.key not in self._loop.registered()
         states = self._reporter.persisted_states(record.key, queues) if fresh else None
-        self._loop.register(record.key, record.plan.broker, record.plan.queues, states)
+        self._loop.register(record.key, record.plan.broker, record.plan.queues, states, record.plan.beat_app)
 
     async def _set_problem(self, record: PoolRecord, problem: cond.Problem, *, retry: bool) -> None:
         """Stop scaling the pool (its Deployments stay as they are) and say why, once."""

@@ -80,6 +80,7 @@ class LocalPool:
     unset_env: tuple[str, ...] = ()  # template env taken from Secrets or fields: not set locally
     components: tuple[ComponentSettings, ...] = ()  # beat and Flower, never scaled
     flower_missing: bool = False  # spec.flower, but Flower is not installed here
+    beat_app: str | None = None  # spec.app when beat runs here (its forecast is read with the queues)
 
 
 def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) -> LocalPool:
@@ -125,6 +126,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
         unset_env=tuple(sorted(skipped)),
         components=components,
         flower_missing=spec.flower is not None and not any(c.name == "flower" for c in components),
+        beat_app=spec.app if any(c.name == "beat" for c in components) else None,
     )
 
 
@@ -200,7 +202,7 @@ class LocalRuntime:
         self.view = make_view(self.dashboard, live=self._live, out=self._out)
         for component in self.pool.components:
             self.components.start(component, inherited_environment())
-        self.loop.register(self.pool.key, self.pool.broker, self.pool.plans)
+        self.loop.register(self.pool.key, self.pool.broker, self.pool.plans, beat_app=self.pool.beat_app)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
