@@ -33,6 +33,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=API_GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    # kopf logs each handler's success at INFO: a line per Deployment status change. At the default level the
+    # log keeps what a user needs (our scale decisions, every problem); --verbose shows everything again.
+    default_level = logging.getLogger().level == logging.INFO
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING if default_level else logging.NOTSET)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
