@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import redis
 
 from workerpool_operator.observation import WorkerLoad
-from workerpool_operator.reports import decode_report, encode_report, report_key
+from workerpool_operator.reports import decode_report, encode_report, format_to_write, report_key
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class LoadReporter:
         self.concurrency = concurrency
         self.ttl = ttl
         self.keys = {q: report_key(q, global_keyprefix) for q in self.queues}
+        self._seen: dict[str, Mapping[bytes | str, bytes | str]] = {}  # each hash as last read
         self._failing = False
 
     def loads(self, now: float) -> dict[str, WorkerLoad]:
@@ -120,10 +121,12 @@ class LoadReporter:
             pipe = self.client.pipeline(transaction=False)
             for queue, load in self.loads(now).items():
                 key = self.keys[queue]
-                pipe.hset(key, self.worker, encode_report(load))
+                written = format_to_write(self._seen.get(queue), self.worker, now, self.ttl)
+                pipe.hset(key, self.worker, encode_report(load, written))
                 pipe.expire(key, math.ceil(self.ttl))
                 pipe.hgetall(key)
             replies = pipe.execute()
+            self._seen = dict(zip(self.queues, replies[2::3], strict=True))
             stale = {
                 key: fields
                 for key, all_fields in zip(self.keys.values(), replies[2::3], strict=True)
