@@ -44,7 +44,10 @@ def test_format_1_json_from_workers_older_than_the_operator_is_read() -> None:
     assert decode_report("pod-1", old) == WorkerLoad("pod-1", 2, 3, 40, 1000.5, 4, True, 990.25)
     older = b'{"worker":"pod-2","running":1,"reserved":0,"done":7,"heartbeat":1000.0,"concurrency":4}'
     assert decode_report("pod-2", older) == WorkerLoad("pod-2", 1, 0, 7, 1000.0, 4)  # before draining/started
-    mixed = {b"new": encode_report(WorkerLoad("new", running=1, heartbeat=99.0)).encode(), b"old": older}
+    mixed: dict[str | bytes, str | bytes] = {
+        b"new": encode_report(WorkerLoad("new", running=1, heartbeat=99.0)).encode(),
+        b"old": older,
+    }
     assert [(load.worker, load.in_flight) for load in live_reports(mixed, now=100.0)] == [("new", 1), ("old", 1)]
 
 
