@@ -56,6 +56,7 @@ def _steady(kube: KubeCluster, pid: int, seconds: float) -> dict[str, float]:
     return {
         "cpu": (cpu1 - cpu0) * per_minute,
         "rss": process_rss_mib(pid),
+        "peak": process_rss_mib(pid, "VmHWM"),
         "writes": round((writes1 - writes0) * per_minute),
         "lines": round((lines1 - lines0) * per_minute),
     }
@@ -96,7 +97,25 @@ def _frozen(kube: KubeCluster, operator: Any, probe: Path, seconds: float) -> di
     return {"steady": steady, "loop_lag": inside["loop_lag"], "gc_gen2": inside["gc_gen2"]}
 
 
-def run(pools: int, seconds: float, poll: float, realistic: bool, freeze: bool = False) -> dict[str, Any]:
+def _wait_ready(
+    kube: KubeCluster, pid: int, pools: int, started: float, timeout: float
+) -> list[tuple[float, int, float, float]]:
+    """Until every pool is Ready (or ``timeout`` s): (seconds, pools Ready, operator RSS MiB, CPU s) every 30 s."""
+    progress: list[tuple[float, int, float, float]] = []
+    while True:
+        elapsed = time.monotonic() - started
+        ready = _ready_count(kube)
+        if not progress or elapsed - progress[-1][0] >= 30 or ready >= pools:
+            progress.append((elapsed, ready, process_rss_mib(pid), process_cpu_seconds(pid)))
+            print(f"{elapsed:6.0f} s: {ready:,} of {pools:,} Ready, operator RSS {progress[-1][2]:.0f} MiB", flush=True)
+        if ready >= pools or elapsed > timeout:
+            return progress
+        time.sleep(5)
+
+
+def run(
+    pools: int, seconds: float, poll: float, realistic: bool, freeze: bool = False, ready_timeout: float = 7200
+) -> dict[str, Any]:
     port = free_port()
     with cluster_and_redis(realistic) as (kube, redis, api):
         probe = kube.kubeconfig.parent / "probe.json"
@@ -109,10 +128,7 @@ def run(pools: int, seconds: float, poll: float, realistic: bool, freeze: bool =
             started = time.monotonic()
             _create_pools(api, redis.url, pools, poll)
             created = time.monotonic() - started
-            while (ready := _ready_count(kube)) < pools:
-                if time.monotonic() - started > 7200:
-                    raise RuntimeError(f"only {ready} of {pools} pools Ready after 2 hours")
-                time.sleep(5)
+            progress = _wait_ready(kube, operator.pid, pools, started, ready_timeout)
             converged = time.monotonic() - started
             deployments = len(kube.objects("apps/v1/deployments"))
             time.sleep(35)  # past the controller-manager's writes and the status refresh: from here nothing changes
@@ -129,6 +145,8 @@ def run(pools: int, seconds: float, poll: float, realistic: bool, freeze: bool =
         "poll": poll,
         "created": created,
         "converged": converged,
+        "ready": progress[-1][1],
+        "progress": progress,
         "deployments": deployments,
         "status_writes": status_writes,
         "base": base,
@@ -168,9 +186,9 @@ def report(result: dict[str, Any], seconds: float) -> str:
         f"{pools:,} WorkerPools x {len(QUEUES)} queues ({result['deployments']:,} Deployments), {kind}, one "
         f"redis-server, poll every {result['poll']:g} s; operator in its own process on the API emulator"
         f"{' (PYTHONTRACEMALLOC: slower and bigger)' if os.environ.get('PYTHONTRACEMALLOC') else ''}. "
-        f"Pools created in {result['created']:.0f} s; all Ready {result['converged']:.0f} s after the first was "
-        f"created ({result['status_writes']:,} Deployment status writes by the simulated controller-manager). "
-        f"Steady state measured over {seconds:g} s.\n\n"
+        f"Pools created in {result['created']:.0f} s; {_ready_text(result)} "
+        f"({result['status_writes']:,} Deployment status writes by the simulated controller-manager). "
+        f"Steady state measured over {seconds:g} s; the operator's peak RSS until then {steady['peak']:.0f} MiB.\n\n"
         + markdown_table(["case", "CPU s/min", "RSS MiB", "API writes/min", "log lines/min"], rows)
         + f"\n\nAt steady state: broker poll {result['poll_ms']:.1f} ms on average ({pools * len(QUEUES):,} "
         f"queues); event-loop lag p99 {lag['p99_ms']:.1f} ms, max {lag['max_ms']:.0f} ms "
@@ -189,6 +207,12 @@ def report(result: dict[str, Any], seconds: float) -> str:
         + (_frozen_text(result["frozen"], steady, lag) if result["frozen"] else "")
     )
     return text
+
+
+def _ready_text(result: dict[str, Any]) -> str:
+    if result["ready"] >= result["pools"]:
+        return f"all Ready {result['converged']:.0f} s after the first was created"
+    return f"only {result['ready']:,} Ready {result['converged']:.0f} s after the first was created (measured so)"
 
 
 def _frozen_text(frozen: dict[str, Any], steady: dict[str, float], lag: dict[str, float]) -> str:
@@ -210,9 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--realistic", action="store_true", help="objects as a real API server returns them")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--freeze", action="store_true", help="then measure again after gc.freeze() in the operator")
+    parser.add_argument("--ready-timeout", type=float, default=7200, help="seconds to wait for every pool Ready")
     args = parser.parse_args(argv)
     tracemalloc.stop()  # PYTHONTRACEMALLOC is for the operator's process (it inherits it), not the emulator's
-    result = run(args.pools, args.seconds, args.poll, args.realistic, args.freeze)
+    result = run(args.pools, args.seconds, args.poll, args.realistic, args.freeze, args.ready_timeout)
     if args.json:
         import json
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.api_server import controller_status
 
 from tests.conftest import RedisServer, _wait_for_watch
 from tests.kube import KubeCluster
@@ -49,31 +50,6 @@ def _lines(log: Path) -> list[str]:
     return log.read_text().splitlines()
 
 
-def _controller_manager_status(generation: int, ready: int) -> dict[str, object]:
-    """A Deployment status as the controller-manager writes it while pods come and go."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {
-        "status": {
-            "observedGeneration": generation,
-            "replicas": 1,
-            "updatedReplicas": 1,
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "unavailableReplicas": 1 - ready,
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True" if ready else "False",
-                    "lastUpdateTime": stamp,
-                    "lastTransitionTime": stamp,
-                    "reason": "MinimumReplicasAvailable" if ready else "MinimumReplicasUnavailable",
-                    "message": "Deployment has minimum availability.",
-                }
-            ],
-        }
-    }
-
-
 def test_deployment_status_changes_leave_the_log_quiet(
     kube: KubeCluster, redis_server: RedisServer, operator_log: Path
 ) -> None:
@@ -87,13 +63,10 @@ def test_deployment_status_changes_leave_the_log_quiet(
     before = len(_lines(operator_log))
 
     # A burst of status updates, as the controller-manager writes them while pods start and fail.
+    live = client.request("GET", path)
     for number in range(STATUS_UPDATES):
-        client.request(
-            "PATCH",
-            f"{path}/status",
-            body=_controller_manager_status(1, number % 2),
-            content_type="application/merge-patch+json",
-        )
+        status = controller_status(live, ready=bool(number % 2))
+        client.request("PATCH", f"{path}/status", body={"status": status}, content_type="application/merge-patch+json")
         time.sleep(0.05)
     # Then something a user must hear of: the Deployment deleted by hand. kopf handles one object's events in
     # order, so once its restoration is in the log, so would be any line about the burst before it.
