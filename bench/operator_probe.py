@@ -14,7 +14,6 @@ On SIGUSR2 it calls ``gc.freeze()`` (an experiment: see :func:`freeze`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import signal
@@ -112,16 +111,18 @@ def deep_size(roots: Iterable[object], seen: set[int]) -> int:
     return total
 
 
-def _instances(kind: type) -> list[Any]:
+def _instances(kind: type | tuple[type, ...]) -> list[Any]:
     return [obj for obj in gc.get_objects() if isinstance(obj, kind)]
 
 
 def owners() -> dict[str, dict[str, Any]]:
-    """Deep size (MiB) and count per owner, in the order they are measured (each object counted once)."""
+    """Deep size (MiB) and count per owner, in the order they are measured (each object counted once). Finds
+    the operator's parts by their classes, so it measures this version's layout and the one before (records
+    with ``manifests`` and ``body``, or with ``body`` and a ``plan`` holding ``deployments``)."""
     from kopf._core.reactor.inventory import ResourceMemories
 
-    from workerpool_operator.kube import metrics
-    from workerpool_operator.kube.pools import PoolOperator
+    from workerpool_operator.kube import metrics, pools
+    from workerpool_operator.kube.backend import KubeBackend
     from workerpool_operator.observe import Observer, PollPlan
     from workerpool_operator.scaling_loop import ScalingLoop
 
@@ -131,17 +132,17 @@ def owners() -> dict[str, dict[str, Any]]:
     def measure(name: str, roots: list[Any], count: int | None = None) -> None:
         found[name] = {"MiB": deep_size(roots, seen) / 2**20, "count": len(roots) if count is None else count}
 
-    pools = _instances(PoolOperator)
-    records = [record for operator in pools for record in operator.records.values()]
-    fields = [field.name for field in dataclasses.fields(records[0])] if records else []
-    for name in ("manifests", "body", "written", "plans"):
-        measure(f"pool records: {name}", [getattr(record, name) for record in records])
-    others = [getattr(record, name) for record in records for name in fields if name not in ("lock",)]
-    measure("pool records: the other fields", [*records, *others], len(records))
-    backends = [operator.backend for operator in pools]
-    measure(
-        "replica cache (KubeBackend)", [vars(backend) for backend in backends], sum(len(b._replicas) for b in backends)
-    )
+    services = [cls for name in ("PoolService", "PoolOperator") if (cls := getattr(pools, name, None))]
+    records = [record for service in _instances(tuple(services)) for record in service.records.values()]
+    manifests = [getattr(record, "manifests", None) or getattr(record.plan, "deployments", None) for record in records]
+    measure("pool records: rendered Deployments (with last-applied)", [m for m in manifests if m], len(records))
+    measure("pool records: the WorkerPool body", [record.body for record in records], len(records))
+    written = [getattr(record, "written", None) for record in records]
+    if any(w is not None for w in written):
+        measure("pool records: the status last written", written, len(records))
+    measure("pool records: everything else (plans, policies...)", list(records))
+    backends = _instances(KubeBackend)
+    measure("replica cache (KubeBackend)", [vars(backend) for backend in backends], len(backends))
     loops = _instances(ScalingLoop)
     measure("scaling loop registrations", [loop._pools for loop in loops], sum(len(loop._pools) for loop in loops))
     observers = _instances(Observer)
