@@ -95,7 +95,7 @@ def operator_process(kube: KubeCluster, probe: Path | None = None, **env: str) -
         log.close()
 
 
-def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float = 60.0) -> None:
+def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if plural in kube.log.watched:  # type: ignore[attr-defined]
