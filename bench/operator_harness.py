@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 from tests.conftest import RedisServer
 from tests.kube import KubeCluster
 
+from bench.api_server import BenchApiServer
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.kube.api import KubeApi
 from workerpool_operator.local.embedded_redis import stop_process
@@ -55,12 +59,16 @@ class RequestLog:
 
 
 @contextmanager
-def cluster_and_redis() -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
+def cluster_and_redis(realistic: bool = False) -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
+    """The emulator (fast at scale; with ``realistic``, objects as a real API server returns them: see
+    bench/api_server.py), a redis-server, and a client that writes as ``kubectl`` would."""
     workdir = Path(tempfile.mkdtemp(prefix="workerpool-bench-"))
-    kube = KubeCluster(workdir).start()
+    kube = KubeCluster(workdir, emulator=lambda: BenchApiServer(realistic=realistic)).start()
     kube.log = RequestLog(kube)  # type: ignore[attr-defined]
     redis = RedisServer(workdir=workdir / "redis").start()
-    api = KubeApi(kube.api_client())
+    client = kube.api_client()
+    client.user_agent = "kubectl/v1.33.0"
+    api = KubeApi(client)
     try:
         yield kube, redis, api
     finally:
@@ -71,9 +79,12 @@ def cluster_and_redis() -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
 
 
 @contextmanager
-def operator_process(kube: KubeCluster, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def operator_process(kube: KubeCluster, probe: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator in a process of its own, as `kopf run -m workerpool_operator.kube.handlers` runs it; with
+    ``probe``, through bench/operator_probe.py, which writes its measurements there on SIGUSR1."""
     environment = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "WORKERPOOL_OPERATOR_METRICS_PORT": "0", **env}
-    args = [sys.executable, "-m", "kopf", "run", "-m", "workerpool_operator.kube.handlers", "--standalone", "-A"]
+    run = ["-m", "bench.operator_probe", str(probe)] if probe is not None else ["-m", "kopf"]
+    args = [sys.executable, *run, "run", "-m", "workerpool_operator.kube.handlers", "--standalone", "-A"]
     log = open(kube.kubeconfig.parent / "operator.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(args, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -83,12 +94,10 @@ def operator_process(kube: KubeCluster, **env: str) -> Iterator[subprocess.Popen
         log.close()
 
 
-def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float = 60.0) -> None:
+def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(
-            r.resource is not None and r.resource.plural == plural and r.params.get("watch") for r in kube.requests()
-        ):
+        if plural in kube.log.watched:  # type: ignore[attr-defined]
             return
         time.sleep(0.1)
     raise RuntimeError(f"the operator never watched {plural}: see {kube.kubeconfig.parent / 'operator.log'}")
@@ -126,9 +135,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-def process_rss_mib(pid: int) -> float:
+def process_rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """The process' resident memory now (``VmHWM``: its peak so far)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -137,3 +147,35 @@ def api_writes(kube: KubeCluster) -> int:
     time.sleep(0.5)  # let the log catch up
     writes: int = kube.log.writes  # type: ignore[attr-defined]
     return writes
+
+
+def operator_log_lines(kube: KubeCluster) -> int:
+    with open(kube.kubeconfig.parent / "operator.log", "rb") as log:
+        return sum(1 for _ in log)
+
+
+def probe_now(process: subprocess.Popen[bytes], probe: Path, timeout: float = 600.0) -> dict[str, Any]:
+    """Ask the probed operator for its measurements (SIGUSR1) and wait for them."""
+    probe.unlink(missing_ok=True)
+    process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while not probe.exists() or not probe.stat().st_size:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the operator's probe did not answer")
+        time.sleep(0.5)
+    time.sleep(0.5)  # written at once, but let the writer close it
+    found: dict[str, Any] = json.loads(probe.read_text())
+    return found
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The operator's /metrics, summed by metric name (label sets added up)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            metric = name.split("{", 1)[0]
+            sums[metric] = sums.get(metric, 0.0) + float(value)
+    sums["_series"] = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return sums

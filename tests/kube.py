@@ -25,7 +25,7 @@ import itertools
 import secrets
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +196,9 @@ def _now() -> str:
 class KubeCluster:
     """The emulator served on a loopback port from a thread of its own, with a kubeconfig for clients."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, emulator: Callable[[], ApiServerEmulator] = ApiServerEmulator) -> None:
         self.kubeconfig = workdir / "kubeconfig"
+        self._make_emulator = emulator
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -236,7 +237,7 @@ class KubeCluster:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
+        async with self._make_emulator() as emulator, kmock.Server(emulator) as server:
             for name, info in RESOURCES.items():
                 emulator.resources[name] = info
             self.emulator = emulator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -11,6 +12,7 @@ import pytest
 
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
+from workerpool_operator.kube.api import KubeApi
 
 
 def test_redis_server_is_real_and_private(redis_server: RedisServer) -> None:
@@ -111,3 +113,51 @@ def test_operator_logs_in_through_kubeconfig_and_watches(operator: RunningOperat
     assert any(r.headers.get("Authorization") == "Bearer test-token" for r in requests), "no authenticated call"
     assert any(r.params.get("watch") for r in requests), "kopf started no watch"
     assert operator.unexpected_errors() == []
+
+
+def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: Path) -> None:
+    """bench/api_server.py: objects by key and namespace lists by index give the same answers, and with
+    ``realistic`` the objects carry what a real server adds: managed fields, defaults, the controller's status."""
+    from bench.api_server import CONTROLLER_MANAGER, BenchApiServer
+
+    emulator: list[BenchApiServer] = []
+
+    def make() -> BenchApiServer:
+        emulator.append(BenchApiServer(realistic=True))
+        return emulator[0]
+
+    cluster = KubeCluster(tmp_path, emulator=make).start()
+    try:
+        client = cluster.api_client()
+        client.user_agent = "kubectl/v1.33.0"
+        api = KubeApi(client)
+        manifest = _deployment("one")
+        manifest["metadata"]["namespace"] = "a"
+        created = api.apply_deployment(manifest)
+        api.apply_deployment({**manifest, "metadata": {**manifest["metadata"], "namespace": "b"}})
+        assert created["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": "25%"}
+        container = created["spec"]["template"]["spec"]["containers"][0]
+        assert container["imagePullPolicy"] == "IfNotPresent" and container["terminationMessagePolicy"] == "File"
+        (entry,) = created["metadata"]["managedFields"]
+        assert entry["manager"] == "kubectl" and 'k:{"name":"w"}' in str(entry["fieldsV1"])
+        assert [d["metadata"]["namespace"] for d in api.list_deployments("a", "app=one")] == ["a"]
+
+        def ready() -> dict[str, Any] | None:
+            found = api.get_deployment("a", "one")
+            return found if found and (found.get("status") or {}).get("readyReplicas") == 1 else None
+
+        deadline = time.monotonic() + 20
+        while (live := ready()) is None:
+            assert time.monotonic() < deadline, "the simulated controller-manager never wrote a ready status"
+            time.sleep(0.2)
+        assert {c["type"]: c["status"] for c in live["status"]["conditions"]} == {
+            "Available": "True",
+            "Progressing": "True",
+        }
+        managers = {(e["manager"], e.get("subresource")) for e in live["metadata"]["managedFields"]}
+        assert managers == {("kubectl", None), (CONTROLLER_MANAGER, "status")}
+        assert int(live["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+        assert emulator[0].status_writes >= 3  # two for "a" (created, then ready), at least one for "b"
+        assert all(len(obj.history) == 1 for obj in emulator[0].objects.values())  # the latest version only
+    finally:
+        cluster.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -144,6 +145,31 @@ async def test_in_flight_sums_live_reports_by_the_servers_clock(redis_server: Re
     async with Observer(report_ttl=0.5) as strict:  # w-1's report is now too old as well
         (observation,) = (await strict.observe({config: ["emails"]}, timeout=5)).values()
     assert observation.queues["emails"].in_flight == 1
+
+
+async def test_reports_of_workers_older_than_the_operator_still_count(redis_server: RedisServer) -> None:
+    """An upgrade where the operator goes first: workers of the previous image write JSON (format 1); the
+    observer reads those beside format 2 in the same hash."""
+    client = redis_server.client()
+    seconds, micros = client.time()
+    now = seconds + micros / 1e6
+    old_worker = {"worker": "old", "running": 3, "reserved": 1, "done": 9, "heartbeat": now, "concurrency": 4}
+    client.hset(
+        reports.report_key("emails"),
+        mapping={
+            "old": json.dumps(old_worker),  # exactly what the previous worker image wrote
+            "new": reports.encode_report(WorkerLoad("new", running=2, heartbeat=now, concurrency=4)),
+        },
+    )
+    config = BrokerConfig(url=redis_server.url)
+    async with Observer() as observer:
+        (observation,) = (await observer.observe({config: ["emails"]}, timeout=5)).values()
+    emails = observation.queues["emails"]
+    assert emails.in_flight == 6
+    assert [(w.worker, w.running, w.reserved, w.done, w.concurrency) for w in emails.workers] == [
+        ("new", 2, 0, 0, 4),
+        ("old", 3, 1, 9, 4),
+    ]
 
 
 # --- the oldest waiting task (optional) ------------------------------------------------------------------

@@ -179,6 +179,41 @@ def test_reporter_writes_prunes_expires_and_removes(redis_server: RedisServer):
     assert client.hkeys(report_key("a", "p:")) == ["peer"] and not client.exists(report_key("b", "p:"))
 
 
+def _previous_image_publishes(client: Any, key: str, worker: str, running: int) -> None:
+    """What a worker of the previous image did every interval: write JSON, then delete every other field it
+    cannot read as a live JSON report."""
+    now = time.time()
+    client.hset(key, worker, json.dumps({"worker": worker, "running": running, "heartbeat": now}))
+    for name, raw in client.hgetall(key).items():
+        try:
+            alive = name == worker or now - float(json.loads(raw).get("heartbeat", 0.0)) <= 15
+        except (ValueError, TypeError, AttributeError):
+            alive = False
+        if not alive:
+            client.hdel(key, name)
+
+
+def test_a_rolling_update_keeps_every_workers_report(redis_server: RedisServer):
+    """Old and new workers share a queue's hash: the new one writes JSON while an old one is there (which
+    would delete format 2), then format 2 once the old one is gone."""
+    client = redis_server.client()
+    key = report_key("a")
+    reporter = LoadReporter(client, "new", ["a"], lambda: {"a": Counts(running=1)}, lambda: 0, 4, ttl=15)
+    _previous_image_publishes(client, key, "old", running=2)
+    for _ in range(2):
+        reporter.publish()
+        _previous_image_publishes(client, key, "old", running=2)
+        raw = client.hget(key, "new")
+        assert raw is not None and json.loads(raw)["format"] == 1  # kept by the old worker's pruning
+        assert (load := decode_report("new", raw)) is not None and load.running == 1
+    client.hdel(key, "old")  # the old worker stopped
+    reporter.publish()  # still format 1: it saw the old worker when it last read the hash
+    reporter.publish()
+    raw = client.hget(key, "new")
+    assert isinstance(raw, str) and raw.startswith("2 ")
+    assert (load := decode_report("new", raw)) is not None and (load.running, load.concurrency) == (1, 4)
+
+
 def test_reporter_survives_a_broker_outage(redis_server: RedisServer, caplog: pytest.LogCaptureFixture):
     reporter = LoadReporter(redis_server.client(), "pod-1", ["a"], dict, lambda: 0, 1, ttl=15)
     redis_server.stop()

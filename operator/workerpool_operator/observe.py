@@ -153,6 +153,7 @@ def read_replies(
         else itertools.repeat(())
     )
     observed: dict[str, QueueObservation] = {}
+    live = reports.live_reports_of_reply
     for queue, keys, report_key, lengths, report, oldest in zip(
         plan.queues, plan.list_keys, plan.report_keys, lengths_rows, report_column, oldest_rows, strict=False
     ):  # not strict: oldest_rows may repeat forever; the lengths were checked above
@@ -177,13 +178,12 @@ def read_replies(
                 continue
             observed[queue] = QueueObservation(queue=queue, backlog=backlog)
             continue
-        workers = reports.live_reports(_hash_fields(report), now, report_ttl) if report else ()
+        workers = live(report, now, report_ttl) if report else ()
+        in_flight = 0
+        for load in workers:
+            in_flight += load.running + load.reserved
         observed[queue] = QueueObservation(
-            queue=queue,
-            backlog=backlog,
-            in_flight=sum(load.in_flight for load in workers),
-            workers=workers,
-            oldest_age=_oldest_age(oldest, now) if oldest else None,
+            queue, backlog, in_flight, workers, _oldest_age(oldest, now) if oldest else None
         )
     if plan.beat_apps:
         _add_fires(observed, replies[len(replies) - len(plan.beat_apps) :], now)
@@ -227,11 +227,6 @@ def _report_error(report_key: str, report: object) -> str:
         _raise_for_broker_wide(report)
         return _reply_reason(report, report_key, "hash")
     return f"unexpected reply to HGETALL {report_key!r}: {type(report).__name__}"
-
-
-def _hash_fields(reply: list[Any]) -> dict[str | bytes, str | bytes]:
-    """HGETALL's RESP2 reply (a flat list of field, value, ...) as a dict."""
-    return dict(zip(reply[0::2], reply[1::2], strict=True))
 
 
 def _server_time(reply: object) -> float:

@@ -46,6 +46,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # operator removes itself (pools.LEGACY_FINALIZER).
     settings.persistence.finalizer = f"{API_GROUP}/kopf-finalizer"
     settings.posting.level = logging.WARNING
+    # kopf logs each handler's success at INFO: a line per Deployment status change. At the default level the
+    # log keeps what a user needs (our scale decisions, every problem); --verbose shows everything again.
+    default_level = logging.getLogger().level == logging.INFO
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING if default_level else logging.NOTSET)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -18,7 +18,7 @@ import redis
 
 from workerpool_operator.drain_requests import drain_key
 from workerpool_operator.observation import WorkerLoad
-from workerpool_operator.reports import decode_report, encode_report, report_key
+from workerpool_operator.reports import decode_report, encode_report, format_to_write, report_key
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class LoadReporter:
         self.draining = draining  # the queues this worker drains now (their consumer is cancelled)
         self.started = started  # when the worker became ready
         self.requested: frozenset[str] = frozenset()  # queues the operator asked this worker to drain
+        self._seen: dict[str, Mapping[bytes | str, bytes | str]] = {}  # each hash as last read
         self._failing = False
 
     def loads(self, now: float) -> dict[str, WorkerLoad]:
@@ -130,11 +131,13 @@ class LoadReporter:
             pipe = self.client.pipeline(transaction=False)
             for queue, load in self.loads(now).items():
                 key = self.keys[queue]
-                pipe.hset(key, self.worker, encode_report(load))
+                written = format_to_write(self._seen.get(queue), self.worker, now, self.ttl)
+                pipe.hset(key, self.worker, encode_report(load, written))
                 pipe.expire(key, math.ceil(self.ttl))
                 pipe.hgetall(key)
                 pipe.hexists(self.drain_keys[queue], self.worker)
             replies = pipe.execute()
+            self._seen = dict(zip(self.queues, replies[2::4], strict=True))
             stale = {
                 key: fields
                 for key, all_fields in zip(self.keys.values(), replies[2::4], strict=True)
