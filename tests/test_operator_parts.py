@@ -46,6 +46,26 @@ def test_a_plan_is_made_in_one_pass_from_the_object_and_its_secrets() -> None:
     assert (owner["uid"], owner["controller"]) == ("uid-1", True)
 
 
+def test_a_plans_manifests_cannot_be_changed_through_what_it_hands_out() -> None:
+    """The plan keeps its manifests as text (kube/plan.py says why): each access is a new dict, and what the
+    rendering said is what every later access gets."""
+    made = plan(
+        _pool(flower={"auth": {"basicFrom": {"secretKeyRef": {"name": "f", "key": "users"}}}}),
+        {"redis": {"url": URL.encode()}},
+    )
+    handed = made.deployments["mail"]
+    handed["spec"]["template"]["spec"]["containers"][0]["image"] = "changed"
+    assert made.deployments["mail"]["spec"]["template"]["spec"]["containers"][0]["image"] != "changed"
+    assert made.deployments.named("Deployment", "shop-mail") == "mail"
+    assert made.components.named("Service", "shop-flower") == "flower-service"
+    assert made.components.named("Deployment", "shop-flower-x") is None
+    assert made.owned_names("Service") == {"shop-flower"}
+    assert made == plan(
+        _pool(flower={"auth": {"basicFrom": {"secretKeyRef": {"name": "f", "key": "users"}}}}),
+        {"redis": {"url": URL.encode()}},
+    )
+
+
 def test_the_secrets_a_pool_reads_each_once() -> None:
     from workerpool_operator.kube.plan import parse
 

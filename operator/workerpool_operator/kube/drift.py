@@ -103,11 +103,8 @@ class DriftRepair:
 
 def _manifest_named(plan: PoolPlan, kind: str, name: str) -> tuple[str, dict[str, Any]] | None:
     """The plan's manifest of ``kind`` and ``name``, with what it is for a person (``queue mail``, ``beat``)."""
-    if kind == "Deployment":
-        for queue, manifest in plan.deployments.items():
-            if manifest["metadata"]["name"] == name:
-                return f"queue {queue}", manifest
-    for key, manifest in plan.components.items():
-        if manifest["kind"] == kind and manifest["metadata"]["name"] == name:
-            return key, manifest
+    if (queue := plan.deployments.named(kind, name)) is not None:
+        return f"queue {queue}", plan.deployments[queue]
+    if (key := plan.components.named(kind, name)) is not None:
+        return key, plan.components[key]
     return None

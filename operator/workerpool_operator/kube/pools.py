@@ -39,7 +39,7 @@ class PoolRecord:
     """One WorkerPool as this replica knows it."""
 
     key: PoolKey
-    body: Mapping[str, Any]  # the object as the watch last delivered it
+    body: Mapping[str, Any]  # what the operator reads of the object the watch last delivered (essentials())
     plan: PoolPlan | None = None  # the last plan that could be made
     problem: cond.Problem | None = None  # why the pool is not served as its spec says
     retry_at: float | None = None  # when to plan (and apply) it again
@@ -75,6 +75,26 @@ class PoolRecord:
         return self.plan.component_name(BEAT) if self.plan is not None else None
 
 
+_KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "finalizers", "deletionTimestamp")
+
+
+def essentials(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a WorkerPool object a record keeps: the spec, the metadata the operator reads and the
+    observed generation. Not managedFields, annotations or the rest of the status (the status reporter keeps
+    what it needs): a real API server's object is twice the size of these (docs/benchmarks.md)."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    kept: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {field: meta[field] for field in _KEPT_METADATA if field in meta},
+        "spec": body.get("spec"),
+    }
+    if "observedGeneration" in status:
+        kept["status"] = {"observedGeneration": status["observedGeneration"]}
+    return kept
+
+
 class PoolService:
     """Keeps every pool planned, and the served ones applied, scaled, reported and retried."""
 
@@ -107,8 +127,8 @@ class PoolService:
             return
         record = self.records.get(key)
         if record is None or record.uid != meta.get("uid"):
-            record = self.records[key] = PoolRecord(key, body)
-        record.body = body
+            record = self.records[key] = PoolRecord(key, essentials(body))
+        record.body = essentials(body)
         self._reporter.seen(key, body.get("status"))
         if LEGACY_FINALIZER in (meta.get("finalizers") or ()) and self._may_write():
             await self._drop_legacy_finalizer(record)
