@@ -92,8 +92,21 @@ def _metadata(pool: WorkerPool, component: str, uid: str, annotations: dict[str,
     }
 
 
-def _singleton(pool: WorkerPool, component: str, uid: str, pod: dict[str, Any]) -> dict[str, Any]:
-    """A Deployment of exactly one pod, replaced by Recreate: never two at once during a rollout."""
+def _singleton(
+    pool: WorkerPool,
+    component: str,
+    uid: str,
+    main: dict[str, Any],
+    volume: tuple[dict[str, Any] | None, str, str],
+) -> dict[str, Any]:
+    """A Deployment of exactly one pod, replaced by Recreate (never two at once during a rollout), running the
+    ``main`` container (its last log line as its termination message) with its own ``volume`` (source, name,
+    mount path) when one is given."""
+    volumes, mounts, fs_group = _state_volume(*volume)
+    if mounts:
+        main["volumeMounts"] = [*main.get("volumeMounts", []), *mounts]
+    main["terminationMessagePolicy"] = "FallbackToLogsOnError"  # the one-line error, in the pod status
+    pod = pod_spec(pool, main, volumes=volumes, grace=BEAT_GRACE, fs_group=fs_group)
     labels = component_labels(pool.name, component)
     pod_meta: dict[str, Any] = {"labels": {**pool.spec.template.pod_labels, **labels}}
     if pool.spec.template.pod_annotations:
@@ -124,7 +137,6 @@ def _state_volume(
 
 def render_beat(pool: WorkerPool, beat: BeatSpec, uid: str) -> dict[str, Any]:
     """Beat's Deployment: the template's image in ``beat`` mode, replicas 1, Recreate, its schedule volume."""
-    volumes, mounts, fs_group = _state_volume(beat.schedule_volume, BEAT_SCHEDULE_VOLUME, BEAT_SCHEDULE_DIR)
     beat_container = container(
         pool,
         name=BEAT,
@@ -132,11 +144,8 @@ def render_beat(pool: WorkerPool, beat: BeatSpec, uid: str) -> dict[str, Any]:
         args=beat_args(beat),
         resources=beat.resources or pool.spec.template.resources,
         probes=standard_probes(probe),  # startup: import the app, and wait out a lost beat's lock (its TTL)
-        mounts=mounts,
     )
-    beat_container["terminationMessagePolicy"] = "FallbackToLogsOnError"  # the one-line error, in the pod status
-    pod = pod_spec(pool, beat_container, volumes=volumes, grace=BEAT_GRACE, fs_group=fs_group)
-    return _singleton(pool, BEAT, uid, pod)
+    return _singleton(pool, BEAT, uid, beat_container, (beat.schedule_volume, BEAT_SCHEDULE_VOLUME, BEAT_SCHEDULE_DIR))
 
 
 def _http_probe(flower: FlowerSpec, *, period: int, failures: int) -> dict[str, Any]:
@@ -150,7 +159,6 @@ def _http_probe(flower: FlowerSpec, *, period: int, failures: int) -> dict[str, 
 
 def render_flower(pool: WorkerPool, flower: FlowerSpec, uid: str) -> dict[str, Any]:
     """Flower's Deployment: the template's image in ``flower`` mode, one pod, Recreate, its state volume."""
-    volumes, mounts, fs_group = _state_volume(flower.state_volume, FLOWER_STATE_VOLUME, FLOWER_STATE_DIR)
     flower_container = container(
         pool,
         name=FLOWER,
@@ -158,12 +166,10 @@ def render_flower(pool: WorkerPool, flower: FlowerSpec, uid: str) -> dict[str, A
         args=flower_args(flower),
         resources=flower.resources or pool.spec.template.resources,
         probes=standard_probes(lambda _kind, **timing: _http_probe(flower, **timing)),
-        mounts=mounts,
     )
     flower_container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": FLOWER_PORT, "protocol": "TCP"}]
-    flower_container["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    pod = pod_spec(pool, flower_container, volumes=volumes, grace=BEAT_GRACE, fs_group=fs_group)
-    return _singleton(pool, FLOWER, uid, pod)
+    volume = (flower.state_volume, FLOWER_STATE_VOLUME, FLOWER_STATE_DIR)
+    return _singleton(pool, FLOWER, uid, flower_container, volume)
 
 
 def render_flower_service(pool: WorkerPool, flower: FlowerSpec, uid: str) -> dict[str, Any]:
