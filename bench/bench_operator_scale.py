@@ -194,7 +194,8 @@ def report(result: dict[str, Any], seconds: float) -> str:
         f"queues); event-loop lag p99 {lag['p99_ms']:.1f} ms, max {lag['max_ms']:.0f} ms "
         f"({lag['samples']} samples every 100 ms); {inside['gc_gen2']['count']} full garbage collections, "
         f"{inside['gc_gen2']['total_s']:.2f} s in all, the longest {inside['gc_gen2']['max_ms']:.0f} ms; "
-        f"{inside['objects']:,} Python objects; {result['series']:,} Prometheus series.\n\n"
+        f"{inside['objects']:,} Python objects ({inside.get('frozen_objects', 0):,} frozen); "
+        f"{result['series']:,} Prometheus series.\n\n"
         "Held memory by owner (deep size, each object counted once, in this order):\n\n"
         + markdown_table(["owner", "MiB", "count"], owners)
         + (

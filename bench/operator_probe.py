@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import json
 import signal
 import sys
@@ -112,7 +113,20 @@ def deep_size(roots: Iterable[object], seen: set[int]) -> int:
 
 
 def _instances(kind: type | tuple[type, ...]) -> list[Any]:
-    return [obj for obj in gc.get_objects() if isinstance(obj, kind)]
+    return [obj for obj in _all_objects() if isinstance(obj, kind)]
+
+
+def _all_objects() -> list[Any]:
+    """Every object the collector tracks, those a ``gc.freeze()`` moved out of its walks included (it hides them
+    from ``gc.get_objects()``); frozen again after."""
+    frozen = gc.get_freeze_count()
+    if not frozen:
+        return gc.get_objects()
+    gc.unfreeze()
+    try:
+        return gc.get_objects()
+    finally:
+        gc.freeze()
 
 
 def owners() -> dict[str, dict[str, Any]]:
@@ -141,6 +155,11 @@ def owners() -> dict[str, dict[str, Any]]:
     if any(w is not None for w in written):
         measure("pool records: the status last written", written, len(records))
     measure("pool records: everything else (plans, policies...)", list(records))
+    reporter_class = getattr(importlib.import_module("workerpool_operator.kube.reporter"), "StatusReporter", None)
+    reporters = _instances(reporter_class) if reporter_class is not None else []
+    if reporters:
+        pools_written = [getattr(r, "_pools", {}) for r in reporters]
+        measure("status reporter (the status last written or seen)", pools_written, sum(map(len, pools_written)))
     backends = _instances(KubeBackend)
     measure("replica cache (KubeBackend)", [vars(backend) for backend in backends], len(backends))
     loops = _instances(ScalingLoop)
@@ -186,7 +205,8 @@ def dump() -> None:
             "mean_ms": 1000 * sum(lags) / len(lags) if lags else None,
         },
         "gc_gen2": {"count": len(_gc_pauses), "total_s": sum(_gc_pauses), "max_ms": 1000 * max(_gc_pauses, default=0)},
-        "objects": len(gc.get_objects()),
+        "frozen_objects": gc.get_freeze_count(),  # before _all_objects(), which freezes everything again
+        "objects": len(_all_objects()),
         "owners": owners(),
         "traced": allocation_sites(),
         "traced_total_MiB": tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else None,
