@@ -155,6 +155,22 @@ def test_a_drained_worker_is_removed_once_its_report_says_it_is_idle() -> None:
     assert decision.reason.endswith("remove 1 drained worker")
 
 
+def test_a_removed_worker_is_not_counted_while_its_pod_terminates() -> None:
+    """Between the scale-down and its exit the removed worker still reports (draining, idle): it is neither
+    counted, nor taken back, nor removed a second time; it leaves the state once its reports stop."""
+    state = QueueState(draining=(("b", 0.0),))
+    reports = (busy("a", 2), busy("b", 0, draining=True))
+    decision, state = decide(obs(0, reports), state, DRAIN, 2.0)
+    assert (decision.desired_replicas, decision.remove_first, state.leaving) == (1, ("b",), ("b",))
+    for now in (4.0, 6.0):  # one replica now; b reports until its SIGTERM ends it
+        decision, state = decide(obs(0, reports, replicas=1), state, DRAIN, now)
+        assert (decision.desired_replicas, decision.remove_first, decision.drain, decision.undrain) == (1, (), (), ())
+        assert (state.draining, state.leaving) == ((), ("b",))
+    _, state = decide(obs(0, (busy("a", 2),)), state, DRAIN, 8.0)
+    assert state.leaving == ()
+    assert QueueState.from_dict(json.loads(json.dumps(state._replace(leaving=("b",)).to_dict()))).leaving == ("b",)
+
+
 def test_demand_back_takes_draining_workers_back_before_adding_pods() -> None:
     state = QueueState(draining=(("b", 0.0), ("c", 0.0)))
     reports = (busy("a", 4), busy("b", 0, draining=True), busy("c", 3, draining=True))

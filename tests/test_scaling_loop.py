@@ -4,6 +4,7 @@ so a recording backend stands in for Deployments or processes (both real backend
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -191,3 +192,39 @@ async def test_a_pool_with_beat_starts_a_worker_before_an_announced_fire(redis_s
     (queue,) = next(r for r in reports if r.pool == A).queues
     assert queue.observation.fires == ((now + 5.0, "nightly"),)
     assert queue.decision is not None and "beat: nightly" in queue.decision.reason
+
+
+async def test_a_removed_worker_keeps_its_drain_request_until_it_stops_reporting(
+    redis_server: RedisServer, observer
+) -> None:
+    """Released at the scale-down, the request would let the removed worker take tasks again until its SIGTERM
+    (seconds on a real cluster), and be killed with them at the end of the grace period."""
+    from workerpool_operator import drain_requests
+    from workerpool_operator.engine import DEMAND
+    from workerpool_operator.observation import WorkerLoad
+    from workerpool_operator.reports import encode_report, report_key
+
+    client = redis_server.client()
+    policy = ScalingPolicy(policy=DEMAND, max_replicas=10, target_per_replica=2, scale_down_window=0.0)
+    backend = RecordingBackend({(A, "work"): 2})
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, [])
+    loop.register(A, BrokerConfig(url=redis_server.url), {"work": QueuePlan(policy, 1.0)})
+
+    async def tick(**loads: WorkerLoad) -> set[str]:
+        now = float(client.time()[0])
+        client.delete(report_key("work"))
+        for name, load in loads.items():
+            client.hset(report_key("work"), name, encode_report(dataclasses.replace(load, worker=name, heartbeat=now)))
+        clock.now += 1.0
+        await loop.run_once()
+        return {str(field) for field in client.hkeys(drain_requests.drain_key("work"))}
+
+    busy = WorkerLoad("a", running=2, concurrency=2)
+    assert await tick(a=busy, b=WorkerLoad("b", concurrency=2)) == {"b"}, "the idlest asked to drain"
+    drained = WorkerLoad("b", concurrency=2, draining=True)
+    assert await tick(a=busy, b=drained) == {"b"}
+    assert backend.calls[-1] == (A, "work", 1, ("b",)), "removed once idle"
+    assert await tick(a=busy, b=drained) == {"b"}, "its pod terminates: the request stays"
+    assert backend.calls[-1] == (A, "work", 1, ("b",)) and len(backend.calls) == 1, "not counted, not removed again"
+    assert await tick(a=busy) == set(), "gone: released"

@@ -296,8 +296,10 @@ class ScalingLoop:
         self, pool: _Registration, queue: str, before: QueueState, after: QueueState, drain_timeout: float
     ) -> str | None:
         """Keep the workers' drain requests in line with the engine's state: the draining ones asked (again: the
-        requests expire), the ones no longer draining (taken back, or gone) released."""
-        released = {worker for worker, _ in before.draining} - {worker for worker, _ in after.draining}
+        requests expire), the ones no longer draining released: taken back, or gone. A worker a scale-down removed
+        keeps its request until it stops reporting: released at once, it would take tasks again until its SIGTERM."""
+        held = {worker for worker, _ in before.draining}.union(before.leaving)
+        released = held - {worker for worker, _ in after.draining}.union(after.leaving)
         if not after.draining and not released:
             return None
         try:

@@ -109,6 +109,9 @@ class QueueState(NamedTuple):
     handing_back: tuple[str, ...] = ()
     # Per source of announced fires (Celery beat's periodic tasks): the fire watched and the demand each brings.
     spikes: tuple[Spike, ...] = ()
+    # Workers a scale-down removed by name that still report (their pods terminate): no longer counted, and
+    # their drain requests stay, so that none takes a task between the scale-down and its SIGTERM.
+    leaving: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +123,7 @@ class QueueState(NamedTuple):
             "learned": self.learned.to_dict(),
             "handingBack": list(self.handing_back),
             "spikes": spikes.to_list(self.spikes),
+            "leaving": list(self.leaving),
         }
 
     @classmethod
@@ -142,8 +146,9 @@ class QueueState(NamedTuple):
             scale_ups=_stamps(data.get("scaleUps", ()), "scaleUps"),
             draining=_draining(data.get("draining", ())),
             learned=Learned.from_dict(data.get("learned")),
-            handing_back=_names(data.get("handingBack", ())),
+            handing_back=_names(data.get("handingBack", ()), "handingBack"),
             spikes=spikes.from_list(data.get("spikes", ())),
+            leaving=_names(data.get("leaving", ()), "leaving"),
         )
 
 
@@ -167,9 +172,9 @@ def _stamps(value: object, name: str) -> tuple[Stamped, ...]:
     return tuple(stamps)
 
 
-def _names(value: object) -> tuple[str, ...]:
+def _names(value: object, name: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"scaling state: handingBack must be a list of worker names, got {value!r}")
+        raise ValueError(f"scaling state: {name} must be a list of worker names, got {value!r}")
     return tuple(value)
 
 
@@ -248,6 +253,11 @@ def decide(
         return _on_failure(observation, state, policy, now, low, high)
 
     workers = observation.workers
+    leaving = state.leaving
+    if leaving:  # removed: not part of the replicas any more, whatever they report until they exit
+        reporting_names = {w.worker for w in workers}
+        leaving = tuple(name for name in leaving if name in reporting_names)
+        workers = tuple(w for w in workers if w.worker not in leaving)
     draining = state.draining
     if (
         not current
@@ -319,8 +329,11 @@ def decide(
         (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
          plan.drain, plan.undrain),
     )  # fmt: skip
+    if plan.remove_first and plan.desired_replicas < current:
+        leaving = leaving + plan.remove_first
     return decision, _new(
-        QueueState, (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered)
+        QueueState,
+        (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered, leaving),
     )
 
 
