@@ -129,7 +129,9 @@ def wait_for(what: Callable[[], T], timeout: float = 20.0, message: str = "") ->
 
 def enqueue(url: str, queue: str, count: int) -> None:
     """Real Celery messages, as a producer in the user's app would send them, landing in the queue at once:
-    sent to a staging list first, then moved over in one transaction, so no poll sees half of them."""
+    sent to a staging list first, then moved over in one transaction, so no poll sees half of them. (Their
+    routing key names the staging list, where kombu would put one back if a worker requeued it: for tests whose
+    tasks no worker runs.)"""
     staging = f"{queue}.staging"
     app = Celery("producer", broker=url)
     try:

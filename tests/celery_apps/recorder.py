@@ -29,6 +29,8 @@ if os.environ.get("TEST_VISIBILITY_TIMEOUT_ONLY"):  # kombu's restore sweep as t
 if os.environ.get("TEST_GLOBAL_KEYPREFIX"):
     _options["global_keyprefix"] = os.environ["TEST_GLOBAL_KEYPREFIX"]
 app.conf.broker_transport_options = _options
+if os.environ.get("TEST_ACKS_LATE"):  # a running task holds its prefetch slot: a worker takes no more than it runs
+    app.conf.task_acks_late = True
 
 _clients: dict[int, redis.Redis] = {}
 
