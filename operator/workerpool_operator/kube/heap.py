@@ -9,9 +9,10 @@ no collection walks: measured on the scale bench, the longest collection at 10,0
 
 When: once the number of pools known has stopped changing for one check interval (the start-up's listing is
 through) and has grown by a tenth since the last freeze, so a cluster that keeps adding pools freezes again now
-and then, never per pool. What it costs: a frozen object that later becomes part of garbage *with a reference
-cycle* is never reclaimed (objects freed by their reference count, most of a deleted pool's, are); kept small
-by freezing rarely.
+and then, never per pool. A full collection runs first, so the garbage of the start-up (cycles the collector
+had not reached yet) is reclaimed rather than frozen for good. What it costs: that one collection (the last
+long one), and a frozen object that later becomes part of garbage *with a reference cycle* is never reclaimed
+(objects freed by their reference count, most of a deleted pool's, are); kept small by freezing rarely.
 """
 
 from __future__ import annotations
@@ -20,9 +21,23 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
+
+
+def collect_and_freeze() -> None:
+    """Reclaim what is garbage now, then move every object still alive out of the collector's walks."""
+    started = time.perf_counter()
+    unreachable = gc.collect()
+    gc.freeze()
+    logger.info(
+        "heap frozen: %d objects outside the collector's walks (%d unreachable reclaimed first, in %.2f s)",
+        gc.get_freeze_count(),
+        unreachable,
+        time.perf_counter() - started,
+    )
 
 
 class HeapSettler:
@@ -33,7 +48,7 @@ class HeapSettler:
         count: Callable[[], int],
         *,
         growth: float = 0.1,
-        freeze: Callable[[], None] = gc.freeze,
+        freeze: Callable[[], None] = collect_and_freeze,
     ) -> None:
         self._count = count
         self._growth = growth
@@ -47,11 +62,9 @@ class HeapSettler:
         self._last_seen = now
         if now == 0 or now != before or now <= self.frozen_at * (1 + self._growth) - 1e-9:
             return False
+        logger.info("%d pools known and settled: freezing the heap", now)
         self._freeze()
         self.frozen_at = now
-        logger.info(
-            "heap frozen with %d pools known (%d objects outside the collector's walks)", now, gc.get_freeze_count()
-        )
         return True
 
     async def run(self, stop: asyncio.Event, every: float = 30.0) -> None:
