@@ -161,3 +161,35 @@ def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: 
         assert all(len(obj.history) == 1 for obj in emulator[0].objects.values())  # the latest version only
     finally:
         cluster.stop()
+
+
+def test_the_scale_benchmarks_emulator_resumes_a_watch_from_its_version(tmp_path: Path) -> None:
+    """A real API server's watch from resourceVersion N sends only what changed after N (its watch cache); kmock
+    sends every object again. The scale benchmark's emulator resumes as the real one does: kopf watches again
+    from its last version each time a watch ends, and the objects it already has must not come back."""
+    from bench.api_server import BenchApiServer
+
+    cluster = KubeCluster(tmp_path, emulator=BenchApiServer).start()
+    try:
+        apps = _apps(cluster)
+        for name in ("old1", "old2"):
+            apps.create_namespaced_deployment("apps", _deployment(name))
+        listed = apps.list_namespaced_deployment("apps")
+        since = listed.metadata.resource_version
+        assert int(since) >= 2, "a list says the latest version, as a real server's does"
+        apps.patch_namespaced_deployment("old2", "apps", {"spec": {"replicas": 3}})
+        apps.create_namespaced_deployment("apps", _deployment("new"))
+
+        def resumed(version: str | None) -> list[tuple[str, str]]:
+            seen: list[tuple[str, str]] = []
+            w = kubernetes.watch.Watch()
+            for event in w.stream(apps.list_namespaced_deployment, "apps", resource_version=version, timeout_seconds=2):
+                seen.append((event["type"], event["object"].metadata.name))
+                if len(seen) >= 3 or (version is not None and len(seen) >= 2):
+                    w.stop()
+            return seen
+
+        assert sorted(name for _, name in resumed(since)) == ["new", "old2"], "only what changed after the list"
+        assert sorted(name for _, name in resumed(None)) == ["new", "old1", "old2"], "from nothing: everything"
+    finally:
+        cluster.stop()
