@@ -113,6 +113,17 @@ def _wait_ready(
         time.sleep(5)
 
 
+def _settle(pid: int, seconds: float) -> list[tuple[float, float]]:
+    """Wait ``seconds`` after the pools are Ready, sampling the operator's RSS (MiB) every 5 s."""
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        samples.append((round(elapsed, 1), process_rss_mib(pid)))
+        time.sleep(5)
+    print("after Ready, operator RSS: " + ", ".join(f"{rss:.0f}" for _, rss in samples) + " MiB", flush=True)
+    return samples
+
+
 def run(
     pools: int, seconds: float, poll: float, realistic: bool, freeze: bool = False, ready_timeout: float = 7200
 ) -> dict[str, Any]:
@@ -131,8 +142,8 @@ def run(
             progress = _wait_ready(kube, operator.pid, pools, started, ready_timeout)
             converged = time.monotonic() - started
             deployments = len(kube.objects("apps/v1/deployments"))
-            time.sleep(35)  # past the controller-manager's writes and the status refresh: from here nothing changes
-            probe_now(operator, probe)  # resets the lag and GC figures
+            settling = _settle(operator.pid, 35)  # past the controller-manager's writes and the status refresh
+            probe_now(operator, probe, memory=False)  # resets the lag and GC figures
             before = scrape(port)
             steady = _steady(kube, operator.pid, seconds)
             after = scrape(port)
@@ -147,6 +158,7 @@ def run(
         "converged": converged,
         "ready": progress[-1][1],
         "progress": progress,
+        "settling": settling,
         "deployments": deployments,
         "status_writes": status_writes,
         "base": base,

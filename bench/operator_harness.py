@@ -154,9 +154,14 @@ def operator_log_lines(kube: KubeCluster) -> int:
         return sum(1 for _ in log)
 
 
-def probe_now(process: subprocess.Popen[bytes], probe: Path, timeout: float = 600.0) -> dict[str, Any]:
-    """Ask the probed operator for its measurements (SIGUSR1) and wait for them."""
+def probe_now(
+    process: subprocess.Popen[bytes], probe: Path, timeout: float = 600.0, *, memory: bool = True
+) -> dict[str, Any]:
+    """Ask the probed operator for its measurements (SIGUSR1) and wait for them; ``memory=False``: only the loop
+    lag and GC pauses (which start anew), without the memory walk, whose allocations would stay in the RSS."""
     probe.unlink(missing_ok=True)
+    if not memory:
+        probe.with_name(probe.name + ".reset").touch()
     process.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + timeout
     while not probe.exists() or not probe.stat().st_size:

@@ -8,6 +8,8 @@ owner holds (our pool records field by field, the replica cache, the scaling loo
 request plans, kopf's per-object memories, the Prometheus registry), and, when tracemalloc runs
 (``PYTHONTRACEMALLOC=N`` in the environment), the traced memory grouped by the code that allocated it.
 Deep sizes count each object once, for the first owner measured (in the order listed in the output).
+When OUT.json.reset exists at the SIGUSR1, the dump is only the loop lag and GC pauses (and starts them
+anew): the memory walk allocates, and the RSS measured after it would count its high-water mark.
 On SIGUSR2 it calls ``gc.freeze()`` (an experiment: see :func:`freeze`).
 """
 
@@ -197,7 +199,9 @@ def allocation_sites(limit: int = 40) -> list[dict[str, Any]]:
 def dump() -> None:
     started = time.perf_counter()
     lags = sorted(_lags)
-    report = {
+    reset = _out.with_name(_out.name + ".reset")
+    light = reset.exists()
+    report: dict[str, Any] = {
         "loop_lag": {
             "samples": len(lags),
             "max_ms": 1000 * lags[-1] if lags else None,
@@ -205,12 +209,16 @@ def dump() -> None:
             "mean_ms": 1000 * sum(lags) / len(lags) if lags else None,
         },
         "gc_gen2": {"count": len(_gc_pauses), "total_s": sum(_gc_pauses), "max_ms": 1000 * max(_gc_pauses, default=0)},
-        "frozen_objects": gc.get_freeze_count(),  # before _all_objects(), which freezes everything again
-        "objects": len(_all_objects()),
-        "owners": owners(),
-        "traced": allocation_sites(),
-        "traced_total_MiB": tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else None,
     }
+    if not light:
+        report |= {
+            "frozen_objects": gc.get_freeze_count(),  # before _all_objects(), which freezes everything again
+            "objects": len(_all_objects()),
+            "owners": owners(),
+            "traced": allocation_sites(),
+            "traced_total_MiB": tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else None,
+        }
+    reset.unlink(missing_ok=True)
     report["probe_seconds"] = time.perf_counter() - started
     _out.write_text(json.dumps(report, indent=1))
     _lags.clear()
