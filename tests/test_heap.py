@@ -31,6 +31,33 @@ def test_the_heap_is_frozen_once_the_pool_count_settles_and_again_only_after_it_
     assert not settler.check() and not settler.check()
 
 
+def test_a_slow_full_collection_freezes_again_once_the_pool_count_holds() -> None:
+    """What a pool brings arrives after it (its Deployments, their status, metrics): at 10,000 pools a freeze at
+    the pool count alone left most objects to walk."""
+    pools = [1000]
+    freezes: list[int] = []
+    settler = HeapSettler(lambda: pools[0], freeze=lambda: freezes.append(pools[0]), slow=0.1)
+    settler.check()
+    assert settler.check() and freezes == [1000]
+    settler.collection_took(0.05)
+    assert not settler.check(), "a quick collection: nothing to do"
+    settler.collection_took(0.8)
+    pools[0] = 1001
+    assert not settler.check(), "slow, but the count moved: wait until it holds"
+    assert settler.check() and freezes == [1000, 1001], "slow and settled: frozen again"
+    assert not settler.check() and settler.slow_collection == 0.0
+
+
+def test_the_settler_hears_of_real_full_collections() -> None:
+    settler = HeapSettler(lambda: 1, slow=0.0)
+    gc.callbacks.append(settler._on_collection)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(settler._on_collection)
+    assert settler.slow_collection > 0.0
+
+
 class _Node:
     def __init__(self) -> None:
         self.other: _Node | None = None
