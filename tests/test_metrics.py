@@ -60,7 +60,7 @@ def test_every_queue_gauge_is_set_and_dropped_with_its_queue() -> None:
         fallback=True,
     )
     wanted = labels("m", "gauges", "q")
-    values = {gauge._name: metrics.sample(gauge._name, wanted) for gauge in metrics.QUEUE_GAUGES}
+    values = {name: metrics.sample(name, wanted) for name, _ in metrics.QUEUE_GAUGES.columns}
     assert values == {
         "workerpool_queue_backlog": 5,
         "workerpool_queue_in_flight": 2,
@@ -77,7 +77,7 @@ def test_every_queue_gauge_is_set_and_dropped_with_its_queue() -> None:
     assert metrics.sample("workerpool_broker_up", {"namespace": "m", "pool": "gauges"}) == 1
     assert metrics.sample("workerpool_pool_ready", {"namespace": "m", "pool": "gauges"}) == 0
     metrics.forget_pool("m", "gauges", ["q"])
-    assert all(metrics.sample(gauge._name, wanted) is None for gauge in metrics.QUEUE_GAUGES)
+    assert all(metrics.sample(name, wanted) is None for name, _ in metrics.QUEUE_GAUGES.columns)
     assert metrics.sample("workerpool_broker_up", {"namespace": "m", "pool": "gauges"}) is None
 
 
