@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from workerpool_operator.kube.heap import HeapSettler, collect_and_freeze
+from workerpool_operator.kube.heap import SLOW_FREEZES, HeapSettler, collect_and_freeze
 
 
 def test_the_heap_is_frozen_once_the_pool_count_settles_and_again_only_after_it_grew() -> None:
@@ -46,6 +46,15 @@ def test_a_slow_full_collection_freezes_again_once_the_pool_count_holds() -> Non
     assert not settler.check(), "slow, but the count moved: wait until it holds"
     assert settler.check() and freezes == [1000, 1001], "slow and settled: frozen again"
     assert not settler.check() and settler.slow_collection == 0.0
+    for _ in range(5):  # slow collections go on (short-lived objects): a few more freezes, then no more
+        settler.collection_took(0.8)
+        settler.check()
+    assert len(freezes) == 2 + SLOW_FREEZES - 1
+    pools[0] = 1200
+    settler.check()
+    assert settler.check() and freezes[-1] == 1200, "grown by a tenth: frozen, and slow freezes allowed again"
+    settler.collection_took(0.8)
+    assert settler.check()
 
 
 def test_the_settler_hears_of_real_full_collections() -> None:

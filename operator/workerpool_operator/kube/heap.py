@@ -13,7 +13,8 @@ and then, never per pool; and, the pool count settled, again after a full collec
 ``SLOW_COLLECTION``: what a pool brings keeps arriving after the pool itself (its Deployments, their status
 writes, its metrics, kopf's state for each), and at 10,000 pools a freeze at the pool count alone left 1.8 of
 2.5 million objects to walk (full collections of up to 2 s). After a freeze full collections walk only what came
-since, so slow ones, and with them freezes, stop by themselves. A full collection runs first, so the garbage of
+since; at most ``SLOW_FREEZES`` such freezes per pool count (later slow collections walk short-lived objects,
+which no freeze helps). A full collection runs first, so the garbage of
 the start-up (cycles the collector had not reached yet) is reclaimed rather than frozen for good. What it costs:
 one full collection per freeze, and a frozen object that later becomes part of garbage *with a
 reference cycle* is never reclaimed (objects freed by their reference count, most of a deleted pool's, are);
@@ -32,6 +33,10 @@ from collections.abc import Callable
 logger = logging.getLogger(__name__)
 
 SLOW_COLLECTION = 0.1  # seconds: a full collection this long says much that lives is still walked
+# Freezes for slow collections per pool count: what a pool brings arrives within a few; after that, slow
+# collections walk short-lived objects (a poll's observations and decisions at 10,000 pools), which a freeze
+# cannot help, and each freeze would keep for good the cycles alive at that instant that die later.
+SLOW_FREEZES = 3
 
 
 def collect_and_freeze() -> None:
@@ -39,7 +44,7 @@ def collect_and_freeze() -> None:
     started = time.perf_counter()
     unreachable = gc.collect()
     gc.freeze()
-    logger.info(
+    logger.debug(
         "heap frozen: %d objects outside the collector's walks (%d unreachable reclaimed first, in %.2f s)",
         gc.get_freeze_count(),
         unreachable,
@@ -66,6 +71,7 @@ class HeapSettler:
         self._collection_started = 0.0
         self.slow_collection = 0.0  # the longest full collection since the last freeze, if slow
         self.frozen_at = 0  # the pool count at the last freeze
+        self.slow_freezes = 0  # freezes for slow collections since the pool count last grew
 
     def check(self) -> bool:
         """One check: freeze now if the count is as it was at the last check, and it grew enough or a full
@@ -75,10 +81,15 @@ class HeapSettler:
         if now == 0 or now != before:
             return False
         grew = now >= self.frozen_at * (1 + self._growth) - 1e-9
-        if not grew and not self.slow_collection:
+        slow = bool(self.slow_collection) and self.slow_freezes < SLOW_FREEZES
+        if not grew and not slow:
             return False
-        why = "grew" if grew else f"a full collection took {self.slow_collection:.2f} s"
-        logger.info("%d pools known and settled (%s): freezing the heap", now, why)
+        if grew:
+            logger.info("%d pools known and settled: freezing the heap", now)
+            self.slow_freezes = 0
+        else:
+            logger.debug("a full collection took %.2f s: freezing the heap again", self.slow_collection)
+            self.slow_freezes += 1
         self._freeze()
         self.frozen_at = now
         self.slow_collection = 0.0  # after the freeze: its own collection is not news
