@@ -168,6 +168,12 @@ def test_a_removed_worker_is_not_counted_while_its_pod_terminates() -> None:
         assert (state.draining, state.leaving) == ((), ("b",))
     _, state = decide(obs(0, (busy("a", 2),)), state, DRAIN, 8.0)
     assert state.leaving == ()
+    # The last one removed: nothing left to serve, and its request still stays until it exits.
+    _, state = decide(obs(0, (), replicas=0), QueueState(leaving=("z",)), DRAIN, 9.0)
+    assert state.leaving == (), "gone"
+    idle_z = (busy("z", 0, draining=True),)
+    _, state = decide(obs(0, idle_z, replicas=0), QueueState(leaving=("z",)), DRAIN, 9.0)
+    assert state.leaving == ("z",), "still reporting: still leaving, asleep or not"
     assert QueueState.from_dict(json.loads(json.dumps(state._replace(leaving=("b",)).to_dict()))).leaving == ("b",)
 
 

@@ -262,6 +262,7 @@ def decide(
     if (
         not current
         and not workers
+        and not leaving
         and not draining
         and not policy.schedules
         and not observation.fires
