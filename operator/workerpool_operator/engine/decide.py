@@ -35,23 +35,12 @@ from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
 from workerpool_operator.engine import drain, spikes
-from workerpool_operator.engine.drain import idlest_first
 from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
 from workerpool_operator.engine.schedules import Schedule, cron_windows, floor
 from workerpool_operator.engine.spikes import Spike
 from workerpool_operator.observation import QueueObservation
 
-__all__ = [
-    "DEMAND",
-    "POLICIES",
-    "THROUGHPUT",
-    "Decision",
-    "QueueState",
-    "ScalingPolicy",
-    "Schedule",
-    "decide",
-    "idlest_first",
-]
+__all__ = ["DEMAND", "POLICIES", "THROUGHPUT", "Decision", "QueueState", "ScalingPolicy", "Stamped", "decide"]
 
 DEMAND, THROUGHPUT = "demand", "throughput"
 POLICIES = (THROUGHPUT, DEMAND)
