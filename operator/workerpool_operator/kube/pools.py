@@ -125,10 +125,11 @@ class PoolService:
             self.forget(key)
             await self.check_beats(key[0])
             return
+        kept = essentials(body)
         record = self.records.get(key)
         if record is None or record.uid != meta.get("uid"):
-            record = self.records[key] = PoolRecord(key, essentials(body))
-        record.body = essentials(body)
+            record = self.records[key] = PoolRecord(key, kept)
+        record.body = kept
         self._reporter.seen(key, body.get("status"))
         if LEGACY_FINALIZER in (meta.get("finalizers") or ()) and self._may_write():
             await self._drop_legacy_finalizer(record)
