@@ -115,6 +115,19 @@ def condition(kube: KubeCluster, pool: str, type_: str) -> dict[str, Any] | None
     return None
 
 
+def start_operator(kube: KubeCluster) -> Any:
+    """The real operator in this process (kopf's runner), watching pools; the test stops it with
+    ``runner.__exit__(None, None, None)``, for a restart in the middle of a story."""
+    from kopf.testing import KopfRunner
+
+    from tests.conftest import _wait_for_watch, operator_args
+
+    runner = KopfRunner(operator_args(), timeout=60)
+    runner.__enter__()
+    _wait_for_watch(kube, "workerpools")
+    return runner
+
+
 def wait_for(what: Callable[[], T], timeout: float = 20.0, message: str = "") -> T:
     """Poll ``what`` until it returns something truthy; its last value on timeout fails the test."""
     deadline = time.monotonic() + timeout

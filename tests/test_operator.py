@@ -29,6 +29,7 @@ from tests.operator_helpers import (
     patch_pool,
     pool_manifest,
     replicas,
+    start_operator,
     wait_for,
 )
 from workerpool_operator.kube import metrics
@@ -320,17 +321,6 @@ def scaler_state(kube: KubeCluster, name: str) -> dict[str, Any]:
     return state
 
 
-def _run_operator(kube: KubeCluster) -> Any:
-    from kopf.testing import KopfRunner
-
-    from tests.conftest import _wait_for_watch, operator_args
-
-    runner = KopfRunner(operator_args(), timeout=60)
-    runner.__enter__()
-    _wait_for_watch(kube, "workerpools")
-    return runner
-
-
 def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
     kube: KubeCluster, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -339,7 +329,7 @@ def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
     create_secret(kube, "redis", {"url": redis_server.url})
     # A long idle time: the state that matters is when the queue went idle.
     create_pool(kube, pool_manifest("shop", scaling={"idleSecondsBeforeZero": 6, "scaleDownStabilizationSeconds": 1}))
-    first = _run_operator(kube)
+    first = start_operator(kube)
     try:
         enqueue(redis_server.url, "default", 6)
         wait_for(lambda: replicas(kube, "shop-default") == 3, message="3 replicas")
@@ -351,7 +341,7 @@ def test_operator_restart_mid_scale_converges_without_duplicates_or_lost_state(
     assert first.exception is None
 
     uids = {name: d["metadata"]["uid"] for name, d in deployments(kube).items()}
-    second = _run_operator(kube)
+    second = start_operator(kube)
     try:
         time.sleep(1.0)
         assert replicas(kube, "shop-default") == 1, "a restart must not change the decision"

@@ -23,9 +23,17 @@ from redis import Redis
 
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
-from tests.operator_helpers import create_pool, create_secret, events, patch_pool, pool_manifest, replicas, wait_for
+from tests.operator_helpers import (
+    create_pool,
+    create_secret,
+    events,
+    patch_pool,
+    pool_manifest,
+    replicas,
+    start_operator,
+    wait_for,
+)
 from tests.pod_fleet import PodFleet
-from tests.test_operator import _run_operator
 from workerpool_operator import reports
 from workerpool_operator.observation import WorkerLoad
 
@@ -68,12 +76,9 @@ def _text(raw: bytes | str) -> str:
 
 
 def _loads(client: Redis) -> dict[str, WorkerLoad]:
-    loads = {}
-    for name, value in client.hgetall(reports.report_key("work")).items():
-        load = reports.decode_report(_text(name), value)
-        if load is not None:
-            loads[load.worker] = load
-    return loads
+    """The queue's live worker reports, by the broker's clock, as the observer reads them."""
+    now = float(client.time()[0])
+    return {load.worker: load for load in reports.live_reports(client.hgetall(reports.report_key("work")), now)}
 
 
 class _Watch:
@@ -179,7 +184,7 @@ def test_a_drain_completes_across_an_operator_restart(
     monkeypatch.setenv("WORKERPOOL_OPERATOR_STATUS_REFRESH", "0.5")
     client = redis_server.client()
     watch = _Watch(client)
-    first = _run_operator(kube)
+    first = start_operator(kube)
     try:
         sent = _four_busy_workers(kube, fleet, redis_server.url, watch)
         patch_pool(kube, "shop", {"spec": {"queues": [{**_manifest()["spec"]["queues"][0], "minReplicas": 0}]}})
@@ -190,7 +195,7 @@ def test_a_drain_completes_across_an_operator_restart(
     assert first.exception is None
     draining = set(watch.drained_busy)
 
-    second = _run_operator(kube)
+    second = start_operator(kube)
     try:
         wait_for(lambda: watch() is not None and replicas(kube, DEPLOYMENT) == 0, timeout=60, message="down to zero")
         wait_for(lambda: fleet.alive() == 0, timeout=15, message=f"every worker gone\n{fleet.outputs()}")
