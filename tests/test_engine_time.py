@@ -225,7 +225,7 @@ def test_without_draining_the_idlest_go_at_once_and_leftover_drains_are_taken_ba
     reports = (busy("a", 3), busy("b", 0), busy("c", 0, draining=True))
     decision, state = decide(obs(0, reports), state, policy, 1.0)
     assert (decision.desired_replicas, decision.remove_first, decision.undrain) == (1, ("b", "c"), ("c",))
-    assert state.draining == ()
+    assert state.draining == () and state.leaving == (), "no drain requests to keep: nobody tracked as leaving"
 
 
 def test_drains_and_estimates_survive_a_restart() -> None:

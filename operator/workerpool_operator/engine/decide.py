@@ -241,7 +241,7 @@ def decide(
     if observation.error is not None:
         return _on_failure(observation, state, policy, now, low, high)
 
-    workers = observation.workers
+    workers = reported = observation.workers  # what the forecast learns from: leaving workers' work counts too
     leaving = state.leaving
     if leaving:  # removed: not part of the replicas any more, whatever they report until they exit
         reporting_names = {w.worker for w in workers}
@@ -276,7 +276,7 @@ def decide(
         remembered = spikes.learn(remembered, observation.fires, demand, now)
     learned = state.learned
     if policy.policy != DEMAND:  # the demand policy uses none of it
-        learned = learn(learned, workers, demand, starting, now)
+        learned = learn(learned, reported, demand, starting, now)
     idle_since = state.idle_since
     if demand:
         idle_since = None
@@ -303,7 +303,7 @@ def decide(
         scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)
     if plan.added:
         if policy.policy != DEMAND:
-            learned = with_launch(learned, now, plan.added, workers)
+            learned = with_launch(learned, now, plan.added, reported)
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
         reason = _with_plan(reason, plan)
@@ -319,8 +319,8 @@ def decide(
         (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
          plan.drain, plan.undrain),
     )  # fmt: skip
-    if plan.remove_first and plan.desired_replicas < current:
-        leaving = leaving + plan.remove_first
+    if plan.remove_first and plan.desired_replicas < current and policy.drain_timeout > 0:
+        leaving = leaving + plan.remove_first  # drained: their requests must outlast them (no draining: none)
     return decision, _new(
         QueueState,
         (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered, leaving),
