@@ -28,7 +28,10 @@ from workerpool_operator.spec import WorkerPool
 TRACES = Path(__file__).resolve().parent.parent / "examples" / "traces"
 # The queue each trace's header suggests (at most 20 replicas); everything else is the WorkerPool's defaults.
 CONCURRENCY = {"burst": 8, "daily": 8, "spiky": 16, "long": 2}
-NAMES = ("burst", "daily", "spiky", "long", "long-tasks", "spikes", "ramp", "flood", "mixed", "beat")
+NAMES = (
+    "burst", "daily", "spiky", "long", "long-tasks", "spikes", "ramp", "flood", "mixed", "beat",
+    "trickle", "heavy-tailed",
+)  # fmt: skip
 
 
 def queue_setup(trace: str) -> QueueSetup:
