@@ -31,9 +31,10 @@ def test_a_task_on_a_sleeping_queue_waits_for_a_pod_to_start() -> None:
     result = simulate([(0.0, 5.0)], setup(target_per_replica=1), "ours", startup_delay=20.0)
     assert result.waits == [20.0]
     assert result.finished == 1
-    # woken at 0, ready at 20, done at 25, idle in the report of 26.76 (seen at the poll at 28); drained 120 s
-    # later (asked at 148, read by the worker at 148.76), removed at the poll at 150, gone 2 s later (its exit)
-    assert result.replica_seconds == pytest.approx(152.0)
+    # woken at 0, ready at 20, done at 25, idle in the report of 26.76 (seen at the poll at 28); no task comes
+    # within a start-up: drained at once (asked at 28, read by the worker at 28.76), removed at the poll at 30,
+    # gone 2 s later (its exit)
+    assert result.replica_seconds == pytest.approx(32.0)
     assert result.scale_events == 2
     assert [row.desired for row in result.timeline][:2] == [1, 1]
     assert result.timeline[-1].pods == 0
@@ -328,12 +329,12 @@ def test_without_acks_late_a_killed_task_is_lost() -> None:
 
 
 def test_a_draining_worker_hands_back_what_it_prefetched_and_finishes_what_it_runs() -> None:
-    cluster = Cluster([(0.0, 10.0)] * 3, "q", WorkerModel(concurrency=1, prefetch_multiplier=1))
+    cluster = Cluster([(0.0, 10.0)] * 3, "q", WorkerModel(concurrency=1, prefetch_multiplier=1, report_interval=0.0))
     first = cluster.create_pod(0.0)
     for task in range(3):
         cluster.arrive(task)
     assert (first.running, list(first.reserved), list(cluster.queue)) == ({0}, [1], [2])  # 1 runs, 1 reserved
-    cluster.drain(first)
+    cluster.ask_drain(first)  # reports read live: the worker drains at once
     assert list(cluster.queue) == [1, 2]  # handed back to the head of the list, in order
     second = cluster.create_pod(0.0)
     assert second.running == {1} and list(second.reserved) == [2]

@@ -79,6 +79,13 @@ class Pod:
     def held(self) -> int:
         return len(self.running) + len(self.reserved)
 
+    def publish(self, now: float, interval: float) -> None:
+        """The report of its last tick at or before ``now``. The cluster calls it before every change of what the
+        pod holds (and before a read), so the pod's state now is its state at that tick."""
+        tick = self.next_tick + interval * math.floor((now - self.next_tick) / interval)
+        self.report = (len(self.running), len(self.reserved), self.done, self.draining, tick)
+        self.next_tick = tick + interval
+
 
 class Cluster:
     """The queue, the pods and the event heap. Control loops are added by ``simulate``."""
@@ -157,7 +164,7 @@ class Cluster:
 
     def _take(self, pod: Pod, task: int) -> None:
         if self.now >= pod.next_tick:
-            self._publish(pod)
+            pod.publish(self.now, self.report_interval)
         if len(pod.running) < self.concurrency:
             self._start(pod, task)
         else:
@@ -172,7 +179,7 @@ class Cluster:
 
     def _task_done(self, pod: Pod, task: int) -> None:
         if self.now >= pod.next_tick:
-            self._publish(pod)
+            pod.publish(self.now, self.report_interval)
         pod.running.discard(task)
         pod.done += 1
         self.finished += 1
@@ -194,7 +201,7 @@ class Cluster:
 
     def _hand_back(self, pod: Pod) -> None:
         if self.now >= pod.next_tick:
-            self._publish(pod)
+            pod.publish(self.now, self.report_interval)
         if pod.reserved:
             self.queue.extendleft(reversed(pod.reserved))
             pod.reserved.clear()
@@ -229,16 +236,8 @@ class Cluster:
         if self.report_interval <= 0:
             return len(pod.running), len(pod.reserved), pod.done, pod.draining, self.now
         if self.now >= pod.next_tick:
-            self._publish(pod)
+            pod.publish(self.now, self.report_interval)
         return pod.report
-
-    def _publish(self, pod: Pod) -> None:
-        """The report of the last tick at or before now. Called before every change of what a pod holds (and
-        before a read), so the pod's state now is its state at that tick."""
-        interval = self.report_interval
-        tick = pod.next_tick + interval * math.floor((self.now - pod.next_tick) / interval)
-        pod.report = (len(pod.running), len(pod.reserved), pod.done, pod.draining, tick)
-        pod.next_tick = tick + interval
 
     def ask_drain(self, pod: Pod, drain: bool = True) -> None:
         """The operator writes (``drain``) or deletes the pod's drain request; the worker reads it at its next
@@ -250,14 +249,14 @@ class Cluster:
             self._read_request(pod)
             return
         if self.now >= pod.next_tick:
-            self._publish(pod)
+            pod.publish(self.now, self.report_interval)
         self.push(pod.next_tick, REPORT_TICK, pod.number)
 
     def _read_request(self, pod: Pod) -> None:
         if pod.requested == pod.draining:
             return
         if self.report_interval > 0 and self.now >= pod.next_tick:
-            self._publish(pod)
+            pod.publish(self.now, self.report_interval)
         if pod.requested:
             pod.draining = True
             self._hand_back(pod)
@@ -266,17 +265,6 @@ class Cluster:
             self._consume(pod)
         if self.report_interval > 0:  # the worker reports at once what it does now
             pod.report = (len(pod.running), len(pod.reserved), pod.done, pod.draining, self.now)
-
-    def drain(self, pod: Pod) -> None:
-        """Drain at once (what a worker does when it reads a drain request)."""
-        pod.requested = True
-        if pod.state == READY:
-            self._read_request(pod)
-
-    def undrain(self, pod: Pod) -> None:
-        pod.requested = False
-        if pod.state == READY:
-            self._read_request(pod)
 
     def replicas(self) -> list[Pod]:
         """The Deployment's pods: starting, ready and draining (not those already terminating)."""
