@@ -31,6 +31,7 @@ PURE = [
     "engine/spikes.py",
     "worker_env.py",
     "failures.py",
+    "scaling_types.py",
     "kube/plan.py",
     "kube/render.py",
     "kube/components.py",

@@ -19,7 +19,8 @@ from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
 from workerpool_operator.observation import QueueObservation
-from workerpool_operator.scaling_loop import PoolResult, QueueResult, ScalingLoop
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 URL = "redis://redis.apps.svc:6379/0"
 

@@ -13,7 +13,8 @@ from tests.conftest import RedisServer
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, ScalingPolicy
 from workerpool_operator.observe import Observer
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop, brokers_to_forget
+from workerpool_operator.scaling_loop import ScalingLoop, brokers_to_forget
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
 
 
 class RecordingBackend:

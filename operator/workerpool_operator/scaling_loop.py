@@ -4,7 +4,8 @@ Each tick: take the queues that are due, group them by broker, observe every bro
 round trip each, all brokers concurrently), run the engine per queue, and ask the backend to scale only
 where the desired count differs from the current one. Every pool's outcome goes to a result handler (status,
 events and metrics in the operator; the terminal view locally). The loop holds no Kubernetes or process
-knowledge: that lives behind :class:`WorkloadBackend`.
+knowledge: that lives behind :class:`~.scaling_types.WorkloadBackend`. The names the runtimes share are in
+``scaling_types.py``.
 """
 
 from __future__ import annotations
@@ -13,85 +14,30 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from workerpool_operator import drain_requests
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.engine import Decision, QueueState, ScalingPolicy, decide
+from workerpool_operator.engine import QueueState, decide
 from workerpool_operator.observation import BrokerObservation, QueueObservation
+from workerpool_operator.scaling_types import (
+    BrokerObserver,
+    PoolKey,
+    PoolResult,
+    QueuePlan,
+    QueueResult,
+    ResultHandler,
+    WorkloadBackend,
+)
 
 logger = logging.getLogger(__name__)
-
-PoolKey = tuple[str, str]  # (namespace, name); the local runtime uses ("local", name)
-
-
-class WorkloadBackend(Protocol):
-    """Where the workers of a queue run: Kubernetes Deployments, or local processes."""
-
-    async def current_replicas(self, pool: PoolKey, queue: str) -> int | None:
-        """The queue's current replica count; ``None`` when its workload does not exist (yet)."""
-
-    async def scale(self, pool: PoolKey, queue: str, replicas: int, remove_first: Sequence[str]) -> None:
-        """Set the replica count; on a scale-down, remove the named workers first."""
-
-
-class BrokerObserver(Protocol):
-    async def observe(
-        self,
-        wanted: Mapping[BrokerConfig, Collection[str]],
-        timeout: float,  # noqa: ASYNC109 (per broker, not for the whole call)
-        beats: Mapping[BrokerConfig, Collection[str]] | None = None,
-    ) -> dict[BrokerConfig, BrokerObservation]:
-        """Every broker's queues; with ``beats`` (apps per broker), their beat's announced fires as well."""
-
-    async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
-        """Close the connections of every broker not in ``keep``."""
-
-    async def send_drains(
-        self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
-    ) -> None:
-        """Ask the ``draining`` workers (worker -> when asked) to drain ``queue``, and take the request back from the
-        ``released`` ones, over the broker (``drain_requests.py``); the requests expire ``ttl`` seconds after."""
 
 
 def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[BrokerConfig]) -> frozenset[BrokerConfig]:
     """The brokers polled before that no registered pool uses any more (pool gone, or its Secret now names
     another broker): their connections can be closed."""
     return frozenset(connected) - frozenset(in_use)
-
-
-@dataclass(frozen=True, slots=True)
-class QueuePlan:
-    """How one queue of a registered pool is scaled."""
-
-    policy: ScalingPolicy
-    interval: float  # seconds between polls of this queue
-
-
-@dataclass(frozen=True, slots=True)
-class QueueResult:
-    queue: str
-    observation: QueueObservation
-    decision: Decision | None  # None when the workload does not exist yet
-    state: QueueState
-    scaled_from: int | None = None  # replicas before a scale call made this tick, else None
-    scale_error: str | None = None
-    drain_error: str | None = None  # the drain requests could not be sent (the workers keep what they do)
-    cancelled: int = 0  # tasks running on the workers this tick's scale-down removed (0 when drained first)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolResult:
-    pool: PoolKey
-    broker_error: str | None
-    queues: tuple[QueueResult, ...]
-    observed_at: float
-    poll_duration: float
-
-
-ResultHandler = Callable[[PoolResult], Awaitable[None]]  # gets every pool's outcome of a tick
 
 
 @dataclass

@@ -26,7 +26,8 @@ from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, W
 from workerpool_operator.local.components import ComponentSettings, LocalComponents, local_env, plan_components
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
 from workerpool_operator.spec import SpecError, WorkerPool
 from workerpool_operator.worker_env import worker_args, worker_environment
 
