@@ -212,7 +212,7 @@ async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster
     async def on_result(result: PoolResult) -> None:
         return None
 
-    loop = ScalingLoop(backend, on_result, _NoObserver())
+    loop = ScalingLoop(backend, on_result, _NoObserver(), _NoObserver())
     reporter = StatusReporter(client, backend, events, lambda: may_write[0])
     service = PoolService(
         api=client,

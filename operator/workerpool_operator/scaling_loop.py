@@ -23,6 +23,7 @@ from workerpool_operator.engine import QueueState, decide
 from workerpool_operator.observation import BrokerObservation, QueueObservation
 from workerpool_operator.scaling_types import (
     BrokerObserver,
+    DrainSender,
     PoolKey,
     PoolResult,
     QueuePlan,
@@ -58,6 +59,7 @@ class ScalingLoop:
         backend: WorkloadBackend,
         on_result: ResultHandler,
         observer: BrokerObserver,
+        drains: DrainSender,
         *,
         clock: Callable[[], float] = time.time,
         observe_timeout: float = 2.0,
@@ -66,6 +68,7 @@ class ScalingLoop:
         self._backend = backend
         self._on_result = on_result
         self._observer = observer
+        self._drains = drains
         self._clock = clock
         self._observe_timeout = observe_timeout
         self._tick = tick
@@ -249,7 +252,7 @@ class ScalingLoop:
         if not after.draining and not released:
             return None
         try:
-            await self._observer.send_drains(
+            await self._drains.send_drains(
                 pool.broker, queue, dict(after.draining), sorted(released), drain_requests.ttl_for(drain_timeout)
             )
         except Exception as exc:

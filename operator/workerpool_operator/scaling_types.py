@@ -1,4 +1,4 @@
-"""The scaling loop's vocabulary: the names every runtime speaks, and the two seams it is driven through.
+"""The scaling loop's vocabulary: the names every runtime speaks, and the three seams it is driven through.
 
 Plain types and protocols only, no behaviour: ``kube/``, ``local/`` and the tests import these without
 importing the loop itself (``scaling_loop.py``), which holds the one thing that acts.
@@ -6,8 +6,8 @@ importing the loop itself (``scaling_loop.py``), which holds the one thing that 
 - :data:`PoolKey`, :class:`QueuePlan`: what a runtime registers (a pool, and how each queue scales);
 - :class:`QueueResult`, :class:`PoolResult`, :data:`ResultHandler`: what a tick hands back (status, Events and
   metrics in the operator; the terminal view locally);
-- :class:`WorkloadBackend` (Deployments or processes) and :class:`BrokerObserver` (Redis): what the loop is
-  driven through.
+- :class:`WorkloadBackend` (Deployments or processes), :class:`BrokerObserver` (reads Redis) and
+  :class:`DrainSender` (the one write to a broker: drain requests): what the loop is driven through.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class WorkloadBackend(Protocol):
 
 
 class BrokerObserver(Protocol):
+    """Reads brokers; never writes to them."""
+
     async def observe(
         self,
         wanted: Mapping[BrokerConfig, Collection[str]],
@@ -77,8 +79,12 @@ class BrokerObserver(Protocol):
     async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
         """Close the connections of every broker not in ``keep``."""
 
+
+class DrainSender(Protocol):
+    """The one write the loop makes to a broker: drain requests (``drain_requests.py``)."""
+
     async def send_drains(
         self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
     ) -> None:
         """Ask the ``draining`` workers (worker -> when asked) to drain ``queue``, and take the request back from the
-        ``released`` ones, over the broker (``drain_requests.py``); the requests expire ``ttl`` seconds after."""
+        ``released`` ones; the requests expire ``ttl`` seconds after."""

@@ -165,7 +165,7 @@ class LocalRuntime:
         workdir: Path | None = None,
         on_result: Callable[[PoolResult], Awaitable[None]] | None = None,
     ) -> None:
-        from workerpool_operator.observe import Observer
+        from workerpool_operator.observe import DrainWriter, Observer
 
         self.pool = pool
         self.grace = pool.grace if grace is None else grace
@@ -176,7 +176,7 @@ class LocalRuntime:
             self.backend.configure(pool.key, settings)
         self.components = LocalComponents(broker_url, self.workdir)
         self.observer = Observer()
-        self.loop = ScalingLoop(self.backend, self._report, self.observer)
+        self.loop = ScalingLoop(self.backend, self._report, self.observer, DrainWriter(self.observer.connections))
         self.dashboard = Dashboard(title, pool.queues)
         self.dashboard.notes = [
             f"broker {pool.broker.redacted_url} · worker logs in {self.workdir / 'logs'}",
