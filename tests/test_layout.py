@@ -32,6 +32,7 @@ PURE = [
     "worker_env.py",
     "failures.py",
     "scaling_types.py",
+    "engine/execute.py",
     "observe/replies.py",
     "observe/failures.py",
     "kube/plan.py",

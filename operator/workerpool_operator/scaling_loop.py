@@ -4,8 +4,9 @@ Each tick: take the queues that are due, group them by broker, observe every bro
 round trip each, all brokers concurrently), run the engine per queue, and ask the backend to scale only
 where the desired count differs from the current one. Every pool's outcome goes to a result handler (status,
 events and metrics in the operator; the terminal view locally). The loop holds no Kubernetes or process
-knowledge: that lives behind :class:`~.scaling_types.WorkloadBackend`. The names the runtimes share are in
-``scaling_types.py``.
+knowledge: that lives behind :class:`~.scaling_types.WorkloadBackend`. What a decision leads to (drain requests,
+the new count, the workers removed first) is :func:`~.engine.execute.actions`, which the simulator carries out too;
+the names the runtimes share are in ``scaling_types.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from workerpool_operator import drain_requests
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, decide
+from workerpool_operator.engine.execute import Actions, actions
 from workerpool_operator.observation import BrokerObservation, QueueObservation
 from workerpool_operator.scaling_types import (
     BrokerObserver,
@@ -227,33 +229,26 @@ class ScalingLoop:
         decision, new_state = decide(observation, state, policy, now)
         pool.states[queue] = new_state
         result = QueueResult(queue=queue, observation=observation, decision=decision, state=new_state)
-        drain_error = await self._send_drains(pool, queue, state, new_state, policy.drain_timeout)
+        todo = actions(state, new_state, decision, replicas, now, observation.workers)
+        drain_error = await self._send_drains(pool, queue, todo, policy.drain_timeout)
         if drain_error is not None:
             result = dataclasses.replace(result, drain_error=drain_error)
-        if decision.desired_replicas == replicas:
+        if todo.scale_to is None:
             return result
-        removed = set(decision.remove_first[: max(0, replicas - decision.desired_replicas)])
-        cancelled = sum(w.running for w in observation.workers if w.worker in removed)
         try:
-            await self._backend.scale(pool.key, queue, decision.desired_replicas, decision.remove_first)
+            await self._backend.scale(pool.key, queue, todo.scale_to, todo.remove_first)
         except Exception as exc:
             logger.warning("scaling %s/%s queue %s failed: %s", *pool.key, queue, exc)
             return dataclasses.replace(result, scaled_from=replicas, scale_error=str(exc) or type(exc).__name__)
-        return dataclasses.replace(result, scaled_from=replicas, cancelled=cancelled)
+        return dataclasses.replace(result, scaled_from=replicas, cancelled=todo.cancelled)
 
-    async def _send_drains(
-        self, pool: _Registration, queue: str, before: QueueState, after: QueueState, drain_timeout: float
-    ) -> str | None:
-        """Keep the workers' drain requests in line with the engine's state: the draining ones asked (again: the
-        requests expire), the ones no longer draining released: taken back, or gone. A worker a scale-down removed
-        keeps its request until it stops reporting: released at once, it would take tasks again until its SIGTERM."""
-        held = {worker for worker, _ in before.draining}.union(before.leaving)
-        released = held - {worker for worker, _ in after.draining}.union(after.leaving)
-        if not after.draining and not released:
+    async def _send_drains(self, pool: _Registration, queue: str, todo: Actions, drain_timeout: float) -> str | None:
+        """Write the drain requests the actions hold (``engine/execute.py`` says which, and why all of them)."""
+        if not todo.sends_drains:
             return None
         try:
             await self._drains.send_drains(
-                pool.broker, queue, dict(after.draining), sorted(released), drain_requests.ttl_for(drain_timeout)
+                pool.broker, queue, todo.drain, todo.release, drain_requests.ttl_for(drain_timeout)
             )
         except Exception as exc:
             logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, exc)

@@ -31,6 +31,7 @@ from typing import Literal
 from cronsim import CronSim
 
 from workerpool_operator.engine import QueueState, ScalingPolicy, decide
+from workerpool_operator.engine.execute import Actions, actions
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 from workerpool_operator.sim.cluster import CONTROL, READY, Cluster, WorkerModel
 from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
@@ -71,6 +72,15 @@ class TimelineRow:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """One poll of our policy, as ``simulate(..., record_polls=True)`` keeps it: what it saw and what it did."""
+
+    at: float  # unix time (simulated time + EPOCH), the engine's ``now``
+    observation: QueueObservation  # replicas included
+    actions: Actions
+
+
 @dataclass(slots=True)
 class SimResult:
     policy: PolicyName
@@ -90,6 +100,7 @@ class SimResult:
     drains: int = 0  # workers asked to drain
     label: str = ""  # how the summary names this run (default: the policy)
     timeline: list[TimelineRow] = field(default_factory=list)
+    polls: list[Executed] = field(default_factory=list)  # with record_polls: every poll of our policy
 
     def __post_init__(self) -> None:
         self.label = self.label or self.policy
@@ -125,12 +136,14 @@ def simulate(
     visibility_timeout: float = 3600.0,
     seed: int = 1,
     beat: Sequence[str] = (),
+    record_polls: bool = False,
 ) -> SimResult:
     """Run the tasks (sorted (arrival, duration) pairs) through a queue scaled by ``policy``.
 
     ``startup_delay``: seconds from a pod's creation to its first task, a number or a distribution.
     ``beat``: cron expressions of the trace's periodic tasks, announced to our engine as Celery beat announces
     its next fires (``QueueObservation.fires``, an hour ahead): beat-aware capacity. KEDA knows nothing of them.
+    ``record_polls``: keep every poll of our policy in ``SimResult.polls`` (what the scaling loop would be handed).
     """
     if policy not in ("ours", "keda"):
         raise ValueError(f"unknown policy {policy!r}: ours or keda")
@@ -139,6 +152,8 @@ def simulate(
     model = WorkerModel(setup.concurrency, setup.prefetch_multiplier, acks_late, setup.grace, visibility_timeout)
     run = _Simulation(tasks, setup, policy, model, _startup(startup_delay, seed), keda)
     run.beat = tuple(beat)
+    if record_polls:
+        run.polls = []
     return run.run(trace_end, initial_replicas, drain_limit)
 
 
@@ -192,6 +207,7 @@ class _Simulation(Cluster):
         self.drains = 0
         self.timeline: list[TimelineRow] = []
         self.beat: tuple[str, ...] = ()
+        self.polls: list[Executed] | None = None  # recording: see simulate(record_polls=)
 
     def run(self, trace_end: float | None, initial_replicas: int | None, drain_limit: float) -> SimResult:
         tasks, n = self.tasks, len(self.tasks)
@@ -258,6 +274,7 @@ class _Simulation(Cluster):
             lost=self.lost,
             drains=self.drains,
             timeline=self.timeline,
+            polls=self.polls or [],
         )
 
     # --- control loops --------------------------------------------------------------------------------
@@ -303,14 +320,20 @@ class _Simulation(Cluster):
         in_flight = sum(w.running + w.reserved for w in workers)
         fires = announced_fires(self.beat, at) if self.beat else ()
         observation = QueueObservation(self.name, backlog, in_flight, workers, replicas=replicas, fires=fires)
-        decision, self.state = decide(observation, self.state, self.setup.policy, at)
+        before = self.state
+        decision, self.state = decide(observation, before, self.setup.policy, at)
+        todo = actions(before, self.state, decision, replicas, at, workers)
+        if self.polls is not None:
+            self.polls.append(Executed(at, observation, todo))
         by_name = {p.name: p for p in ready}
-        for name in decision.drain:
-            if name in by_name:
-                self.drain(by_name[name])
+        for name in todo.drain:
+            pod = by_name.get(name)
+            if pod is not None and not pod.draining:
+                self.drain(pod)
                 self.drains += 1
-        for name in decision.undrain:
+        for name in todo.release:
             if name in by_name:
                 self.undrain(by_name[name])
-        self._scale(decision.desired_replicas, decision.remove_first)
+        if todo.scale_to is not None:
+            self._scale(todo.scale_to, todo.remove_first)
         return decision.desired_replicas, decision.reason
