@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from tests import crd_rules
 from tests.test_crd import VALID, edit, example
@@ -17,11 +18,15 @@ from workerpool_operator.engine import ScalingPolicy, Schedule
 from workerpool_operator.spec import (
     QUANTITY_PATTERN,
     CeleryPool,
+    PolicyField,
+    QueueSpec,
+    ScalingOverride,
     ScalingSpec,
     SecretKeyRef,
     SpecError,
     WorkerPool,
     WorkerPoolSpec,
+    policy_values,
 )
 
 SCHEMA = crd_rules.openapi_schema(crd_rules.load_crd())
@@ -71,8 +76,6 @@ def _compare(crd: dict[str, Any], mine: dict[str, Any], defs: dict[str, Any], pa
     mine = _resolve(mine, defs)
     if crd.get("x-kubernetes-int-or-string"):  # a quantity: the model checks it with the CRD's own pattern
         return [] if crd["pattern"] == QUANTITY_PATTERN else [f"{path}: the quantity pattern differs"]
-    if set(crd.get("properties", {})) == {"secretKeyRef"}:  # `urlFrom: {secretKeyRef: ...}` is a SecretKeyRef
-        crd = crd["properties"]["secretKeyRef"]
     problems = [
         f"{path}: {key} is {crd.get(key)!r} in the CRD, {mine.get(key)!r} in the model"
         for key in BOUNDS
@@ -115,40 +118,46 @@ def test_the_comparison_notices_a_drift() -> None:
     assert "spec.scaling.scaleUp.pods: default is 2 in the CRD, 4 in the model" in problems
 
 
-# The CRD's pool-wide scaling field for each ScalingPolicy field (min/max come from the queue, target from
-# concurrency unless set).
-POLICY_FIELDS = {
-    "scale_up_pods": "scaleUp.pods",
-    "scale_up_percent": "scaleUp.percent",
-    "scale_up_period": "scaleUp.periodSeconds",
-    "scale_down_window": "scaleDownStabilizationSeconds",
-    "idle_before_zero": "idleSecondsBeforeZero",
-    "activation_backlog": "activationBacklog",
-    "fallback_failure_threshold": "fallback.failureThreshold",
-    "fallback_replicas": "fallback.replicas",
-    "paused": "paused",
-    "drain_timeout": "drainTimeoutSeconds",
-    "policy": "policy",
-    "startup_seconds": "startupSeconds",
-}
+def _markers(model: type[BaseModel]) -> list[PolicyField]:
+    """The PolicyField markers of a model's fields and of the models it holds."""
+    found = []
+    for field in model.model_fields.values():
+        found += [meta for meta in field.metadata if isinstance(meta, PolicyField)]
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _markers(field.annotation)
+    return found
 
 
-def test_crd_scaling_defaults_are_the_engines() -> None:
-    stored = crd_rules.apply_defaults({}, SPEC_SCHEMA["properties"]["scaling"])
+def test_every_engine_setting_is_fed_by_exactly_one_spec_field() -> None:
+    fed = [marker.name for marker in _markers(QueueSpec) + _markers(ScalingSpec)]
+    assert sorted(fed) == sorted(field.name for field in dataclasses.fields(ScalingPolicy))
+    assert _markers(ScalingOverride) == []  # only the merged spec feeds the engine
+
+
+def test_crd_defaults_are_the_engines() -> None:
+    """What the API server stores for a queue and a pool that set nothing feeds the engine its own defaults."""
+    scaling = crd_rules.apply_defaults({}, SPEC_SCHEMA["properties"]["scaling"])
+    queue = crd_rules.apply_defaults({"name": "q"}, SPEC_SCHEMA["properties"]["queues"]["items"])
+    fed = policy_values(QueueSpec.model_validate(queue)) | policy_values(ScalingSpec.model_validate(scaling))
+    assert fed.pop("target_per_replica") is None  # unset: the queue's concurrency (policy_for)
     engine = ScalingPolicy()
-    for field, path in POLICY_FIELDS.items():
-        value: Any = stored
-        for part in path.split("."):
-            value = value.get(part)
-        assert value == getattr(engine, field), field
-    assert stored["schedules"] == [] and engine.schedules == ()
-    covered = set(POLICY_FIELDS) | {"min_replicas", "max_replicas", "target_per_replica", "schedules"}
-    assert covered == {field.name for field in dataclasses.fields(ScalingPolicy)}
-    queue = SPEC_SCHEMA["properties"]["queues"]["items"]["properties"]
-    assert (queue["minReplicas"]["default"], queue["maxReplicas"]["default"]) == (
-        engine.min_replicas,
-        engine.max_replicas,
-    )
+    assert fed == {
+        name: getattr(engine, name) for name in {f.name for f in dataclasses.fields(engine)} - {"target_per_replica"}
+    }
+
+
+def test_queue_overrides_are_the_pool_wide_settings_each_optional() -> None:
+    assert ScalingOverride.model_fields.keys() == ScalingSpec.model_fields.keys()
+    assert all(field.default is None for field in ScalingOverride.model_fields.values())
+    assert ScalingOverride().model_dump(exclude_none=True) == {}
+    override = ScalingOverride.model_validate({"scaleUp": {"pods": 6}, "fallback": {"replicas": 0}, "paused": True})
+    assert override.model_dump(exclude_none=True) == {
+        "scaleUp": {"pods": 6},
+        "fallback": {"replicas": 0},
+        "paused": True,
+    }
+    merged = ScalingSpec().merged(override)
+    assert (merged.scale_up.pods, merged.scale_up.percent, merged.fallback.replicas, merged.paused) == (6, 100, 0, True)
 
 
 # --- parsing --------------------------------------------------------------------------------------------------
