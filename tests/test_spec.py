@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from types import MappingProxyType
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from tests import crd_rules
 from tests.test_crd import VALID, edit, example
 from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.crd_keywords import UnderKey
 from workerpool_operator.engine import ScalingPolicy, Schedule
 from workerpool_operator.spec import (
     QUANTITY_PATTERN,
@@ -348,3 +350,46 @@ def test_cron_and_time_zone_are_checked_beyond_what_the_crd_can_say() -> None:
     schedule = {"cron": "0 * * * *", "durationSeconds": 60, "replicas": 2, "timeZone": "Mars/Olympus"}
     with pytest.raises(SpecError, match="unknown time zone 'Mars/Olympus'"):
         parse(edit(("spec.queues.0.scaling", {"schedules": [schedule]})))
+
+
+# --- the reference documents every field of the model --------------------------------------------------------
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """The model an annotation holds (``X``, ``X | None``, ``list[X]``, ``Annotated[X, UnderKey(k)]``), and what
+    the YAML path adds on the way to its fields (``[]`` for a list's items, ``.k`` for a key it is nested under)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    args = typing.get_args(annotation)
+    for arg in args:
+        found = _model_in(arg)
+        if found is not None:
+            model, suffix = found
+            if typing.get_origin(annotation) is list:
+                suffix = "[]" + suffix
+            suffix = "".join(f".{meta.key}" for meta in args if isinstance(meta, UnderKey)) + suffix
+            return model, suffix
+    return None
+
+
+def model_paths(model: type[BaseModel], prefix: str) -> list[str]:
+    """Every field of a model and of the models it holds, spelled as docs/workerpool.md does (`spec.queues[].name`)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}.{field.alias or name}"
+        paths.append(path)
+        inner = _model_in(field.rebuild_annotation())
+        if inner is not None:
+            if inner[1].startswith("."):
+                paths.append(path + inner[1])
+            paths += model_paths(inner[0], path + inner[1])
+    return paths
+
+
+def test_docs_name_every_field_of_the_model() -> None:
+    paths = model_paths(WorkerPoolSpec, "spec")
+    assert {"spec.queues[].scaling.scaleUp.pods", "spec.scaling.schedules[].timeZone", "spec.broker.urlFrom"} <= set(
+        paths
+    )
+    text = (crd_rules.REPO / "docs" / "workerpool.md").read_text()
+    assert [path for path in paths if f"`{path}`" not in text] == []
