@@ -19,7 +19,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
@@ -194,14 +195,29 @@ class PolicyField:
 def policy_values(model: BaseModel) -> dict[str, Any]:
     """The values the marked fields of ``model`` (and of the models it holds) feed, by ScalingPolicy field."""
     values: dict[str, Any] = {}
-    for name, field in type(model).model_fields.items():
+    for name, marker in _policy_fields(type(model)):
         value = getattr(model, name)
+        if marker is None:
+            if value is not None:
+                values |= policy_values(value)
+        else:
+            values[marker.name] = value if marker.convert is None else marker.convert(value)
+    return values
+
+
+@cache
+def _policy_fields(model: type[BaseModel]) -> tuple[tuple[str, PolicyField | None], ...]:
+    """A model's marked fields with their marker, and its fields that hold a model with marked fields (None)."""
+    found: list[tuple[str, PolicyField | None]] = []
+    for name, field in model.model_fields.items():
         marker = next((meta for meta in field.metadata if isinstance(meta, PolicyField)), None)
         if marker is not None:
-            values[marker.name] = value if marker.convert is None else marker.convert(value)
-        elif isinstance(value, BaseModel):
-            values |= policy_values(value)
-    return values
+            found.append((name, marker))
+            continue
+        kinds = [kind for kind in (field.annotation, *get_args(field.annotation)) if isinstance(kind, type)]
+        if any(issubclass(kind, BaseModel) and _policy_fields(kind) for kind in kinds):  # X or X | None
+            found.append((name, None))
+    return tuple(found)
 
 
 def overrides_of(model: type[_Model]) -> type[_Model]:
