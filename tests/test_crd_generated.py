@@ -9,10 +9,11 @@ one to differ only in the places its commit message justifies.)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytest
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from tests import crd_rules
 from workerpool_operator import crd
@@ -77,7 +78,7 @@ def test_main_writes_each_file_it_is_given(tmp_path: Path) -> None:
 
 def test_a_stale_file_is_reported_by_field() -> None:
     """The staleness test names what changed, not only that something did."""
-    old = crd_rules.load_crd()
+    old = crd.crd()
     schema = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     schema["queues"]["maxItems"] = 64
     del schema["scaling"]["properties"]["paused"]
@@ -104,3 +105,64 @@ def test_the_per_queue_scaling_block_is_the_pool_wide_one_without_defaults() -> 
     assert "default" in pool_wide["properties"]["scaleUp"]["properties"]["pods"]
     assert _without_defaults(pool_wide) | {"description": per_queue["description"]} == per_queue
     assert "required" not in per_queue
+
+
+# --- the conversion from pydantic's JSON schema, on models made for the purpose ---------------------------------
+
+
+class _Inner(BaseModel):
+    """A docstring for Python readers only."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    size: Annotated[int, Field(ge=1, le=9)] = 3
+    """How big."""
+    note: Annotated[str, Field(max_length=8)] | None = None
+
+
+class _Outer(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    inner: _Inner = _Inner()
+    """Holds defaults: written `{}` so the API server fills them in."""
+    empty: _Inner = _Inner(size=3)
+    names: Annotated[list[Annotated[str, Field(max_length=8)]], Field(max_length=4)] = []
+    ratio: float = 2.0
+    kind: Literal["a", "b"] | None = None
+
+
+def _structural(model: type[BaseModel]) -> dict[str, Any]:
+    generated = model.model_json_schema(mode="validation")
+    return crd.structural(generated, generated.get("$defs", {}))
+
+
+def test_structural_inlines_unwraps_and_writes_defaults_as_the_api_server_applies_them() -> None:
+    schema = _structural(_Outer)
+    inner = schema["properties"]["inner"]
+    assert inner == {
+        "type": "object",
+        "description": "Holds defaults: written `{}` so the API server fills them in.",
+        "default": {},
+        "properties": {
+            "size": {"type": "integer", "description": "How big.", "default": 3, "minimum": 1, "maximum": 9},
+            "note": {"type": "string", "maxLength": 8},
+        },
+    }
+    assert "description" not in schema["properties"]["empty"]  # the model's docstring is not the field's
+    assert "default" not in schema["properties"]["names"]  # an empty list: no default
+    assert schema["properties"]["ratio"]["default"] == 2 and isinstance(schema["properties"]["ratio"]["default"], int)
+    assert schema["properties"]["kind"] == {"type": "string", "enum": ["a", "b"]}
+    assert "title" not in str(schema) and "additionalProperties" not in schema
+
+
+def test_structural_refuses_what_a_structural_schema_cannot_say() -> None:
+    class Open(BaseModel):
+        anything: dict[str, Any] = {}
+
+    class Constant(BaseModel):
+        kind: Annotated[str, Field(json_schema_extra={"const": "x"})] = "x"
+
+    with pytest.raises(ValueError, match=r"crd_keywords\.raw_object"):
+        _structural(Open)
+    with pytest.raises(ValueError, match="'const' has no place in a structural schema"):
+        _structural(Constant)
