@@ -230,13 +230,16 @@ def overrides_of(model: type[_Model]) -> type[_Model]:
     fields: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         kind = field.annotation
-        nested = isinstance(kind, type) and issubclass(kind, _Model)
-        annotation = overrides_of(kind) if nested else field.rebuild_annotation()  # type: ignore[arg-type]
+        annotation: Any
+        if isinstance(kind, type) and issubclass(kind, _Model):
+            annotation = overrides_of(kind)
+        else:
+            annotation = field.rebuild_annotation()
         description, extra = field.description, field.json_schema_extra
         fields[name] = (annotation | None, Field(default=None, description=description, json_schema_extra=extra))
-    name = model.__name__.removesuffix("Spec") + "Override"
     doc = f"{model.__name__} with every field optional: None keeps the pool-wide value."
-    return create_model(name, __base__=_Model, __doc__=doc, __module__=__name__, **fields)
+    override = model.__name__.removesuffix("Spec") + "Override"
+    return create_model(override, __base__=_Model, __doc__=doc, __module__=__name__, **fields)
 
 
 class SecretKeyRef(_Model):
