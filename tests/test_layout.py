@@ -32,6 +32,7 @@ PURE = [
     "worker_env.py",
     "failures.py",
     "scaling_types.py",
+    "crd_keywords.py",
     "engine/execute.py",
     "observe/replies.py",
     "observe/failures.py",
