@@ -52,6 +52,9 @@ chart-readme: node-tools  ## Write the chart README's Parameters again from the 
 dashboard: venv  ## Write the Grafana dashboard JSON again (monitoring/dashboard.py).
 	$(BIN)/python -m monitoring.dashboard
 
+crd: venv  ## Write the WorkerPool CRD again from the model (spec.py): crds/ and the chart's files/ copy.
+	$(BIN)/python -m workerpool_operator.crd crds/workerpool.yaml helm/workerpool-operator/files/workerpool-crd.yaml
+
 unit: venv
 	$(BIN)/pytest -q -x
 

@@ -32,7 +32,7 @@ from bench import calibration_app
 from bench.report import markdown_table, record
 from workerpool_operator.local import demo_app
 from workerpool_operator.local.runtime import LocalRuntime, plan_pool, redis_for
-from workerpool_operator.scaling_loop import PoolResult
+from workerpool_operator.scaling_types import PoolResult
 from workerpool_operator.sim.command import setup_for
 from workerpool_operator.sim.simulate import SimResult, simulate
 from workerpool_operator.sim.trace import draw_tasks, parse_trace

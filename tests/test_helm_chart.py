@@ -133,10 +133,10 @@ def test_helm_lint_is_clean() -> None:
 
 
 def test_chart_crd_is_the_top_level_crd(chart: helm_python.Chart) -> None:
-    """crds/workerpool.yaml is the source of truth; the chart carries a copy and renders it with its labels."""
+    """The chart carries the CRD generated from the model, as crds/workerpool.yaml, and renders it with its labels."""
     top_level, in_chart = REPO / "crds" / "workerpool.yaml", CHART / "files" / "workerpool-crd.yaml"
     assert in_chart.read_bytes() == top_level.read_bytes(), (
-        f"{in_chart.relative_to(REPO)} differs from crds/workerpool.yaml: copy it again (one source of truth)"
+        f"{in_chart.relative_to(REPO)} differs from crds/workerpool.yaml: run `make crd` (both are generated)"
     )
     assert not (CHART / "crds").exists(), "no crds/ folder: Helm would install it once and never upgrade it"
     assert chart.crds == []

@@ -22,7 +22,7 @@ from workerpool_operator.local import demo_app
 from workerpool_operator.local.demo import run_demo
 from workerpool_operator.local.loadgen import LoadPlan, Phase
 from workerpool_operator.local.runtime import LocalRuntime, load_pool, plan_pool
-from workerpool_operator.scaling_loop import PoolResult
+from workerpool_operator.scaling_types import PoolResult
 
 # Small and quick: thread pools (no forking), two slots per worker, short windows.
 POOL_YAML = """

@@ -14,7 +14,7 @@ from workerpool_operator.local.loadgen import Phase
 from workerpool_operator.local.runtime import plan_pool
 from workerpool_operator.local.view import Dashboard, LogView, QueueInfo, sparkline
 from workerpool_operator.observation import QueueObservation, WorkerLoad
-from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 from workerpool_operator.spec import WorkerPool
 
 POOL = ("local", "p")

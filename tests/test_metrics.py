@@ -81,13 +81,11 @@ def test_every_queue_gauge_is_set_and_dropped_with_its_queue() -> None:
     assert metrics.sample("workerpool_broker_up", {"namespace": "m", "pool": "gauges"}) is None
 
 
-def test_leader_draining_and_cancelled_setters() -> None:
+def test_leader_and_cancelled_setters() -> None:
     metrics.set_leader(True)
     assert metrics.sample("workerpool_operator_leader") == 1
     metrics.set_leader(False)
     assert metrics.sample("workerpool_operator_leader") == 0
-    metrics.set_draining("m", "s", "q", 3)
-    assert metrics.sample("workerpool_queue_workers_draining", labels("m", "s", "q")) == 3
     metrics.record_cancelled_tasks("m", "s", "q", 2)
     metrics.record_cancelled_tasks("m", "s", "q", 0)
     assert metrics.sample("workerpool_scale_down_cancelled_tasks_total", labels("m", "s", "q")) == 2

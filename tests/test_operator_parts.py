@@ -19,7 +19,8 @@ from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
 from workerpool_operator.observation import QueueObservation
-from workerpool_operator.scaling_loop import PoolResult, QueueResult, ScalingLoop
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 URL = "redis://redis.apps.svc:6379/0"
 
@@ -211,7 +212,7 @@ async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster
     async def on_result(result: PoolResult) -> None:
         return None
 
-    loop = ScalingLoop(backend, on_result, _NoObserver())
+    loop = ScalingLoop(backend, on_result, _NoObserver(), _NoObserver())
     reporter = StatusReporter(client, backend, events, lambda: may_write[0])
     service = PoolService(
         api=client,

@@ -108,7 +108,7 @@ def test_api_errors_carry_the_servers_status(kube: KubeCluster) -> None:
     assert client.read_secret(NS, "missing") is None
     assert client.get_deployment(NS, "missing") is None
     assert client.set_deletion_cost(NS, "missing", -1) is False
-    client.delete_deployment(NS, "missing")  # already gone is fine
+    client.delete_object("Deployment", NS, "missing")  # already gone is fine
     with pytest.raises(ApiError) as info:
         client.scale_deployment(NS, "missing", 1)
     assert info.value.status == 404

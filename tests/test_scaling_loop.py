@@ -12,8 +12,9 @@ import pytest
 from tests.conftest import RedisServer
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, ScalingPolicy
-from workerpool_operator.observe import Observer
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop, brokers_to_forget
+from workerpool_operator.observe import DrainWriter, Observer
+from workerpool_operator.scaling_loop import ScalingLoop, brokers_to_forget
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
 
 
 class RecordingBackend:
@@ -56,7 +57,7 @@ def make_loop(backend: RecordingBackend, observer: Observer, clock: Clock, repor
     async def report(result: PoolResult) -> None:
         reports.append(result)
 
-    return ScalingLoop(backend, report, observer, clock=clock)
+    return ScalingLoop(backend, report, observer, DrainWriter(observer.connections), clock=clock)
 
 
 async def test_scales_up_on_backlog_and_only_when_the_count_changes(redis_server: RedisServer, observer) -> None:
@@ -149,7 +150,7 @@ async def test_run_stops_promptly_and_survives_a_failing_reporter(redis_server: 
             third.set()
         raise ValueError("boom")
 
-    loop = ScalingLoop(backend, bad_reporter, observer, tick=0.05)
+    loop = ScalingLoop(backend, bad_reporter, observer, DrainWriter(observer.connections), tick=0.05)
     loop.register(A, broker, {"q": QueuePlan(POLICY, 0.05)})
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))

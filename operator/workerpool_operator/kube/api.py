@@ -230,9 +230,6 @@ class KubeApi:
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         return self.merge_patch(deployment_path(namespace, name), {"spec": {"replicas": replicas}})
 
-    def delete_deployment(self, namespace: str, name: str) -> None:
-        self.delete_object("Deployment", namespace, name)
-
     def set_deletion_cost(self, namespace: str, pod: str, cost: int | None) -> bool:
         """Mark a pod for the ReplicaSet (``None`` removes the mark); ``False`` when the pod is gone already."""
         body = {"metadata": {"annotations": {DELETION_COST: None if cost is None else str(cost)}}}

@@ -1,4 +1,4 @@
-"""The :class:`~workerpool_operator.scaling_loop.WorkloadBackend` that scales Deployments.
+"""The :class:`~workerpool_operator.scaling_types.WorkloadBackend` that scales Deployments.
 
 At steady state it makes no API calls at all: replica counts come from a cache that the operator's Deployment
 watch keeps current (:meth:`KubeBackend.observe_deployment`), and only a change of the decision leads to a
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerpool_operator.kube.api import KubeApi, int_or_none
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.scaling_types import PoolKey
 
 
 @dataclass(frozen=True, slots=True)

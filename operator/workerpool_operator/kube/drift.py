@@ -18,7 +18,7 @@ from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.plan import PoolPlan
 from workerpool_operator.kube.render import POOL_LABEL, QUEUE_ANNOTATION
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.scaling_types import PoolKey
 
 
 def contains(live: Any, wanted: Any) -> bool:

@@ -35,7 +35,7 @@ from workerpool_operator.kube.render import POOL_LABEL
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
 from workerpool_operator.kube.settings import OperatorSettings
-from workerpool_operator.observe import Observer
+from workerpool_operator.observe import DrainWriter, Observer
 from workerpool_operator.scaling_loop import ScalingLoop
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     events = ApiEvents(api, may_write)
     reporter = StatusReporter(api, backend, events, may_write, figures_refresh=config.status_refresh)
     observer = Observer()
-    loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer)
+    loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer, DrainWriter(observer.connections))
     memo.pools = PoolService(
         api=api,
         loop=loop,

@@ -108,7 +108,6 @@ QUEUE_GAUGES = GaugeTable(
     ),
 )
 REGISTRY.register(QUEUE_GAUGES)
-DRAINING_COLUMN = 9
 
 POOL_GAUGES = GaugeTable(
     POOL_LABELS,
@@ -247,10 +246,6 @@ def record_queue(
     for index, value in enumerate(figures):
         if value is not None:  # not known: no series yet, or the last value stays
             row[index] = int(value)
-
-
-def set_draining(namespace: str, pool: str, queue: str, workers: int) -> None:
-    QUEUE_GAUGES.row((namespace, pool, queue))[DRAINING_COLUMN] = workers
 
 
 def record_cancelled_tasks(namespace: str, pool: str, queue: str, count: int) -> None:

@@ -18,7 +18,7 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.components import render_components
 from workerpool_operator.kube.render import POOL_LABEL, render_deployments
-from workerpool_operator.scaling_loop import PoolKey, QueuePlan
+from workerpool_operator.scaling_types import PoolKey, QueuePlan
 from workerpool_operator.spec import SecretKeyRef, SpecError, WorkerPool
 
 SecretData = Mapping[str, bytes] | None  # a Secret's data, None when the Secret does not exist

@@ -27,7 +27,8 @@ from workerpool_operator.kube.plan import PlanError, PoolPlan, parse, plan, secr
 from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, ScalingLoop
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolKey, PoolResult
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What users see of each poll: metrics always, Events on changes, and the status when it is worth a write.
 
-The scaling loop hands every pool's :class:`~workerpool_operator.scaling_loop.PoolResult` to
+The scaling loop hands every pool's :class:`~workerpool_operator.scaling_types.PoolResult` to
 :meth:`StatusReporter.report`; reconcile hands it the pool's problems through :meth:`StatusReporter.write`.
 What the status says is decided by the pure functions of ``status.py`` and ``conditions.py``; this class keeps,
 per pool, what it last wrote, and writes only while this replica may (it holds the Lease, or runs alone).
@@ -31,7 +31,7 @@ from workerpool_operator.kube.status import (
     to_wire,
     write_needed,
 )
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueueResult
 
 logger = logging.getLogger(__name__)
 

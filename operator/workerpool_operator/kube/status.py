@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerpool_operator.kube.conditions import Condition, merge_conditions
-from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 # Figures that move with every poll; every other status field is state.
 FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})

@@ -32,7 +32,7 @@ from workerpool_operator.local.runtime import (
     stop_on_signals,
 )
 from workerpool_operator.local.view import Sample
-from workerpool_operator.scaling_loop import PoolResult
+from workerpool_operator.scaling_types import PoolResult
 
 DEMO_FILE = Path("examples") / "demo" / "workerpool.yaml"
 

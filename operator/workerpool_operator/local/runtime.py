@@ -26,7 +26,8 @@ from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, W
 from workerpool_operator.local.components import ComponentSettings, LocalComponents, local_env, plan_components
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
 from workerpool_operator.spec import SpecError, WorkerPool
 from workerpool_operator.worker_env import worker_args, worker_environment
 
@@ -164,7 +165,7 @@ class LocalRuntime:
         workdir: Path | None = None,
         on_result: Callable[[PoolResult], Awaitable[None]] | None = None,
     ) -> None:
-        from workerpool_operator.observe import Observer
+        from workerpool_operator.observe import DrainWriter, Observer
 
         self.pool = pool
         self.grace = pool.grace if grace is None else grace
@@ -175,7 +176,7 @@ class LocalRuntime:
             self.backend.configure(pool.key, settings)
         self.components = LocalComponents(broker_url, self.workdir)
         self.observer = Observer()
-        self.loop = ScalingLoop(self.backend, self._report, self.observer)
+        self.loop = ScalingLoop(self.backend, self._report, self.observer, DrainWriter(self.observer.connections))
         self.dashboard = Dashboard(title, pool.queues)
         self.dashboard.notes = [
             f"broker {pool.broker.redacted_url} · worker logs in {self.workdir / 'logs'}",

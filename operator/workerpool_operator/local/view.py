@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workerpool_operator.observation import WorkerLoad
-from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 SPARK = "▁▂▃▄▅▆▇█"
 THROUGHPUT_WINDOW = 10.0  # seconds of completions the throughput figure averages over

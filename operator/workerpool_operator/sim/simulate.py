@@ -31,6 +31,7 @@ from typing import Literal
 from cronsim import CronSim
 
 from workerpool_operator.engine import QueueState, ScalingPolicy, decide
+from workerpool_operator.engine.execute import Actions, actions
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 from workerpool_operator.sim.cluster import CONTROL, READY, Cluster, WorkerModel
 from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
@@ -73,6 +74,15 @@ class TimelineRow:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """One poll of our policy, as ``simulate(..., record_polls=True)`` keeps it: what it saw and what it did."""
+
+    at: float  # unix time (simulated time + EPOCH), the engine's ``now``
+    observation: QueueObservation  # replicas included
+    actions: Actions
+
+
 @dataclass(slots=True)
 class SimResult:
     policy: PolicyName
@@ -92,6 +102,7 @@ class SimResult:
     drains: int = 0  # workers asked to drain
     label: str = ""  # how the summary names this run (default: the policy)
     timeline: list[TimelineRow] = field(default_factory=list)
+    polls: list[Executed] = field(default_factory=list)  # with record_polls: every poll of our policy
 
     def __post_init__(self) -> None:
         self.label = self.label or self.policy
@@ -129,12 +140,14 @@ def simulate(
     beat: Sequence[str] = (),
     report_interval: float = REPORT_INTERVAL,
     exit_seconds: float = EXIT_SECONDS,
+    record_polls: bool = False,
 ) -> SimResult:
     """Run the tasks (sorted (arrival, duration) pairs) through a queue scaled by ``policy``.
 
     ``startup_delay``: seconds from a pod's creation to its first task, a number or a distribution.
     ``beat``: cron expressions of the trace's periodic tasks, announced to our engine as Celery beat announces
     its next fires (``QueueObservation.fires``, an hour ahead): beat-aware capacity. KEDA knows nothing of them.
+    ``record_polls``: keep every poll of our policy in ``SimResult.polls`` (what the scaling loop would be handed).
     """
     if policy not in ("ours", "keda"):
         raise ValueError(f"unknown policy {policy!r}: ours or keda")
@@ -146,6 +159,8 @@ def simulate(
     )  # fmt: skip
     run = _Simulation(tasks, setup, policy, model, _startup(startup_delay, seed), keda)
     run.beat = tuple(beat)
+    if record_polls:
+        run.polls = []
     return run.run(trace_end, initial_replicas, drain_limit)
 
 
@@ -199,6 +214,7 @@ class _Simulation(Cluster):
         self.drains = 0
         self.timeline: list[TimelineRow] = []
         self.beat: tuple[str, ...] = ()
+        self.polls: list[Executed] | None = None  # recording: see simulate(record_polls=)
 
     def run(self, trace_end: float | None, initial_replicas: int | None, drain_limit: float) -> SimResult:
         tasks, n = self.tasks, len(self.tasks)
@@ -265,6 +281,7 @@ class _Simulation(Cluster):
             lost=self.lost,
             drains=self.drains,
             timeline=self.timeline,
+            polls=self.polls or [],
         )
 
     # --- control loops --------------------------------------------------------------------------------
@@ -311,14 +328,20 @@ class _Simulation(Cluster):
         in_flight = sum(w.running + w.reserved for w in workers)
         fires = announced_fires(self.beat, at) if self.beat else ()
         observation = QueueObservation(self.name, backlog, in_flight, workers, replicas=replicas, fires=fires)
-        decision, self.state = decide(observation, self.state, self.setup.policy, at)
+        before = self.state
+        decision, self.state = decide(observation, before, self.setup.policy, at)
+        todo = actions(before, self.state, decision, replicas, at, workers)
+        if self.polls is not None:
+            self.polls.append(Executed(at, observation, todo))
         by_name = {p.name: p for p in ready}
-        for name in decision.drain:
-            if name in by_name:
-                self.ask_drain(by_name[name])
+        for name in todo.drain:  # every request held, every poll: a worker reads its own at its next report
+            pod = by_name.get(name)
+            if pod is not None and not pod.requested:
+                self.ask_drain(pod)
                 self.drains += 1
-        for name in decision.undrain:
+        for name in todo.release:
             if name in by_name:
                 self.ask_drain(by_name[name], False)
-        self._scale(decision.desired_replicas, decision.remove_first)
+        if todo.scale_to is not None:
+            self._scale(todo.scale_to, todo.remove_first)
         return decision.desired_replicas, decision.reason
