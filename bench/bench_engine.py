@@ -21,11 +21,15 @@ from workerpool_operator.observation import QueueObservation, WorkerLoad
 
 
 def reports(queue: int, busy: list[int], done: list[int], draining: bool, step: int) -> tuple[WorkerLoad, ...]:
-    """Worker reports of one queue at one poll: ``done`` counters move on by 3 tasks a poll."""
+    """Worker reports of one queue at one poll: ``done`` counters move on by 3 tasks a poll; each worker reports
+    every 2 s at a phase of its own (its heartbeat), as the worker entrypoint does."""
     return tuple(
-        WorkerLoad(f"q{queue}-w{j}", running=b, done=d + 3 * step, started=500.0, draining=draining and j == 0)
+        WorkerLoad(
+            f"q{queue}-w{j}", running=b, done=d + 3 * step, heartbeat=899.0 + 2.0 * step + (j % 7) * 0.25,
+            started=500.0, draining=draining and j == 0,
+        )
         for j, (b, d) in enumerate(zip(busy, done, strict=True))
-    )
+    )  # fmt: skip
 
 
 def workload(queues: int, seed: int = 1) -> tuple[list[QueueObservation], list[QueueState], list[ScalingPolicy]]:
@@ -33,10 +37,11 @@ def workload(queues: int, seed: int = 1) -> tuple[list[QueueObservation], list[Q
     failing; half on each policy, with estimates learned from earlier reports."""
     rng = random.Random(seed)
     policies = [
-        ScalingPolicy(max_replicas=20, target_per_replica=t, min_replicas=m, policy=p)
+        ScalingPolicy(max_replicas=20, target_per_replica=t, min_replicas=m, policy=p, target_wait=w)
         for t in (1, 4, 8, 200)
         for m in (0, 1)
         for p in POLICIES
+        for w in (None, 60.0)
     ]
     observations, states, chosen = [], [], []
     for i in range(queues):

@@ -243,7 +243,7 @@ class Decision(NamedTuple):
 
 _draining_flag = attrgetter("draining")
 # NamedTuple's generated __new__ is Python code; tuple.__new__ builds the same object in C. decide() makes a few
-# of these per queue per poll, so it builds them this way (positional, every field given).
+# of these per queue per poll, so it builds them this way (every field, in order: tests/test_engine_builds.py).
 _new = tuple.__new__
 
 
@@ -331,11 +331,13 @@ def decide(
         wanted = _by_demand(observation, state, policy, now, serving, idle_since, low, high)
     else:
         waited = observation.oldest_age
-        if waited is None and waiting_since is not None and state.learned.at is not None:
-            waited = now - state.learned.at if waiting_since == now else now - waiting_since + POLL_GUESS
         surging = 0.0
-        if surging_since is not None and state.learned.at is not None:
-            surging = now - surging_since + (now - state.learned.at)  # it began after the poll before
+        polled = state.learned.at
+        if backlog and polled is not None:
+            if waited is None and waiting_since is not None:
+                waited = now - polled if waiting_since == now else now - waiting_since + POLL_GUESS
+            if surging_since is not None:
+                surging = now - surging_since + (now - polled)  # it began after the poll before
         wanted = _by_throughput(
             observation, state, policy, now, serving, reporting - len(draining), starting, learned, startup,
             idle_since, low, high, waited, surging,
@@ -357,7 +359,12 @@ def decide(
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
         reason = _with_plan(reason, plan)
-    held = learned.held_seconds if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND else None
+    held = None
+    if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND and learned.busy > 0:
+        # learned.held_seconds, inline: task seconds, or before any finished how long the running ones have run
+        held = learned.busy / (
+            learned.completed if learned.completed >= MIN_COMPLETED else learned.completed + learned.running
+        )
     if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
         handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
         if hand or take:
@@ -615,7 +622,11 @@ def _serving(
     wanted = stabilized if stabilized < serving else serving
     if wanted < z.up:
         wanted = z.up
-    wait = tail_wait(z.ahead, active * z.per_worker, wanted * z.per_worker, startup if starting else 0.0)
+    wait = (
+        tail_wait(z.ahead, active * z.per_worker, wanted * z.per_worker, startup if starting else 0.0)
+        if z.ahead
+        else 0.0
+    )
     target, backlog = z.target, z.backlog
     if target is not None and low == 0 and wanted <= 1 and not backlog and lets_gather(z, startup):
         gather = target - startup - 2 * z.poll

@@ -47,7 +47,7 @@ _name = attrgetter("worker")
 _started = attrgetter("started")
 _exp = math.exp
 _mul, _sub = mul, sub
-_new = tuple.__new__  # builds a NamedTuple in C (all fields, in order): learn() runs for every queue at every poll
+_new = tuple.__new__  # a NamedTuple built in C, every field in order (tests/test_engine_builds.py checks each build)
 
 
 class Learned(NamedTuple):

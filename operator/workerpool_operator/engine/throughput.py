@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 POLL_GUESS = 2.0  # seconds between polls, until two polls tell
 DUTY_WORTH = 0.8  # under a target, the last worker goes while tasks flow when it is needed at most this share
 BUNCHED = 1.5  # a backlog above this many times what the usual rate brought since the oldest came is a burst
+_new = tuple.__new__  # a NamedTuple built in C, every field in order (tests/test_engine_builds.py checks each build)
 
 
 class Sizes(NamedTuple):
@@ -51,6 +52,7 @@ class Sizes(NamedTuple):
     bunched: float  # how old the backlog counts as: the oldest's wait when a burst is in it, else 0
     flow: float  # arrivals per second to size for from a start-up on
     rate: float  # the usual arrival rate
+    coming: float  # the arrival rate the workers there are sized for
     per_worker: float  # tasks per second one worker does
     task_seconds: float
     slots: int
@@ -58,7 +60,14 @@ class Sizes(NamedTuple):
     in_flight: int
     work: int  # backlog + in flight
     ahead: int  # waiting tasks no free slot takes now
-    figures: str  # the numbers, for the reason
+
+    @property
+    def figures(self) -> str:
+        """The numbers, for a reason (formatted only when a reason says them)."""
+        return (
+            f"backlog {self.backlog}, in-flight {self.in_flight}, arrivals {self.coming:.2f}/s, "
+            f"{self.task_seconds:.3g}s per task, {self.slots} per worker"
+        )
 
 
 def sizes(
@@ -77,7 +86,7 @@ def sizes(
     """The figures for one queue at one poll. ``backlog_before`` and ``polled``: the backlog and the time of the
     last poll; ``waited``: the longest any waiting task can have waited (None: unknown, or nothing waits);
     ``surging``: how long arrivals have run above their usual rate."""
-    task_seconds = learned.task_seconds or 1.0
+    task_seconds = learned.busy / learned.completed if learned.completed > 0.0 and learned.busy > 0.0 else 1.0
     rate = learned.arrival_rate if learned.arrival_rate > 0.0 else 0.0
     recent = learned.recent_rate if learned.recent_rate > 0.0 else 0.0
     slots = policy.target_per_replica if policy.target_per_replica > 0 else 1
@@ -97,13 +106,16 @@ def sizes(
     queued = work - running
     coming = recent if recent > rate and backlog else rate  # with nothing waiting, the recent rate is noise
     keep = math.ceil(capacity(queued, running, coming, task_seconds, slots, startup) - 1e-9)
-    left = (
-        queued
-        + surge_arrivals(rate, recent, surging, startup)
-        - active * per_worker * startup
-        - starting_work(learned.launches, starting, now, startup, per_worker)
-    )
-    flow = flow_rate(rate, recent, surging, startup)
+    # (the helpers of waits.py, called only where they have something to weigh: decide runs for every queue)
+    left = queued - active * per_worker * startup
+    if recent > rate:
+        left += surge_arrivals(rate, recent, surging, startup)
+        flow = flow_rate(rate, recent, surging, startup)
+    else:
+        left += rate * startup
+        flow = rate
+    if starting:
+        left -= starting_work(learned.launches, starting, now, startup, per_worker)
     up = math.ceil(capacity(left if left > 0 else 0.0, running, flow, task_seconds, slots, startup) - 1e-9)
     target = policy.target_wait
     if target is not None and target <= startup + max(startup * DRAIN_SHARE, task_seconds) + poll:
@@ -125,13 +137,10 @@ def sizes(
     if zero_after > policy.idle_before_zero:
         zero_after = policy.idle_before_zero
     free = active * slots - running
-    figures = (
-        f"backlog {backlog}, in-flight {in_flight}, arrivals {coming:.2f}/s, {task_seconds:.3g}s per task, "
-        f"{slots} per worker"
-    )
-    return Sizes(
-        keep, up, left, zero_after, target, poll, bunched, flow, rate, per_worker, task_seconds, slots, backlog,
-        in_flight, work, queued - free if queued > free else 0, figures,
+    return _new(
+        Sizes,
+        (keep, up, left, zero_after, target, poll, bunched, flow, rate, coming, per_worker, task_seconds, slots,
+         backlog, in_flight, work, queued - free if queued > free else 0),
     )  # fmt: skip
 
 
