@@ -38,7 +38,7 @@ from workerpool_operator.engine import drain, spikes
 from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, drain_seconds, learn, with_launch
 from workerpool_operator.engine.schedules import Schedule, cron_windows, floor
 from workerpool_operator.engine.spikes import Spike
-from workerpool_operator.engine.throughput import POLL_GUESS, Sizes, gathering, lets_gather, sizes
+from workerpool_operator.engine.throughput import GATHER_POLLS, POLL_GUESS, Sizes, gathering, lets_gather, sizes
 from workerpool_operator.engine.waits import tail_wait
 from workerpool_operator.observation import QueueObservation
 
@@ -584,7 +584,7 @@ def _by_throughput(
         wanted, wait = 0, waited + startup
         reason = (
             f"gather: backlog {backlog}, waited at most {waited:.0f}s; a worker started within "
-            f"{(target or 0.0) - waited - startup - 2 * poll:.0f}s keeps the wait within {target:g}s"
+            f"{(target or 0.0) - waited - startup - GATHER_POLLS * poll:.0f}s keeps the wait within {target:g}s"
         )
     elif serving == 0 or (z.up > serving and z.left > 0):
         wanted = z.up if z.up > 1 else 1
@@ -629,7 +629,7 @@ def _serving(
     )
     target, backlog = z.target, z.backlog
     if target is not None and low == 0 and wanted <= 1 and not backlog and lets_gather(z, startup):
-        gather = target - startup - 2 * z.poll
+        gather = target - startup - GATHER_POLLS * z.poll
         return 0, wait, f"scale to zero: {z.figures}; tasks may gather for {gather:.0f}s before a worker must " \
             f"start (target {target:g}s)", False  # fmt: skip
     if wanted < serving:

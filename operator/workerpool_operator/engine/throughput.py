@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from workerpool_operator.engine.decide import ScalingPolicy
 
 POLL_GUESS = 2.0  # seconds between polls, until two polls tell
+GATHER_POLLS = 2  # under a target, a worker starts this many polls before the oldest task must
 DUTY_WORTH = 0.8  # under a target, the last worker goes while tasks flow when it is needed at most this share
 BUNCHED = 1.5  # a backlog above this many times what the usual rate brought since the oldest came is a burst
 _new = tuple.__new__  # a NamedTuple built in C, every field in order (tests/test_engine_builds.py checks each build)
@@ -124,6 +125,9 @@ def sizes(
     # backlog; else taken as old as the oldest (a burst among them: the counts do not say when it came).
     bunched = 0.0 if waited is None or queued <= BUNCHED * rate * waited else waited
     if target is not None:
+        if not backlog and recent < rate:  # nothing waits and the arrivals fall: a target can wait for them
+            keep = math.ceil(capacity(queued, running, recent, task_seconds, slots, startup) - 1e-9)
+            flow = recent
         hedge = surging if surging < startup else startup
         need = for_target(
             queued, surge_arrivals(rate, recent, surging, hedge), hedge, flow, per_worker, active, starting,
@@ -150,7 +154,7 @@ def gathering(z: Sizes, waited: float, startup: float) -> bool:
     target = z.target
     if target is None:
         return False
-    gather = target - 2 * z.poll - startup
+    gather = target - GATHER_POLLS * z.poll - startup
     return waited <= gather and z.work + z.flow * (z.poll + startup) <= z.per_worker * (gather - z.bunched)
 
 
@@ -159,4 +163,4 @@ def lets_gather(z: Sizes, startup: float) -> bool:
     it is needed at most ``DUTY_WORTH`` of the time."""
     if z.target is None:
         return False
-    return duty_share(z.flow, z.per_worker, startup, z.target - startup - 2 * z.poll) < DUTY_WORTH
+    return duty_share(z.flow, z.per_worker, startup, z.target - startup - GATHER_POLLS * z.poll) < DUTY_WORTH
