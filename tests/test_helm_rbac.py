@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 import helm_python
 import kmock
 import pytest
-from kopf.testing import KopfRunner
 
 from tests import operator_helpers as h
 from tests.conftest import RedisServer, RunningOperator
@@ -36,7 +35,8 @@ from tests.rbac import (
     parse_request,
 )
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
-from workerpool_operator.cli import build_parser, kopf_command
+from workerpool_operator.cli import build_parser, run_settings
+from workerpool_operator.kube import handlers, preflight
 from workerpool_operator.kube.api import KubeApi
 
 WATCHED = ["apps", "jobs"]
@@ -413,13 +413,29 @@ def test_recorded_calls_of_beat_and_flower_are_allowed_and_use_every_service_gra
     assert {("patch", "apps/deployments", None), ("delete", "apps/deployments", None)} <= used
 
 
-def _run_operator(chart_args: list[str], monkeypatch: pytest.MonkeyPatch) -> KopfRunner:
-    """kopf started exactly as `workerpool-operator <chart args>` starts it (arguments and environment)."""
-    argv, env = kopf_command(build_parser().parse_args(chart_args))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    argv = [a for a in argv[1:] if a != "--log-format" and a not in ("plain", "json", "full")]
-    return KopfRunner([*argv, "--verbose"], timeout=60)
+@contextlib.contextmanager
+def _run_operator(chart_args: list[str]) -> Iterator[list[BaseException]]:
+    """The operator started as `workerpool-operator <chart args>` starts it: the settings from those arguments and
+    the chart's environment, the start-up check of the cluster, then kopf in this process (in a thread) until the
+    block ends. Yields the exceptions it raised (none, if all went well)."""
+    settings = run_settings(build_parser().parse_args(chart_args))
+    preflight.check_cluster(preflight.cluster_configuration(), settings.crd_wait)
+    stop, raised = threading.Event(), []
+
+    def operator() -> None:
+        try:
+            handlers.run_operator(settings, stop_flag=stop)
+        except BaseException as error:  # surfaced to the test
+            raised.append(error)
+
+    thread = threading.Thread(target=operator, name="operator", daemon=True)
+    thread.start()
+    try:
+        yield raised
+    finally:
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive(), "the operator did not stop"
 
 
 def _wait_for_request(kube: KubeCluster, verb: str, group_resource: str, timeout: float = 20.0) -> None:
@@ -452,21 +468,6 @@ def _enforce(kube: KubeCluster, g: list[Grant]) -> list[ApiRequest]:
     return refused
 
 
-def _run_elects_a_leader() -> bool:
-    """Whether `workerpool-operator run` takes the chart's --lease-name (the lead's side of #15)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["run", "--lease-name", "x"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.xfail(
-    not _run_elects_a_leader(),
-    reason="AWAITING #15: `workerpool-operator run` does not take --lease-name yet (the lead's leader election)",
-    strict=True,
-)
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
 def test_operator_as_the_chart_runs_it_stays_within_the_rules(
     chart: helm_python.Chart, kube: KubeCluster, mode: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
@@ -483,10 +484,10 @@ def test_operator_as_the_chart_runs_it_stays_within_the_rules(
     assert container["command"] == ["workerpool-operator"]
     args = [a for a in container["args"] if not a.startswith("--liveness")]  # no health server in a test
     caplog.set_level(logging.WARNING)
-    with _run_operator(args, monkeypatch) as runner:
+    with _run_operator(args) as raised:
         _wait_for_request(kube, "create", "coordination.k8s.io/leases")
         _wait_for_request(kube, "watch", "workerpool.dev/workerpools")
-    assert runner.exception is None, runner.exception
+    assert raised == []
     assert [str(r) for r in refused] == []
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import redis
 
+from workerpool_operator import exit_codes
 from workerpool_operator.local import demo_app
 from workerpool_operator.local.loadgen import LoadPlan, SendResult, demo_plan, send_plan
 from workerpool_operator.local.runtime import (
@@ -43,7 +44,9 @@ def demo_file() -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise LocalError(f"the demo's WorkerPool ({DEMO_FILE}) was not found: run the demo from the repository")
+    raise LocalError(
+        f"the demo's WorkerPool ({DEMO_FILE}) was not found: run the demo from the repository", exit_codes.BAD_INPUT
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -268,5 +271,5 @@ def main(args: Any) -> int:
         )
     except LocalError as error:
         print(f"workerpool-operator demo: {error}", file=sys.stderr)
-        return 1
-    return 0 if summary.ok else 1
+        return error.code
+    return exit_codes.OK if summary.ok else exit_codes.FAILED
