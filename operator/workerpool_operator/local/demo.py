@@ -79,6 +79,7 @@ class DemoSummary:
     queues: list[QueueSummary] = field(default_factory=list)
     send_error: str | None = None
     interrupted: bool = False  # stopped before the end (Ctrl-C or --duration)
+    logs: Path | None = None  # the workers' logs, kept after the demo
 
     @property
     def ok(self) -> bool:
@@ -157,6 +158,8 @@ def print_summary(summary: DemoSummary, out: TextIO, plot: Path | None) -> None:
         lines.append(f"the load generator stopped early: {summary.send_error}")
     if plot is not None:
         lines.append(f"plot: {plot}")
+    if summary.logs is not None:
+        lines.append(f"worker logs: {summary.logs}")
     lines.append("next: workerpool-operator local -f examples/demo/workerpool.yaml (your own pool: your YAML)")
     out.write("\n".join(lines) + "\n")
     out.flush()
@@ -243,6 +246,7 @@ async def run_demo(
                 raise LocalError(runtime.failure)
             summary = summarize(client, sent, runtime, time.monotonic() - started, final)
             summary.interrupted = not finished.is_set()
+            summary.logs = runtime.workdir / "logs"
         client.close()
     if plot is not None:
         write_plot(runtime.dashboard.timeline, queues, plot, f"WorkerPool {workerpool.name}: autoscaling on demand")

@@ -282,17 +282,21 @@ class LocalRuntime:
             self.backend.kill_all()
             await stopping
             await self.observer.aclose()
-            keep_logs = not self._own_workdir or self.failure is not None
-            self.dashboard.notes = [f"worker logs kept in {self.workdir / 'logs'}"] if keep_logs else []
+            # The logs stay where the first screen said they are; the workers' state files go with them.
+            if self._own_workdir:
+                for child in self.workdir.iterdir() if self.workdir.is_dir() else ():
+                    if child.is_dir() and child.name != "logs":
+                        shutil.rmtree(child, ignore_errors=True)
+                    elif not child.is_dir():
+                        child.unlink(missing_ok=True)
+            self.dashboard.notes = []
             if self.view is not None:
                 for exit_ in self.backend.take_exits():
                     if not (exit_.expected and exit_.returncode == 0):
                         self.dashboard.event(_describe_exit(exit_))
-                self.view.show([self.dashboard.event("stopped")])
+                self.view.show([self.dashboard.event(f"stopped; worker logs kept in {self.workdir / 'logs'}")])
                 self.view.close()
                 self.view = None
-            if not keep_logs:
-                shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _describe_exit(exit_: WorkerExit) -> str:
