@@ -25,9 +25,11 @@ from tests import operator_helpers as h
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
 from tests.rbac import (
+    BUILT_IN_ROLES,
     WRITE_VERBS,
     ApiRequest,
     Grant,
+    aggregated_grants,
     allows,
     denied,
     granted_permissions,
@@ -35,6 +37,7 @@ from tests.rbac import (
     parse_request,
 )
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.cli import build_parser, run_settings
 from workerpool_operator.kube import handlers, preflight
 from workerpool_operator.kube.api import KubeApi
@@ -225,6 +228,30 @@ def test_namespaced_mode_grants_nothing_cluster_wide(chart: helm_python.Chart) -
             assert grant.namespace == NAMESPACE, grant
         else:
             assert grant.namespace in WATCHED, grant
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_namespace_users_use_workerpools_through_the_built_in_roles(chart: helm_python.Chart, mode: str) -> None:
+    """view reads WorkerPools; edit and admin, which write Deployments, write them too (a WorkerPool runs pods as a
+    Deployment does); nobody but the operator writes their status; a binding in one namespace gives nothing in
+    another; and the operator's own ServiceAccount gains nothing from these roles."""
+    documents = render(chart, MODES[mode])
+    pools = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/apps/{PLURAL}"
+    reads = [("GET", pools), ("GET", f"{pools}/shop"), ("GET", f"{pools}?watch=true"), ("GET", f"{pools}/shop/status")]
+    writes = [("POST", pools), ("PATCH", f"{pools}/shop"), ("PUT", f"{pools}/shop"), ("DELETE", f"{pools}/shop")]
+    writes.append(("DELETE", pools))  # deletecollection
+    status = [("PATCH", f"{pools}/shop/status"), ("PUT", f"{pools}/shop/status")]
+    elsewhere = [(method, url.replace("/namespaces/apps/", "/namespaces/jobs/")) for method, url in reads + writes]
+    view, edit, admin = (aggregated_grants(documents, role, "apps") for role in BUILT_IN_ROLES)
+    assert check_requests(view, reads) == []
+    assert check_requests(view, writes + status) == [str(parse_request(m, u)) for m, u in writes + status]
+    for role in (edit, admin):
+        assert check_requests(role, reads + writes) == []
+        assert len(check_requests(role, status + elsewhere)) == len(status + elsewhere)
+    assert not [g for g in view + edit + admin if g.rule.has_wildcard or g.rule.api_groups != {API_GROUP}]
+    without = render(chart, {**MODES[mode], "rbac": {"create": True, "aggregateClusterRoles": False}})
+    assert aggregated_grants(without, "admin", "apps") == []
+    assert grants_for(documents, FULLNAME, NAMESPACE) == grants_for(without, FULLNAME, NAMESPACE)
 
 
 def test_the_lease_is_granted_by_name_in_the_release_namespace_only(chart: helm_python.Chart) -> None:
