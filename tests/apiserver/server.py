@@ -243,6 +243,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             wanted = WatchRequest.of(request.namespace, request.name, dict(request.params))
         except SelectorError as exc:
             raise kmock.KubernetesError(status=400, reason="BadRequest", message=str(exc), details={}) from None
+        self._answers[request.id] = 200  # answered: the events follow as they come
         yield b""  # the headers go now, even if nothing happens for a while
         resource = request.resource
         async for event in watch.stream(
