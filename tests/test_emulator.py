@@ -282,6 +282,12 @@ def test_invalid_objects_are_refused_with_the_servers_reasons(http: Http) -> Non
     invalid_pool["spec"]["queues"][0]["concurrency"] = "lots"
     answer = http.post(POOLS, invalid_pool)
     assert answer.status == 422 and 'WorkerPool.workerpool.dev "shop" is invalid' in answer.message
+    http.post(POOLS, pool())
+    crossed = http.patch(
+        f"{POOLS}/shop", {"spec": {"queues": [{"name": "default", "minReplicas": 5, "maxReplicas": 1}]}}
+    )
+    assert crossed.status == 422 and "minReplicas must not exceed maxReplicas" in crossed.message  # a CEL rule
+    assert http.patch(f"{POOLS}/shop/status", {"status": {"observedGeneration": 1}}).status == 200
 
 
 def test_a_custom_resource_is_defaulted_and_pruned_by_its_schema(http: Http) -> None:
@@ -457,3 +463,15 @@ def test_a_replace_needs_no_version_but_a_stale_one_conflicts(http: Http) -> Non
     assert replaced.status == 200 and replaced.body["metadata"]["labels"] == {"a": "b"}
     stale = http.put(f"{PODS}/p", created)
     assert stale.status == 409
+
+
+def test_a_write_never_changes_the_version_it_replaces(http: Http) -> None:
+    """Each version stays as it was answered, whatever writes follow: a watch replays them from the history."""
+    http.post(SECRETS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "before"}})  # version 1
+    first = http.post(POOLS, pool()).body
+    http.patch(f"{POOLS}/shop/status", {"status": {"observedGeneration": 1}})
+    http.patch(f"{POOLS}/shop", {"metadata": {"labels": {"a": "b"}}, "spec": {"app": "x:y"}})
+    http.apply(f"{POOLS}/shop", {**pool(), "spec": {"app": "z:w"}}, "gitops", force=True)
+    replayed = list(http.watch(POOLS, 1, resourceVersion=str(version(first) - 1)))
+    assert [e["type"] for e in replayed] == ["ADDED", "MODIFIED", "MODIFIED", "MODIFIED"]
+    assert replayed[0]["object"] == first

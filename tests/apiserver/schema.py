@@ -125,6 +125,7 @@ class Definitions:
     def __init__(self, defs: dict[str, Any]) -> None:
         self.defs = defs
         self.any = Node("any", {}, self)
+        self._nodes: dict[int, tuple[dict[str, Any], Node]] = {}  # by the raw schema's id (it is kept alive)
         self._by_kind: dict[tuple[str, str], str] = {}
         for name, definition in defs.items():
             for gvk in definition.get("x-kubernetes-group-version-kind") or ():
@@ -140,6 +141,14 @@ class Definitions:
         return self.node({"$ref": f"#/$defs/{name}"})
 
     def node(self, raw: dict[str, Any]) -> Node:
+        cached = self._nodes.get(id(raw))
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        made = self._resolved(raw)
+        self._nodes[id(raw)] = (raw, made)
+        return made
+
+    def _resolved(self, raw: dict[str, Any]) -> Node:
         name = ""
         ref = raw.get("$ref") or next((part.get("$ref") for part in raw.get("allOf") or () if "$ref" in part), None)
         if ref is not None:

@@ -12,7 +12,8 @@ From k8s.io/kubernetes ``pkg/apis/core/validation`` and ``pkg/apis/apps/validati
   unique volume names; requests not above limits; ports 1-65535;
 - Services: ports 1-65535 (at least one unless headless), each named when there are several;
 - Secrets: data keys of ``[-._a-zA-Z0-9]`` and values in base64;
-- custom resources: their CRD's schema, list-map keys and CEL rules (tests/crd_rules.py).
+- custom resources: their CRD's schema, list-map keys and CEL rules (tests/crd_rules.py), ratcheted on update
+  by top-level field.
 
 The rest of the API server's validation is not modelled (see tests/apiserver/__init__.py).
 """
@@ -26,6 +27,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from tests import crd_rules
 from tests.apiserver import quantity
 
 SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -242,6 +244,40 @@ def secret(obj: dict[str, Any], old: dict[str, Any] | None) -> Iterator[Error]:
             base64.b64decode(str(value), validate=True)
         except binascii.Error:
             yield invalid(f"data[{key}]", "<secret contents redacted>", "illegal base64 data")
+
+
+def custom(schema: dict[str, Any], obj: dict[str, Any], old: dict[str, Any] | None, *, cel: bool = True) -> list[Error]:
+    """A custom resource against its CRD's schema: types, list-map keys, then CEL rules (tests/crd_rules.py).
+
+    An update is validated as a server that ratchets (validation ratcheting, on by default since 1.30): a rule
+    runs where the value changed. Here by top-level field, and the root's own rules whenever anything changed: a
+    status write checks the status and the root's rules, not the spec."""
+    if old is None:
+        parts = {"": (obj, schema)}
+        root_rules: dict[str, Any] = {}
+    else:
+        properties = schema.get("properties") or {}
+        changed = [k for k in obj.keys() | old.keys() if k not in ("apiVersion", "kind", "metadata")]
+        parts = {k: (obj[k], properties[k]) for k in changed if k in obj and k in properties and obj[k] != old.get(k)}
+        rules = schema.get("x-kubernetes-validations")
+        root_rules = {"x-kubernetes-validations": rules} if rules and obj != old else {}
+    found: list[Error] = []
+    for key, (value, part) in sorted(parts.items()):
+        structural = crd_rules.schema_errors(value, part) + crd_rules.duplicate_keys(value, part)
+        found += [_located(key, e) for e in structural]
+    if cel and not found:
+        for key, (value, part) in sorted(parts.items()):
+            found += [_located(key, e) for e in crd_rules.cel_errors(value, part)]
+        if root_rules:
+            found += [_located("", e) for e in crd_rules.cel_errors(obj, root_rules)]
+    return found + list(metadata(obj))
+
+
+def _located(key: str, error: str) -> Error:
+    path, _, detail = error.partition(": ")
+    if key:
+        path = f"{key}.{path}" if path else key
+    return path, detail
 
 
 def generic(obj: dict[str, Any], old: dict[str, Any] | None) -> Iterator[Error]:
