@@ -2,10 +2,11 @@
 
 kmock (tests/apiserver/server.py) parses requests, keeps the request log and lets a test put a reaction in front
 of the server; everything behind it is modelled here, each part in a module of its own, each tested over HTTP in
-tests/test_emulator.py and, for the pure parts, on its own in tests/test_emulator_fields.py:
+tests/test_emulator.py and tests/test_emulator_apply.py and, for the pure parts, on its own in
+tests/test_emulator_fields.py:
 
 - a refused write (any reaction answering, a 409, a 422) changes nothing and sends no watch event; a write that
-  changes nothing gets no new ``resourceVersion`` and sends no event (server.py);
+  changes nothing gets no new ``resourceVersion`` and sends no event (server.py, store.py);
 - decoding (decoding.py): wrong types refused (400; a patch whose result does not decode, 422), unknown fields
   dropped, quantities canonical (quantity.py), what JSON's ``omitempty`` omits omitted, from Kubernetes 1.36's
   OpenAPI (schema.py); custom resources pruned, defaulted and validated against their CRD (tests/crd_rules.py);
@@ -16,8 +17,8 @@ tests/test_emulator.py and, for the pure parts, on its own in tests/test_emulato
   ``resourceVersion`` counter, optimistic concurrency (409), ``generateName``; finalizers hold a deletion;
   owners' deletion collects their dependents (at once);
 - subresources (kinds.py): ``/status`` changes only status (for a built-in kind, what its status strategy lets
-  through), the main resource never changes status, ``/scale`` speaks ``autoscaling/v1`` Scale and changes only
-  ``spec.replicas``;
+  through), the main resource never changes status, ``/scale`` speaks ``autoscaling/v1`` Scale (scale.py) and
+  changes only ``spec.replicas``;
 - lists and watches (watch.py): ``metadata.resourceVersion``, pages, label and field selectors, a watch resumed
   from a version gets only later events, 410 Gone past the kept history, ``timeoutSeconds``, BOOKMARKs;
 - patches (patches.py): merge, strategic merge (list keys from the OpenAPI), JSON patch, and Server-Side Apply
@@ -33,7 +34,8 @@ What only a real API server shows (not modelled):
   status, tests/pod_fleet.py plays the ReplicaSet), garbage collection is immediate and only in the background
   mode (no ``foregroundDeletion``, no ``orphan``); Events are not aggregated or expired;
 - validation beyond the rules listed in validation.py (e.g. most of a pod spec's), CEL ``oldSelf`` transition
-  rules and validation ratcheting of custom resources, field validation warnings (sent as headers);
+  rules, validation ratcheting field by field (modelled by top-level field), field validation warnings (sent as
+  headers);
 - watches: the cache's timing (bookmarks every ``bookmark_interval``, a real server about every minute), the
   history kept by time (75 s or more) rather than by count, a watch from a future version (a real server waits
   and then answers 504), ``sendInitialEvents`` streaming lists, ``resourceVersionMatch``;
