@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube import KubeCluster
+from tests.kube import KubeCluster, pod_manifest
 from tests.operator_helpers import NS, api
 from workerpool_operator.kube import metrics
 from workerpool_operator.kube.api import DELETION_COST, ApiError
@@ -76,7 +76,7 @@ async def test_scale_down_marks_the_chosen_pods_idlest_lowest(kube: KubeCluster)
     client = api(kube)
     client.apply_deployment(_deployment("shop-default", 3))
     for pod in ("p1", "p2", "p3"):
-        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body={"metadata": {"name": pod, "namespace": NS}})
+        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=pod_manifest(pod, NS))
     backend = KubeBackend(client)
     backend.set_names(POOL, {"default": "shop-default"})
     assert await backend.current_replicas(POOL, "default") == 3
