@@ -5,6 +5,10 @@ Every replica feeds the Deployment watch into the backend's replica cache; only 
 repairs. A manual edit of a field the manifest sets is reverted; fields the manifest does not set (and a queue's
 replica count, which is the scaler's) are left alone. A deleted queue Deployment is recreated with the replicas it
 had; a component (beat, Flower, its Service) as rendered, so beat scaled to 2 by hand goes back to 1.
+
+What the API server itself rewrites is not an edit: it stores quantities in their canonical form and leaves out
+empty values (:func:`contains`). Taken for edits, they reverted nothing and posted ``DeploymentRestored`` at every
+event of the Deployment (issue 28). Server-Side Apply will make this comparison the server's.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
 from workerpool_operator.kube.api import KubeApi, int_or_none
 from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.events import EventSink
@@ -20,19 +26,51 @@ from workerpool_operator.kube.plan import PoolPlan
 from workerpool_operator.kube.render import POOL_LABEL, QUEUE_ANNOTATION
 from workerpool_operator.scaling_types import PoolKey
 
+# What the API server stores in another form than the one we render, or leaves out: none of it is a hand edit.
+# Quantities are stored in their canonical form (``cpu: 2`` as ``"2"``, ``1.5Gi`` as ``"1536Mi"``): compared by
+# value in ``resources.requests``/``limits`` (and a volume claim template's) and an emptyDir's ``sizeLimit``. JSON
+# omits empty strings and lists, and ``false`` in the fields that are Go values rather than pointers.
+QUANTITY_MAPS = frozenset({"requests", "limits"})
+QUANTITY_FIELDS = frozenset({"sizeLimit"})
+OMITTED_WHEN_FALSE = frozenset({"readOnly", "stdin", "stdinOnce", "tty"})
 
-def contains(live: Any, wanted: Any) -> bool:
-    """Whether applying ``wanted`` as a merge patch would leave ``live`` as it is (lists compared item by
-    item, so fields the API server defaults inside list items are not drift)."""
+
+def contains(live: Any, wanted: Any, key: str = "", parent: str = "") -> bool:
+    """Whether applying ``wanted`` as a merge patch would leave ``live`` as it is, as the API server stores it
+    (lists compared item by item, so fields the server defaults inside list items are not drift; quantities by
+    value; what the server omits counts as given)."""
     if isinstance(wanted, Mapping):
         if not isinstance(live, Mapping):
             return False
-        return all((k not in live) if v is None else (k in live and contains(live[k], v)) for k, v in wanted.items())
+        for k, v in wanted.items():
+            if v is None:
+                if k in live:
+                    return False
+            elif k not in live:
+                if not _omitted(k, v):
+                    return False
+            elif not contains(live[k], v, k, key):
+                return False
+        return True
     if isinstance(wanted, list):
         if not isinstance(live, list) or len(live) != len(wanted):
             return False
-        return all(contains(a, b) for a, b in zip(live, wanted, strict=True))
+        return all(contains(a, b, key, parent) for a, b in zip(live, wanted, strict=True))
+    if parent in QUANTITY_MAPS or key in QUANTITY_FIELDS:
+        return _same_quantity(live, wanted)
     return bool(live == wanted)
+
+
+def _omitted(key: str, value: Any) -> bool:
+    """A value the API server does not store (so ``live`` lacks the key)."""
+    return (isinstance(value, str | list) and not value) or (value is False and key in OMITTED_WHEN_FALSE)
+
+
+def _same_quantity(live: Any, wanted: Any) -> bool:
+    try:
+        return bool(parse_quantity(live) == parse_quantity(wanted))
+    except (ValueError, TypeError, ArithmeticError):
+        return bool(live == wanted)
 
 
 class DriftRepair:
