@@ -15,6 +15,7 @@ lost). The speed baseline, measured in the same run, is drawing the trace's task
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,16 @@ from workerpool_operator.spec import WorkerPool
 TRACES = Path(__file__).resolve().parent.parent / "examples" / "traces"
 # The queue each trace's header suggests (at most 20 replicas); everything else is the WorkerPool's defaults.
 CONCURRENCY = {"burst": 8, "daily": 8, "spiky": 16, "long": 2}
-NAMES = ("burst", "daily", "spiky", "long", "long-tasks", "spikes", "ramp", "flood", "mixed", "beat")
+NAMES = (
+    "burst", "daily", "spiky", "long", "long-tasks", "spikes", "ramp", "flood", "mixed", "beat",
+    "trickle", "heavy-tailed",
+)  # fmt: skip
 
 
-def queue_setup(trace: str) -> QueueSetup:
-    queue = {"name": "bench", "concurrency": CONCURRENCY.get(trace, 4), "maxReplicas": 20}
+def queue_setup(trace: str, target_wait: float | None = None) -> QueueSetup:
+    queue: dict[str, Any] = {"name": "bench", "concurrency": CONCURRENCY.get(trace, 4), "maxReplicas": 20}
+    if target_wait is not None:
+        queue["scaling"] = {"targetWaitSeconds": target_wait}
     pool = WorkerPool.from_object(
         {
             "apiVersion": "workerpool.dev/v1alpha1",
@@ -106,6 +112,63 @@ HEADER = [
 ]
 
 
+TARGETS = (10.0, 60.0, 300.0)
+BURSTY = ("burst", "spiky", "spikes", "flood", "beat")  # bursty short-task traces: at 60 s, at most half the cost
+
+
+class Targets:
+    """Our policy on one trace at the defaults and with each target wait, judged on issue 22's 'Done when'."""
+
+    def __init__(self, trace: str, startup: str, defaults: SimResult, seconds: float) -> None:
+        parsed = read_trace(str(TRACES / f"{trace}.csv"))
+        tasks = draw_tasks(parsed, DEFAULT_SERVICE_TIME, 1)
+        options: dict[str, Any] = {"startup_delay": startup, "trace_end": parsed.end, "acks_late": True}
+        self.trace, self.defaults, self.startup = trace, defaults, seconds
+        self.runs = {t: simulate(tasks, queue_setup(trace, t), "ours", **options) for t in TARGETS}
+
+    def verdict(self) -> dict[str, bool]:
+        runs, defaults = self.runs, self.defaults
+        costs = [defaults.replica_seconds] + [runs[t].replica_seconds for t in TARGETS]
+        return {
+            "wait": all(runs[t].wait_percentile(95) <= t for t in TARGETS if t >= 2 * self.startup),
+            "done": all(r.finished == r.tasks and r.killed == 0 for r in runs.values()),
+            "cost": all(later <= earlier for earlier, later in itertools.pairwise(costs)),
+            "half": self.trace not in BURSTY or runs[60.0].replica_seconds <= 0.5 * defaults.replica_seconds,
+        }
+
+    def row(self) -> list[str]:
+        verdict, defaults = self.verdict(), self.defaults
+        cells = [f"{self.trace}", f"{defaults.wait_percentile(95):.1f} s, {defaults.replica_seconds:,.0f}"]
+        for t in TARGETS:
+            run = self.runs[t]
+            ratio = run.replica_seconds / defaults.replica_seconds if defaults.replica_seconds else 0.0
+            cells.append(f"{run.wait_percentile(95):.1f} s, {run.replica_seconds:,.0f} ({ratio:.2f}x)")
+        cells += [_mark(verdict[key]) for key in ("wait", "done", "cost", "half")]
+        return cells
+
+
+TARGET_HEADER = [
+    "trace",
+    "defaults: wait p95, replica-seconds",
+    *[f"target {t:g} s: wait p95, replica-seconds (÷ defaults)" for t in TARGETS],
+    "wait p95 <= target (targets >= 2 start-ups)",
+    "every task done, none killed",
+    "cost falls as the target grows, never above the defaults",
+    "at 60 s, <= half the defaults (bursty traces)",
+]
+
+
+def compare_targets(runs: dict[str, Run], startup: str) -> tuple[str, list[str]]:
+    seconds = float(startup) if startup.replace(".", "", 1).isdigit() else 0.0
+    results = [Targets(name, startup, run.ours, seconds) for name, run in runs.items()]
+    missed = [
+        f"{r.trace} ({', '.join(key for key, met in r.verdict().items() if not met)})"
+        for r in results
+        if not all(r.verdict().values())
+    ]
+    return markdown_table(TARGET_HEADER, [r.row() for r in results]), missed
+
+
 def compare(names: list[str], startup: str, acks_late: bool = True) -> tuple[str, list[str], dict[str, Run]]:
     runs = {name: Run(name, startup, acks_late) for name in names}
     missed = [name for name, run in runs.items() if not all(run.verdict())]
@@ -133,6 +196,12 @@ def main() -> None:
         f"KEDA's 'done' falls short):\n\n{early_table}\n\n"
         f"Goal missed on: {', '.join(early_missed) or 'none'}. Why, where a trace misses: "
         "[simulator.md](simulator.md#results-on-the-shipped-traces)."
+    )
+    target_table, target_missed = compare_targets(runs, args.startup)
+    body += (
+        f"\n\nWith `targetWaitSeconds` of {', '.join(f'{t:g}' for t in TARGETS)} s on the same queues (pod start-up "
+        f"{args.startup} s, acks_late; the defaults' column is the first table's):\n\n{target_table}\n\n"
+        f"Missed: {'; '.join(target_missed) or 'none'}."
     )
     if "daily" in runs:
         daily = runs["daily"]

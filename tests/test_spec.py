@@ -225,15 +225,17 @@ def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:
         policy="demand",
         startup_seconds=90.0,
         schedules=(Schedule("0 2 * * *", 3600.0, 6, "Europe/Paris"),),  # replaces the pool-wide list
+        target_wait=300.0,  # pool-wide
     )
     assert spec.poll_interval_for("reports") == 5.0
-    emails = spec.policy_for("emails")  # only the target is overridden; the rest is pool-wide
+    emails = spec.policy_for("emails")  # only the targets are overridden; the rest is pool-wide
     assert emails == ScalingPolicy(
         min_replicas=0,
         max_replicas=10,
         target_per_replica=150,
         fallback_replicas=1,
         schedules=(Schedule("0 * * * *", 300.0, 2, "UTC"),),
+        target_wait=30.0,
     )
     assert spec.poll_interval_for("emails") == 2.0
 

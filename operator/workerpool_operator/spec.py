@@ -457,6 +457,7 @@ Activation = Annotated[Int, Field(ge=1, le=1_000_000)]
 FailureThreshold = Annotated[Int, Field(ge=1, le=1000)]
 Replicas = Annotated[Int, Field(ge=0, le=1000)]
 Startup = Annotated[Seconds, Field(ge=0, le=3600)]
+TargetWait = Annotated[Seconds, Field(ge=1, le=86400)]
 PolicyName = Literal["throughput", "demand"]
 
 DEFAULT_POLL_INTERVAL = 2.0
@@ -538,7 +539,8 @@ class ScalingSpec(_Model):
     scale_down_stabilization_seconds: Annotated[Window, PolicyField("scale_down_window")] = _POLICY.scale_down_window
     """Scale down only to the highest recommendation of this window."""
     idle_seconds_before_zero: Annotated[Window, PolicyField("idle_before_zero")] = _POLICY.idle_before_zero
-    """No backlog and nothing in flight for this long before scaling to zero."""
+    """No backlog and nothing in flight for this long before scaling to zero, at most: with policy throughput an
+    idle queue goes after one start-up delay, and at once when its tasks come further apart than that."""
     activation_backlog: Annotated[Activation, PolicyField("activation_backlog")] = _POLICY.activation_backlog
     """Waiting tasks that wake a queue scaled to zero."""
     fallback: FallbackSpec = FallbackSpec()
@@ -553,6 +555,11 @@ class ScalingSpec(_Model):
     """throughput - sized from the measured task duration, arrival rate and pod start-up (falls back to demand
     until there is data); demand - ceil((backlog + in flight) / targetPerReplica) with the scaleUp step limit and
     the scale-down window."""
+    target_wait_seconds: Annotated[TargetWait | None, PolicyField("target_wait")] = _POLICY.target_wait
+    """The longest a task should wait before it starts (p95), in seconds. With policy throughput the engine keeps
+    waits within it with the fewest replicas: a backlog waits while the workers there, or those it adds once
+    ready, start every task in time, and tasks may gather while a queue is at zero. Unset - as soon as workers
+    can be had. A target no longer than a start-up delay and a half changes nothing."""
     startup_seconds: Annotated[Startup, PolicyField("startup_seconds")] = _POLICY.startup_seconds
     """Seconds from a scale-up to the new worker's first report, used until the engine has measured it (policy
     throughput and schedules)."""

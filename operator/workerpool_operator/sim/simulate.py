@@ -40,6 +40,8 @@ from workerpool_operator.sim.trace import parse_distribution
 PolicyName = Literal["ours", "keda"]
 
 POLL, KEDA_POLL, HPA_SYNC = 0, 1, 2
+REPORT_INTERVAL = 2.0  # seconds between a worker's reports (reports.DEFAULT_INTERVAL)
+EXIT_SECONDS = 2.0  # SIGTERM (or the end of the last task) to a worker's exit: measured by bench/bench_calibrate.py
 EPOCH = 1_767_571_200.0  # 2026-01-05T00:00:00Z, a Monday: simulated time 0, for cron schedules and reports
 
 TIMELINE_COLUMNS = (
@@ -136,6 +138,8 @@ def simulate(
     visibility_timeout: float = 3600.0,
     seed: int = 1,
     beat: Sequence[str] = (),
+    report_interval: float = REPORT_INTERVAL,
+    exit_seconds: float = EXIT_SECONDS,
     record_polls: bool = False,
 ) -> SimResult:
     """Run the tasks (sorted (arrival, duration) pairs) through a queue scaled by ``policy``.
@@ -149,7 +153,10 @@ def simulate(
         raise ValueError(f"unknown policy {policy!r}: ours or keda")
     if setup.concurrency < 1 or setup.poll_interval <= 0:
         raise ValueError("concurrency must be >= 1 and the poll interval > 0")
-    model = WorkerModel(setup.concurrency, setup.prefetch_multiplier, acks_late, setup.grace, visibility_timeout)
+    model = WorkerModel(
+        setup.concurrency, setup.prefetch_multiplier, acks_late, setup.grace, visibility_timeout, report_interval,
+        exit_seconds,
+    )  # fmt: skip
     run = _Simulation(tasks, setup, policy, model, _startup(startup_delay, seed), keda)
     run.beat = tuple(beat)
     if record_polls:
@@ -312,10 +319,11 @@ class _Simulation(Cluster):
         """One poll of the operator: reports in, decision out, applied as the backend applies it."""
         at = EPOCH + now
         ready = sorted((p for p in self.pods.values() if p.state == READY), key=lambda p: p.number)
-        concurrency = self.concurrency
+        concurrency, report_of = self.concurrency, self.report_of
         workers = tuple(
-            WorkerLoad(p.name, len(p.running), len(p.reserved), p.done, at, concurrency, p.draining, EPOCH + p.ready_at)
+            WorkerLoad(p.name, running, reserved, done, EPOCH + reported, concurrency, draining, EPOCH + p.ready_at)
             for p in ready
+            for running, reserved, done, draining, reported in (report_of(p),)
         )
         in_flight = sum(w.running + w.reserved for w in workers)
         fires = announced_fires(self.beat, at) if self.beat else ()
@@ -326,14 +334,14 @@ class _Simulation(Cluster):
         if self.polls is not None:
             self.polls.append(Executed(at, observation, todo))
         by_name = {p.name: p for p in ready}
-        for name in todo.drain:
+        for name in todo.drain:  # every request held, every poll: a worker reads its own at its next report
             pod = by_name.get(name)
-            if pod is not None and not pod.draining:
-                self.drain(pod)
+            if pod is not None and not pod.requested:
+                self.ask_drain(pod)
                 self.drains += 1
         for name in todo.release:
             if name in by_name:
-                self.undrain(by_name[name])
+                self.ask_drain(by_name[name], False)
         if todo.scale_to is not None:
             self._scale(todo.scale_to, todo.remove_first)
         return decision.desired_replicas, decision.reason
