@@ -1,26 +1,42 @@
 """Reconcile, step two: apply a :class:`~workerpool_operator.kube.plan.PoolPlan`. Only I/O; every decision was
 made by the plan.
 
-Each queue's Deployment is created or merge-patched to its manifest, minus the fields the last manifest had and
-this one dropped; the replica count stays the scaler's (set on creation, and moved only into new bounds). The
-components (beat, Flower and its Service) are applied the same way, replica count included (theirs is fixed).
-Deployments and Services labelled as the pool's that the plan no longer has are deleted.
+Every object is written with Server-Side Apply under one field manager (``fields.FIELD_MANAGER``): fields a spec
+edit dropped are released and removed by the API server, with no manifest kept in an annotation. A queue
+Deployment's replica count is the scaler's (``fields.SCALER_MANAGER``): set on creation, moved only into new bounds,
+never part of the manifest. The components (beat, Flower and its Service) are applied whole, replica count
+included (theirs is fixed). Deployments and Services labelled as the pool's that the plan no longer has are
+deleted.
+
+Creation is the one place the manifest holds ``spec.replicas``: a Deployment applied without it would start with
+the API server's default of one pod before the scaler could say zero. The scaler's own apply of the same count
+follows at once, so the count stays when the next apply of the manifest releases it.
+
+Objects written by versions before 0.3 (merge patches, the manifest in ``workerpool.dev/last-applied``) are taken
+over on their first apply: the scaler applies the current count, the manifest is applied with ``force``, and the
+merge patches' entry in ``managedFields`` is removed with the annotation, so fields dropped later are removed too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube import fields
 from workerpool_operator.kube.api import ApiError, KubeApi
-from workerpool_operator.kube.backend import KubeBackend
+from workerpool_operator.kube.backend import Known, KubeBackend
 from workerpool_operator.kube.components import COMPONENT_ANNOTATION
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.plan import PoolPlan, removed_deployments, removed_objects
-from workerpool_operator.kube.render import POOL_LABEL, QUEUE_ANNOTATION, last_applied, overlay, removals
+from workerpool_operator.kube.render import LAST_APPLIED_ANNOTATION, POOL_LABEL, QUEUE_ANNOTATION
+
+logger = logging.getLogger(__name__)
 
 USER_ERRORS = (400, 403, 422)  # the API server refused what the spec asks for: the user must change it
+CONFLICT = 409
 
 
 class ApplyError(Exception):
@@ -32,7 +48,7 @@ class ApplyError(Exception):
 
 
 class Reconciler:
-    """Applies plans to the cluster."""
+    """Applies plans, and single objects of them (for drift repair)."""
 
     def __init__(self, api: KubeApi, backend: KubeBackend, events: EventSink) -> None:
         self._api = api
@@ -47,12 +63,12 @@ class Reconciler:
         """Apply every Deployment of the plan and its components, delete the dropped ones; returns the queues
         removed.
 
-        Raises :class:`ApplyError` when the API server refuses a Deployment for a reason the user can fix;
-        any other API error propagates (the caller retries)."""
+        Raises :class:`ApplyError` when the API server refuses an object for a reason the user can fix; any other
+        API error propagates (the caller retries)."""
         self.adopt(plan)
         for queue, manifest in plan.deployments.items():
             try:
-                await self._apply_deployment(manifest, *plan.bounds(queue))
+                await self.apply_object(plan, manifest, bounds=plan.bounds(queue))
             except ApiError as exc:
                 if exc.status not in USER_ERRORS:
                     raise
@@ -60,7 +76,7 @@ class Reconciler:
                 raise ApplyError(cond.Problem(cond.REASON_APPLY_FAILED, message)) from None
         for key, manifest in plan.components.items():
             try:
-                await self._apply_component(manifest)
+                await self.apply_object(plan, manifest)
             except ApiError as exc:
                 if exc.status not in USER_ERRORS:
                     raise
@@ -68,28 +84,96 @@ class Reconciler:
                 raise ApplyError(cond.Problem(cond.REASON_APPLY_FAILED, message)) from None
         return await self._delete_removed(plan)
 
-    async def _apply_deployment(self, manifest: dict[str, Any], low: int, high: int) -> None:
-        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        live = await asyncio.to_thread(self._api.get_deployment, namespace, name)
-        body: dict[str, Any] = manifest
-        current: int | None = None
-        if live is not None:
-            self._backend.observe_deployment(live)
-            current = int((live.get("spec") or {}).get("replicas", 1))
-            body = _without_dropped(live, manifest)
-        wanted = low if current is None else min(max(current, low), high)
-        if wanted != current:
-            body = overlay(body, {"spec": {"replicas": wanted}})
-        applied = await asyncio.to_thread(self._api.apply_deployment, body)
-        self._backend.observe_deployment(applied)
-
-    async def _apply_component(self, manifest: dict[str, Any]) -> None:
+    async def apply_object(
+        self,
+        plan: PoolPlan,
+        manifest: Mapping[str, Any],
+        *,
+        bounds: tuple[int, int] | None = None,
+        replicas: int | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Apply one manifest of ``plan``; ``bounds``: it is a queue Deployment, whose count the scaler keeps within
+        them; ``replicas``: the count to create it with (default: the low bound). What the object is now comes from
+        the Deployment watch's cache, or a read. A conflict with another manager's fields is taken back, with an
+        Event naming them. Returns the object as stored."""
         kind, meta = manifest["kind"], manifest["metadata"]
-        live = await asyncio.to_thread(self._api.get_object, kind, meta["namespace"], meta["name"])
-        body = manifest if live is None else _without_dropped(live, manifest)
-        applied = await asyncio.to_thread(self._api.apply_object, body)
-        if kind == "Deployment":
-            self._backend.observe_deployment(applied)
+        namespace, name = meta["namespace"], meta["name"]
+        known = self._backend.cached(namespace, name) if kind == "Deployment" else None
+        if known is None:
+            live = await asyncio.to_thread(self._api.get_object, kind, namespace, name)
+            if live is not None and kind == "Deployment":
+                self._backend.observe_deployment(live)
+            known = None if live is None else Known.of(live)
+        self._backend.applying(namespace, name, True)
+        try:
+            if known is None:
+                return await self._create(manifest, bounds, replicas)
+            return await self._update(plan, manifest, known, bounds, force)
+        finally:
+            self._backend.applying(namespace, name, False)
+
+    async def _create(
+        self, manifest: Mapping[str, Any], bounds: tuple[int, int] | None, replicas: int | None
+    ) -> dict[str, Any]:
+        if bounds is None:
+            created = await asyncio.to_thread(self._api.apply, manifest)
+        else:
+            count = bounds[0] if replicas is None else replicas
+            with_count = {**manifest, "spec": {**manifest["spec"], "replicas": count}}
+            await asyncio.to_thread(self._api.apply, with_count)
+            meta = manifest["metadata"]
+            created = await asyncio.to_thread(self._api.apply_replicas, meta["namespace"], meta["name"], count)
+        self._observe(created)
+        return created
+
+    async def _update(
+        self,
+        plan: PoolPlan,
+        manifest: Mapping[str, Any],
+        known: Known,
+        bounds: tuple[int, int] | None,
+        force: bool,
+    ) -> dict[str, Any]:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if bounds is not None and (known.legacy or not known.scaler_owns):
+            # The scaler's count first: the manifest's apply must not be its only owner (see the module's doc).
+            await asyncio.to_thread(self._api.apply_replicas, namespace, name, known.replicas)
+        try:
+            applied = await asyncio.to_thread(self._api.apply, manifest, force=force or known.legacy)
+        except ApiError as exc:
+            if exc.status != CONFLICT:
+                raise
+            message = f"{_what(plan, manifest)}: {exc.message}; applied again, taking the fields back"
+            await self._events(plan.key, plan.uid, "Warning", f"{kind}FieldsTakenBack", message)
+            applied = await asyncio.to_thread(self._api.apply, manifest, force=True)
+        if known.legacy:
+            applied = await self._release_legacy(kind, applied)
+        if bounds is not None:
+            low, high = bounds
+            wanted = min(max(known.replicas, low), high)
+            if wanted != known.replicas:
+                applied = await asyncio.to_thread(self._api.apply_replicas, namespace, name, wanted)
+        self._observe(applied)
+        return applied
+
+    async def _release_legacy(self, kind: str, applied: dict[str, Any]) -> dict[str, Any]:
+        kept = [item for item in fields.managed_fields(applied) if item not in fields.legacy_entries(applied)]
+        try:
+            return await asyncio.to_thread(
+                self._api.release_legacy_fields, kind, applied, kept, LAST_APPLIED_ANNOTATION
+            )
+        except ApiError as exc:  # changed meanwhile: its next event brings it back here
+            meta = applied["metadata"]
+            logger.info(
+                "%s/%s: handing over fields of an earlier version failed: %s", meta["namespace"], meta["name"], exc
+            )
+            return applied
+
+    def _observe(self, obj: Mapping[str, Any]) -> None:
+        if obj.get("kind") == "Deployment":
+            self._backend.observe_deployment(obj)
 
     async def _delete_removed(self, plan: PoolPlan) -> list[str]:
         namespace, name = plan.key
@@ -115,7 +199,9 @@ class Reconciler:
         return removed
 
 
-def _without_dropped(live: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest, plus nulls for the fields the last applied manifest had and this one dropped."""
-    previous = last_applied(live)
-    return manifest if previous is None else overlay(manifest, removals(previous, manifest))
+def _what(plan: PoolPlan, manifest: Mapping[str, Any]) -> str:
+    """What a manifest is for a person: ``queue mail``, ``beat``, ``flower-service``."""
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    if (queue := plan.deployments.named(kind, name)) is not None:
+        return f"queue {queue}"
+    return plan.components.named(kind, name) or f"{kind} {name}"
