@@ -30,7 +30,7 @@ from typing import Any
 
 from redis import Redis
 
-from tests.kube import KubeCluster
+from tests.kube import KubeCluster, pod_manifest
 from tests.operator_helpers import NS, api
 from tests.worker_process import WorkerProcess, entrypoint_env
 from workerpool_operator import reports
@@ -133,14 +133,9 @@ class PodFleet:
     def _start(self, deployment: dict[str, Any]) -> None:
         name = f"{self.deployment}-{len(self.created)}"
         template = deployment["spec"]["template"]
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": dict(template["metadata"].get("labels") or {})},
-            "spec": {},
-        }
-        api(self.kube).request("POST", f"/api/v1/namespaces/{NS}/pods", body=body)
         container = template["spec"]["containers"][0]
+        body = pod_manifest(name, NS, template["metadata"].get("labels"), container["image"])
+        api(self.kube).request("POST", f"/api/v1/namespaces/{NS}/pods", body=body)
         state = self.workdir / f"state-{name}"
         env = entrypoint_env("unused", state, self._environment(container.get("env") or [], name))
         env |= {"WORKERPOOL_STATE_DIR": str(state)} | self.extra_env

@@ -148,9 +148,15 @@ async def test_the_reconciler_applies_a_plan_and_refuses_what_the_api_refuses(ku
     refused = {"apiVersion": "v1", "kind": "Status", "code": 422, "message": "spec.template: Invalid value"}
     assert kube.emulator is not None
     kube.emulator["patch", "/apis/apps/v1/namespaces/apps/deployments/shop-mail"] << (lambda _: _respond(refused))  # type: ignore[attr-defined]
+    before = kube.objects("apps/v1/deployments", NS)["shop-mail"]
+    changed = plan(
+        {**created, "spec": {**created["spec"], "queues": [{"name": "mail", "minReplicas": 1, "concurrency": 3}]}},
+        made_secrets(),
+    )
     with pytest.raises(ApplyError) as error:
-        await reconciler.apply(fewer)
+        await reconciler.apply(changed)
     assert error.value.problem.reason == cond.REASON_APPLY_FAILED and "spec.template" in error.value.problem.message
+    assert kube.objects("apps/v1/deployments", NS)["shop-mail"] == before, "a refused write changes nothing"
 
 
 def _respond(status: dict[str, Any]) -> Any:
