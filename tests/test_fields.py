@@ -110,7 +110,9 @@ def test_a_changed_field_is_missing_from_our_entry_and_owned_by_whoever_changed_
     ours = owned_tree()
     container = ours["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"worker"}']
     del container["f:image"]
-    theirs = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"worker"}': {"f:image": {}}}}}}}
+    theirs: dict[str, Any] = {
+        "f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"worker"}': {"f:image": {}}}}}}
+    }
     obj = with_fields((fields.FIELD_MANAGER, "Apply", ours), ("kubectl-edit", "Update", theirs))
     lost = fields.missing(MANIFEST, fields.entry(obj, fields.FIELD_MANAGER))
     assert [fields.describe(path) for path in lost] == ["spec.template.spec.containers[worker].image"]

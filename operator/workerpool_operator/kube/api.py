@@ -196,30 +196,25 @@ class KubeApi:
         return applied
 
     def apply_replicas(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
-        """The scaler's apply: a queue Deployment's ``spec.replicas`` and nothing else, taken back from anyone who
-        changed it (``force``). Returns the Deployment as stored."""
-        manifest = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
+        """The scaler's apply: a Deployment's ``spec.replicas`` through its ``scale`` subresource (never more, and a
+        404 when the Deployment is gone, where an apply of the object would try to create it), taken back from
+        anyone who changed it (``force``). Returns the ``autoscaling/v1`` Scale as stored."""
+        scale = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"replicas": replicas},
         }
-        return self.apply(manifest, manager=SCALER_MANAGER, force=True)
+        query = [("fieldManager", SCALER_MANAGER), ("force", "true")]
+        body = json.dumps(scale, separators=(",", ":"))
+        path = f"{deployment_path(namespace, name)}/scale"
+        applied: dict[str, Any] = self.request("PATCH", path, query=query, body=body, content_type=APPLY_PATCH)
+        return applied
 
-    def release_legacy_fields(
-        self, kind: str, live: Mapping[str, Any], kept: Sequence[Mapping[str, Any]], annotation: str
-    ) -> dict[str, Any]:
-        """Replace ``live``'s managedFields with ``kept`` and remove ``annotation``, if ``live`` is still at its
-        resourceVersion (409 otherwise): how an object written by merge patches before 0.3 hands its fields to our
-        applies (as ``kubectl`` upgrades client-side-applied objects)."""
+    def patch_if_unchanged(self, kind: str, live: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch ``live`` (a Deployment or Service) if it is still at its resourceVersion (a 409 otherwise)."""
         meta = live["metadata"]
-        body = {
-            "metadata": {
-                "resourceVersion": meta["resourceVersion"],
-                "annotations": {annotation: None},
-                "managedFields": [dict(item) for item in kept],
-            }
-        }
+        body = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": meta["resourceVersion"]}}
         return self.merge_patch(object_path(kind, meta["namespace"], meta["name"]), body)
 
     # --- Secrets, Deployments and Services -------------------------------------------------------------------------

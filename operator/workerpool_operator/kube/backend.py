@@ -10,6 +10,7 @@ so the ReplicaSet removes exactly those. The count is written with the scaler's 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +34,12 @@ class Known:
     def of(cls, obj: Mapping[str, Any]) -> Known:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
-        scaler = fields.entry(obj, fields.SCALER_MANAGER)
+        scaler = fields.entry(obj, fields.SCALER_MANAGER, subresource="scale")
         return cls(
             replicas=int(spec.get("replicas", 1)),  # the API server's default
             ready=int(status.get("readyReplicas") or 0),
             version=int_or_none((obj.get("metadata") or {}).get("resourceVersion")),
-            scaler_owns=scaler is not None and fields.holds(scaler, ("spec", "replicas")),
+            scaler_owns=scaler is not None and fields.holds(scaler, ("spec", "replicas")),  # (its paths: the object's)
             legacy=bool(fields.legacy_entries(obj)),
         )
 
@@ -87,6 +88,18 @@ class KubeBackend:
             return
         self._replicas[key] = Known.of(obj)
 
+    def observe_scale(self, scale: Mapping[str, Any]) -> None:
+        """Feed the answer of a write to a Deployment's ``scale`` subresource (an ``autoscaling/v1`` Scale, whose
+        resourceVersion is the Deployment's) into the cache: the scaler holds the count now."""
+        meta = scale.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        version = int_or_none(meta.get("resourceVersion"))
+        known = self._replicas.get(key)
+        if known is None or (known.version is not None and version is not None and version < known.version):
+            return
+        replicas = int((scale.get("spec") or {}).get("replicas", known.replicas))
+        self._replicas[key] = dataclasses.replace(known, replicas=replicas, version=version, scaler_owns=True)
+
     def cached(self, namespace: str, name: str) -> Known | None:
         return self._replicas.get((namespace, name))
 
@@ -134,4 +147,4 @@ class KubeBackend:
                     marked.add(pod)
             self._marked[(namespace, name)] = marked
         scaled = await asyncio.to_thread(self.api.scale_deployment, namespace, name, replicas)
-        self.observe_deployment(scaled)
+        self.observe_scale(scaled)

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 FIELD_MANAGER = "workerpool-operator"  # every rendered manifest, operation Apply
-SCALER_MANAGER = "workerpool-operator-scaler"  # a queue Deployment's spec.replicas, operation Apply
+SCALER_MANAGER = "workerpool-operator-scaler"  # spec.replicas, operation Apply on the scale subresource
 APPLY = "Apply"
 UPDATE = "Update"
 
@@ -78,7 +78,7 @@ def _missing(value: Any, tree: Tree, path: Path) -> Iterator[Path]:
             found = _item(tree, item)
             if found is None:
                 yield (*path, item if isinstance(item, Mapping) else {"value": item})
-            elif isinstance(item, Mapping) and isinstance(found, Mapping):
+            elif isinstance(item, Mapping) and found:  # an empty entry: an atomic item (an ownerReference), a leaf
                 yield from _missing(item, found, (*path, item))
     # a scalar, an empty map or an atomic list whose key is there: held
 

@@ -20,6 +20,7 @@ merge patches' entry in ``managedFields`` is removed with the annotation, so fie
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -118,13 +119,14 @@ class Reconciler:
     ) -> dict[str, Any]:
         if bounds is None:
             created = await asyncio.to_thread(self._api.apply, manifest)
-        else:
-            count = bounds[0] if replicas is None else replicas
-            with_count = {**manifest, "spec": {**manifest["spec"], "replicas": count}}
-            await asyncio.to_thread(self._api.apply, with_count)
-            meta = manifest["metadata"]
-            created = await asyncio.to_thread(self._api.apply_replicas, meta["namespace"], meta["name"], count)
+            self._observe(created)
+            return created
+        count = bounds[0] if replicas is None else replicas
+        created = await asyncio.to_thread(
+            self._api.apply, {**manifest, "spec": {**manifest["spec"], "replicas": count}}
+        )
         self._observe(created)
+        await self._scale_to(manifest["metadata"]["namespace"], manifest["metadata"]["name"], count)
         return created
 
     async def _update(
@@ -139,7 +141,7 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         if bounds is not None and (known.legacy or not known.scaler_owns):
             # The scaler's count first: the manifest's apply must not be its only owner (see the module's doc).
-            await asyncio.to_thread(self._api.apply_replicas, namespace, name, known.replicas)
+            await self._scale_to(namespace, name, known.replicas)
         try:
             applied = await asyncio.to_thread(self._api.apply, manifest, force=force or known.legacy)
         except ApiError as exc:
@@ -149,27 +151,28 @@ class Reconciler:
             await self._events(plan.key, plan.uid, "Warning", f"{kind}FieldsTakenBack", message)
             applied = await asyncio.to_thread(self._api.apply, manifest, force=True)
         if known.legacy:
-            applied = await self._release_legacy(kind, applied)
-        if bounds is not None:
-            low, high = bounds
-            wanted = min(max(known.replicas, low), high)
-            if wanted != known.replicas:
-                applied = await asyncio.to_thread(self._api.apply_replicas, namespace, name, wanted)
+            applied = await self._release_legacy(manifest, applied)
         self._observe(applied)
+        if bounds is not None:
+            wanted = min(max(known.replicas, bounds[0]), bounds[1])
+            if wanted != known.replicas:
+                await self._scale_to(namespace, name, wanted)
         return applied
 
-    async def _release_legacy(self, kind: str, applied: dict[str, Any]) -> dict[str, Any]:
-        kept = [item for item in fields.managed_fields(applied) if item not in fields.legacy_entries(applied)]
+    async def _release_legacy(self, manifest: Mapping[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
+        kind = manifest["kind"]
         try:
-            return await asyncio.to_thread(
-                self._api.release_legacy_fields, kind, applied, kept, LAST_APPLIED_ANNOTATION
-            )
+            patch = legacy_handover(applied, manifest)
+            return await asyncio.to_thread(self._api.patch_if_unchanged, kind, applied, patch)
         except ApiError as exc:  # changed meanwhile: its next event brings it back here
             meta = applied["metadata"]
-            logger.info(
-                "%s/%s: handing over fields of an earlier version failed: %s", meta["namespace"], meta["name"], exc
-            )
+            what = f"{meta['namespace']}/{meta['name']}"
+            logger.info("%s: handing over the fields of an earlier version failed: %s", what, exc)
             return applied
+
+    async def _scale_to(self, namespace: str, name: str, replicas: int) -> None:
+        """The scaler's apply of the count (``fields.SCALER_MANAGER``, the ``scale`` subresource)."""
+        self._backend.observe_scale(await asyncio.to_thread(self._api.apply_replicas, namespace, name, replicas))
 
     def _observe(self, obj: Mapping[str, Any]) -> None:
         if obj.get("kind") == "Deployment":
@@ -205,3 +208,41 @@ def _what(plan: PoolPlan, manifest: Mapping[str, Any]) -> str:
     if (queue := plan.deployments.named(kind, name)) is not None:
         return f"queue {queue}"
     return plan.components.named(kind, name) or f"{kind} {name}"
+
+
+def legacy_handover(live: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that hands an object written before 0.3 over to our applies (pure): its managedFields without
+    the merge patches' entry (``fields.legacy_entries``), the manifest it kept in ``workerpool.dev/last-applied``
+    removed, and the fields that manifest had and ``manifest`` has not removed too (what the merge patches of those
+    versions did, once more: afterwards no entry would own them)."""
+    legacy = fields.legacy_entries(live)
+    kept = [dict(item) for item in fields.managed_fields(live) if item not in legacy]
+    previous = _recorded(live)
+    patch = _removals(previous, manifest) if previous is not None else {}
+    meta = dict(patch.get("metadata") or {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), LAST_APPLIED_ANNOTATION: None}
+    meta["managedFields"] = kept
+    return {**patch, "metadata": meta}
+
+
+def _recorded(live: Mapping[str, Any]) -> dict[str, Any] | None:
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
+    try:
+        recorded = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _removals(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch setting to null every field ``previous`` had and ``desired`` has not (maps key by key; lists
+    are replaced whole by the apply anyway)."""
+    patch: dict[str, Any] = {}
+    for key, before in previous.items():
+        if key not in desired:
+            patch[key] = None
+        elif isinstance(before, Mapping) and isinstance(desired[key], Mapping):
+            nested = _removals(before, desired[key])
+            if nested:
+                patch[key] = nested
+    return patch
