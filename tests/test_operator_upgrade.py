@@ -78,9 +78,11 @@ def test_a_deployment_written_before_0_3_is_taken_over_without_a_warning(
         assert [e["message"] for e in events(kube, "DeploymentRestored")] == [], "taking over is no hand edit"
 
         patch_pool(kube, "shop", {"spec": {"template": {**TEMPLATE, "env": TEMPLATE["env"][:1]}}})
-        env = lambda: [
-            e["name"] for e in deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]["env"]
-        ]  # noqa: E501, E731
+
+        def env() -> list[str]:
+            container = deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]
+            return [e["name"] for e in container["env"]]
+
         wait_for(lambda: "DROP_LATER" not in env(), message="a variable the spec dropped removed")
         assert "KEEP" in env() and deployments(kube)["shop-default"]["spec"]["replicas"] == 3
         time.sleep(1)
