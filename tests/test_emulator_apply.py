@@ -251,3 +251,20 @@ def test_apply_to_scale_owns_the_replicas_through_scale(http: Http) -> None:
     assert answered["kind"] == "Scale" and answered["spec"] == {"replicas": 4}
     owner = entries(http.get(SHOP).body)["scaler", "Apply", "scale"]
     assert owner["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
+
+
+def test_managed_fields_sent_with_a_write_replace_the_stored_ones(http: Http) -> None:
+    """How an object hands its fields from one manager to another (kubectl's upgrade from client-side apply, and
+    ours from the merge patches before 0.3): managedFields sent with an update are the basis it is recorded on."""
+    http.post(DEPLOYMENTS, config(), agent="workerpool-operator/0.2.0 (pod-a)")
+    applied = http.apply(SHOP, config(), "workerpool-operator", force=True).body
+    assert set(entries(applied)) == {("workerpool-operator", "Update", ""), ("workerpool-operator", "Apply", "")}
+    kept = [e for e in applied["metadata"]["managedFields"] if e["operation"] == "Apply"]
+    handed = http.patch(SHOP, {"metadata": {"managedFields": kept}}, params={"fieldManager": "workerpool-operator"})
+    assert set(entries(handed.body)) == {("workerpool-operator", "Apply", "")}
+    assert entries(handed.body)["workerpool-operator", "Apply", ""]["fieldsV1"] == kept[0]["fieldsV1"]
+    dropped = copy.deepcopy(config())
+    dropped["spec"]["template"]["metadata"]["labels"] = {"app": "shop"}
+    del dropped["metadata"]["labels"]
+    released = http.apply(SHOP, dropped, "workerpool-operator").body
+    assert "labels" not in released["metadata"], "the applier alone owned them: released, and removed"

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
 from workerpool_operator.kube.api import KubeApi
+from workerpool_operator.kube.fields import FIELD_MANAGER
 
 
 def test_redis_server_is_real_and_private(redis_server: RedisServer) -> None:
@@ -133,14 +134,15 @@ def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: 
         api = KubeApi(client)
         manifest = _deployment("one")
         manifest["metadata"] |= {"namespace": "a", "labels": {"app": "one"}}
-        created = api.apply_deployment(manifest)
-        api.apply_deployment({**manifest, "metadata": {**manifest["metadata"], "namespace": "b"}})
+        created = api.apply(manifest)
+        api.apply({**manifest, "metadata": {**manifest["metadata"], "namespace": "b"}})
         assert created["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": "25%"}
         container = created["spec"]["template"]["spec"]["containers"][0]
         assert container["imagePullPolicy"] == "Always"  # busybox: no tag, so :latest
         assert container["terminationMessagePolicy"] == "File"
         (entry,) = created["metadata"]["managedFields"]
-        assert entry["manager"] == "kubectl" and 'k:{"name":"w"}' in str(entry["fieldsV1"])
+        assert (entry["manager"], entry["operation"]) == (FIELD_MANAGER, "Apply")
+        assert 'k:{"name":"w"}' in str(entry["fieldsV1"])
         assert [d["metadata"]["namespace"] for d in api.list_deployments("a", "app=one")] == ["a"]
 
         def ready() -> dict[str, Any] | None:
@@ -156,7 +158,7 @@ def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: 
             "Progressing": "True",
         }
         managers = {(e["manager"], e.get("subresource")) for e in live["metadata"]["managedFields"]}
-        assert managers == {("kubectl", None), (CONTROLLER_MANAGER, "status")}
+        assert managers == {(FIELD_MANAGER, None), (CONTROLLER_MANAGER, "status")}
         assert int(live["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
         assert live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
         assert live["metadata"]["generation"] == 1  # written through /status: no new generation

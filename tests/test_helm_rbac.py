@@ -103,8 +103,11 @@ def expected_calls(namespace: str | None) -> list[tuple[str, str]]:
         ("GET", f"/apis/apps/v1/{scope}deployments?labelSelector=workerpool.dev%2Fpool"),
         ("GET", f"/apis/apps/v1/{scope}deployments?watch=true"),
         ("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
+        # Server-Side Apply: a patch, and a create too when the Deployment is new (both verbs are checked).
         ("POST", f"/apis/apps/v1/namespaces/{ns}/deployments"),
         ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
+        # The scaler's apply of the replica count, through the scale subresource.
+        ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default/scale"),
         ("DELETE", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-removed"),
         # Flower's Service: read, applied, listed by the pool's label, watched for drift, deleted with spec.flower.
         ("GET", f"/api/v1/namespaces/{ns}/services/shop-flower"),
@@ -334,12 +337,18 @@ def scene_api(kube: KubeCluster) -> KubeApi:
 
 
 def recorded(kube: KubeCluster) -> list[tuple[str, str]]:
-    """Every ``(method, url)`` the operator (kopf and our own client) sent, the test's own calls left out."""
-    return [
-        (str(r.method.value).upper(), str(r.url.path_qs))
-        for r in kube.requests()
-        if r.headers.get("User-Agent") != TEST_AGENT
-    ]
+    """Every ``(method, url)`` the operator (kopf and our own client) sent, the test's own calls left out. A patch
+    that created its object (a Server-Side Apply answered 201) is a create as well: the API server authorizes both
+    verbs for it, so it appears a second time as a POST to its collection."""
+    calls = []
+    for r in kube.requests():
+        if r.headers.get("User-Agent") == TEST_AGENT:
+            continue
+        method, url = str(r.method.value).upper(), str(r.url.path_qs)
+        calls.append((method, url))
+        if method == "PATCH" and kube.answer(r) == 201:
+            calls.append(("POST", str(r.url.path).rsplit("/", 1)[0]))
+    return calls
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ PURE = [
     "observe/replies.py",
     "observe/failures.py",
     "kube/plan.py",
+    "kube/fields.py",
     "kube/render.py",
     "kube/components.py",
     "kube/status.py",

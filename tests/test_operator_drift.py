@@ -19,25 +19,33 @@ from bench.api_server import controller_status
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
 from tests.operator_helpers import NS, api, create_pool, create_secret, deployments, events, pool_manifest, wait_for
-from workerpool_operator.kube.drift import contains
+from workerpool_operator.kube.api import KubeApi
+from workerpool_operator.kube.drift import edits
+from workerpool_operator.kube.render import render_deployments
+from workerpool_operator.spec import WorkerPool
 
 STATUS_CHANGES = 4
 RESTORED_AFTER_DELETE = "Deployment deleted by hand, recreated"
 
 
 def _writes_after_creation(kube: KubeCluster, name: str) -> list[str]:
-    """The operator's writes to one Deployment (patch, delete, create again) after it created it, answered or not."""
+    """The operator's writes to one Deployment after it created it, answered or not. Creation is its Server-Side
+    Apply answered 201 and the scaler's apply of that count through the scale subresource right after."""
     found: list[str] = []
-    created = False
+    created = scaled = False
     for request in kube.requests():
         agent = str(request.headers.get("User-Agent", ""))
         if str(request.method) in ("GET", "method.GET") or not agent.startswith("workerpool-operator/"):
             continue
-        path = str(request.url.path)
-        creates = path.endswith("/deployments") and ((request.data or {}).get("metadata") or {}).get("name") == name
-        if created and (path.endswith(f"/deployments/{name}") or creates):
-            found.append(f"{request.method} {path} -> {kube.answer(request)}")
-        created = created or (creates and kube.answer(request) == 201)
+        if request.name != name or request.resource is None or request.resource.plural != "deployments":
+            continue
+        if not created:
+            created = kube.answer(request) == 201
+            continue
+        if not scaled and request.subresource == "scale":
+            scaled = True
+            continue
+        found.append(f"{request.method} {request.url.path} -> {kube.answer(request)}")
     return found
 
 
@@ -113,35 +121,45 @@ def test_every_field_the_api_server_rewrites_in_a_pod_template_is_not_a_hand_edi
     assert restored == [f"queue default: {RESTORED_AFTER_DELETE}"]
 
 
-# --- the comparison on its own ------------------------------------------------------------------------------
+# --- what the server rewrites moves no ownership; an edit does ------------------------------------------------
 
 
-def test_what_the_server_rewrites_is_contained_and_a_real_edit_is_not() -> None:
-    wanted = {
-        "resources": {"requests": {"cpu": 2, "memory": "1.5Gi"}, "limits": {"memory": "1536Mi"}},
+def test_what_the_server_rewrites_moves_no_field_and_each_real_edit_is_found(kube: KubeCluster) -> None:
+    """Our manifest applied as the operator applies it: the stored object (quantities canonical, empty values
+    dropped, defaults added) leaves every field with us; each hand edit, made as kubectl makes it, takes one."""
+    resources = {"requests": {"cpu": 2, "memory": "1.5Gi"}, "limits": {"memory": "1536Mi"}}
+    template = {
+        "image": "registry.example/shop-worker:1.2",
+        "resources": resources,
         "env": [{"name": "EMPTY", "value": ""}],
-        "args": [],
-        "volumeMounts": [{"name": "v", "mountPath": "/v", "readOnly": False}],
-        "automountServiceAccountToken": False,
-        "emptyDir": {"sizeLimit": "1024Mi"},
+        "volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "1024Mi"}}],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache", "readOnly": False}],
     }
-    stored = {
-        "resources": {"requests": {"cpu": "2", "memory": "1536Mi"}, "limits": {"memory": "1536Mi"}},
-        "env": [{"name": "EMPTY"}],
-        "volumeMounts": [{"name": "v", "mountPath": "/v"}],
-        "automountServiceAccountToken": False,
-        "emptyDir": {"sizeLimit": "1Gi"},
-        "imagePullPolicy": "IfNotPresent",
-    }
-    assert contains(stored, wanted)
-    edits: list[dict[str, Any]] = [
-        {"resources": {"requests": {"cpu": "3", "memory": "1536Mi"}, "limits": {"memory": "1536Mi"}}},
-        {"env": [{"name": "EMPTY", "value": "x"}]},
-        {"args": ["--x"]},
-        {"volumeMounts": [{"name": "v", "mountPath": "/v", "readOnly": True}]},
-        {"automountServiceAccountToken": None},
-        {"emptyDir": {"sizeLimit": "2Gi"}},
+    obj = pool_manifest("shop", template=template)
+    obj["metadata"] |= {"namespace": NS, "uid": "u1"}
+    manifest = render_deployments(WorkerPool.from_object(obj), uid="u1")["default"]
+    ours = api(kube)
+    stored = ours.apply({**manifest, "spec": {**manifest["spec"], "replicas": 1}})
+    container = stored["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "1536Mi"}, "the server canonicalised"
+    assert edits(stored, manifest) == []
+    kubectl = kube.api_client()
+    kubectl.user_agent = "kubectl-edit/v1.36.0"
+    by_hand = KubeApi(kubectl)
+    path = f"/apis/apps/v1/namespaces/{NS}/deployments/{manifest['metadata']['name']}"
+    worker: dict[str, Any] = {"name": "worker"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            {"resources": {"requests": {"cpu": "3"}}},
+            "containers[worker].resources.requests.cpu changed by kubectl-edit",
+        ),
+        ({"env": [{"name": "EMPTY", "value": "x"}]}, "containers[worker].env[EMPTY].value"),
+        ({"image": "evil:1"}, "containers[worker].image changed by kubectl-edit"),
     ]
-    for edit in edits:
-        edited = {**stored, **edit}
-        assert not contains({k: v for k, v in edited.items() if v is not None}, wanted), edit
+    for edit, expected in cases:
+        body = {"spec": {"template": {"spec": {"containers": [{**worker, **edit}]}}}}
+        edited = by_hand.request("PATCH", path, body=body, content_type="application/strategic-merge-patch+json")
+        found = edits(edited, manifest)
+        assert any(expected in line for line in found), (edit, found)
+        restored = ours.apply(manifest, force=True)
+        assert edits(restored, manifest) == [], "applied again with force: every field ours again"

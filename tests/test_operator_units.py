@@ -11,7 +11,6 @@ from tests.operator_helpers import NS, api
 from workerpool_operator.kube import metrics
 from workerpool_operator.kube.api import DELETION_COST, ApiError
 from workerpool_operator.kube.backend import KubeBackend
-from workerpool_operator.kube.drift import contains
 
 POOL = (NS, "shop")
 
@@ -36,7 +35,7 @@ def _gets(kube: KubeCluster, name: str) -> int:
 
 async def test_replicas_come_from_the_cache_after_one_read(kube: KubeCluster) -> None:
     client = api(kube)
-    client.apply_deployment(_deployment("shop-default", 2))
+    client.apply(_deployment("shop-default", 2))
     backend = KubeBackend(client)
     assert await backend.current_replicas(POOL, "default") is None  # no name registered: no workload
     backend.set_names(POOL, {"default": "shop-default", "gone": "shop-gone"})
@@ -74,7 +73,7 @@ def test_an_older_watch_event_never_overwrites_newer_facts() -> None:
 
 async def test_scale_down_marks_the_chosen_pods_idlest_lowest(kube: KubeCluster) -> None:
     client = api(kube)
-    client.apply_deployment(_deployment("shop-default", 3))
+    client.apply(_deployment("shop-default", 3))
     for pod in ("p1", "p2", "p3"):
         client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=pod_manifest(pod, NS))
     backend = KubeBackend(client)
@@ -112,18 +111,6 @@ def test_api_errors_carry_the_servers_status(kube: KubeCluster) -> None:
     with pytest.raises(ApiError) as info:
         client.scale_deployment(NS, "missing", 1)
     assert info.value.status == 404
-
-
-def test_drift_check_ignores_server_defaults_but_sees_edits() -> None:
-    wanted = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "x"}]}}}, "gone": None}
-    live = {"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "w", "image": "x", "tty": False}]}}}}
-    assert contains(live, wanted)
-    assert not contains({**live, "gone": 1}, wanted)
-    edited = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "y"}]}}}}
-    assert not contains(edited, wanted)
-    added = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "x"}, {"name": "side"}]}}}}
-    assert not contains(added, wanted)
-    assert not contains({"spec": None}, wanted)
 
 
 def test_metrics_port_setting_and_series() -> None:

@@ -13,14 +13,10 @@ from tests.conftest import REPO
 from tests.dockerfile import image as worker_image
 from tests.pss import assert_restricted
 from workerpool_operator.kube.render import (
-    LAST_APPLIED_ANNOTATION,
     POOL_LABEL,
     QUEUE_ANNOTATION,
     QUEUE_LABEL,
     deployment_name,
-    last_applied,
-    overlay,
-    removals,
     render_deployments,
 )
 from workerpool_operator.spec import WorkerPool
@@ -121,9 +117,7 @@ def test_minimal_pool_renders_every_field() -> None:
         POOL_LABEL: "shop",
         QUEUE_LABEL: "default",
     }
-    recorded = meta["annotations"].pop(LAST_APPLIED_ANNOTATION)
-    assert meta["annotations"] == {QUEUE_ANNOTATION: "default"}
-    assert json.loads(recorded) == deployment  # itself, without the record: for removing dropped fields later
+    assert meta["annotations"] == {QUEUE_ANNOTATION: "default"}  # no copy of itself: Server-Side Apply tracks fields
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "workerpool.dev/v1alpha1",
@@ -313,19 +307,7 @@ def test_rendered_pods_meet_pod_security_restricted() -> None:
             assert_restricted(deployment)
 
 
-def test_fields_dropped_from_the_spec_are_removed_by_the_next_patch() -> None:
-    before = _render(_pool(template=FULL_TEMPLATE, queues=FULL_QUEUES))["default"]
-    slimmer = {k: v for k, v in FULL_TEMPLATE.items() if k not in ("nodeSelector", "podAnnotations", "extraArgs")}
-    after = _render(_pool(template=slimmer, queues=FULL_QUEUES))["default"]
-    previous = last_applied(before)
-    assert previous is not None
-    patch = removals(previous, after)
-    pod = patch["spec"]["template"]
-    assert pod["spec"]["nodeSelector"] is None and pod["metadata"]["annotations"] is None
-    assert "containers" not in pod["spec"]  # lists are replaced whole by the patch: nothing to null
-    body = overlay(after, patch)
-    assert body["spec"]["template"]["spec"]["nodeSelector"] is None
-    assert body["spec"]["template"]["spec"]["containers"] == after["spec"]["template"]["spec"]["containers"]
-    assert removals(previous, json.loads(json.dumps(previous))) == {}
-    assert last_applied({"metadata": {"annotations": {LAST_APPLIED_ANNOTATION: "not json"}}}) is None
-    assert last_applied({"metadata": {}}) is None
+def test_the_manifest_never_holds_the_replica_count() -> None:
+    for extra in EXAMPLES:
+        for deployment in _render(_pool(**extra)).values():
+            assert "replicas" not in deployment["spec"]  # the scaler's field (kube/fields.py)

@@ -161,8 +161,11 @@ class Store:
         if not self.managed_fields:
             entries = []
         elif entries is None:
+            # managedFields sent with a write (a client resetting or handing over ownership, as kubectl's
+            # client-side-apply upgrade does) are the basis; otherwise the stored ones (fieldmanager.go).
+            sent = (candidate.get("metadata") or {}).get("managedFields")  # as sent: decoding prunes fieldsV1
             entries = managed.update(
-                managed.read((old or {}).get("metadata", {}).get("managedFields")),
+                managed.read(sent or (old or {}).get("metadata", {}).get("managedFields")),
                 without_managed(old) if old is not None else kind.zero(),
                 obj,
                 kind.root,

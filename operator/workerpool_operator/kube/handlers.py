@@ -110,17 +110,18 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     reporter = StatusReporter(api, backend, events, may_write, figures_refresh=config.status_refresh)
     observer = Observer()
     loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer, DrainWriter(observer.connections))
+    reconciler = Reconciler(api, backend, events)
     memo.pools = PoolService(
         api=api,
         loop=loop,
-        reconciler=Reconciler(api, backend, events),
+        reconciler=reconciler,
         reporter=reporter,
         secrets=SecretReader(api, recheck=config.secret_recheck),
         events=events,
         may_write=may_write,
         retry_delay=config.retry_delay,
     )
-    memo.drift = DriftRepair(api, backend, events, memo.pools.plan_of, may_write)
+    memo.drift = DriftRepair(api, backend, events, reconciler, memo.pools.plan_of, may_write)
     memo.api, memo.observer, memo.stop = api, observer, stop
     memo.tasks = [
         asyncio.create_task(loop.run(stop), name="scaling loop"),

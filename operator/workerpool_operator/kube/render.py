@@ -1,14 +1,13 @@
 """Deployment manifests for a WorkerPool: one per queue. Pure: the same pool renders the same manifests.
 
-The replica count is not rendered: it belongs to the scaler (the operator adds it on creation and when a
-spec change moves the bounds). Everything else a Deployment says comes from here, so the operator can
-tell drift (a manual edit) from its own state by comparing a live object with these manifests.
+The replica count is not rendered: it belongs to the scaler (its own field manager sets it on creation and when
+a spec change moves the bounds, see ``fields.py``). Everything else a Deployment says comes from here and is
+applied with Server-Side Apply, which removes by itself what a later rendering leaves out.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from workerpool_operator.worker_env import (
 POOL_LABEL = f"{API_GROUP}/pool"
 QUEUE_LABEL = f"{API_GROUP}/queue"
 QUEUE_ANNOTATION = f"{API_GROUP}/queue"
-LAST_APPLIED_ANNOTATION = f"{API_GROUP}/last-applied"  # what we rendered last: to remove what the spec dropped
+LAST_APPLIED_ANNOTATION = f"{API_GROUP}/last-applied"  # versions before 0.3 kept their manifest here: removed
 MANAGED_BY = "workerpool-operator"
 CONTAINER_NAME = "worker"
 STATE_VOLUME = "workerpool-state"
@@ -72,8 +71,8 @@ def owner_reference(pool: WorkerPool, uid: str) -> dict[str, Any]:
 
 
 def render_deployments(pool: WorkerPool, uid: str) -> dict[str, dict[str, Any]]:
-    """Every queue's Deployment, by queue name, in spec order, each recording itself (:func:`with_last_applied`)."""
-    return {queue.name: with_last_applied(render_deployment(pool, queue, uid)) for queue in pool.spec.queues}
+    """Every queue's Deployment, by queue name, in spec order."""
+    return {queue.name: render_deployment(pool, queue, uid) for queue in pool.spec.queues}
 
 
 def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str, Any]:
@@ -242,51 +241,3 @@ def _broker_ca_mounts(pool: WorkerPool) -> list[dict[str, Any]]:
     if pool.spec.broker.ca_from is None:
         return []
     return [{"name": BROKER_CA_VOLUME, "mountPath": BROKER_CA_DIR, "readOnly": True}]
-
-
-def with_last_applied(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest carrying itself (compact JSON) in an annotation, like ``kubectl apply``: the next
-    rendering is compared with it to remove the fields a spec edit dropped (a merge patch only removes
-    what it sets to null)."""
-    meta = dict(manifest["metadata"])
-    recorded = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-    meta["annotations"] = {**meta.get("annotations", {}), LAST_APPLIED_ANNOTATION: recorded}
-    return {**manifest, "metadata": meta}
-
-
-def last_applied(live: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The manifest recorded on a live Deployment by :func:`with_last_applied`, if readable."""
-    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
-    if not isinstance(raw, str):
-        return None
-    try:
-        recorded = json.loads(raw)
-    except ValueError:
-        return None
-    return recorded if isinstance(recorded, dict) else None
-
-
-def removals(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch setting to null every field ``previous`` had and ``desired`` has not (maps are
-    followed key by key; lists are replaced whole by the patch anyway)."""
-    patch: dict[str, Any] = {}
-    for key, before in previous.items():
-        if key not in desired:
-            patch[key] = None
-        elif isinstance(before, Mapping) and isinstance(desired[key], Mapping):
-            nested = removals(before, desired[key])
-            if nested:
-                patch[key] = nested
-    return patch
-
-
-def overlay(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra``'s keys added, maps merged recursively (for combining a manifest with its
-    removals, whose keys never collide with a value)."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = overlay(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
