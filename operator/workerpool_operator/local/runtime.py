@@ -130,7 +130,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
         plans=plans,
         workers=workers,
         queues=infos,
-        grace=float(spec.template.termination_grace_period_seconds),
+        grace=float(spec.grace_seconds),
         unset_env=tuple(sorted(skipped)),
         components=components,
         flower_missing=spec.flower is not None and not any(c.name == "flower" for c in components),
