@@ -42,6 +42,8 @@ PURE = [
     "kube/status.py",
     "kube/conditions.py",
     "kube/beats.py",
+    "keda_import.py",
+    "deployment_import.py",
 ]
 IO_LIBRARIES = {"redis", "kubernetes", "kopf", "celery", "kombu", "aiohttp", "subprocess", "socket", "requests"}
 
