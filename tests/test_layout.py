@@ -44,6 +44,11 @@ PURE = [
     "kube/beats.py",
     "keda_import.py",
     "deployment_import.py",
+    "record/arrivals.py",
+    "record/task_events.py",
+    "record/report_estimate.py",
+    "record/outcome.py",
+    "record/trace_csv.py",
 ]
 IO_LIBRARIES = {"redis", "kubernetes", "kopf", "celery", "kombu", "aiohttp", "subprocess", "socket", "requests"}
 

@@ -234,7 +234,9 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
 def _add_keda_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`record` and `from-keda`: a trace from a live broker, and a WorkerPool from a KEDA ScaledObject."""
     from workerpool_operator.keda_command import add_from_keda_command
+    from workerpool_operator.record.recording import add_record_command
 
+    add_record_command(sub)
     add_from_keda_command(sub)
 
 
