@@ -184,6 +184,7 @@ def test_several_triggers_make_one_worker_group(capsys: pytest.CaptureFixture[st
     # listLength 16 and 32: the smaller; activationListLength 0 and 10: wake as early as the earlier trigger
     assert (spec["scaling"]["targetPerReplica"], spec["scaling"]["activationBacklog"]) == (16, 1)
     assert "the smallest is kept" in err
+    assert "not converted" not in err  # the Deployment keeps its own command: nothing of it is left out
 
 
 def test_render_takes_the_pod_template(capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,6 +201,7 @@ def test_render_takes_the_pod_template(capsys: pytest.CaptureFixture[str]) -> No
     assert template["podLabels"] == {"tier": "backend"}  # not app: the old Deployment selects by it
     assert template["extraArgs"] == ["-O", "fair"]
     assert "statsd-exporter" in err and "livenessProbe" in err
+    assert "not converted: celery worker -l info: " in err  # the entrypoint runs the worker now
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ on small hand-made inputs whose answers are known.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, RedisServer
 from tests.worker_process import WorkerProcess, producer, running_worker, wait_for
@@ -353,8 +355,14 @@ def test_record_estimated_from_worker_reports(redis_server: RedisServer, tmp_pat
 
 
 def test_ctrl_c_writes_what_it_has(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Recording a WorkerPool file's queues, its broker URL from the Secret in the same file."""
+    pool = tmp_path / "pool.yaml"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b"}, "stringData": {"url": redis_server.url}}
+    spec = yaml.safe_load(POOL_YAML)
+    spec["spec"]["broker"] = {"urlFrom": {"secretKeyRef": {"name": "b", "key": "url"}}}
+    pool.write_text(yaml.safe_dump_all([secret, spec]))
     with two_workers(redis_server, tmp_path, events=True):
-        recorder = Recorder(tmp_path, "--redis", redis_server.url, "-q", QUEUE, "--duration", "1h")
+        recorder = Recorder(tmp_path, "-f", str(pool), "--duration", "1h")
         wait_for(lambda: recorder.said("listening to Celery's events"), 20, lambda: recorder.err.read_text())
         time.sleep(1.0)
         send_burst(redis_server, "ctrl-c", count=8, seconds=0.2)
@@ -362,7 +370,8 @@ def test_ctrl_c_writes_what_it_has(redis_server: RedisServer, tmp_path: Path) ->
         time.sleep(1.0)
         recorder.process.send_signal(signal.SIGINT)
         text = recorder.finish(timeout=30)
-    assert "stopped by the user" in text
+    assert "stopped by the user" in text and f"queue(s) {QUEUE} on redis://" in text
+    assert re.search(r"record: (1:00:00|59:5\d) left, 0 tasks seen in events", recorder.err.read_text())
     assert len(rows(text)) == 8
     assert recorder.said("wrote 8 tasks from Celery task events")
 
@@ -372,6 +381,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--redis", "amqp://x", "--duration", "5"], "unsupported broker URL"),
         (["--redis", "redis://127.0.0.1:1/0", "--duration", "soon"], "not a duration"),
         (["-f", str(tmp_path / "missing.yaml"), "--duration", "5"], "cannot read"),
+        (["--duration", "5"], "give the broker"),
+        (["-f", str(pool_with_secret_elsewhere(tmp_path)), "--duration", "5"], "give it with --redis URL"),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "workerpool_operator.cli", "record", *args],
@@ -382,3 +393,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def pool_with_secret_elsewhere(tmp_path: Path) -> Path:
+    pool = yaml.safe_load(POOL_YAML)
+    pool["spec"]["broker"] = {"urlFrom": {"secretKeyRef": {"name": "elsewhere", "key": "url"}}}
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(yaml.safe_dump(pool))
+    return path
+
+
+def test_nothing_seen_writes_nothing_and_exits_1(redis_server: RedisServer, tmp_path: Path) -> None:
+    """-f for the queues, --redis for the URL the file keeps in a Secret; no worker, no task: exit 1."""
+    path = pool_with_secret_elsewhere(tmp_path)
+    out = tmp_path / "nothing.csv"
+    args = ["record", "-f", str(path), "--redis", redis_server.url, "--duration", "2", "-o", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "workerpool_operator.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"record: rec on {redis_server.url}" in result.stderr
+    assert "no task events and no worker reports for rec" in result.stderr
+    assert not out.exists()

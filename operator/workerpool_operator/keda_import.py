@@ -172,7 +172,7 @@ def convert(inputs: Inputs, options: Options = Options()) -> Conversion:
         raise ConversionError(f"--render needs the Deployment {target} (--deployment FILE)")
     container = worker_container(deployment, _env_container(so)) if deployment is not None else None
     command = celery_command(container) if container is not None else None
-    if command is not None:
+    if command is not None and options.render:  # scaling the Deployment as it is, its command stays its own
         skipped += command.dropped
     triggers = _redis_triggers(spec, skipped)
     broker, broker_notes = _broker(triggers[0], container, inputs.authentications, _pool_name(so, options), skipped)
@@ -570,7 +570,7 @@ def _scaling(
     if len(triggers) > 1:
         notes.append(
             "the group scales on its queues' combined demand ÷ targetPerReplica (the HPA took the highest "
-            "of each list ÷ its listLength): never fewer replicas than KEDA would set"
+            "of each list ÷ its listLength): with policy demand, never fewer replicas than KEDA would set"
             + (
                 f"; listLength differed ({', '.join(map(str, lengths))}): the smallest is kept"
                 if len(lengths) > 1

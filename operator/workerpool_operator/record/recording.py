@@ -30,7 +30,7 @@ from workerpool_operator.record.celery_events import EventListener, celery_avail
 from workerpool_operator.record.outcome import Captured, RecordError, SourceName, outcome, queue_names
 from workerpool_operator.record.report_estimate import Sample, WorkerSample
 from workerpool_operator.record.trace_csv import format_trace, parse_seconds
-from workerpool_operator.spec import SpecError, WorkerPool
+from workerpool_operator.spec import QueueSpec, SpecError, WorkerPool
 
 EX_NOTHING = 1  # the recording ran but has nothing to write
 EX_BAD_INPUT = 2
@@ -52,9 +52,12 @@ def add_record_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="capture a trace (time,duration CSV for simulate) from a live broker",
         description="Record the tasks of some queues from a live Redis broker, as a trace `simulate` replays.",
     )
-    where = record.add_mutually_exclusive_group(required=True)
-    where.add_argument("--redis", metavar="URL", default=None, help="the broker URL (redis://, rediss://)")
-    where.add_argument("-f", "--file", default=None, help="a WorkerPool YAML: its broker and queues")
+    record.add_argument(
+        "--redis", metavar="URL", default=None, help="the broker URL (redis://, rediss://); with -f: instead of its"
+    )
+    record.add_argument(
+        "-f", "--file", default=None, help="a WorkerPool YAML: its broker (URL, key prefix, priorities) and queues"
+    )
     record.add_argument(
         "-q",
         "--queue",
@@ -107,16 +110,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _broker(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
     """The broker to record from, and the pool's queue names when a WorkerPool file gave it."""
-    if args.redis:
+    if not args.file and not args.redis:
+        raise InputError("give the broker: --redis URL, or -f with a WorkerPool file")
+    if not args.file:
         config = BrokerConfig(url=args.redis)
         pool_queues: list[str] = []
     else:
-        pool, url = _pool_and_url(Path(args.file))
+        pool, url = _pool_and_url(Path(args.file), args.redis)
         try:
             config = pool.spec.broker.to_config(url)
         except SpecError as error:
             raise InputError(f"{args.file}: {error}") from None
-        pool_queues = [queue.name for queue in pool.spec.queues]
+        pool_queues = [name for queue in pool.spec.queues for name in _consumed(queue)]
     try:
         config.address()
     except BrokerURLError as error:
@@ -124,7 +129,13 @@ def _broker(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
     return config, pool_queues
 
 
-def _pool_and_url(path: Path) -> tuple[WorkerPool, str]:
+def _consumed(queue: QueueSpec) -> list[str]:
+    """The Celery queues a queue entry's workers consume: its ``celeryQueues`` (a worker group), else its name."""
+    group: list[str] | None = getattr(queue, "celery_queues", None)  # agreed for issue 24's worker groups
+    return list(group) if group else [queue.name]
+
+
+def _pool_and_url(path: Path, url: str | None) -> tuple[WorkerPool, str]:
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
     except OSError as error:
@@ -139,6 +150,8 @@ def _pool_and_url(path: Path) -> tuple[WorkerPool, str]:
     except SpecError as error:
         raise InputError(f"{path}: {str(error).splitlines()[0]}") from None
     broker = pool.spec.broker
+    if url is not None:
+        return pool, url
     if broker.url is not None:
         return pool, broker.url
     assert broker.url_from is not None
