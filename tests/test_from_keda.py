@@ -251,3 +251,13 @@ def test_a_password_in_the_workers_url_is_never_copied() -> None:
     assert "hunter2" not in repr(conversion)
     assert conversion.pool["spec"]["broker"] == {"url": "redis://redis.shop.svc:6379/1"}
     assert any("plain text" in note for note in conversion.notes)
+
+
+@pytest.mark.parametrize("command", ["from-keda", "record"])
+def test_every_option_has_help_and_the_exit_codes_are_listed(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # type: ignore[index]
+    assert [a.option_strings for a in sub._actions if not a.help] == []
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    assert "exit codes: 0 done; 1 failed while running; 2 bad input" in " ".join(capsys.readouterr().out.split())

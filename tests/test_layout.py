@@ -30,6 +30,8 @@ PURE = [
     "engine/schedules.py",
     "engine/spikes.py",
     "worker_env.py",
+    "worker_contract.py",
+    "exit_codes.py",
     "failures.py",
     "scaling_types.py",
     "crd_keywords.py",

@@ -126,15 +126,8 @@ def test_drift_check_ignores_server_defaults_but_sees_edits() -> None:
     assert not contains({"spec": None}, wanted)
 
 
-def test_metrics_port_setting_and_series(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(metrics.PORT_ENV, "0")
-    assert metrics.serve() is None
-    monkeypatch.setenv(metrics.PORT_ENV, "nine")
-    with pytest.raises(ValueError, match="WORKERPOOL_OPERATOR_METRICS_PORT must be a port number"):
-        metrics.configured_port()
-    monkeypatch.setenv(metrics.PORT_ENV, "70000")
-    with pytest.raises(ValueError, match="between 0 and 65535"):
-        metrics.configured_port()
+def test_metrics_port_setting_and_series() -> None:
+    assert metrics.serve(0) is None  # the port's checks are the settings' (tests/test_operator_settings.py)
     labels = {"namespace": "units", "pool": "p", "queue_name": "q"}
     metrics.record_queue("units", "p", "q", backlog=3, in_flight=None, replicas=1, desired=2)
     assert metrics.sample("workerpool_queue_backlog", labels) == 3

@@ -259,7 +259,7 @@ def test_simulate_command_uses_the_named_queue(pool_file: Path, capsys: pytest.C
     assert main([*argv, "--policy", "keda", "--startup-delay", "5", "--seed", "2"]) == 0
     text = capsys.readouterr().out
     assert "queue reports of WorkerPool shop: concurrency 2" in text
-    assert "pod start-up 5; acks_late off; seed 2" in text and "keda" in text
+    assert "pod start-up 5 s; acks_late off; seed 2" in text and "keda" in text
 
 
 @pytest.mark.parametrize(

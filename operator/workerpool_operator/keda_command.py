@@ -14,9 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from workerpool_operator import exit_codes
 from workerpool_operator.keda_import import ConversionError, Options, convert, problems, select_inputs, to_yaml
-
-EX_BAD_INPUT = 2
 
 
 def add_from_keda_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +24,7 @@ def add_from_keda_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "from-keda",
         help="write the WorkerPool equivalent to a KEDA ScaledObject with redis list triggers",
         description="Convert a KEDA ScaledObject (redis list triggers) into a WorkerPool (docs/moving-from-keda.md).",
+        epilog=exit_codes.EPILOG,
     )
     command.add_argument(
         "-f",
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         conversion = convert(inputs, Options(name=args.name, app=args.app, render=args.render, active=args.active))
     except ConversionError as error:
         print(f"workerpool-operator from-keda: {error}", file=sys.stderr)
-        return EX_BAD_INPUT
+        return exit_codes.BAD_INPUT
     for line in problems(conversion):
         print(f"from-keda: {line}", file=sys.stderr)
     text = to_yaml(conversion)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"from-keda: wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 0
+    return exit_codes.OK
 
 
 def _documents(path: str) -> list[object]:

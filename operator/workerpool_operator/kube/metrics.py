@@ -1,8 +1,8 @@
 """Prometheus metrics of the operator, served on a port of their own.
 
-``WORKERPOOL_OPERATOR_METRICS_PORT`` (default :data:`DEFAULT_PORT`, 9847: not Prometheus's own 9090)
-chooses the port; ``0`` disables the endpoint (the metrics are still kept, so tests can read them from
-:data:`REGISTRY`). A port that cannot be bound is one logged line, never a failure: scaling goes on.
+The operator's settings choose the port (``metrics_port``, ``WORKERPOOL_OPERATOR_METRICS_PORT``: 9847 by
+default, not Prometheus's own 9090); ``0`` disables the endpoint (the metrics are still kept, so tests can read
+them from :data:`REGISTRY`). A port that cannot be bound is one logged line, never a failure: scaling goes on.
 
 Names follow Prometheus's conventions (base units, ``_total`` counters, ``_info`` for build facts) and
 share celery-exporter's ``queue_name`` label, so one dashboard can filter both by queue. Every series is
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import threading
 from collections.abc import Iterator
@@ -36,8 +35,7 @@ from workerpool_operator import __version__
 
 logger = logging.getLogger(__name__)
 
-PORT_ENV = "WORKERPOOL_OPERATOR_METRICS_PORT"
-DEFAULT_PORT = 9847
+DEFAULT_PORT = 9847  # the settings' default (kube/settings.py)
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series beside counters and histograms (process-wide setting)
 
@@ -180,23 +178,12 @@ _server_lock = threading.Lock()
 _server_port: int | None = None
 
 
-def configured_port() -> int:
-    """The port from the environment; a bad value is a clear error."""
-    raw = os.environ.get(PORT_ENV, str(DEFAULT_PORT)).strip()
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ValueError(f"{PORT_ENV} must be a port number (0 disables metrics), not {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PORT_ENV} must be between 0 and 65535, not {port}")
-    return port
-
-
-def serve(port: int | None = None, address: str = "0.0.0.0") -> int | None:
-    """Start the metrics endpoint once per process; returns its port, or ``None`` when disabled or when the
-    port cannot be bound (one error line says so; the operator goes on without metrics)."""
+def serve(port: int, address: str = "0.0.0.0") -> int | None:
+    """Start the metrics endpoint once per process on ``port`` (the settings' ``metrics_port``); returns its port,
+    or ``None`` when ``port`` is 0 or cannot be bound (one error line says so; the operator goes on without
+    metrics)."""
     global _server_port
-    wanted = configured_port() if port is None else port
+    wanted = port
     if wanted == 0:
         return None
     with _server_lock:
@@ -205,11 +192,11 @@ def serve(port: int | None = None, address: str = "0.0.0.0") -> int | None:
                 start_http_server(wanted, addr=address, registry=REGISTRY)
             except OSError as error:
                 logger.error(
-                    "metrics: cannot listen on port %d (%s); serving no metrics, scaling goes on. Set %s to a"
-                    " free port, or 0 to turn metrics off",
+                    "metrics: cannot listen on port %d (%s); serving no metrics, scaling goes on. Set"
+                    " WORKERPOOL_OPERATOR_METRICS_PORT (the chart's metrics.port) to a free port, or 0 to turn"
+                    " metrics off",
                     wanted,
                     error.strerror or error,
-                    PORT_ENV,
                 )
                 return None
             _server_port = wanted

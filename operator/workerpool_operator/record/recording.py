@@ -23,6 +23,7 @@ from typing import TextIO
 
 import yaml
 
+from workerpool_operator import exit_codes
 from workerpool_operator.brokers import BrokerConfig, BrokerURLError, redact_url
 from workerpool_operator.observation import BrokerObservation
 from workerpool_operator.observe import Observer
@@ -32,8 +33,6 @@ from workerpool_operator.record.report_estimate import Sample, WorkerSample
 from workerpool_operator.record.trace_csv import format_trace, parse_seconds
 from workerpool_operator.spec import QueueSpec, SpecError, WorkerPool
 
-EX_NOTHING = 1  # the recording ran but has nothing to write
-EX_BAD_INPUT = 2
 POLL_TIMEOUT = 2.0
 INSPECT_EVERY = 30.0  # seconds between two `inspect active_queues` (sooner when an unknown worker shows up)
 INSPECT_RETRY = 5.0
@@ -51,6 +50,7 @@ def add_record_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "record",
         help="capture a trace (time,duration CSV for simulate) from a live broker",
         description="Record the tasks of some queues from a live Redis broker, as a trace `simulate` replays.",
+        epilog=exit_codes.EPILOG,
     )
     record.add_argument(
         "--redis", metavar="URL", default=None, help="the broker URL (redis://, rediss://); with -f: instead of its"
@@ -88,16 +88,16 @@ def run(args: argparse.Namespace) -> int:
         queues = queue_names([q for item in args.queue for q in item.split(",") if q.strip()], pool_queues)
     except (InputError, ValueError) as error:
         print(f"workerpool-operator record: {error}", file=sys.stderr)
-        return EX_BAD_INPUT
+        return exit_codes.BAD_INPUT
     if args.source == "events" and not celery_available():
         print("workerpool-operator record: --source events needs Celery (pip install '.[worker]')", file=sys.stderr)
-        return EX_BAD_INPUT
+        return exit_codes.UNAVAILABLE
     captured = asyncio.run(capture(config, queues, duration, args.interval, args.source, sys.stderr))
     try:
         result = outcome(captured, args.source)
     except RecordError as error:
         print(f"workerpool-operator record: {error}", file=sys.stderr)
-        return EX_NOTHING
+        return exit_codes.FAILED
     text = format_trace(result.tasks, result.header)
     if args.output:
         Path(args.output).write_text(text)
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     target = f" to {args.output}" if args.output else ""
     print(f"record: wrote {result.summary}{target}", file=sys.stderr)
-    return 0
+    return exit_codes.OK
 
 
 def _broker(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
