@@ -18,6 +18,7 @@ import yaml
 
 from tests import crd_rules
 from workerpool_operator import cli
+from workerpool_operator.deployment_import import celery_command
 from workerpool_operator.engine import QueueState, decide
 from workerpool_operator.keda_import import Options, convert, select_inputs
 from workerpool_operator.observation import QueueObservation
@@ -261,3 +262,72 @@ def test_every_option_has_help_and_the_exit_codes_are_listed(command: str, capsy
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     assert "exit codes: 0 done; 1 failed while running; 2 bad input" in " ".join(capsys.readouterr().out.split())
+
+
+# --- the Deployment's command line ----------------------------------------------------------------------------
+
+
+def container(command: list[str] | None = None, args: list[str] | None = None, **env: str) -> dict[str, Any]:
+    made: dict[str, Any] = {"name": "worker", "image": "x:1", "env": [{"name": k, "value": v} for k, v in env.items()]}
+    if command is not None:
+        made["command"] = command
+    if args is not None:
+        made["args"] = args
+    return made
+
+
+@pytest.mark.parametrize(
+    ("made", "expected"),
+    [
+        (
+            container(["celery"], ["-A", "shop.celery:app", "worker", "-Q", "a,b", "-c", "8", "-P", "threads"]),
+            ("shop.celery:app", ("a", "b"), "threads", 8, None, ()),
+        ),
+        (
+            container(["sh", "-c", "cd /app && celery --app=jobs worker --queues=q --concurrency=3 -O fair; echo"]),
+            ("jobs", ("q",), None, 3, None, ("-O", "fair")),
+        ),
+        (
+            container(
+                ["python", "-m", "celery"], ["-Ajobs", "worker", "--prefetch-multiplier", "2", "--without-gossip"]
+            ),
+            ("jobs", (), None, None, 2, ("--without-gossip",)),
+        ),
+        (
+            container(WORKERPOOL_APP="shop:app", WORKERPOOL_QUEUES="x,y", WORKERPOOL_POOL="gevent"),
+            ("shop:app", ("x", "y"), "gevent", None, None, ()),
+        ),
+        (container(["celery", "-A", "shop", "beat"]), None),
+        (container(["gunicorn", "shop.wsgi"]), None),
+    ],
+)
+def test_the_celery_command_line_is_read(made: dict[str, Any], expected: tuple[Any, ...] | None) -> None:
+    command = celery_command(made)
+    if expected is None:
+        assert command is None
+        return
+    assert command is not None
+    found = (command.app, command.queues, command.pool, command.concurrency, command.prefetch_multiplier)
+    assert (*found, command.extra_args) == expected
+
+
+def test_a_concurrency_the_pool_cannot_have_is_listed_not_written(capsys: pytest.CaptureFixture[str]) -> None:
+    deployment = yaml.safe_load(DEPLOYMENT.read_text())
+    worker = deployment["spec"]["template"]["spec"]["containers"][0]
+    worker["args"] = ["exec celery -A shop.celery:app worker -Q normal,low -c 100"]  # prefork: at most 64
+    documents = list(yaml.safe_load_all((KEDA / "celery-two-queues.yaml").read_text()))
+    conversion = convert(select_inputs(documents, [deployment]), Options())
+    (queue,) = conversion.pool["spec"]["queues"]
+    assert "concurrency" not in queue and "pool" not in queue
+    assert any("--concurrency 100" in item.field and "at most 64" in item.reason for item in conversion.skipped)
+    assert crd_rules.validate(without_agreed_fields(conversion.pool)) == []
+
+
+def test_the_run_shown_in_the_docs_is_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/moving-from-keda.md shows a real run: it must stay the command's output."""
+    text = (crd_rules.REPO / "docs" / "moving-from-keda.md").read_text()
+    block = text.split("```console\n", 1)[1].split("```", 1)[0]
+    prompt, shown = block.split("\n", 1)
+    assert prompt == "$ workerpool-operator from-keda -f tests/keda/redis-lists-trigger-auth.yaml --app votes.tasks:app"
+    _, out, _ = run_from_keda(capsys, "redis-lists-trigger-auth.yaml", "--app", "votes.tasks:app")
+    assert shown == out

@@ -89,7 +89,6 @@ class CeleryCommand:
     task_events: bool = False
     extra_args: tuple[str, ...] = ()  # worker options passed on as template.extraArgs
     dropped: tuple[Skipped, ...] = ()
-    source: str = ""  # "the command line" or "the WORKERPOOL_* variables"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +146,11 @@ def _tokens(words: Sequence[object]) -> list[str]:
     tokens: list[str] = []
     for word in words:
         text = str(word)
-        if any(c.isspace() for c in text):
+        if any(c.isspace() or c in ";&|" for c in text):
+            lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
             try:
-                tokens += shlex.split(text)
+                tokens += list(lexer)
             except ValueError:  # unbalanced quotes: keep the word
                 tokens.append(text)
         else:
@@ -157,15 +158,9 @@ def _tokens(words: Sequence[object]) -> list[str]:
     return tokens
 
 
-def _is_celery(tokens: Sequence[str], index: int) -> bool:
-    word = tokens[index]
-    if word.rsplit("/", 1)[-1] == "celery":
-        return True
-    return word == "celery" or (index >= 1 and tokens[index - 1] == "-m" and word == "celery")
-
-
 def _from_command_line(tokens: Sequence[str]) -> CeleryCommand | None:
-    start = next((i for i in range(len(tokens)) if _is_celery(tokens, i)), None)
+    # `celery`, `/usr/local/bin/celery` or `python -m celery`
+    start = next((i for i, word in enumerate(tokens) if word.rsplit("/", 1)[-1] == "celery"), None)
     if start is None:
         return None
     end = next((i for i in range(start, len(tokens)) if tokens[i] in SHELL_SEPARATORS), len(tokens))
@@ -234,7 +229,6 @@ def _worker_options(words: Sequence[str], app: str | None) -> CeleryCommand:
         task_events=found.get("task_events", False),
         extra_args=tuple(extra),
         dropped=tuple(dropped),
-        source="the command line",
     )
 
 
@@ -266,7 +260,6 @@ def _from_entrypoint_env(container: Mapping[str, Any]) -> CeleryCommand | None:
         concurrency=_count("--concurrency", concurrency) if concurrency is not None else None,
         prefetch_multiplier=_count("--prefetch-multiplier", prefetch) if prefetch is not None else None,
         task_events=literal("WORKERPOOL_TASK_EVENTS") in ("1", "true", "yes"),
-        source="the WORKERPOOL_* variables",
     )
 
 

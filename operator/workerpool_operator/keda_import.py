@@ -45,9 +45,11 @@ from workerpool_operator.deployment_import import (
 )
 from workerpool_operator.spec import (
     MAX_POOL_NAME,
+    POOL_CONCURRENCY_LIMITS,
     QUEUE_NAME_PATTERN,
     RESERVED_QUEUE_NAMES,
     URL_PASSWORD_PATTERNS,
+    CeleryPool,
 )
 
 __all__ = [
@@ -69,6 +71,7 @@ KEDA_POLLING_INTERVAL, KEDA_COOLDOWN = 30, 300
 DEFAULT_LIST_LENGTH = 5  # the Redis Lists scaler's default
 CELERY_PREFETCH_MULTIPLIER = 4  # Celery's worker_prefetch_multiplier default
 MAX_REPLICAS = 1000  # the WorkerPool's bounds
+MAX_CONCURRENCY = 10000
 POLL_BOUNDS = (0.5, 300.0)
 PAUSED = "autoscaling.keda.sh/paused"
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -507,7 +510,7 @@ def _queue(
     if not options.render:
         queue["scaleTargetRef"] = {"name": target}
     if command is not None:
-        _worker_settings(command, queue, options.render, notes)
+        _worker_settings(command, queue, options.render, skipped, notes)
     elif options.render:
         notes.append("the worker container runs no `celery worker` the conversion could read: set concurrency")
     low, high = _replica_bounds(spec, skipped, notes)
@@ -515,16 +518,24 @@ def _queue(
     return queue
 
 
-def _worker_settings(command: CeleryCommand, queue: dict[str, Any], render: bool, notes: list[str]) -> None:
-    if command.pool is not None:
-        queue["pool"] = command.pool
-    if command.concurrency is not None:
-        queue["concurrency"] = command.concurrency
+def _worker_settings(
+    command: CeleryCommand, queue: dict[str, Any], render: bool, skipped: list[Skipped], notes: list[str]
+) -> None:
+    limit, _ = POOL_CONCURRENCY_LIMITS.get(CeleryPool(command.pool or "prefork"), (MAX_CONCURRENCY, ""))
+    limit = min(limit, MAX_CONCURRENCY)
+    if command.concurrency is not None and command.concurrency > limit:
+        where = f"celery worker --pool {command.pool or 'prefork'} --concurrency {command.concurrency}"
+        skipped.append(Skipped(where, f"a WorkerPool allows at most {limit} for that pool: set pool and concurrency"))
     else:
-        notes.append(
-            "the workers' concurrency is not in their command: Celery's default is the pod's CPU count; "
-            "set queues[].concurrency (the rendered worker gets 1 otherwise)"
-        )
+        if command.pool is not None:
+            queue["pool"] = command.pool
+        if command.concurrency is not None:
+            queue["concurrency"] = command.concurrency
+        else:
+            notes.append(
+                "the workers' concurrency is not in their command: Celery's default is the pod's CPU count; "
+                "set queues[].concurrency (the rendered worker gets 1 otherwise)"
+            )
     if command.prefetch_multiplier is not None:
         queue["prefetchMultiplier"] = command.prefetch_multiplier
     elif not render:
