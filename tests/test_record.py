@@ -325,10 +325,10 @@ def test_record_from_task_events(redis_server: RedisServer, tmp_path: Path) -> N
     durations = [d for _, d in tasks]
     assert all(abs(d - SLEEP) <= 0.1 * SLEEP for d in durations), (min(durations), max(durations))
     arrivals = [a for a, _ in tasks]
-    # Received over about 20 s, but all sent at once: the backlog puts them back into the poll interval (0.5 s)
-    # in which the burst landed.
-    assert max(arrivals) - min(arrivals) <= 0.5 + 0.01, (min(arrivals), max(arrivals))
-    assert max(arrivals) <= sent + 0.5
+    # Received over about 20 s, but all sent within a tenth of a second: the backlog puts them back into the poll
+    # interval (0.5 s) in which the burst landed (two, if a poll fell inside it; more if the machine is slow).
+    assert max(arrivals) - min(arrivals) <= 1.5, (min(arrivals), max(arrivals))
+    assert max(arrivals) <= sent + 1.0
     out = replays(tmp_path, recorder.out)
     assert f"{len(tasks)} of {len(tasks)}" in out
 
@@ -349,7 +349,8 @@ def test_record_estimated_from_worker_reports(redis_server: RedisServer, tmp_pat
     mean = statistics.fmean(d for _, d in tasks)
     assert abs(mean - SLEEP) <= 0.1 * SLEEP, mean
     arrivals = [a for a, _ in tasks]
-    assert max(arrivals) - min(arrivals) < 3.0, "the burst's arrivals are within a report interval and a poll"
+    # Received over about 20 s; seen within a report interval (2 s) and a poll, with room for a slow machine.
+    assert max(arrivals) - min(arrivals) < 5.0, (min(arrivals), max(arrivals))
     out = replays(tmp_path, recorder.out)
     assert f"{len(tasks)} of {len(tasks)}" in out
 
