@@ -72,6 +72,7 @@ DEFAULT_LIST_LENGTH = 5  # the Redis Lists scaler's default
 CELERY_PREFETCH_MULTIPLIER = 4  # Celery's worker_prefetch_multiplier default
 MAX_REPLICAS = 1000  # the WorkerPool's bounds
 MAX_CONCURRENCY = 10000
+MAX_WINDOW = 86400  # idleSecondsBeforeZero
 POLL_BOUNDS = (0.5, 300.0)
 PAUSED = "autoscaling.keda.sh/paused"
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -608,7 +609,10 @@ def _scaling(
             "WorkerPool polls every 2 s (scaling.pollIntervalSeconds)"
         )
     if "cooldownPeriod" in spec:
-        scaling["idleSecondsBeforeZero"] = _spec_integer(spec, "cooldownPeriod", KEDA_COOLDOWN)
+        cooldown = _spec_integer(spec, "cooldownPeriod", KEDA_COOLDOWN)
+        scaling["idleSecondsBeforeZero"] = min(cooldown, MAX_WINDOW)
+        if cooldown > MAX_WINDOW:
+            notes.append(f"cooldownPeriod {cooldown} is more than a WorkerPool allows: {MAX_WINDOW} s")
     else:
         notes.append(
             f"cooldownPeriod is unset (KEDA waits {KEDA_COOLDOWN} s before scaling to zero): the WorkerPool "
