@@ -45,6 +45,8 @@ PURE = [
     "kube/conditions.py",
     "kube/beats.py",
     "keda_import.py",
+    "keda_triggers.py",
+    "keda_broker.py",
     "deployment_import.py",
     "record/arrivals.py",
     "record/task_events.py",

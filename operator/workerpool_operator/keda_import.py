@@ -27,30 +27,21 @@ import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND
 from workerpool_operator.deployment_import import (
-    BROKER_URL_VARIABLES,
     CeleryCommand,
     ConversionError,
-    EnvValue,
     Skipped,
     celery_command,
-    env_value,
     template_from,
     worker_container,
 )
-from workerpool_operator.spec import (
-    MAX_POOL_NAME,
-    POOL_CONCURRENCY_LIMITS,
-    QUEUE_NAME_PATTERN,
-    RESERVED_QUEUE_NAMES,
-    URL_PASSWORD_PATTERNS,
-    CeleryPool,
-)
+from workerpool_operator.keda_broker import broker_spec
+from workerpool_operator.keda_triggers import RedisTrigger, redis_triggers, valid_queue
+from workerpool_operator.spec import MAX_POOL_NAME, POOL_CONCURRENCY_LIMITS, CeleryPool
 
 __all__ = [
     "Conversion",
@@ -65,10 +56,8 @@ __all__ = [
 ]
 
 KEDA_GROUP = "keda.sh"
-REDIS_TRIGGER = "redis"
 KEDA_MIN_REPLICAS, KEDA_MAX_REPLICAS = 0, 100  # KEDA's defaults (ScaledObject specification)
 KEDA_POLLING_INTERVAL, KEDA_COOLDOWN = 30, 300
-DEFAULT_LIST_LENGTH = 5  # the Redis Lists scaler's default
 CELERY_PREFETCH_MULTIPLIER = 4  # Celery's worker_prefetch_multiplier default
 MAX_REPLICAS = 1000  # the WorkerPool's bounds
 MAX_CONCURRENCY = 10000
@@ -76,23 +65,7 @@ MAX_WINDOW = 86400  # idleSecondsBeforeZero
 POLL_BOUNDS = (0.5, 300.0)
 PAUSED = "autoscaling.keda.sh/paused"
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
-MAX_CELERY_QUEUES = 16  # queues[].celeryQueues' bound (agreed with the worker-group change)
 MAX_QUEUE_NAME = 63
-# Connection settings of a redis trigger: triggers that differ in one of them are on different brokers.
-CONNECTION_KEYS = (
-    "address",
-    "host",
-    "port",
-    "addressFromEnv",
-    "hostFromEnv",
-    "portFromEnv",
-    "databaseIndex",
-    "enableTLS",
-    "unsafeSsl",
-    "usernameFromEnv",
-    "passwordFromEnv",
-)
-KNOWN_METADATA = {*CONNECTION_KEYS, "listName", "listLength", "activationListLength"}
 NOT_CONVERTED_SPEC = {
     "initialCooldownPeriod": "the WorkerPool has no start-up grace: it scales to zero after "
     "idleSecondsBeforeZero from its first poll",
@@ -178,8 +151,8 @@ def convert(inputs: Inputs, options: Options = Options()) -> Conversion:
     command = celery_command(container) if container is not None else None
     if command is not None and options.render:  # scaling the Deployment as it is, its command stays its own
         skipped += command.dropped
-    triggers = _redis_triggers(spec, skipped)
-    broker, broker_notes = _broker(triggers[0], container, inputs.authentications, _pool_name(so, options), skipped)
+    triggers = redis_triggers(spec, skipped)
+    broker, broker_notes = broker_spec(triggers[0], container, inputs.authentications, _pool_name(so, options), skipped)
     notes += broker_notes
     queue = _queue(spec, triggers, command, options, target, skipped, notes)
     pool_spec: dict[str, Any] = {"broker": broker, "app": _app(options, command, target)}
@@ -199,283 +172,6 @@ def convert(inputs: Inputs, options: Options = Options()) -> Conversion:
     return Conversion(pool=pool, source=source, skipped=tuple(skipped), notes=tuple(notes))
 
 
-# --- triggers -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RedisTrigger:
-    index: int
-    list_name: str
-    list_length: int
-    activation: int  # activationListLength: KEDA is active while the list is longer than this
-    metadata: Mapping[str, str]
-    authentication: tuple[str, str] | None  # (kind, name) of authenticationRef
-
-    @property
-    def where(self) -> str:
-        return f"spec.triggers[{self.index}]"
-
-    def connection(self) -> tuple[object, ...]:
-        return (*(self.metadata.get(k) for k in CONNECTION_KEYS), self.authentication)
-
-
-def _redis_triggers(spec: Mapping[str, Any], skipped: list[Skipped]) -> list[RedisTrigger]:
-    triggers = spec.get("triggers")
-    if not isinstance(triggers, list) or not triggers:
-        raise ConversionError("the ScaledObject has no triggers")
-    found: list[RedisTrigger] = []
-    for index, trigger in enumerate(triggers):
-        where = f"spec.triggers[{index}]"
-        kind = trigger.get("type") if isinstance(trigger, Mapping) else None
-        if kind != REDIS_TRIGGER:
-            skipped.append(Skipped(f"{where} (type {kind})", _other_trigger_reason(str(kind))))
-            continue
-        parsed = _redis_trigger(index, trigger, skipped)
-        if parsed is None:
-            continue
-        if found and parsed.connection() != found[0].connection():
-            reason = f"it reads another broker than {found[0].where}: one WorkerPool has one broker"
-            skipped.append(Skipped(where, reason + " (convert it into a second WorkerPool)"))
-            continue
-        if any(t.list_name == parsed.list_name for t in found):
-            skipped.append(Skipped(where, f"list {parsed.list_name} is already watched by an earlier trigger"))
-            continue
-        found.append(parsed)
-    if not found:
-        raise ConversionError("the ScaledObject has no redis (list) trigger the WorkerPool can take over")
-    if len(found) > MAX_CELERY_QUEUES:
-        for extra in found[MAX_CELERY_QUEUES:]:
-            skipped.append(Skipped(extra.where, f"a worker group consumes at most {MAX_CELERY_QUEUES} queues"))
-        found = found[:MAX_CELERY_QUEUES]
-    return found
-
-
-def _other_trigger_reason(kind: str) -> str:
-    if kind in ("redis-cluster", "redis-sentinel", "redis-streams", "redis-cluster-streams", "redis-sentinel-streams"):
-        return (
-            "the WorkerPool reads Celery's lists on one Redis (redis://, rediss://, or sentinel:// with "
-            "broker.sentinelMaster written by hand); Redis Cluster and streams are not Celery's broker"
-        )
-    return "the WorkerPool scales on its queues' backlog and its workers' reports only"
-
-
-def _redis_trigger(index: int, trigger: Mapping[str, Any], skipped: list[Skipped]) -> RedisTrigger | None:
-    where = f"spec.triggers[{index}]"
-    metadata = trigger.get("metadata")
-    if not isinstance(metadata, Mapping) or not metadata.get("listName"):
-        raise ConversionError(f"{where}: a redis trigger needs metadata.listName")
-    values = {str(k): str(v) for k, v in metadata.items()}
-    list_name = values["listName"]
-    if not _valid_queue(list_name):
-        reason = "not a queue name a WorkerPool accepts (lowercase letters, digits, '-', '_', '.')"
-        skipped.append(Skipped(f"{where} (listName {list_name})", reason))
-        return None
-    for key in sorted(set(values) - KNOWN_METADATA):
-        skipped.append(Skipped(f"{where}.metadata.{key}", "not a setting of KEDA's redis list trigger"))
-    if trigger.get("metricType", "AverageValue") != "AverageValue":
-        skipped.append(Skipped(f"{where}.metricType", "the WorkerPool's target is per replica (KEDA's AverageValue)"))
-    ref = trigger.get("authenticationRef")
-    authentication = None
-    if isinstance(ref, Mapping) and ref.get("name"):
-        authentication = (str(ref.get("kind") or "TriggerAuthentication"), str(ref["name"]))
-    length = _integer(values, "listLength", where, DEFAULT_LIST_LENGTH, minimum=1)
-    activation = _integer(values, "activationListLength", where, 0, minimum=0)
-    return RedisTrigger(index, list_name, length, activation, values, authentication)
-
-
-def _integer(values: Mapping[str, str], key: str, where: str, default: int, *, minimum: int) -> int:
-    if key not in values:
-        return default
-    try:
-        number = int(values[key])
-    except ValueError:
-        raise ConversionError(f"{where}.metadata.{key}: {values[key]!r} is not a whole number") from None
-    if number < minimum:
-        raise ConversionError(f"{where}.metadata.{key}: must be at least {minimum}, got {number}")
-    return number
-
-
-def _valid_queue(name: str) -> bool:
-    return (
-        len(name) <= MAX_QUEUE_NAME and bool(re.search(QUEUE_NAME_PATTERN, name)) and name not in RESERVED_QUEUE_NAMES
-    )
-
-
-# --- the broker ---------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Endpoint:
-    """What the trigger (and its TriggerAuthentication) say about where the broker is and how to log in."""
-
-    host: str | None = None
-    port: str | None = None
-    tls: bool = False
-    unsafe: bool = False
-    db: str = "0"
-    credentials: list[str] = field(default_factory=list)  # where each secret part comes from, for the note
-    unknown: list[str] = field(default_factory=list)  # address parts only known at run time
-
-
-def _broker(
-    trigger: RedisTrigger,
-    container: Mapping[str, Any] | None,
-    authentications: Mapping[tuple[str, str], Mapping[str, Any]],
-    pool_name: str,
-    skipped: list[Skipped],
-) -> tuple[dict[str, Any], list[str]]:
-    """``spec.broker`` and the notes that explain it."""
-    endpoint = _endpoint(trigger, container, skipped)
-    broker: dict[str, Any] = {}
-    if trigger.authentication is not None:
-        _authentication(trigger, authentications, container, endpoint, broker, skipped)
-    from_env = _workers_broker_url(container)
-    if from_env is not None and from_env.secret is not None:
-        secret, key = from_env.secret
-        note = (
-            f"broker.urlFrom is Secret {secret}, key {key}: where the workers' {from_env.name} comes from "
-            f"(KEDA's trigger reads {_describe(endpoint)})"
-        )
-        return {"urlFrom": {"secretKeyRef": {"name": secret, "key": key}}, **broker}, [note]
-    if from_env is not None and from_env.value is not None and _usable_url(from_env.value):
-        note = f"broker.url is the workers' {from_env.name} (KEDA's trigger reads {_describe(endpoint)})"
-        return {"url": from_env.value, **broker}, [note]
-    notes = []
-    if from_env is not None and from_env.value is not None and _has_password(from_env.value):
-        notes.append(f"the Deployment's {from_env.name} holds the broker password in plain text: move it to a Secret")
-    if not endpoint.credentials and not endpoint.unknown:
-        return {"url": _url(endpoint, ""), **broker}, notes
-    secret = f"{pool_name}-broker"
-    login = ""
-    if endpoint.credentials:
-        login = "USERNAME:PASSWORD@" if any("username" in c for c in endpoint.credentials) else ":PASSWORD@"
-    example = _url(endpoint, login)
-    sources = "; ".join(endpoint.credentials + endpoint.unknown)
-    notes.append(
-        f"create Secret {secret} with key url holding the whole broker URL, like {example} "
-        f"(kubectl create secret generic {secret} --from-literal=url='{example}'): {sources}"
-    )
-    return {"urlFrom": {"secretKeyRef": {"name": secret, "key": "url"}}, **broker}, notes
-
-
-def _endpoint(trigger: RedisTrigger, container: Mapping[str, Any] | None, skipped: list[Skipped]) -> _Endpoint:
-    meta = trigger.metadata
-    endpoint = _Endpoint(db=meta.get("databaseIndex", "0"))
-    if not endpoint.db.isdigit():
-        raise ConversionError(f"{trigger.where}.metadata.databaseIndex: {endpoint.db!r} is not a database number")
-    endpoint.tls = meta.get("enableTLS", "false").lower() == "true"
-    endpoint.unsafe = meta.get("unsafeSsl", "false").lower() == "true"
-    address = meta.get("address") or _from_env(meta.get("addressFromEnv"), container, "address", endpoint)
-    if address:
-        endpoint.host, _, endpoint.port = address.rpartition(":") if ":" in address else (address, "", "6379")
-    else:
-        endpoint.host = meta.get("host") or _from_env(meta.get("hostFromEnv"), container, "host", endpoint)
-        endpoint.port = meta.get("port") or _from_env(meta.get("portFromEnv"), container, "port", endpoint)
-    if not endpoint.host and not endpoint.unknown:
-        raise ConversionError(f"{trigger.where}: the trigger names no Redis address (address, or host and port)")
-    for part in ("username", "password"):
-        variable = meta.get(f"{part}FromEnv")
-        if variable:
-            endpoint.credentials.append(f"the {part} is {_env_source(variable, container)}")
-    return endpoint
-
-
-def _from_env(variable: str | None, container: Mapping[str, Any] | None, what: str, endpoint: _Endpoint) -> str | None:
-    """A literal value of the target container's variable; otherwise, a note of where the value is."""
-    if not variable:
-        return None
-    found = env_value(container, variable) if container is not None else None
-    if found is not None and found.value is not None:
-        return found.value
-    endpoint.unknown.append(f"the {what} is {_env_source(variable, container)}")
-    return None
-
-
-def _env_source(variable: str, container: Mapping[str, Any] | None) -> str:
-    if container is None:
-        return f"in the Deployment's variable {variable} (give --deployment FILE to look it up)"
-    found = env_value(container, variable)
-    if found is None:
-        return f"in variable {variable}, which the worker container does not declare in env"
-    if found.secret is not None:
-        return f"in Secret {found.secret[0]}, key {found.secret[1]} (the Deployment's {variable})"
-    if found.other is not None:
-        return f"in the Deployment's {variable} ({found.other})"
-    return f"the Deployment's {variable}"
-
-
-def _authentication(
-    trigger: RedisTrigger,
-    authentications: Mapping[tuple[str, str], Mapping[str, Any]],
-    container: Mapping[str, Any] | None,
-    endpoint: _Endpoint,
-    broker: dict[str, Any],
-    skipped: list[Skipped],
-) -> None:
-    """What the trigger's TriggerAuthentication adds: TLS and a CA, credentials, address parts from Secrets."""
-    assert trigger.authentication is not None
-    kind, name = trigger.authentication
-    auth = authentications.get((kind, name))
-    where = f"{trigger.where}.authenticationRef"
-    if auth is None:
-        endpoint.unknown.append(f"{kind} {name} (not in the input) may hold the password or TLS settings")
-        return
-    spec = auth.get("spec") or {}
-    for key in sorted(set(spec) - {"secretTargetRef", "env"}):
-        reason = "the operator reads the broker URL and CA from Secrets only"
-        skipped.append(Skipped(f"{kind} {name}: spec.{key}", reason))
-    refs: list[tuple[str, str]] = []
-    for ref in spec.get("secretTargetRef") or []:
-        refs.append((str(ref.get("parameter")), f"in Secret {ref.get('name')}, key {ref.get('key')}"))
-        if ref.get("parameter") == "ca":
-            broker["caFrom"] = {"secretKeyRef": {"name": str(ref.get("name")), "key": str(ref.get("key"))}}
-    for ref in spec.get("env") or []:
-        refs.append((str(ref.get("parameter")), _env_source(str(ref.get("name")), container)))
-    for parameter, source in refs:
-        described = f"the {parameter} is {source} ({kind} {name})"
-        if parameter in ("username", "password"):
-            endpoint.credentials.append(described)
-        elif parameter in ("host", "address", "port"):
-            endpoint.unknown.append(described)
-        elif parameter in ("tls", "ca"):
-            endpoint.tls = True
-        else:
-            reason = "the broker's client certificates are not supported: only a CA (broker.caFrom)"
-            skipped.append(Skipped(f"{where} ({kind} {name}) parameter {parameter}", reason))
-
-
-def _workers_broker_url(container: Mapping[str, Any] | None) -> EnvValue | None:
-    if container is None:
-        return None
-    for variable in BROKER_URL_VARIABLES:
-        found = env_value(container, variable)
-        if found is not None and (found.secret is not None or found.value is not None):
-            return found
-    return None
-
-
-def _usable_url(url: str) -> bool:
-    return urlsplit(url).scheme in ("redis", "rediss", "sentinel") and not _has_password(url)
-
-
-def _has_password(url: str) -> bool:
-    return any(re.search(pattern, url) for pattern in URL_PASSWORD_PATTERNS)
-
-
-def _url(endpoint: _Endpoint, login: str) -> str:
-    scheme = "rediss" if endpoint.tls else "redis"
-    host = endpoint.host or "HOST"
-    port = endpoint.port or "6379"
-    query = "?ssl_cert_reqs=none" if endpoint.tls and endpoint.unsafe else ""
-    return f"{scheme}://{login}{host}:{port}/{endpoint.db}{query}"
-
-
-def _describe(endpoint: _Endpoint) -> str:
-    if endpoint.host:
-        return f"{endpoint.host}:{endpoint.port or 6379}, database {endpoint.db}"
-    return "an address from the environment"
-
-
 # --- the queue and its scaling ------------------------------------------------------------------------------
 
 
@@ -491,7 +187,7 @@ def _queue(
     lists = [t.list_name for t in triggers]
     consumed = list(command.queues) if command is not None else []
     others = [q for q in consumed if q not in lists]
-    celery_queues = lists + [q for q in others if _valid_queue(q)] if options.render else lists
+    celery_queues = lists + [q for q in others if valid_queue(q)] if options.render else lists
     if others and options.render:
         notes.append(
             f"celeryQueues also holds {', '.join(others)}: the workers consume them (-Q) though no trigger "
@@ -680,7 +376,7 @@ def _group_name(target: str, lists: Sequence[str]) -> str:
     """A worker group's name: its Deployment's, made a valid queue name (lists joined when that fails)."""
     for candidate in (target, "-".join(lists)):
         name = re.sub(r"[^a-z0-9_.-]+", "-", candidate.lower())[:MAX_QUEUE_NAME].strip("-_.")
-        if _valid_queue(name) and name not in lists[1:]:
+        if valid_queue(name) and name not in lists[1:]:
             return name
     return "workers"
 
