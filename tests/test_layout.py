@@ -45,6 +45,15 @@ PURE = [
     "kube/status.py",
     "kube/conditions.py",
     "kube/beats.py",
+    "keda_import.py",
+    "keda_triggers.py",
+    "keda_broker.py",
+    "deployment_import.py",
+    "record/arrivals.py",
+    "record/task_events.py",
+    "record/report_estimate.py",
+    "record/outcome.py",
+    "record/trace_csv.py",
 ]
 IO_LIBRARIES = {"redis", "kubernetes", "kopf", "celery", "kombu", "aiohttp", "subprocess", "socket", "requests"}
 
