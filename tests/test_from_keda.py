@@ -1,10 +1,10 @@
 """``from-keda``: the example ScaledObjects of KEDA's docs (tests/keda/, written from them) become WorkerPools the CRD
 accepts, with every setting carried over or listed with its reason, and no secret in the output.
 
-The output uses three spec fields agreed with the engineers building issue 24's Kubernetes side
-(``queues[].scaleTargetRef``, ``queues[].celeryQueues``, ``scaling.mode``). ``test_output_is_accepted_by_the_crd``
-validates the whole output against the real CRD and model; until those fields are on main it fails on them, and
-``test_output_is_valid_apart_from_the_agreed_fields`` checks everything else against today's schema.
+The output uses three spec fields built with issue 24's Kubernetes side (``queues[].scaleTargetRef``,
+``queues[].celeryQueues``, ``scaling.mode``). ``test_output_is_accepted_by_the_crd`` validates the whole output
+against the real CRD and model; ``test_output_is_valid_apart_from_the_agreed_fields`` checks that the rest of the
+conversion would stand without them too.
 """
 
 from __future__ import annotations

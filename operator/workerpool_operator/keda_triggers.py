@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerpool_operator.deployment_import import ConversionError, Skipped
-from workerpool_operator.spec import QUEUE_NAME_PATTERN, RESERVED_QUEUE_NAMES
+from workerpool_operator.spec import MAX_CELERY_QUEUES, QUEUE_NAME_PATTERN, RESERVED_QUEUE_NAMES
 
 __all__ = ["CONNECTION_KEYS", "RedisTrigger", "redis_triggers", "valid_queue"]
 
 REDIS_TRIGGER = "redis"
 DEFAULT_LIST_LENGTH = 5  # the Redis Lists scaler's default
-MAX_CELERY_QUEUES = 16  # queues[].celeryQueues' bound (agreed with the worker-group change)
 MAX_QUEUE_NAME = 63
 # Connection settings of a redis trigger: triggers that differ in one of them are on different brokers.
 CONNECTION_KEYS = (

@@ -131,8 +131,7 @@ def _broker(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
 
 def _consumed(queue: QueueSpec) -> list[str]:
     """The Celery queues a queue entry's workers consume: its ``celeryQueues`` (a worker group), else its name."""
-    group: list[str] | None = getattr(queue, "celery_queues", None)  # agreed for issue 24's worker groups
-    return list(group) if group else [queue.name]
+    return list(queue.consumed)
 
 
 def _pool_and_url(path: Path, url: str | None) -> tuple[WorkerPool, str]:
