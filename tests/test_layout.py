@@ -34,6 +34,7 @@ PURE = [
     "exit_codes.py",
     "failures.py",
     "scaling_types.py",
+    "worker_groups.py",
     "crd_keywords.py",
     "engine/execute.py",
     "observe/replies.py",

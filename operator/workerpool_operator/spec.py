@@ -43,6 +43,7 @@ from workerpool_operator.brokers import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATO
 from workerpool_operator.crd_keywords import ATOMIC, Rule, UnderKey, list_map, matches, raw_object, rules
 from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.engine.schedules import Schedule, check_cron, check_timezone
+from workerpool_operator.scaling_types import QueuePlan
 
 __all__ = [
     "BeatSpec",
@@ -1019,6 +1020,15 @@ class WorkerPoolSpec(_Model):
     def shadow_for(self, queue_name: str) -> bool:
         """Whether this queue's scaling is in Shadow mode (observe and publish, write nothing)."""
         return self.scaling_for(queue_name).mode == "Shadow"
+
+    def plan_for(self, queue_name: str) -> QueuePlan:
+        """How the scaling loop serves this queue (a worker group): policy, poll interval, Celery queues, mode."""
+        return QueuePlan(
+            policy=self.policy_for(queue_name),
+            interval=self.poll_interval_for(queue_name),
+            celery_queues=self.queue(queue_name).consumed,
+            shadow=self.shadow_for(queue_name),
+        )
 
 
 class WorkerPool(_Model):

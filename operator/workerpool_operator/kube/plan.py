@@ -155,7 +155,7 @@ def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
         generation=pool.generation,
         broker=config,
         deployments=Manifests(render_deployments(pool, uid=uid)),
-        queues={q.name: QueuePlan(spec.policy_for(q.name), spec.poll_interval_for(q.name)) for q in spec.queues},
+        queues={q.name: spec.plan_for(q.name) for q in spec.queues},
         uses_secrets=broker.url_from is not None or broker.ca_from is not None,
         components=Manifests(render_components(pool, uid=uid)),
         beat_app=spec.app if spec.beat is not None else None,

@@ -104,7 +104,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
     infos: list[QueueInfo] = []
     skipped: set[str] = set()
     for queue in spec.queues:
-        plans[queue.name] = QueuePlan(policy=spec.policy_for(queue.name), interval=spec.poll_interval_for(queue.name))
+        plans[queue.name] = spec.plan_for(queue.name)
         env = local_env(worker_environment(pool, queue), skipped)
         # Celery's soft shutdown sleeps its whole timeout whenever a task is running at SIGTERM, so every
         # stop of a busy worker would take the grace period: locally, a plain warm shutdown (running tasks
