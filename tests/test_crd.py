@@ -154,6 +154,12 @@ def test_status_declares_what_the_operator_writes() -> None:
         "draining",
         "lastScaleTime",
         "lastScaleReason",
+        "mode",
+        "wouldScaleTime",
+        "wouldScaleReason",
+        "scaleTarget",
+        "scaleDown",
+        "celeryQueues",
     } == set(queue)
     written = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
@@ -184,7 +190,23 @@ def test_status_declares_what_the_operator_writes() -> None:
                     "desiredReplicas": 3,
                     "lastScaleTime": "2026-01-01T00:00:00Z",
                     "lastScaleReason": "backlog 10 over 3 replicas",
-                }
+                    "scaleDown": "Drain",
+                },
+                {
+                    "name": "spare",
+                    "backlog": 2,
+                    "replicas": 4,
+                    "desiredReplicas": 6,
+                    "mode": "Shadow",
+                    "wouldScaleTime": "2026-01-01T00:00:00Z",
+                    "wouldScaleReason": "scale up: backlog 12",
+                    "scaleTarget": "shop-spare",
+                    "scaleDown": "ReplicaSet",
+                    "celeryQueues": [
+                        {"name": "low", "backlog": 2, "counted": True},
+                        {"name": "celery", "backlog": 7, "counted": False},
+                    ],
+                },
             ],
             "totalBacklog": 7,
             "totalReplicas": 3,

@@ -181,9 +181,17 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
 
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        targets: dict[str, str] = {}
+        shared_queues: dict[str, tuple[str, ...]] = {}
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
+
+        def shadow(self, queue: str) -> bool:
+            return False
+
+        def drains(self, queue: str) -> bool:
+            return True
 
     observation = QueueObservation("default", backlog=4, replicas=1)
     decision = Decision(2, "scale up: backlog 4", current_replicas=1, demand=4)

@@ -257,7 +257,7 @@ async def test_a_group_on_two_queues_scales_on_either_and_drains_on_both(redis_s
     await loop.run_once()
     assert backend.calls[-1] == (A, "spare", 4, ()), "ceil(7 / 2): the backlog of normal"
     (group,) = reports[-1].queues
-    assert group.observation.backlogs == (("normal", 7), ("low", 0))
+    assert group.observation.backlogs == (("normal", 7, True), ("low", 0, True))
 
     client.delete("normal")
     now = float(client.time()[0])

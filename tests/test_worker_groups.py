@@ -39,7 +39,7 @@ def test_a_group_whose_name_is_not_one_of_its_queues_counts_them_all() -> None:
     }
     seen = group_observation(groups, "shop-worker", observed)
     assert (seen.queue, seen.backlog, seen.in_flight, seen.oldest_age) == ("shop-worker", 12, 3, 30.0)
-    assert seen.backlogs == (("normal", 5), ("low", 7))
+    assert seen.backlogs == (("normal", 5, True), ("low", 7, True))
     assert seen.fires == ((9.0, "tick"),)
     (worker,) = seen.workers
     assert (worker.worker, worker.running, worker.reserved) == ("pod-a", 2, 1), "one worker, counted once"
@@ -61,6 +61,7 @@ def test_each_worker_counts_once_for_the_group_whose_queues_it_consumes() -> Non
     spare = group_observation(groups, "spare", observed)
     assert (normal.backlog, normal.in_flight, [w.worker for w in normal.workers]) == (10, 4, ["normal-1"])
     assert (spare.backlog, spare.in_flight, [w.worker for w in spare.workers]) == (2, 4, ["spare-1"])
+    assert spare.backlogs == (("low", 2, True), ("normal", 10, False)), "shown, counted for normal only"
 
 
 def test_a_worker_drains_only_once_every_queue_of_its_group_says_so() -> None:

@@ -42,8 +42,8 @@ class QueueObservation:
     # periodic tasks routed here (beat_forecast.py), read in the same round trip.
     fires: tuple[tuple[float, str], ...] = ()
     # A worker group on several Celery queues (worker_groups.py): each queue's own backlog, as the spec lists
-    # them, counted by this group or not. Empty for a group on its one queue.
-    backlogs: tuple[tuple[str, int], ...] = ()
+    # them, and whether it counts for this group: (queue, backlog, counted). Empty for a group on its one queue.
+    backlogs: tuple[tuple[str, int, bool], ...] = ()
 
     @property
     def ok(self) -> bool:

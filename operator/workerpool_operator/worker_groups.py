@@ -94,7 +94,7 @@ def group_observation(
         workers=workers,
         oldest_age=max(ages) if ages else None,
         fires=tuple(sorted(fire for obs in counted for fire in obs.fires)),
-        backlogs=tuple((queue, observed[queue].backlog) for queue in own),
+        backlogs=tuple((queue, observed[queue].backlog, queue in grouping.counts[group]) for queue in own),
     )
 
 

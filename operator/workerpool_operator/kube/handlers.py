@@ -185,6 +185,13 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     await memo.drift.deployment_changed(str(event.get("type")), event["object"])
 
 
+@kopf.on.event("apps", "v1", "deployments", labels={POOL_LABEL: kopf.ABSENT})
+async def scale_target_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the replica cache current for the Deployments pools scale without rendering them (``scaleTargetRef``).
+    kopf watches every Deployment of the watched namespaces already (it filters labels itself): no other watch."""
+    memo.drift.target_changed(str(event.get("type")), event["object"])
+
+
 @kopf.on.event("v1", "services", labels={POOL_LABEL: kopf.PRESENT})
 async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Put back Flower's Service when it is edited or deleted by hand."""
