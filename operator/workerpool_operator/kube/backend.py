@@ -10,14 +10,19 @@ A queue may name a Deployment the operator did not render (``scaleTargetRef``): 
 its ``scale`` subresource, and nothing else of it is written. Its watch events come through a handler of their own
 (it carries no pool label); one found missing is remembered as missing until the watch sees it, so a poll of a
 queue whose Deployment does not exist makes no API call. Whoever else holds ``spec.replicas`` of a Deployment (an
-HPA, ``kubectl scale``) is read off ``managedFields`` into :attr:`Known.others`.
+HPA, ``kubectl scale``) is read off ``managedFields`` into :attr:`Known.others`; one that took it from the scaler
+is remembered for :data:`CONTESTED_HOLD` seconds (:meth:`KubeBackend.contested`): in a fight, the other's hold
+lasts only until the operator's next write takes the field back, too briefly for a status to show it. (A manager
+that held the count before the scaler ever did, such as the ``kubectl apply`` that created a scale target, is no
+contest: the scaler's first apply takes it, or shares it while both say the same count.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +57,7 @@ class Known:
         )
 
 
+CONTESTED_HOLD = 300.0  # seconds another manager's write of spec.replicas is remembered
 REPLICAS = ("spec", "replicas")
 OURS = (fields.FIELD_MANAGER, fields.SCALER_MANAGER)  # the manifest's creation apply holds the first count
 
@@ -63,8 +69,10 @@ class KubeBackend:
     applies the Deployments and forgets it when a queue or pool goes away.
     """
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, clock: Callable[[], float] = time.time) -> None:
         self.api = api
+        self._clock = clock
+        self._others: dict[tuple[str, str], tuple[tuple[str, ...], float]] = {}  # other writers of the count, when
         self._names: dict[tuple[PoolKey, str], str] = {}
         self._replicas: dict[tuple[str, str], Known] = {}
         self._marked: dict[tuple[str, str], set[str]] = {}  # pods given a deletion cost, per Deployment
@@ -81,6 +89,7 @@ class KubeBackend:
             name = self._names.pop(key)
             self._replicas.pop((pool[0], name), None)
             self._marked.pop((pool[0], name), None)
+            self._others.pop((pool[0], name), None)
         for queue, name in names.items():
             self._names[(pool, queue)] = name
         for target in [t for t, owner in self._targets.items() if owner == pool]:
@@ -109,6 +118,7 @@ class KubeBackend:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if deleted:
             self._replicas.pop(key, None)
+            self._others.pop(key, None)
             if key in self._targets:
                 self._missing.add(key)
             return
@@ -117,7 +127,19 @@ class KubeBackend:
         known = self._replicas.get(key)
         if known is not None and known.version is not None and version is not None and version < known.version:
             return
-        self._replicas[key] = Known.of(obj)
+        self._replicas[key] = found = Known.of(obj)
+        if found.others and not found.scaler_owns and known is not None and known.scaler_owns:  # taken from it
+            self._others[key] = (found.others, self._clock())
+
+    def contested(self, namespace: str, name: str) -> tuple[str, ...]:
+        """The other managers seen holding the Deployment's ``spec.replicas`` within :data:`CONTESTED_HOLD`."""
+        seen = self._others.get((namespace, name))
+        if seen is None:
+            return ()
+        if self._clock() - seen[1] > CONTESTED_HOLD:
+            del self._others[(namespace, name)]
+            return ()
+        return seen[0]
 
     def observe_scale(self, scale: Mapping[str, Any]) -> None:
         """Feed the answer of a write to a Deployment's ``scale`` subresource (an ``autoscaling/v1`` Scale, whose

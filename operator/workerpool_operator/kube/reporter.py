@@ -193,9 +193,9 @@ class StatusReporter:
         found: dict[str, tuple[str, tuple[str, ...]]] = {}
         for queue in pool.queue_names:
             deployment = self._backend.deployment_name(pool.key, queue)
-            known = self._backend.cached(pool.key[0], deployment) if deployment else None
-            if deployment and known is not None and known.others and not pool.shadow(queue):
-                found[queue] = (deployment, known.others)
+            others = self._backend.contested(pool.key[0], deployment) if deployment else ()
+            if deployment and others and not pool.shadow(queue):
+                found[queue] = (deployment, others)
         return found
 
     def _missing(self, pool: PoolFacts) -> set[str]:
