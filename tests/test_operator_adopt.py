@@ -11,8 +11,10 @@ managedFields, its garbage collector) and a real Redis.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +38,7 @@ from tests.operator_helpers import (
     replicas,
     wait_for,
 )
+from tests.pod_fleet import PodFleet
 from workerpool_operator.kube import metrics
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.reports import encode_report, report_key
@@ -289,3 +292,46 @@ def test_a_shadow_pool_under_a_burst_writes_nothing_and_shows_what_it_would_set(
     status = queue_status(kube, "shadow")
     assert status["replicas"] == 6 and "wouldScaleReason" not in status
     assert gauge("workerpool_queue_shadow", "shadow") == 0
+
+
+def worker_env(queue: str) -> list[dict[str, Any]]:
+    """What a team's Deployment gives the project's entrypoint: its own settings, the broker from its Secret."""
+    return [
+        {"name": "WORKERPOOL_APP", "value": "tests.celery_apps.recorder:app"},
+        {"name": "WORKERPOOL_QUEUES", "value": queue},
+        {"name": "WORKERPOOL_POOL", "value": "threads"},
+        {"name": "WORKERPOOL_CONCURRENCY", "value": "1"},
+        {"name": "WORKERPOOL_WORKER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "WORKERPOOL_BROKER_URL", "valueFrom": {"secretKeyRef": {"name": "redis", "key": "url"}}},
+        {"name": "WORKERPOOL_REPORT_INTERVAL", "value": "0.5"},
+        {"name": "TEST_ACKS_LATE", "value": "1"},
+    ]
+
+
+def test_the_pods_of_an_existing_deployment_are_drained_before_removal(
+    operator: RunningOperator, redis_server: RedisServer, broker: Redis, tmp_path: Path
+) -> None:
+    """Real workers (the project's entrypoint) as the pods of a Deployment the test made: a scale-down drains the
+    busy ones and removes each once idle (5 s grace period, 6-12 s tasks: one removed busy would be killed)."""
+    from celery import Celery
+
+    kube = operator.cluster
+    create_user_deployment(kube, user_deployment(TARGET, 2, worker_env("mail")))
+    with PodFleet(kube, TARGET, "mail", broker, tmp_path) as fleet:
+        create_pool(kube, adopting_pool("shop", concurrency=1, minReplicas=2))
+        wait_for(lambda: len(fleet.ready()) == 2, timeout=60, message=f"2 workers ready\n{fleet.outputs()}")
+        app = Celery("producer", broker=redis_server.url, set_as_current=False)
+        with app.producer_or_acquire() as producer:
+            sent = [app.send_task("record", args=("long", s), queue="mail", producer=producer).id for s in (6.0, 12.0)]
+        app.close()
+        wait_for(lambda: broker.llen("test:started:long") == 2, timeout=20, message="one task on each worker")
+        wait_for(lambda: queue_status(kube, "shop").get("scaleDown") == "Drain", message="scale-down: Drain")
+
+        patch_pool(kube, "shop", {"spec": {"queues": [adopting_pool("shop", concurrency=1)["spec"]["queues"][0]]}})
+        wait_for(lambda: replicas(kube, TARGET) == 0, timeout=60, message="drained down to zero")
+        wait_for(lambda: fleet.alive() == 0, timeout=20, message=f"every worker gone\n{fleet.outputs()}")
+        assert len(fleet.removals) == 2 and [r for r in fleet.removals if r.running or r.killed] == []
+        assert fleet.errors == []
+    ended = [json.loads(raw)["id"] for raw in broker.lrange("test:runs:long", 0, -1)]
+    assert sorted(ended) == sorted(sent), "both tasks ran to their end"
+    assert events(kube, "Draining") and events(kube, "WorkerRemoved")
