@@ -233,6 +233,14 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "App", "type": "string", "priority": 1, "jsonPath": ".spec.app"},
     {"name": "Paused", "type": "boolean", "priority": 1, "jsonPath": ".spec.scaling.paused"},
     {
+        "name": "Mode",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".spec.scaling.mode",
+        "description": "Active, or Shadow: the operator decides and publishes, and writes nothing (pool-wide; a queue "
+        "may override it).",
+    },
+    {
         "name": "Beat",
         "type": "string",
         "priority": 1,
