@@ -22,7 +22,6 @@ from workerpool_operator.kube.api import ApiError, KubeApi
 from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.status import (
-    QueueFacts,
     QueueFigures,
     build_status,
     from_wire,
@@ -32,13 +31,14 @@ from workerpool_operator.kube.status import (
     to_wire,
     write_needed,
 )
+from workerpool_operator.kube.workloads import Told, WorkloadFacts, WorkloadNotes
 from workerpool_operator.scaling_types import PoolKey, PoolResult, QueueResult
 
 logger = logging.getLogger(__name__)
 
 
-class PoolFacts(Protocol):
-    """What the reporter needs to know of a pool besides a poll."""
+class PoolFacts(WorkloadFacts, Protocol):
+    """What the reporter needs to know of a pool besides a poll (its workloads': ``workloads.WorkloadFacts``)."""
 
     @property
     def key(self) -> PoolKey: ...
@@ -59,19 +59,6 @@ class PoolFacts(Protocol):
     def beat_deployment(self) -> str | None: ...
     @property
     def beat_duplicates(self) -> tuple[str, ...]: ...
-    @property
-    def targets(self) -> Mapping[str, str]:
-        """Queue -> the Deployment it scales without rendering (scaleTargetRef)."""
-
-    @property
-    def shared_queues(self) -> Mapping[str, tuple[str, ...]]:
-        """Celery queue -> the groups that count it, where more than one does."""
-
-    def shadow(self, queue: str) -> bool:
-        """Whether the queue is in Shadow mode."""
-
-    def drains(self, queue: str) -> bool:
-        """Whether a scale-down of the queue drains first (drainTimeoutSeconds > 0)."""
 
 
 @dataclass
@@ -84,9 +71,7 @@ class _Written:
     observed: bool = False  # a poll came back since this replica began to serve the pool
     drain_failing: set[str] = field(default_factory=set)  # queues whose drain requests could not be sent
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    missing: set[str] = field(default_factory=set)  # queues whose scaleTargetRef was missing (Event on a change)
-    contested: dict[str, tuple[str, ...]] = field(default_factory=dict)  # queue -> other managers, as last told
-    would: dict[str, int | None] = field(default_factory=dict)  # Shadow: queue -> the count it would set, last told
+    told: Told = field(default_factory=Told)  # what the workload Events said last
 
 
 class StatusReporter:
@@ -107,6 +92,7 @@ class StatusReporter:
         self._clock = clock
         self.figures_refresh = figures_refresh
         self._pools: dict[PoolKey, _Written] = {}
+        self._notes = WorkloadNotes(backend, events)
         self._last_poll: dict[str, float] = {}  # broker -> time of the poll last recorded in the histogram
 
     def seen(self, key: PoolKey, status: Mapping[str, Any] | None) -> None:
@@ -157,66 +143,12 @@ class StatusReporter:
                 await self._events(pool.key, pool.uid, "Normal", "BrokerReachable", "the broker answers again")
         written.broker_error = result.broker_error
         written.observed = True
-        facts = {q.queue: await self._facts(pool, q, written) for q in result.queues}
+        facts = {q.queue: await self._notes.facts(pool, q, written.told) for q in result.queues}
         figures = pool_figures(result, {q.queue: self._ready(result.pool, q.queue) for q in result.queues}, facts)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
-        await self._workload_events(pool, written)
+        await self._notes.tell(pool, written.told)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
-
-    async def _facts(self, pool: PoolFacts, result: QueueResult, written: _Written) -> QueueFacts:
-        """What the status says of a queue besides its poll; in Shadow, a ``WouldScale`` Event when the count it
-        would set changed (once per change, as ``Scaled`` is once per write)."""
-        queue, shadow = result.queue, pool.shadow(result.queue)
-        would_scale = False
-        if shadow and result.decision is not None:
-            todo = result.shadow
-            wanted = todo.scale_to if todo is not None else None
-            if wanted is not None and wanted != written.would.get(queue):
-                would_scale = True
-                current = result.observation.replicas
-                removed = f"; {', '.join(todo.remove_first)} first" if todo is not None and todo.remove_first else ""
-                message = (
-                    f"queue {queue}: would scale {current} -> {wanted} replicas ({result.decision.reason}{removed});"
-                    " Shadow: nothing written"
-                )
-                await self._events(pool.key, pool.uid, "Normal", "WouldScale", message)
-            written.would[queue] = wanted
-        elif not shadow:
-            written.would.pop(queue, None)
-        return QueueFacts(
-            shadow=shadow, would_scale=would_scale, scale_target=pool.targets.get(queue), drains=pool.drains(queue)
-        )
-
-    def _contested(self, pool: PoolFacts) -> dict[str, tuple[str, tuple[str, ...]]]:
-        """Active queues whose Deployment's replicas another field manager holds: queue -> (Deployment, managers)."""
-        found: dict[str, tuple[str, tuple[str, ...]]] = {}
-        for queue in pool.queue_names:
-            deployment = self._backend.deployment_name(pool.key, queue)
-            others = self._backend.contested(pool.key[0], deployment) if deployment else ()
-            if deployment and others and not pool.shadow(queue):
-                found[queue] = (deployment, others)
-        return found
-
-    def _missing(self, pool: PoolFacts) -> set[str]:
-        return {q for q, name in pool.targets.items() if self._backend.missing(pool.key[0], name)}
-
-    async def _workload_events(self, pool: PoolFacts, written: _Written) -> None:
-        """Once per change: a scale target gone or back, another manager writing a queue's replicas."""
-        missing = self._missing(pool)
-        for queue in sorted(missing - written.missing):
-            message = f"queue {queue}: Deployment {pool.targets[queue]} not found (scaleTargetRef): nothing to scale"
-            await self._events(pool.key, pool.uid, "Warning", cond.REASON_SCALE_TARGET_NOT_FOUND, message)
-        for queue in sorted(written.missing - missing):
-            message = f"queue {queue}: Deployment {pool.targets.get(queue, '?')} found: scaling it"
-            await self._events(pool.key, pool.uid, "Normal", "ScaleTargetFound", message)
-        written.missing = missing
-        contested = self._contested(pool)
-        for queue, (deployment, others) in contested.items():
-            if written.contested.get(queue) != others:
-                message = cond.contested_message({queue: (deployment, others)})
-                await self._events(pool.key, pool.uid, "Warning", cond.REPLICAS_CONTESTED, message)
-        written.contested = {queue: others for queue, (_, others) in contested.items()}
 
     def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
         """The beat Deployment as the watch last saw it (replica counts ``None`` until it has been seen)."""
@@ -310,15 +242,7 @@ class StatusReporter:
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
             )
-            workloads = cond.Workloads(
-                targets=pool.targets,
-                missing=self._missing(pool),
-                contested=self._contested(pool),
-                shared=pool.shared_queues,
-                shadow=[q for q in pool.queue_names if pool.shadow(q)],
-                queue_count=len(pool.queue_names),
-            )
-            conditions[0], more = cond.workload_conditions(conditions[0], workloads)
+            conditions[0], more = cond.workload_conditions(conditions[0], self._notes.workloads(pool))
             conditions += more
             ready = any(c.type == cond.READY and c.status == "True" for c in conditions)
             broker_up = written.broker_error is None if written.observed and pool.problem is None else None
