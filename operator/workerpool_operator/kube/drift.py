@@ -75,6 +75,9 @@ class DriftRepair:
         self._backend.observe_deployment(obj, deleted=deleted)
         await self._repair("Deployment", deleted, obj, before.replicas if before is not None else None)
 
+    def is_target(self, namespace: str, name: str) -> bool:
+        return self._backend.is_target(namespace, name)
+
     def target_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
         """A Deployment without the pool label changed: cached when a pool scales it (``scaleTargetRef``)."""
         meta = obj.get("metadata") or {}

@@ -196,6 +196,11 @@ class LocalRuntime:
         for component in pool.components:
             where = f" at {component.url} (no sign-in locally)" if component.url else ""
             self.dashboard.notes.append(f"{component.name} runs beside the workers{where}")
+        shadow = [queue for queue, plan in pool.plans.items() if plan.shadow]
+        if shadow:
+            self.dashboard.notes.append(
+                f"scaling.mode Shadow for {', '.join(shadow)}: decided and shown (desired), never scaled"
+            )
         if pool.flower_missing:
             self.dashboard.notes.append("spec.flower: Flower is not installed here (pip install flower), not started")
         self._live = live
