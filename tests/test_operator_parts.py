@@ -251,7 +251,13 @@ def _secret() -> dict[str, Any]:
 
 
 class _NoObserver:
-    async def observe(self, wanted: Any, timeout: float, beats: Any = None) -> dict[Any, Any]:  # noqa: ASYNC109
+    async def observe(
+        self,
+        wanted: Any,
+        timeout: float,  # noqa: ASYNC109
+        beats: Any = None,
+        aged: Any = None,
+    ) -> dict[Any, Any]:
         return {}
 
     async def forget(self, keep: Any = ()) -> None:
