@@ -10,7 +10,7 @@ import pytest
 
 from tests.kube import KubeCluster
 from tests.operator_helpers import NS, api, pool_manifest
-from workerpool_operator.engine import Decision, QueueState
+from workerpool_operator.engine import Decision, QueueState, ScalingPolicy
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.plan import PlanError, plan, removed_deployments, secrets_named
@@ -184,6 +184,9 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
+
+        def policy(self, queue: str) -> ScalingPolicy | None:
+            return made.queues[queue].policy
 
     observation = QueueObservation("default", backlog=4, replicas=1)
     decision = Decision(2, "scale up: backlog 4", current_replicas=1, demand=4)
