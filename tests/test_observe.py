@@ -299,6 +299,7 @@ def secured_redis(tmp_path: Path) -> Iterator[RedisServer]:
     admin.acl_setuser("observer", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["-@all"])
     admin.execute_command("ACL", "SETUSER", "observer", "+llen", "+hgetall", "+time", "+lindex")
     admin.acl_setuser("blind", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["-@all", "+llen", "+time"])
+    admin.execute_command("ACL", "SETUSER", "counter", "on", ">s3cret", "~*", "-@all", "+llen", "+hgetall", "+time")
     try:
         yield server
     finally:
@@ -336,6 +337,18 @@ async def test_read_only_acl_user_is_enough_and_the_observer_never_writes(secure
     assert stats["cmdstat_auth"]["calls"] == 1  # one connection, reused by every poll
     assert admin.acl_log() == []  # nothing denied: it never even tried another command
     assert admin.info("persistence")["rdb_changes_since_last_save"] == changes_before
+
+
+async def test_without_lindex_the_queues_with_a_target_are_observed_without_an_age(
+    secured_redis: RedisServer, observer: Observer
+) -> None:
+    """A user allowed only what the observer needed before ages were read (no LINDEX): the queues are observed as
+    before, and the oldest task's age is unknown (the operator then estimates it)."""
+    redis.Redis(port=secured_redis.port).lpush("emails", '{"properties": {"timestamp": 1}}')
+    config = BrokerConfig(url=f"redis://counter:s3cret@127.0.0.1:{secured_redis.port}/0")
+    seen = (await observer.observe({config: ["emails", "idle"]}, timeout=5, aged={config: ["emails"]}))[config]
+    assert seen.ok, seen.error
+    assert seen.queues["emails"].backlog == 1 and seen.queues["emails"].oldest_age is None
 
 
 async def test_missing_permission_is_reported_not_read_as_empty(secured_redis: RedisServer, observer: Observer) -> None:
