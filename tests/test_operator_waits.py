@@ -12,7 +12,7 @@ without a target whose producer does not stamp its messages shows an estimated a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,16 @@ def _queue(kube: KubeCluster, name: str) -> dict[str, Any]:
     return {}
 
 
+def _queue_when(kube: KubeCluster, name: str, test: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    found = _queue(kube, name)
+    return found if found and test(found) else None
+
+
+def _waits_condition(kube: KubeCluster, status: str) -> dict[str, Any] | None:
+    found = condition(kube, "shop", "WaitsWithinTarget")
+    return found if found is not None and found["status"] == status else None
+
+
 def _above_target() -> float | None:
     return metrics.sample(
         "workerpool_queue_wait_above_target", {"namespace": "apps", "pool": "shop", "queue_name": "work"}
@@ -97,8 +107,7 @@ def test_a_burst_beyond_max_replicas_breaks_the_target_with_the_reason_and_recov
 ) -> None:
     create_pool(kube, _manifest())
     wait_for(lambda: running.ready(), timeout=60, message=f"the worker ready\n{running.outputs()}")
-    wait_for(lambda: condition(kube, "shop", "WaitsWithinTarget"), timeout=20, message="the wait condition")
-    assert condition(kube, "shop", "WaitsWithinTarget")["status"] == "True"  # type: ignore[index]
+    wait_for(lambda: _waits_condition(kube, "True"), timeout=20, message="the wait condition, True")
 
     _send(redis_server.url, "later", 3, 0.0)  # no stamp, no worker: an estimate
     stamp = before_task_publish.connect(  # docs/workerpool.md's one line
@@ -111,15 +120,13 @@ def test_a_burst_beyond_max_replicas_breaks_the_target_with_the_reason_and_recov
     started = time.monotonic()
 
     rising = wait_for(
-        lambda: (q := _queue(kube, "work")).get("oldestTaskAgeSeconds", 0) > TARGET and q, timeout=30, message="rising"
+        lambda: _queue_when(kube, "work", lambda q: q.get("oldestTaskAgeSeconds", 0) > TARGET), timeout=30
     )
+    assert rising is not None
     assert rising["waitSource"] == "Measured" and rising["targetWaitSeconds"] == TARGET
     assert "waitAboveTargetSince" in rising
-    broken = wait_for(
-        lambda: (c := condition(kube, "shop", "WaitsWithinTarget")) and c["status"] == "False" and c,
-        timeout=30,
-        message="the target broken",
-    )
+    broken = wait_for(lambda: _waits_condition(kube, "False"), timeout=30, message="the target broken")
+    assert broken is not None
     assert broken["reason"] == "MaxReplicasReached", broken
     assert broken["message"].startswith("queue work: the oldest task has waited "), broken
     assert f"above the {TARGET:g}s target" in broken["message"] and "maxReplicas (1) reached" in broken["message"]
@@ -129,19 +136,18 @@ def test_a_burst_beyond_max_replicas_breaks_the_target_with_the_reason_and_recov
     assert _above_target() == 1
     assert time.monotonic() - started < 20, "broken while the burst still waits"
 
-    kept = wait_for(
-        lambda: (c := condition(kube, "shop", "WaitsWithinTarget")) and c["status"] == "True" and c,
-        timeout=60,
-        message="the target kept again",
-    )
+    kept = wait_for(lambda: _waits_condition(kube, "True"), timeout=60, message="the target kept again")
+    assert kept is not None
     assert kept["reason"] == "WithinTarget"
     assert [e["type"] for e in events(kube, "WaitWithinTarget")] == ["Normal"]
     assert len(events(kube, "WaitAboveTarget")) == 1, "one Warning for the one breach"
     assert _above_target() == 0
-    after = wait_for(lambda: (q := _queue(kube, "work")).get("oldestTaskAgeSeconds") == 0 and q, message="emptied")
+    after = wait_for(lambda: _queue_when(kube, "work", lambda q: q.get("oldestTaskAgeSeconds") == 0), message="empty")
+    assert after is not None
     assert "waitAboveTargetSince" not in after
     assert after["waitP95Seconds"] > TARGET, "the p95 over the window keeps what the burst cost"
 
-    later = wait_for(lambda: (q := _queue(kube, "later")).get("oldestTaskAgeSeconds", 0) > 5 and q, message="later")
+    later = wait_for(lambda: _queue_when(kube, "later", lambda q: q.get("oldestTaskAgeSeconds", 0) > 5))
+    assert later is not None
     assert later["waitSource"] == "Estimated" and "targetWaitSeconds" not in later
     assert later["backlog"] == 3
