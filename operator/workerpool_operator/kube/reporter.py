@@ -88,6 +88,34 @@ class _Written:
 _IDLE = Waits(0.0, None, 0.0, None, None, None)  # a queue without a target that has had nothing waiting lately
 
 
+def _watch_waits(
+    pool: PoolFacts, result: QueueResult, ready: int | None, written: _Written, now: float
+) -> tuple[Waits, tuple[str, str, str] | None]:
+    """The queue's waits after this poll (its watch made when it has a target or tasks wait, dropped once it has
+    nothing to remember) and their metrics; and the Event (type, reason, message) to post when its target is broken
+    or kept again. (Not a coroutine: it runs for every queue at every poll, most of them idle.)"""
+    name, observation = result.queue, result.observation
+    policy = pool.policy(name)
+    watch = written.watches.get(name)
+    if watch is None:
+        if not observation.backlog and observation.ok and (policy is None or policy.target_wait is None):
+            metrics.record_waits(*pool.key, name, oldest=0.0, p95=0.0, target=None, above_target=False)
+            return _IDLE, None
+        watch = written.watches[name] = WaitWatch(above_since=_above_since(written.status, name))
+    poll = wait_poll(result, policy, ready, now)
+    waits, change = watch.update(poll)
+    if poll.target is None and watch.idle:
+        del written.watches[name]
+    if waits.breach is not None:
+        written.breaches[name] = waits.breach
+    else:
+        written.breaches.pop(name, None)
+    metrics.record_waits(
+        *pool.key, name, oldest=waits.oldest, p95=waits.p95, target=waits.target, above_target=bool(waits.breach)
+    )
+    return waits, _wait_event(name, waits, change)
+
+
 def _above_since(status: Mapping[str, Any] | None, queue: str) -> float | None:
     """Since when the queue has been above its target, as the status last written or seen says (a new leader goes
     on from there)."""
@@ -182,43 +210,15 @@ class StatusReporter:
         written.broker_error = result.broker_error
         written.observed = True
         ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
-        waits = {
-            q.queue: await self._watch_waits(pool, q, ready[q.queue], written, result.observed_at)
-            for q in result.queues
-        }
+        waits: dict[str, Waits] = {}
+        for queue in result.queues:
+            waits[queue.queue], event = _watch_waits(pool, queue, ready[queue.queue], written, result.observed_at)
+            if event is not None:
+                await self._events(pool.key, pool.uid, *event)
         figures = pool_figures(result, ready, waits)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
-
-    async def _watch_waits(
-        self, pool: PoolFacts, result: QueueResult, ready: int | None, written: _Written, now: float
-    ) -> Waits:
-        """The queue's waits after this poll (its watch made when it has a target or tasks wait, dropped once it has
-        nothing to remember), their metrics, and an Event when its target is broken or kept again."""
-        name, observation = result.queue, result.observation
-        policy = pool.policy(name)
-        watch = written.watches.get(name)
-        if watch is None:
-            if not observation.backlog and observation.ok and (policy is None or policy.target_wait is None):
-                metrics.record_waits(*pool.key, name, oldest=0.0, p95=0.0, target=None, above_target=False)
-                return _IDLE
-            watch = written.watches[name] = WaitWatch(above_since=_above_since(written.status, name))
-        poll = wait_poll(result, policy, ready, now)
-        waits, change = watch.update(poll)
-        if poll.target is None and watch.idle:
-            del written.watches[name]
-        if waits.breach is not None:
-            written.breaches[name] = waits.breach
-        else:
-            written.breaches.pop(name, None)
-        metrics.record_waits(
-            *pool.key, name, oldest=waits.oldest, p95=waits.p95, target=waits.target, above_target=bool(waits.breach)
-        )
-        event = _wait_event(name, waits, change)
-        if event is not None:
-            await self._events(pool.key, pool.uid, *event)
-        return waits
 
     def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
         """The beat Deployment as the watch last saw it (replica counts ``None`` until it has been seen)."""
