@@ -293,8 +293,7 @@ QUEUE_STATUS: Schema = {
         "backlog": _count("Tasks waiting in the broker (every priority list)."),
         "inFlight": _count("Tasks the workers report as running or reserved."),
         "oldestTaskAgeSeconds": _seconds(
-            "Seconds the oldest waiting task has waited, measured or estimated (see waitSource); 0 when nothing "
-            "waits."
+            "Seconds the oldest waiting task has waited, measured or estimated (see waitSource); 0 when nothing waits."
         ),
         "waitSource": {
             "type": "string",
