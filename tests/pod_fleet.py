@@ -12,7 +12,9 @@ Deployment and, like a ReplicaSet and a kubelet together:
   Pod object, sends its worker SIGTERM, and SIGKILLs it at the Deployment's ``terminationGracePeriodSeconds``
   if it is still running, as the kubelet does;
 - notes, for every pod it removed, whether its worker was still running tasks at the SIGTERM (from the
-  worker's own report) and whether the grace period ran out.
+  worker's own report) and whether the grace period ran out;
+- writes the Deployment's ``status.replicas`` and ``readyReplicas`` as they change, as the Deployment controller
+  does (the operator's status and its wait condition read them).
 
 What it leaves out of the real thing: pods start as soon as their process does (no scheduling, no image pull),
 readiness is the worker's ready file, there are no restarts, and the ranking ignores nodes and restart counts.
@@ -76,6 +78,7 @@ class PodFleet:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fleet-{self.deployment}", daemon=True)
         self._lock = threading.Lock()
+        self._status: tuple[int, int] | None = None  # (replicas, ready) last written to the Deployment's status
 
     # --- what a test reads ---------------------------------------------------------------------------------
 
@@ -130,6 +133,17 @@ class PodFleet:
         elif wanted < len(serving):
             for pod in self._ranked_for_removal(serving)[: len(serving) - wanted]:
                 self._terminate(pod)
+        if found is not None:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        counts = (len(self.serving()), len(self.ready()))
+        if counts == self._status:
+            return
+        path = f"/apis/apps/v1/namespaces/{NS}/deployments/{self.deployment}/status"
+        body = {"status": {"replicas": counts[0], "readyReplicas": counts[1], "availableReplicas": counts[1]}}
+        api(self.kube).request("PATCH", path, body=body, content_type="application/merge-patch+json")
+        self._status = counts
 
     def _start(self, deployment: dict[str, Any]) -> None:
         name = f"{self.deployment}-{len(self.created)}"

@@ -78,7 +78,7 @@ def result(workers: int = 0, *, shadow: Actions | None = None, ok: bool = True, 
 
 def test_how_a_scale_down_picks_its_pods_is_said_from_what_reports() -> None:
     assert queue_figures(result(2), 2).scale_down == "Drain"
-    assert queue_figures(result(2), 2, QueueFacts(drains=False)).scale_down == "IdlestFirst"
+    assert queue_figures(result(2), 2, facts=QueueFacts(drains=False)).scale_down == "IdlestFirst"
     assert queue_figures(result(0), 2).scale_down == "ReplicaSet", "ready pods, no report: the ReplicaSet picks"
     assert queue_figures(result(0), 0).scale_down is None, "no pod ready: cannot tell"
     assert queue_figures(result(ok=False), 2).scale_down is None
@@ -88,7 +88,7 @@ def test_a_shadow_queue_shows_what_it_would_set_beside_what_the_workload_has() -
     backlogs = (("low", 9, True), ("normal", 4, False))
     shadow = result(1, shadow=Actions(scale_to=5), backlogs=backlogs, backlog=9)
     facts = QueueFacts(shadow=True, would_scale=True, scale_target="shop-spare")
-    figures = {"spare": queue_figures(shadow, 1, facts)}
+    figures = {"spare": queue_figures(shadow, 1, facts=facts)}
     status = build_status(None, generation=1, queue_names=["spare"], conditions=[], figures=figures, now=0.0)
     (entry,) = status["queues"]
     assert (entry["replicas"], entry["desiredReplicas"], entry["mode"]) == (2, 5, "Shadow")
@@ -101,13 +101,13 @@ def test_a_shadow_queue_shows_what_it_would_set_beside_what_the_workload_has() -
 
     moved = (("low", 30, True), ("normal", 1, False))
     same = QueueFacts(shadow=True, scale_target="shop-spare")
-    again = {"spare": queue_figures(result(1, backlogs=moved, backlog=30), 1, same)}
+    again = {"spare": queue_figures(result(1, backlogs=moved, backlog=30), 1, facts=same)}
     later = build_status(status, generation=1, queue_names=["spare"], conditions=[], figures=again, now=5.0)
     assert later["queues"][0]["wouldScaleTime"] == entry["wouldScaleTime"], "only a change of the count moves it"
     assert not write_needed(status, later, seconds_since_write=5.0), "a group's backlogs are figures"
     assert write_needed(status, later, seconds_since_write=60.0)
 
-    active = {"spare": queue_figures(result(1), 1, QueueFacts(scale_target="shop-spare"))}
+    active = {"spare": queue_figures(result(1), 1, facts=QueueFacts(scale_target="shop-spare"))}
     switched = build_status(later, generation=2, queue_names=["spare"], conditions=[], figures=active, now=9.0)
     assert not {"mode", "wouldScaleTime", "wouldScaleReason"} & set(switched["queues"][0])
     assert write_needed(later, switched, seconds_since_write=0.0)

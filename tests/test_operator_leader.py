@@ -115,8 +115,10 @@ def test_one_replica_writes_and_a_killed_leader_is_replaced_within_a_lease(
     assert took < 3 + POLL + 5, f"failover took {took:.1f} s"
 
     # The first write is the count the Deployment was created with (0), taken by the scaler at creation.
-    writes = scale_writes(kube, "shop-default")
-    assert writes == [(leader, 0), (leader, 3), (standby, 7)], "a decision applied twice, or reverted"
+    # (The emulator records a request's answer after storing its object: wait for the answers, then compare.)
+    expected = [(leader, 0), (leader, 3), (standby, 7)]
+    writes = wait_for(lambda: (w := scale_writes(kube, "shop-default")) and len(w) >= len(expected) and w, 5, "answers")
+    assert writes == expected, "a decision applied twice, or reverted"
     wait_for(lambda: len(events(kube, "Scaled")) == 2, message="2 Scaled Events")
     scaled = [e["message"] for e in events(kube, "Scaled")]
     assert ["0 -> 3" in scaled[0], "3 -> 7" in scaled[1]] == [True, True], scaled
@@ -141,7 +143,9 @@ def test_a_partitioned_leader_stops_writing_before_the_standby_starts(
     wait_for(lambda: replicas(kube, "shop-default") == 2, timeout=30, message="the new leader scales up")
     # The cut-off leader may have tried the same scale in its renew deadline: refused, it changed nothing.
     # (0: the count the first leader created the Deployment with.)
-    assert scale_writes(kube, "shop-default") == [(leader, 0), (new_leader, 2)], "the new leader scaled, and only it"
+    expected = [(leader, 0), (new_leader, 2)]
+    writes = wait_for(lambda: (w := scale_writes(kube, "shop-default")) and len(w) >= len(expected) and w, 5, "answers")
+    assert writes == expected, "the new leader scaled, and only it"
 
     assert taken_at - cut_at >= 3 - POLL, "the standby waited out the lease duration"
     old = next(r for r in two_replicas if f"as {leader}" in r.output())

@@ -10,12 +10,15 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from workerpool_operator.engine.wait_watch import Breach
+
 READY = "Ready"
 BROKER_REACHABLE = "BrokerReachable"
 BEAT_READY = "BeatReady"  # only with spec.beat
 SCALE_TARGETS_FOUND = "ScaleTargetsFound"  # only with a queue's scaleTargetRef
 REPLICAS_CONTESTED = "ReplicasContested"  # only while another manager writes an active queue's replicas
 CELERY_QUEUES_SHARED = "CeleryQueuesShared"  # only while two groups count one Celery queue
+WAITS_WITHIN_TARGET = "WaitsWithinTarget"  # only while a queue has a target wait
 
 # Reasons (CamelCase, as the API conventions want).
 REASON_SCALING = "Scaling"  # Ready=True: workloads applied, broker observed
@@ -35,6 +38,9 @@ REASON_SCALE_TARGET_FOUND = "Found"
 REASON_SCALE_TARGET_NOT_FOUND = "ScaleTargetNotFound"
 REASON_OTHER_MANAGER = "OtherManager"
 REASON_COUNTED_TWICE = "CountedByTwoGroups"
+REASON_WITHIN_TARGET = "WithinTarget"
+# A queue's target broken: the reasons of engine/wait_watch.py (RedisUnreachable, ScalingPaused,
+# WorkersNotStarting, MaxReplicasReached, NotEnoughWorkers).
 
 # Problems that stop a pool from being served at all (no broker to observe).
 CONFIG_REASONS = frozenset(
@@ -190,6 +196,18 @@ def beat_condition(deployment: str, ready: int | None, duplicates: Sequence[str]
         f"failing (kubectl logs deploy/{deployment}; exit code 5: the app has no beat_schedule and no scheduler)"
     )
     return Condition(BEAT_READY, "False", REASON_BEAT_NOT_READY, message)
+
+
+def wait_condition(breaches: Sequence[tuple[str, Breach]], *, observed: bool) -> Condition:
+    """``WaitsWithinTarget``, for a pool with a target wait on at least one queue: False while a queue has waited
+    above its target for longer than a start-up delay (``breaches``: queue and why, in spec order; the first one's
+    reason is the condition's, every one is in the message), True once every queue keeps its target."""
+    if breaches:
+        message = "; ".join(f"queue {queue}: {breach.message}" for queue, breach in breaches)
+        return Condition(WAITS_WITHIN_TARGET, "False", breaches[0][1].reason, message)
+    if not observed:
+        return Condition(WAITS_WITHIN_TARGET, "Unknown", REASON_AWAITING_OBSERVATION, "first poll pending")
+    return Condition(WAITS_WITHIN_TARGET, "True", REASON_WITHIN_TARGET, "every queue with a target wait keeps it")
 
 
 def merge_conditions(

@@ -5,6 +5,11 @@ same document for the same facts (condition times and last-scale times are carri
 :func:`write_needed` tells a change of state (conditions, replicas, decisions: write now) from a mere
 change of figures (backlog and in-flight counts move with every poll: refreshed at most every
 ``figures_refresh`` seconds, so a busy queue does not cost an API write per poll).
+
+Each queue's waits (``engine/wait_watch.py``: the oldest waiting task's age, measured or estimated, its p95 over a
+window, the target and since when the age is above it) are figures too, apart from which kind of age it is and the
+target (state); a target broken for longer than a start-up delay is a condition (``conditions.wait_condition``),
+written at once. :func:`wait_poll` reads a poll as the watch needs it.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.engine.wait_watch import Poll, Waits
 from workerpool_operator.kube.conditions import Condition, merge_conditions
 from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 # Figures that move with every poll; every other status field is state (a group's queues: their names).
-FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})
+# (``waitAboveTargetSince`` moves each time the oldest task's age crosses the target, which a queue held near it may
+# do often; the condition it leads to is state.)
+FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds", "waitP95Seconds", "waitAboveTargetSince"})
 QUEUE_FIGURE_FIELDS = frozenset({"backlog"})  # of each entry of a group's celeryQueues
 SHADOW_FIELDS = ("mode", "wouldScaleTime", "wouldScaleReason")  # a queue's, while it is in Shadow mode
 TOTAL_FIGURE_FIELDS = frozenset({"totalBacklog"})
@@ -29,6 +38,17 @@ DEFAULT_FIGURES_REFRESH = 30.0
 def rfc3339(timestamp: float) -> str:
     """A unix time as Kubernetes writes times (second precision, UTC)."""
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unix_time(text: object) -> float | None:
+    """A time as :func:`rfc3339` writes it, as a unix time (None for anything else)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return parsed.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +70,7 @@ class QueueFigures:
     scale_target: str | None = None  # the Deployment it scales without rendering (scaleTargetRef)
     scale_down: str | None = None  # how a scale-down picks its pods (None: not known from this poll)
     celery_queues: tuple[tuple[str, int, bool], ...] | None = None  # a group's queues: (name, backlog, counted)
+    waits: Waits | None = None  # the queue's waits after this poll (wait_watch.py); None: not watched
 
 
 def scaled(queue: QueueResult) -> bool:
@@ -83,7 +104,9 @@ def scale_down_mode(queue: QueueResult, ready_replicas: int | None, drains: bool
     return SCALE_DOWN_REPLICA_SET if ready_replicas else None
 
 
-def queue_figures(queue: QueueResult, ready_replicas: int | None, facts: QueueFacts | None = None) -> QueueFigures:
+def queue_figures(
+    queue: QueueResult, ready_replicas: int | None, waits: Waits | None = None, facts: QueueFacts | None = None
+) -> QueueFigures:
     """What a poll of one queue shows in the status: a failed observation leaves the figures as they were,
     a queue without a workload shows no replica counts, a successful scale shows its new count and reason. In
     Shadow, ``desiredReplicas`` is what it would set beside the workload's ``replicas``."""
@@ -108,16 +131,49 @@ def queue_figures(queue: QueueResult, ready_replicas: int | None, facts: QueueFa
         scale_target=facts.scale_target,
         scale_down=scale_down_mode(queue, ready_replicas, facts.drains),
         celery_queues=obs.backlogs if obs.ok and obs.backlogs else None,
+        waits=waits,
+    )
+
+
+def wait_poll(queue: QueueResult, policy: ScalingPolicy | None, ready: int | None, now: float) -> Poll:
+    """One poll of a queue as the wait watch reads it: the observation, what the engine learned and decided, the
+    queue's policy (its target, start-up delay and maxReplicas) and the workload's ready replicas (the live
+    worker reports when the Deployment's are not known)."""
+    obs, decision, state = queue.observation, queue.decision, queue.state
+    learned = state.learned
+    startup = learned.startup if learned.startup is not None else policy.startup_seconds if policy else 30.0
+    replicas = None
+    if decision is not None:
+        replicas = decision.desired_replicas if scaled(queue) else obs.replicas
+    return Poll(
+        at=now,
+        error=obs.error,
+        backlog=obs.backlog,
+        measured=obs.oldest_age,
+        arrival_rate=learned.arrival_rate,
+        waiting_since=state.waiting_since,
+        target=policy.target_wait if policy is not None else None,
+        startup=startup,
+        paused=decision.paused if decision is not None else False,
+        replicas=replicas,
+        ready=ready if ready is not None else len(obs.workers) if decision is not None else None,
+        desired=decision.desired_replicas if decision is not None else None,
+        max_replicas=policy.max_replicas if policy is not None else None,
     )
 
 
 def pool_figures(
-    result: PoolResult, ready: dict[str, int | None], facts: Mapping[str, QueueFacts] | None = None
+    result: PoolResult,
+    ready: Mapping[str, int | None],
+    waits: Mapping[str, Waits] | None = None,
+    facts: Mapping[str, QueueFacts] | None = None,
 ) -> dict[str, QueueFigures]:
-    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known;
-    ``facts`` a queue to what the status says of it besides the poll."""
-    facts = facts or {}
-    return {q.queue: queue_figures(q, ready.get(q.queue), facts.get(q.queue)) for q in result.queues}
+    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known,
+    ``waits`` to its waits, ``facts`` to what the status says of it besides the poll."""
+    waits, facts = waits or {}, facts or {}
+    return {
+        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), facts.get(q.queue)) for q in result.queues
+    }
 
 
 def scaler_states(result: PoolResult) -> dict[str, dict[str, Any]]:
@@ -153,7 +209,9 @@ def build_status(
             _set(entry, "readyReplicas", update.ready_replicas)
             _set(entry, "desiredReplicas", update.desired_replicas)
             _set(entry, "draining", update.draining)
-            if update.oldest_age is not None:
+            if update.waits is not None:
+                _set_waits(entry, update.waits)
+            elif update.oldest_age is not None:
                 entry["oldestTaskAgeSeconds"] = round(update.oldest_age, 1)
             if update.scaled:
                 entry["lastScaleTime"] = stamp
@@ -239,6 +297,24 @@ def _set_adoption(entry: dict[str, Any], update: QueueFigures, stamp: str) -> No
         entry["celeryQueues"] = [
             {"name": name, "backlog": backlog, "counted": counted} for name, backlog, counted in update.celery_queues
         ]
+
+
+def _set_waits(entry: dict[str, Any], waits: Waits) -> None:
+    """A queue's waits: figures kept as they were when unknown (a failed poll), the target and the time above it
+    removed when there are none."""
+    if waits.oldest is not None:
+        entry["oldestTaskAgeSeconds"] = round(waits.oldest, 1)
+    _set(entry, "waitSource", waits.source)
+    if waits.p95 is not None:
+        entry["waitP95Seconds"] = round(waits.p95, 1)
+    for key, value in (
+        ("targetWaitSeconds", waits.target),
+        ("waitAboveTargetSince", None if waits.above_since is None else rfc3339(waits.above_since)),
+    ):
+        if value is None:
+            entry.pop(key, None)
+        else:
+            entry[key] = value
 
 
 def _significant(status: Mapping[str, Any]) -> dict[str, Any]:
