@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-from tests.operator_helpers import pool_manifest
+from tests.kube import KubeCluster
+from tests.operator_helpers import NS, api, pool_manifest
 from workerpool_operator.engine import Decision, QueueState
 from workerpool_operator.engine.execute import Actions
 from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.plan import PlanError, plan
 from workerpool_operator.kube.status import QueueFacts, build_status, queue_figures, write_needed
 from workerpool_operator.observation import QueueObservation, WorkerLoad
@@ -140,3 +142,55 @@ def test_workload_conditions_say_what_is_missing_contested_shared_and_shadowed()
     assert found_one.status == "True" and found_one.type == cond.SCALE_TARGETS_FOUND
     broken = cond.Condition(cond.READY, "False", cond.REASON_REDIS_UNREACHABLE)
     assert cond.workload_conditions(broken, shadow)[0] == broken, "a broken pool is not called Shadow"
+
+
+def scale_target(replicas: int, version: int, *managers: tuple[str, str]) -> dict[str, Any]:
+    """A scale target as the watch delivers it, with who holds ``spec.replicas`` (manager, subresource)."""
+    entries: list[dict[str, Any]] = [
+        {
+            "manager": m,
+            "operation": "Apply" if m.startswith("workerpool") else "Update",
+            "subresource": sub,
+            "fieldsV1": {"f:spec": {"f:replicas": {}}},
+        }
+        for m, sub in managers
+    ]
+    meta = {"namespace": NS, "name": "shop-mailer", "resourceVersion": str(version), "managedFields": entries}
+    return {"metadata": meta, "spec": {"replicas": replicas}}
+
+
+def test_a_contest_is_a_manager_taking_the_count_from_the_scaler_remembered_for_a_while() -> None:
+    clock = [1000.0]
+    backend = KubeBackend(None, clock=lambda: clock[0])  # type: ignore[arg-type]  # the cache needs no API
+    backend.set_names(("apps", "shop"), {"mail": "shop-mailer"}, ["shop-mailer"])
+    backend.observe_deployment(scale_target(2, 1, ("kubectl-client-side-apply", "")))
+    assert backend.contested(NS, "shop-mailer") == (), "held before the scaler ever did: no contest"
+    scaler = ("workerpool-operator-scaler", "scale")
+    backend.observe_deployment(scale_target(2, 2, scaler, ("kubectl-client-side-apply", "")))
+    assert backend.contested(NS, "shop-mailer") == (), "the same count, shared: no contest"
+    backend.observe_deployment(scale_target(3, 3, scaler))
+    backend.observe_deployment(scale_target(5, 4, ("kube-controller-manager", "scale")))
+    assert backend.contested(NS, "shop-mailer") == ("kube-controller-manager",), "taken from the scaler"
+    backend.observe_deployment(scale_target(3, 5, scaler))  # the operator's next write takes it back
+    assert backend.contested(NS, "shop-mailer") == ("kube-controller-manager",), "still said: it fights"
+    clock[0] += 301.0
+    assert backend.contested(NS, "shop-mailer") == (), "forgotten five minutes after its last write"
+
+
+async def test_a_missing_scale_target_is_read_once_until_the_watch_sees_it(kube: KubeCluster) -> None:
+    client = api(kube)
+    backend = KubeBackend(client)
+    backend.set_names(("apps", "shop"), {"mail": "shop-mailer"}, ["shop-mailer"])
+    assert backend.is_target(NS, "shop-mailer") and not backend.is_target(NS, "other")
+    for _ in range(3):
+        assert await backend.current_replicas(("apps", "shop"), "mail") is None
+    assert backend.missing(NS, "shop-mailer")
+    reads = sum(1 for r in kube.requests() if str(r.method) == "method.GET" and r.name == "shop-mailer")
+    assert reads == 1, "one read, then the watch's word"
+    backend.set_names(("apps", "shop"), {"mail": "shop-mailer"}, ["shop-mailer"])  # served again: still missing
+    assert backend.missing(NS, "shop-mailer")
+    backend.observe_deployment(scale_target(2, 7, ("kubectl-client-side-apply", "")))
+    assert not backend.missing(NS, "shop-mailer")
+    assert await backend.current_replicas(("apps", "shop"), "mail") == 2
+    backend.forget(("apps", "shop"))
+    assert not backend.is_target(NS, "shop-mailer")

@@ -92,11 +92,12 @@ class KubeBackend:
             self._others.pop((pool[0], name), None)
         for queue, name in names.items():
             self._names[(pool, queue)] = name
-        for target in [t for t, owner in self._targets.items() if owner == pool]:
+        kept = {(pool[0], name) for name in targets}
+        for target in [t for t, owner in self._targets.items() if owner == pool and t not in kept]:
             del self._targets[target]
             self._missing.discard(target)
-        for name in targets:
-            self._targets[(pool[0], name)] = pool
+        for target in kept:
+            self._targets[target] = pool
 
     def forget(self, pool: PoolKey) -> None:
         self.set_names(pool, {})
