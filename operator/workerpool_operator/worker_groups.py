@@ -58,12 +58,17 @@ def grouping(consumes: Mapping[str, Sequence[str]]) -> Grouping:
             if not named or queue == group:
                 counted_by.setdefault(queue, []).append(group)
     counts = {group: tuple(q for q in own if group in counted_by.get(q, ())) for group, own in queues.items()}
+    consumers: dict[str, list[str]] = {}
+    for group, own in queues.items():
+        for queue in own:
+            consumers.setdefault(queue, []).append(group)
     polled: dict[str, tuple[str, ...]] = {}
     for group, own in queues.items():
         near = dict.fromkeys(own)
-        for other, theirs in queues.items():
-            if other != group and not set(own).isdisjoint(theirs):
-                near.update(dict.fromkeys(theirs))
+        for queue in own:
+            for other in consumers[queue]:
+                if other != group:
+                    near.update(dict.fromkeys(queues[other]))
         polled[group] = tuple(near)
     simple = frozenset(group for group, own in queues.items() if own == (group,) and polled[group] == (group,))
     shared = {queue: tuple(groups) for queue, groups in counted_by.items() if len(groups) > 1}
