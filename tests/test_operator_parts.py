@@ -181,6 +181,7 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
 
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)

@@ -72,6 +72,10 @@ class PoolRecord:
         return self.plan.bounds(queue) if self.plan is not None and queue in self.plan.queues else None
 
     @property
+    def versions(self) -> Mapping[str, int]:
+        return self.plan.versions if self.plan is not None else {}
+
+    @property
     def beat_deployment(self) -> str | None:
         return self.plan.component_name(BEAT) if self.plan is not None else None
 

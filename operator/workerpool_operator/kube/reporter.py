@@ -57,6 +57,10 @@ class PoolFacts(Protocol):
     @property
     def beat_deployment(self) -> str | None: ...
     @property
+    def versions(self) -> Mapping[str, int]:
+        """Each queue's current pod template version (``reports.version_number``); empty without a plan."""
+
+    @property
     def beat_duplicates(self) -> tuple[str, ...]: ...
 
 
@@ -140,7 +144,8 @@ class StatusReporter:
                 await self._events(pool.key, pool.uid, "Normal", "BrokerReachable", "the broker answers again")
         written.broker_error = result.broker_error
         written.observed = True
-        figures = pool_figures(result, {q.queue: self._ready(result.pool, q.queue) for q in result.queues})
+        ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
+        figures = pool_figures(result, ready, pool.versions)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
