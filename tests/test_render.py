@@ -192,7 +192,7 @@ def test_full_pool_copies_every_template_field_and_queue_setting() -> None:
     assert pod_spec["affinity"] == FULL_TEMPLATE["affinity"]
     assert pod_spec["topologySpreadConstraints"] == FULL_TEMPLATE["topologySpreadConstraints"]
     assert pod_spec["priorityClassName"] == "batch"
-    assert pod_spec["terminationGracePeriodSeconds"] == 120
+    assert pod_spec["terminationGracePeriodSeconds"] == 3630  # 120 raised to the drain timeout + 30 s
     assert pod_spec["volumes"][1:] == FULL_TEMPLATE["volumes"]
     pod_meta = default["spec"]["template"]["metadata"]
     assert pod_meta["labels"]["team"] == "shop" and pod_meta["labels"][QUEUE_LABEL] == "default"
@@ -208,7 +208,7 @@ def test_full_pool_copies_every_template_field_and_queue_setting() -> None:
     assert env["WORKERPOOL_PREFETCH_MULTIPLIER"] == "8"  # overridden by template.env
     assert env["SHOP_MODE"] == "prod" and env["WORKERPOOL_LOGLEVEL"] == "debug"
     assert env["DB"] == {"secretKeyRef": {"name": "db", "key": "url"}}
-    assert env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == "115"
+    assert env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == "3625"
     names = [e["name"] for e in container["env"]]
     assert len(names) == len(set(names))
 
@@ -342,10 +342,11 @@ def test_the_version_moves_exactly_with_what_the_pods_run() -> None:
         ({"scaling": {"drainTimeoutSeconds": 600}}, 630),
         ({"queues": [{"name": "default", "scaling": {"drainTimeoutSeconds": 90}}]}, 120),  # per queue
         ({"scaling": {"drainTimeoutSeconds": 0}}, 30),  # draining off: Kubernetes' default
-        ({"template": {"image": "x", "terminationGracePeriodSeconds": 45}}, 45),  # what the user set, as set
+        ({"template": {"image": "x", "terminationGracePeriodSeconds": 45}}, 3630),  # raised to the drain timeout
+        ({"template": {"image": "x", "terminationGracePeriodSeconds": 7200}}, 7200),  # a longer one kept
     ],
 )
-def test_the_grace_period_covers_the_drain_timeout_unless_the_user_set_one(spec: dict[str, Any], grace: int) -> None:
+def test_the_grace_period_covers_the_drain_timeout(spec: dict[str, Any], grace: int) -> None:
     deployment = _render(_pool(**spec))["default"]
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
     assert _env(deployment)["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == str(grace - 5)

@@ -46,17 +46,15 @@ STOP_MARGIN = 30  # seconds a stopping worker's pod gets beyond its drain timeou
 
 
 def worker_grace(pool: WorkerPool, queue: QueueSpec) -> int:
-    """``terminationGracePeriodSeconds`` of a queue's pods. The template's, when the spec sets it; otherwise the
-    queue's ``drainTimeoutSeconds`` plus :data:`STOP_MARGIN`, so that a worker stopped by anything other than a
-    scale-down (a rollout of a new version, an eviction by ``kubectl drain`` or a node upgrade, a consolidation)
-    finishes what it runs, as a drained one does, instead of being killed at Kubernetes' default 30 s. An idle
-    worker exits at once whatever its grace; only a busy one uses it. With draining off (drain timeout 0), the
-    template's default."""
-    template = pool.spec.template
-    if "termination_grace_period_seconds" in template.model_fields_set:
-        return template.termination_grace_period_seconds
+    """``terminationGracePeriodSeconds`` of a queue's pods: at least the queue's ``drainTimeoutSeconds`` plus
+    :data:`STOP_MARGIN`, so that a worker stopped by anything other than a scale-down (a rollout of a new version,
+    an eviction by ``kubectl drain`` or a node upgrade, a consolidation) gets as long to finish what it runs as a
+    drained one does, instead of being killed at Kubernetes' default 30 s. One setting, the drain timeout, bounds
+    them all; the template's grace only raises it. An idle worker exits at once whatever its grace: only a busy one
+    uses it. With draining off (drain timeout 0), the template's."""
+    grace = pool.spec.template.termination_grace_period_seconds
     drain_timeout = round(pool.spec.policy_for(queue.name).drain_timeout)
-    return drain_timeout + STOP_MARGIN if drain_timeout > 0 else template.termination_grace_period_seconds
+    return max(grace, drain_timeout + STOP_MARGIN) if drain_timeout > 0 else grace
 
 
 def soft_shutdown_timeout(pool: WorkerPool, queue: QueueSpec | None = None) -> int:
