@@ -18,6 +18,8 @@ Deployment and, like a ReplicaSet and a kubelet together:
   old pod terminated (SIGTERM, its own template's grace) for each new one ready, so the ready pods never fall
   below the replicas; a template changed again during a rollout (a fix, a rollback) rolls the same way from what
   runs then. (Terminating pods are not counted, as the controller does not count them.)
+- writes the Deployment's ``status.replicas`` and ``readyReplicas`` as they change, as the Deployment controller
+  does (the operator's status and its wait condition read them).
 
 What it leaves out of the real thing: pods start as soon as their process does (no scheduling, no image pull),
 readiness is the worker's ready file, there are no restarts, the ranking ignores nodes and restart counts, and a
@@ -92,6 +94,7 @@ class PodFleet:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fleet-{self.deployment}", daemon=True)
         self._lock = threading.Lock()
+        self._status: tuple[int, int] | None = None  # (replicas, ready) last written to the Deployment's status
 
     # --- what a test reads ---------------------------------------------------------------------------------
 
@@ -158,6 +161,17 @@ class PodFleet:
         elif wanted < len(serving):
             for pod in self._ranked_for_removal(serving)[: len(serving) - wanted]:
                 self._terminate(pod)
+        if found is not None:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        counts = (len(self.serving()), len(self.ready()))
+        if counts == self._status:
+            return
+        path = f"/apis/apps/v1/namespaces/{NS}/deployments/{self.deployment}/status"
+        body = {"status": {"replicas": counts[0], "readyReplicas": counts[1], "availableReplicas": counts[1]}}
+        api(self.kube).request("PATCH", path, body=body, content_type="application/merge-patch+json")
+        self._status = counts
 
     def _roll(self, deployment: dict[str, Any], wanted: int, new: list[_Pod], old: list[_Pod]) -> None:
         """One step of a RollingUpdate (maxSurge 25 %, maxUnavailable 0), as the Deployment controller takes it."""

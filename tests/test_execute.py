@@ -83,6 +83,7 @@ class ReplayedObserver:
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (the protocol's)
         beats: Any = None,
+        aged: Any = None,
     ) -> dict[BrokerConfig, BrokerObservation]:
         seen = dataclasses.replace(self._by_time[self._clock[0]], replicas=0)  # the loop reads replicas itself
         return {BROKER: BrokerObservation(queues={seen.queue: seen})}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -96,6 +97,27 @@ async def test_one_round_trip_per_broker_for_every_pool_on_it(redis_server: Redi
     assert {r.pool for r in reports} == {A, B}
     # One pipeline for both pools: LLEN x4 priority lists + HGETALL per queue + TIME, plus the INFO call itself.
     assert after - before <= 2 * (4 + 1) + 1 + 1 + 1
+
+
+async def test_the_oldest_tasks_age_is_read_for_the_queues_with_a_target_wait(
+    redis_server: RedisServer, observer
+) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    stamped = f'{{"properties": {{"timestamp": {time.time() - 90}}}}}'  # sent 90 s ago (the broker's clock)
+    redis_server.client().lpush("emails", stamped)
+    redis_server.client().lpush("reports", stamped)
+    backend = RecordingBackend({(A, "emails"): 1, (A, "reports"): 1})
+    reports: list[PoolResult] = []
+    loop = make_loop(backend, observer, Clock(), reports)
+    targeted = dataclasses.replace(POLICY, target_wait=60.0)
+    loop.register(A, broker, {"emails": QueuePlan(targeted, 1.0), "reports": QueuePlan(POLICY, 1.0)})
+    before = redis_server.client().info("commandstats").get("cmdstat_lindex", {}).get("calls", 0)
+    await loop.run_once()
+    after = redis_server.client().info("commandstats")["cmdstat_lindex"]["calls"]
+    assert after - before == 4, "one LINDEX per priority list of the one queue with a target"
+    seen = {q.queue: q.observation for q in reports[-1].queues}
+    assert seen["emails"].oldest_age is not None and 89 < seen["emails"].oldest_age < 120
+    assert seen["reports"].oldest_age is None and seen["reports"].backlog == 1
 
 
 async def test_broker_down_never_scales_down_and_state_survives_updates(redis_server: RedisServer, observer) -> None:

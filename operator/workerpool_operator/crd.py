@@ -239,6 +239,13 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "App", "type": "string", "priority": 1, "jsonPath": ".spec.app"},
     {"name": "Paused", "type": "boolean", "priority": 1, "jsonPath": ".spec.scaling.paused"},
     {
+        "name": "Waits",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": _condition_status("WaitsWithinTarget"),
+        "description": "Whether every queue with a target wait keeps it (empty without targetWaitSeconds).",
+    },
+    {
         "name": "Beat",
         "type": "string",
         "priority": 1,
@@ -255,6 +262,10 @@ def _count(description: str | None = None) -> Schema:
         schema["description"] = description
     schema["minimum"] = 0
     return schema
+
+
+def _seconds(description: str) -> Schema:
+    return {"type": "number", "description": description, "minimum": 0}
 
 
 def _text(max_length: int, description: str | None = None, **more: Any) -> Schema:
@@ -287,7 +298,26 @@ QUEUE_STATUS: Schema = {
         "name": _text(63),
         "backlog": _count("Tasks waiting in the broker (every priority list)."),
         "inFlight": _count("Tasks the workers report as running or reserved."),
-        "oldestTaskAgeSeconds": {"type": "number", "minimum": 0},
+        "oldestTaskAgeSeconds": _seconds(
+            "Seconds the oldest waiting task has waited, measured or estimated (see waitSource); 0 when nothing waits."
+        ),
+        "waitSource": {
+            "type": "string",
+            "enum": ["Measured", "Estimated"],
+            "description": "Measured: from the oldest message's timestamp (queues with a target wait, when the "
+            "producers stamp their messages). Estimated: from the backlog and the arrival rate the engine learned, "
+            "at most the time since the backlog was last seen empty.",
+        },
+        "waitP95Seconds": _seconds(
+            "p95 of the oldest waiting task's age over the last 5 minutes of polls that found tasks waiting (0: "
+            "none did); the window starts again with a new leader."
+        ),
+        "targetWaitSeconds": _seconds("The queue's targetWaitSeconds."),
+        "waitAboveTargetSince": {
+            **TIMESTAMP,
+            "description": "Since when the oldest waiting task's age is above the target (absent: within it). "
+            "Above it for longer than a start-up delay sets the WaitsWithinTarget condition to False.",
+        },
         "replicas": _count(),
         "readyReplicas": _count(),
         "desiredReplicas": _count(),

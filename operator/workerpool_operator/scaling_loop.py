@@ -153,14 +153,18 @@ class ScalingLoop:
 
         wanted: dict[BrokerConfig, set[str]] = {}
         beats: dict[BrokerConfig, set[str]] = {}
+        aged: dict[BrokerConfig, set[str]] = {}  # queues with a target wait: their oldest task's age is read
         for key, queues in due.items():
             pool = self._pools[key]
             wanted.setdefault(pool.broker, set()).update(queues)
             if pool.beat_app is not None:
                 beats.setdefault(pool.broker, set()).add(pool.beat_app)
+            for queue in queues:
+                if pool.plans[queue].policy.target_wait is not None:
+                    aged.setdefault(pool.broker, set()).add(queue)
         self._connected |= wanted.keys()
         started = time.monotonic()
-        observed = await self._observer.observe(wanted, self._observe_timeout, beats)
+        observed = await self._observer.observe(wanted, self._observe_timeout, beats, aged)
         duration = time.monotonic() - started
         observed_at = self._clock()
 

@@ -73,8 +73,10 @@ class BrokerObserver(Protocol):
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (per broker, not for the whole call)
         beats: Mapping[BrokerConfig, Collection[str]] | None = None,
+        aged: Mapping[BrokerConfig, Collection[str]] | None = None,
     ) -> dict[BrokerConfig, BrokerObservation]:
-        """Every broker's queues; with ``beats`` (apps per broker), their beat's announced fires as well."""
+        """Every broker's queues; with ``beats`` (apps per broker), their beat's announced fires as well; with
+        ``aged`` (queues per broker), those queues' oldest waiting task's age."""
 
     async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
         """Close the connections of every broker not in ``keep``."""

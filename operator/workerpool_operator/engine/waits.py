@@ -3,7 +3,8 @@
 The throughput policy (``decide.py``) asks two things at every poll: what is still waiting when a pod started now
 would be ready (``left_when_ready``; nothing: a new pod would arrive after the work, and none is added), and how
 long the newest task will wait with the workers there will be (``tail_wait``; shown in the reason, and held to
-``targetWaitSeconds``).
+``targetWaitSeconds``). What users are shown of the waits they get asks one more: how long the oldest waiting task
+has waited when its message does not say (``estimated_age``, for ``wait_watch.py``).
 
 **Surges are hedged.** A recent rate (over 2 s) above the usual one (over 30 s) is expected to go on for as long
 as it has lasted so far (``surging_for``: since the backlog began), at most one start-up delay, and the usual rate
@@ -154,3 +155,18 @@ def starting_in(launches: Launches, starting: int, now: float, startup: float) -
     if counted < starting:
         seconds += (starting - counted) * startup * 0.5
     return seconds / starting
+
+
+def estimated_age(backlog: int, waiting_for: float, arrival_rate: float) -> float:
+    """The oldest waiting task's age when no message says when it was sent (Celery does not stamp messages by
+    itself): first in, first out, the tasks waiting are those that came since the oldest did, so at a steady
+    arrival rate ``backlog = rate x age``. Never more than ``waiting_for``, how long the backlog has not been
+    seen empty (a burst into an empty queue: its age exactly); that alone without a rate (the demand policy
+    learns none). 0 when nothing waits."""
+    if backlog <= 0:
+        return 0.0
+    waiting_for = waiting_for if waiting_for > 0.0 else 0.0
+    if arrival_rate > 0.0:
+        steady = backlog / arrival_rate
+        return steady if steady < waiting_for else waiting_for
+    return waiting_for

@@ -107,6 +107,28 @@ QUEUE_GAUGES = GaugeTable(
 )
 REGISTRY.register(QUEUE_GAUGES)
 
+# The waits a queue's tasks get (engine/wait_watch.py): seconds, so kept as floats, in a table of their own.
+WAIT_GAUGES = GaugeTable(
+    QUEUE_LABELS,
+    (
+        (
+            "workerpool_queue_oldest_task_age_seconds",
+            "Seconds the oldest waiting task has waited: from its message's timestamp when the producer stamps it "
+            "(queues with a target wait), else estimated; 0 when nothing waits",
+        ),
+        (
+            "workerpool_queue_wait_p95_seconds",
+            "p95 of the oldest waiting task's age over the last 5 minutes' polls that found tasks waiting",
+        ),
+        ("workerpool_queue_target_wait_seconds", "The queue's targetWaitSeconds (no series without one)"),
+        (
+            "workerpool_queue_wait_above_target",
+            "1 while the oldest task's age has been above the queue's target for longer than a start-up delay",
+        ),
+    ),
+)
+REGISTRY.register(WAIT_GAUGES)
+
 POOL_GAUGES = GaugeTable(
     POOL_LABELS,
     (
@@ -250,6 +272,37 @@ def record_queue(
             row[index] = int(value)
 
 
+def record_waits(
+    namespace: str,
+    pool: str,
+    queue: str,
+    *,
+    oldest: float | None,
+    p95: float | None,
+    target: float | None,
+    above_target: bool,
+) -> None:
+    """A queue's waits after a poll: ``None`` leaves the age and the p95 as they were (not known this poll); the
+    target's series exist only while the queue has a target."""
+    key = (namespace, pool, queue)
+    rows = WAIT_GAUGES.rows
+    if oldest == 0.0 and p95 == 0.0 and target is None:
+        rows[key] = _IDLE_WAITS  # most queues, most of the time: one shared row
+        return
+    row = rows.get(key)
+    if row is None or row is _IDLE_WAITS:
+        row = rows[key] = list(row or (None, None, None, None))
+    if oldest is not None:
+        row[0] = oldest
+    if p95 is not None:
+        row[1] = p95
+    row[2] = target
+    row[3] = None if target is None else 1 if above_target else 0
+
+
+_IDLE_WAITS: list[float | None] = [0.0, 0.0, None, None]  # never changed: record_waits copies it first
+
+
 def record_cancelled_tasks(namespace: str, pool: str, queue: str, count: int) -> None:
     if count > 0:
         CANCELLED_TASKS.labels(namespace, pool, queue).inc(count)
@@ -308,6 +361,7 @@ def record_protection_write(namespace: str, pool: str, queue: str, action: str) 
 def forget_queue(namespace: str, pool: str, queue: str) -> None:
     """Drop a removed queue's series, so dashboards do not show stale figures."""
     QUEUE_GAUGES.remove((namespace, pool, queue))
+    WAIT_GAUGES.remove((namespace, pool, queue))
     with contextlib.suppress(KeyError):
         CANCELLED_TASKS.remove(namespace, pool, queue)
     for counter, kinds in ((INTERRUPTED_TASKS, CAUSES), (PROTECTED_PODS, ("protect", "release"))):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.api import KubeApi, int_or_none
 from workerpool_operator.kube.beats import duplicate_beats
@@ -71,6 +72,9 @@ class PoolRecord:
 
     def bounds(self, queue: str) -> tuple[int, int] | None:
         return self.plan.bounds(queue) if self.plan is not None and queue in self.plan.queues else None
+
+    def policy(self, queue: str) -> ScalingPolicy | None:
+        return self.plan.queues[queue].policy if self.plan is not None and queue in self.plan.queues else None
 
     @property
     def versions(self) -> Mapping[str, int]:

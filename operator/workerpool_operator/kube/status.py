@@ -5,6 +5,11 @@ same document for the same facts (condition times and last-scale times are carri
 :func:`write_needed` tells a change of state (conditions, replicas, decisions: write now) from a mere
 change of figures (backlog and in-flight counts move with every poll: refreshed at most every
 ``figures_refresh`` seconds, so a busy queue does not cost an API write per poll).
+
+Each queue's waits (``engine/wait_watch.py``: the oldest waiting task's age, measured or estimated, its p95 over a
+window, the target and since when the age is above it) are figures too, apart from which kind of age it is and the
+target (state); a target broken for longer than a start-up delay is a condition (``conditions.wait_condition``),
+written at once. :func:`wait_poll` reads a poll as the watch needs it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.engine.wait_watch import Poll, Waits
 from workerpool_operator.kube.conditions import Condition, merge_conditions
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.scaling_types import PoolResult, QueueResult
 
-# Figures that move with every poll; every other status field is state.
-FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})
+# Figures that move with every poll; every other status field is state. (``waitAboveTargetSince`` moves each time
+# the oldest task's age crosses the target, which a queue held near it may do often; the condition it leads to is
+# state.)
+FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds", "waitP95Seconds", "waitAboveTargetSince"})
 TOTAL_FIGURE_FIELDS = frozenset({"totalBacklog"})
 DEFAULT_FIGURES_REFRESH = 30.0
 
@@ -28,6 +37,17 @@ DEFAULT_FIGURES_REFRESH = 30.0
 def rfc3339(timestamp: float) -> str:
     """A unix time as Kubernetes writes times (second precision, UTC)."""
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unix_time(text: object) -> float | None:
+    """A time as :func:`rfc3339` writes it, as a unix time (None for anything else)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return parsed.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +65,7 @@ class QueueFigures:
     reason: str | None = None  # the decision's reason: written (as lastScaleReason) when this poll scaled
     scaled: bool = False  # the replica count was changed by this poll
     versions: tuple[VersionFigures, ...] | None = None  # mid-rollout: the workers of each version; () none
+    waits: Waits | None = None  # the queue's waits after this poll (wait_watch.py); None: not watched
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +107,9 @@ def scaled(queue: QueueResult) -> bool:
     return queue.scaled_from is not None and queue.scale_error is None and queue.decision is not None
 
 
-def queue_figures(queue: QueueResult, ready_replicas: int | None, version: int = 0) -> QueueFigures:
+def queue_figures(
+    queue: QueueResult, ready_replicas: int | None, waits: Waits | None = None, version: int = 0
+) -> QueueFigures:
     """What a poll of one queue shows in the status: a failed observation leaves the figures as they were,
     a queue without a workload shows no replica counts, a successful scale shows its new count and reason;
     ``version``: the queue's current pod template version (``reports.version_number``)."""
@@ -105,17 +128,51 @@ def queue_figures(queue: QueueResult, ready_replicas: int | None, version: int =
         oldest_age=obs.oldest_age if obs.ok else None,
         reason=decision.reason if decision is not None else None,
         scaled=changed,
+        waits=waits,
         versions=version_figures(obs.workers, version) if obs.ok else None,
     )
 
 
+def wait_poll(queue: QueueResult, policy: ScalingPolicy | None, ready: int | None, now: float) -> Poll:
+    """One poll of a queue as the wait watch reads it: the observation, what the engine learned and decided, the
+    queue's policy (its target, start-up delay and maxReplicas) and the workload's ready replicas (the live
+    worker reports when the Deployment's are not known)."""
+    obs, decision, state = queue.observation, queue.decision, queue.state
+    learned = state.learned
+    startup = learned.startup if learned.startup is not None else policy.startup_seconds if policy else 30.0
+    replicas = None
+    if decision is not None:
+        replicas = decision.desired_replicas if scaled(queue) else obs.replicas
+    return Poll(
+        at=now,
+        error=obs.error,
+        backlog=obs.backlog,
+        measured=obs.oldest_age,
+        arrival_rate=learned.arrival_rate,
+        waiting_since=state.waiting_since,
+        target=policy.target_wait if policy is not None else None,
+        startup=startup,
+        paused=decision.paused if decision is not None else False,
+        replicas=replicas,
+        ready=ready if ready is not None else len(obs.workers) if decision is not None else None,
+        desired=decision.desired_replicas if decision is not None else None,
+        max_replicas=policy.max_replicas if policy is not None else None,
+    )
+
+
 def pool_figures(
-    result: PoolResult, ready: dict[str, int | None], versions: Mapping[str, int] | None = None
+    result: PoolResult,
+    ready: Mapping[str, int | None],
+    waits: Mapping[str, Waits] | None = None,
+    versions: Mapping[str, int] | None = None,
 ) -> dict[str, QueueFigures]:
-    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known;
-    ``versions`` to its current pod template version."""
-    versions = versions or {}
-    return {q.queue: queue_figures(q, ready.get(q.queue), versions.get(q.queue, 0)) for q in result.queues}
+    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known,
+    ``waits`` to its waits, ``versions`` to its current pod template version."""
+    waits, versions = waits or {}, versions or {}
+    return {
+        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), versions.get(q.queue, 0))
+        for q in result.queues
+    }
 
 
 def scaler_states(result: PoolResult) -> dict[str, dict[str, Any]]:
@@ -151,7 +208,9 @@ def build_status(
             _set(entry, "readyReplicas", update.ready_replicas)
             _set(entry, "desiredReplicas", update.desired_replicas)
             _set(entry, "draining", update.draining)
-            if update.oldest_age is not None:
+            if update.waits is not None:
+                _set_waits(entry, update.waits)
+            elif update.oldest_age is not None:
                 entry["oldestTaskAgeSeconds"] = round(update.oldest_age, 1)
             if update.scaled:
                 entry["lastScaleTime"] = stamp
@@ -226,6 +285,24 @@ def from_wire(status: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def _set(entry: dict[str, Any], key: str, value: object) -> None:
     if value is not None:
         entry[key] = value
+
+
+def _set_waits(entry: dict[str, Any], waits: Waits) -> None:
+    """A queue's waits: figures kept as they were when unknown (a failed poll), the target and the time above it
+    removed when there are none."""
+    if waits.oldest is not None:
+        entry["oldestTaskAgeSeconds"] = round(waits.oldest, 1)
+    _set(entry, "waitSource", waits.source)
+    if waits.p95 is not None:
+        entry["waitP95Seconds"] = round(waits.p95, 1)
+    for key, value in (
+        ("targetWaitSeconds", waits.target),
+        ("waitAboveTargetSince", None if waits.above_since is None else rfc3339(waits.above_since)),
+    ):
+        if value is None:
+            entry.pop(key, None)
+        else:
+            entry[key] = value
 
 
 def _significant(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,10 +5,12 @@ Per poll and broker, one pipelined request covers every queue asked for:
 - ``TIME`` (the server's clock: report heartbeats are compared with it, not with ours),
 - ``LLEN`` of every priority list of every queue (kombu's key names, see :mod:`.brokers`),
 - ``HGETALL`` of every queue's worker-report hash (see :mod:`.reports`),
-- with ``read_oldest_age``, ``LINDEX key -1`` of every priority list: the oldest message of each list,
-  whose ``properties.timestamp`` (set by producers, e.g. in a ``before_task_publish`` handler) gives
-  the oldest waiting task's age. Celery does not stamp messages by itself, so without it the age is
-  unknown (``None``),
+- for the queues a poll names in ``aged`` (the scaling loop's: those with a target wait; every queue with
+  ``read_oldest_age``), after everything else, ``LINDEX key -1`` of every priority list: the oldest message
+  of each list, whose ``properties.timestamp`` (set by producers, e.g. in a ``before_task_publish`` handler)
+  gives the oldest waiting task's age. Celery does not stamp messages by itself, so without it the age is
+  unknown (``None``; the operator then estimates it, ``engine/wait_watch.py``). It costs the transfer of one
+  message per waiting list, so it is not done for every queue (bench/bench_observe.py),
 - ``GET`` of the beat forecast of every app asked for (pools with ``spec.beat``, see
   :mod:`.beat_forecast`): the next fires of each periodic task become ``QueueObservation.fires`` of the
   queue it is sent to. A missing or unreadable forecast (no beat running, an older format) is no fires.

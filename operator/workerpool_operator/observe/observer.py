@@ -27,8 +27,9 @@ class Observer:
     """Observes queues on many brokers: one connection pool per :class:`BrokerConfig`, brokers in parallel.
 
     ``report_ttl``: seconds a worker report stays live (compared with the broker's clock).
-    ``read_oldest_age``: also read the oldest message of every list for ``oldest_age`` (costs one
-    LINDEX per list and the transfer of those messages; measured in bench/bench_observe.py).
+    ``read_oldest_age``: also read the oldest message of every list of every queue for ``oldest_age`` (costs one
+    LINDEX per list and the transfer of those messages; measured in bench/bench_observe.py). Without it, only the
+    queues a poll names in ``aged`` (the scaling loop's: those with a target wait) have theirs read.
     ``connections``: the brokers' connections, to share with a :class:`~.drains.DrainWriter` (default: its own).
     """
 
@@ -51,11 +52,13 @@ class Observer:
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (per broker)
         beats: Mapping[BrokerConfig, Collection[str]] | None = None,
+        aged: Mapping[BrokerConfig, Collection[str]] | None = None,
     ) -> dict[BrokerConfig, BrokerObservation]:
         """Poll every broker in ``wanted`` for its queues, concurrently, each within ``timeout`` seconds; with
-        ``beats``, also read the forecasts of those apps' beats on that broker (``QueueObservation.fires``)."""
+        ``beats``, also read the forecasts of those apps' beats on that broker (``QueueObservation.fires``); with
+        ``aged``, the oldest message of those queues (``QueueObservation.oldest_age``)."""
         arrived = {
-            config: observation async for config, observation in self.observe_as_completed(wanted, timeout, beats)
+            config: observation async for config, observation in self.observe_as_completed(wanted, timeout, beats, aged)
         }
         return {config: arrived[config] for config in wanted}
 
@@ -64,12 +67,14 @@ class Observer:
         wanted: Mapping[BrokerConfig, Collection[str]],
         timeout: float,  # noqa: ASYNC109 (per broker)
         beats: Mapping[BrokerConfig, Collection[str]] | None = None,
+        aged: Mapping[BrokerConfig, Collection[str]] | None = None,
     ) -> AsyncIterator[tuple[BrokerConfig, BrokerObservation]]:
         """Like :meth:`observe`, but yields each broker's observation as soon as it is there."""
         beats = beats or {}
+        aged = aged or {}
         tasks = [
             asyncio.create_task(
-                self.observe_broker(config, queues, timeout, beats.get(config, ())),
+                self.observe_broker(config, queues, timeout, beats.get(config, ()), aged.get(config, ())),
                 name=f"observe {config.redacted_url}",
             )
             for config, queues in wanted.items()
@@ -88,15 +93,17 @@ class Observer:
         queues: Collection[str],
         timeout: float,  # noqa: ASYNC109
         beat_apps: Collection[str] = (),
+        aged: Collection[str] = (),
     ) -> tuple[BrokerConfig, BrokerObservation]:
         """One broker's poll. Never raises (except cancellation): failures are values."""
         names = tuple(dict.fromkeys(queues))
         apps = tuple(sorted(set(beat_apps)))
+        oldest = tuple(sorted(set(aged))) if aged and not self.read_oldest_age else ()
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 broker = self.connections.get(config)
-                plan = poll_plan(config, names, self.read_oldest_age, apps)
+                plan = poll_plan(config, names, self.read_oldest_age, apps, oldest)
                 replies = await broker.round_trip(plan)
             problems: list[str] = []
             observed = read_replies(plan, replies, self.report_ttl, previous=broker.last_queues, problems=problems)

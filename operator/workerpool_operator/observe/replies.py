@@ -2,7 +2,9 @@
 
 The request, for the queues asked for: ``TIME``, then per queue the ``LLEN`` of every priority list, the
 ``HGETALL`` of its worker-report hash and (with ``read_oldest_age``) the ``LINDEX -1`` of every list, then a
-``GET`` per beat app. It is packed once per queue set (cached). The replies are read by columns: a poll of 3,000
+``GET`` per beat app, then the ``LINDEX -1`` of every list of the queues in ``aged`` (the operator's choice: the
+queues with a target wait; reading every queue's oldest message costs a message's transfer per waiting list, see
+bench/bench_observe.py). It is packed once per queue set (cached). The replies are read by columns: a poll of 3,000
 queues is a few milliseconds (bench/bench_observe.py). Error replies are values (redis-py's ``ResponseError``, the
 type hiredis is told to build): a key of the wrong type is that queue's error, a missing permission the broker's.
 """
@@ -14,6 +16,7 @@ import functools
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -41,6 +44,7 @@ class PollPlan:
     report_keys: tuple[str, ...]  # per queue
     read_oldest_age: bool
     beat_apps: tuple[str, ...]  # apps whose beat forecast is read, after every queue's replies
+    aged: tuple[str, ...]  # queues whose lists' oldest messages are read, last (all of them with read_oldest_age)
     commands: tuple[tuple[str, ...], ...] = field(repr=False)
     payload: bytes = field(repr=False)  # the packed commands, sent as they are
 
@@ -48,13 +52,24 @@ class PollPlan:
     def reply_count(self) -> int:
         return len(self.commands)
 
+    @property
+    def aged_count(self) -> int:
+        """Replies of the ``aged`` section, at the end."""
+        return len(self.aged) * len(self.list_keys[0]) if self.aged else 0
+
 
 @functools.lru_cache(maxsize=512)
 def poll_plan(
-    config: BrokerConfig, queues: tuple[str, ...], read_oldest_age: bool = False, beat_apps: tuple[str, ...] = ()
+    config: BrokerConfig,
+    queues: tuple[str, ...],
+    read_oldest_age: bool = False,
+    beat_apps: tuple[str, ...] = (),
+    aged: tuple[str, ...] = (),
 ) -> PollPlan:
     """The request for ``queues`` on ``config``'s broker: ``TIME``, then per queue its LLENs, its HGETALL
-    and (optionally) its LINDEX -1s, then a GET per beat app. Cached: the same queue set is packed once."""
+    and (with ``read_oldest_age``) its LINDEX -1s, then a GET per beat app, then the LINDEX -1s of the ``aged``
+    queues (ignored with ``read_oldest_age``; queues not in ``queues`` are left out). Cached: the same queue set
+    is packed once."""
     commands: list[tuple[str, ...]] = [("TIME",)]
     list_keys = tuple(tuple(config.priority_keys(queue)) for queue in queues)
     report_keys = tuple(reports.report_key(queue, config.global_keyprefix) for queue in queues)
@@ -64,12 +79,18 @@ def poll_plan(
         if read_oldest_age:
             commands += [("LINDEX", key, "-1") for key in keys]
     commands += [("GET", beat_forecast.forecast_key(app, config.global_keyprefix)) for app in beat_apps]
+    if aged:
+        wanted = frozenset(aged)
+        aged = () if read_oldest_age else tuple(queue for queue in queues if queue in wanted)
+    for queue in aged:
+        commands += [("LINDEX", key, "-1") for key in config.priority_keys(queue)]
     return PollPlan(
         queues=queues,
         list_keys=list_keys,
         report_keys=report_keys,
         read_oldest_age=read_oldest_age,
         beat_apps=beat_apps,
+        aged=aged,
         commands=tuple(commands),
         payload=b"".join(hiredis.pack_command(cast(Any, command)) for command in commands),
     )
@@ -98,7 +119,8 @@ def read_replies(
     # one row per queue; the details are worked out only for what is not plain.
     width = len(plan.list_keys[0]) if plan.queues else 0
     stride = width * 2 + 1 if plan.read_oldest_age else width + 1
-    body = replies[1 : len(replies) - len(plan.beat_apps)]
+    aged_from = len(replies) - plan.aged_count
+    body = replies[1 : aged_from - len(plan.beat_apps)]
     lengths_rows = zip(*(body[column::stride] for column in range(width)), strict=True)
     report_column = body[width::stride]
     oldest_rows: Iterable[Sequence[object]] = (
@@ -140,8 +162,23 @@ def read_replies(
             queue, backlog, in_flight, workers, _oldest_age(oldest, now) if oldest else None
         )
     if plan.beat_apps:
-        _add_fires(observed, replies[len(replies) - len(plan.beat_apps) :], now, problems)
+        _add_fires(observed, replies[aged_from - len(plan.beat_apps) : aged_from], now, problems)
+    if plan.aged:
+        _add_oldest_ages(observed, plan.aged, width, replies[aged_from:], now)
     return observed
+
+
+def _add_oldest_ages(
+    observed: dict[str, QueueObservation], aged: Sequence[str], width: int, messages: Sequence[object], now: float
+) -> None:
+    """The oldest waiting task's age of each ``aged`` queue that has tasks waiting, from its lists' oldest
+    messages (``width`` replies per queue, in order)."""
+    for index, queue in enumerate(aged):
+        seen = observed[queue]
+        if seen.backlog and seen.ok:
+            age = _oldest_age(messages[index * width : (index + 1) * width], now)
+            if age is not None or seen.oldest_age is not None:  # (an observation kept from the last poll)
+                observed[queue] = dataclasses.replace(seen, oldest_age=age)
 
 
 def _add_fires(
@@ -191,8 +228,38 @@ def _server_time(reply: object) -> float:
     raise ObservationError(f"unexpected reply to TIME: {reply!r}")
 
 
+# kombu's Redis transport stores a message as ``json.dumps({"body", "content-encoding", "content-type", "headers",
+# "properties"})``: the properties last, after the headers. A key is never inside a JSON string (a quote there is
+# escaped), so in that layout everything after the last ``"properties": {`` is the properties.
+_PROPERTIES = b'"properties": {'
+_HEADERS = b'"headers": {'
+_TIMESTAMP = b'"timestamp": '
+_NUMBER = re.compile(rb"[-+0-9.eE]+")
+
+
 def message_timestamp(raw: bytes | str) -> float | None:
-    """The ``timestamp`` property of one kombu message (JSON as stored by the Redis transport), if any."""
+    """The ``timestamp`` property of one kombu message (JSON as stored by the Redis transport), if any.
+
+    Read without decoding the message where it has kombu's layout (a poll may read thousands, of any size:
+    decoding each was most of the cost, bench/bench_observe.py); any other layout is decoded."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    properties = data.rfind(_PROPERTIES)
+    if properties >= 0 and data.find(_HEADERS, properties) < 0:
+        found = data.find(_TIMESTAMP, properties)
+        if found < 0:
+            return None  # no timestamp (Celery does not stamp messages unless told to)
+        number = _NUMBER.match(data, found + len(_TIMESTAMP))
+        if number is None:
+            return None  # null, true, a string: not a time
+        try:
+            stamp = float(number.group())
+        except ValueError:
+            return None
+        return stamp if math.isfinite(stamp) else None
+    return _decoded_timestamp(data)
+
+
+def _decoded_timestamp(raw: bytes) -> float | None:
     try:
         message = json.loads(raw)
         stamp = message["properties"]["timestamp"]
@@ -204,9 +271,13 @@ def message_timestamp(raw: bytes | str) -> float | None:
 
 
 def _oldest_age(messages: Iterable[object], now: float) -> float | None:
-    stamps = [message_timestamp(raw) for raw in messages if isinstance(raw, bytes | str)]
-    known = [stamp for stamp in stamps if stamp is not None]
-    return max(0.0, now - min(known)) if known else None
+    oldest: float | None = None
+    for raw in messages:
+        if isinstance(raw, bytes | str):  # None: an empty list; an error reply (no LINDEX permission): unknown
+            stamp = message_timestamp(raw)
+            if stamp is not None and (oldest is None or stamp < oldest):
+                oldest = stamp
+    return None if oldest is None else max(0.0, now - oldest)
 
 
 def _reply_reason(error: ResponseError, key: str, kind: str) -> str:
