@@ -181,6 +181,7 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
 
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
@@ -228,6 +229,7 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
         broker_label = made.broker.redacted_url
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)

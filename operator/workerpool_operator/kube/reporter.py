@@ -68,6 +68,10 @@ class PoolFacts(Protocol):
     @property
     def beat_deployment(self) -> str | None: ...
     @property
+    def versions(self) -> Mapping[str, int]:
+        """Each queue's current pod template version (``reports.version_number``); empty without a plan."""
+
+    @property
     def beat_duplicates(self) -> tuple[str, ...]: ...
 
 
@@ -215,7 +219,7 @@ class StatusReporter:
             waits[queue.queue], event = _watch_waits(pool, queue, ready[queue.queue], written, result.observed_at)
             if event is not None:
                 await self._events(pool.key, pool.uid, *event)
-        figures = pool_figures(result, ready, waits)
+        figures = pool_figures(result, ready, waits, pool.versions)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
