@@ -120,6 +120,7 @@ def test_printer_columns_read_declared_fields() -> None:
         "Queues",
         "Backlog",
         "Workers",
+        "Rollout",
         "Age",
     ]
     declared = {path for path, _node in crd_rules.walk_schema(SCHEMA)}
@@ -164,6 +165,7 @@ def test_status_declares_what_the_operator_writes() -> None:
         "scaleTarget",
         "scaleDown",
         "celeryQueues",
+        "versions",
     } == set(queue)
     written = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",

@@ -183,6 +183,7 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
         beat_duplicates: tuple[str, ...] = ()
         targets: dict[str, str] = {}
         shared_queues: dict[str, tuple[str, ...]] = {}
+        versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
@@ -238,6 +239,7 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
         beat_duplicates: tuple[str, ...] = ()
         targets: dict[str, str] = {}
         shared_queues: dict[str, tuple[str, ...]] = {}
+        versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)

@@ -47,7 +47,7 @@ def test_every_variable_rendered_for_a_mode_is_parsed_by_that_mode() -> None:
 def test_the_entrypoint_reads_what_the_operator_rendered() -> None:
     worker = parse_run_args([], ours(worker_environment(POOL, POOL.spec.queues[0])))
     assert (worker.app, worker.queues, worker.pool, worker.concurrency) == ("shop.celery:app", ("mail",), "prefork", 4)
-    assert worker.max_tasks_per_child == 100 and worker.task_events and worker.soft_shutdown_timeout == 25
+    assert worker.max_tasks_per_child == 100 and worker.task_events and worker.soft_shutdown_timeout == 3625
     assert worker.broker_url == "redis://redis.apps:6379/0" and worker.worker_name == "shop-mail-7d9f-abcde"
     beat = parse_beat_args([], ours(beat_environment(POOL, POOL.spec.beat)))  # type: ignore[arg-type]
     assert beat.scheduler == "django_celery_beat.schedulers:DatabaseScheduler" and beat.max_interval == 5

@@ -215,6 +215,12 @@ PRINTER_COLUMNS: list[Schema] = [
         "description": "Ready worker pods / wanted (the Deployments' spec.replicas), summed over every queue, as "
         "kubectl get deploy shows READY.",
     },
+    {
+        "name": "Rollout",
+        "type": "string",
+        "jsonPath": ".status.rollout",
+        "description": "Workers of an earlier pod template still finishing their tasks (empty: none).",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
         "name": "Reason",
@@ -354,6 +360,22 @@ QUEUE_STATUS: Schema = {
                 "properties": {"name": _text(63), "backlog": _count(), "counted": {"type": "boolean"}},
             },
         },
+        "versions": {
+            "type": "array",
+            "maxItems": 16,
+            "description": "During a rollout (a new pod template): the workers of each version, the current one "
+            "first. Absent when every worker runs the current version.",
+            "items": {
+                "type": "object",
+                "required": ["version"],
+                "properties": {
+                    "version": _text(16, "The pod template's version (its workerpool.dev/version label)."),
+                    "current": {"type": "boolean", "description": "The version the queue's Deployment runs."},
+                    "serving": _count("Workers of this version taking tasks."),
+                    "stopping": _count("Workers of this version stopping: they finish what they run, then exit."),
+                },
+            },
+        },
     },
 }
 
@@ -368,6 +390,9 @@ STATUS: Schema = {
         "totalReplicas": _count("The queues' Deployments' spec.replicas, summed (Pending pods count)."),
         "totalReadyReplicas": _count("The queues' ready worker pods, summed."),
         "workers": _text(32, "totalReadyReplicas/totalReplicas, for the WORKERS column."),
+        "rollout": _text(
+            128, "Workers of an earlier pod template still finishing their tasks, for the ROLLOUT column."
+        ),
         "queueCount": _count(),
         "beat": {
             "type": "object",

@@ -84,6 +84,12 @@ TASK_EVENTS = Variable(
     "WORKERPOOL_TASK_EVENTS", "task_events", "1: send task events (celery worker -E), for Flower (default 0)"
 )
 EXTRA_ARGS = Variable("WORKERPOOL_EXTRA_ARGS", "extra_args", "more `celery worker` arguments, shell-quoted")
+TEMPLATE_VERSION = Variable(
+    "WORKERPOOL_TEMPLATE_VERSION",
+    "template_version",
+    "the pod template's version (the operator sets it from the pod's workerpool.dev/version label), reported with"
+    " the load so that a rollout tells old workers from new",
+)
 
 # --- beat (`workerpool-worker beat`) ---------------------------------------------------------------------------
 BEAT_SCHEDULER = Variable(
@@ -132,6 +138,7 @@ WORKER = (
     REPORT_TTL,
     TASK_EVENTS,
     EXTRA_ARGS,
+    TEMPLATE_VERSION,
 )
 BEAT = (*SHARED, BEAT_SCHEDULER, BEAT_SCHEDULE_FILE, BEAT_MAX_INTERVAL, BEAT_LOCK_TTL, BEAT_FORECAST_HORIZON)
 FLOWER = SHARED

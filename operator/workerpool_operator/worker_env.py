@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from workerpool_operator import API_GROUP
 from workerpool_operator import worker_contract as contract
 from workerpool_operator.spec import BeatSpec, FlowerSpec, QueueSpec, SecretKeyRef, WorkerPool
 
@@ -40,10 +41,26 @@ FLOWER_AUTH_PROVIDERS = {
 }
 
 
-def soft_shutdown_timeout(pool: WorkerPool) -> int:
+VERSION_LABEL = f"{API_GROUP}/version"  # a worker pod's template version (kube/render.py's template_version)
+STOP_MARGIN = 30  # seconds a stopping worker's pod gets beyond its drain timeout: put messages back, exit
+
+
+def worker_grace(pool: WorkerPool, queue: QueueSpec) -> int:
+    """``terminationGracePeriodSeconds`` of a queue's pods: at least the queue's ``drainTimeoutSeconds`` plus
+    :data:`STOP_MARGIN`, so that a worker stopped by anything other than a scale-down (a rollout of a new version,
+    an eviction by ``kubectl drain`` or a node upgrade, a consolidation) gets as long to finish what it runs as a
+    drained one does, instead of being killed at Kubernetes' default 30 s. One setting, the drain timeout, bounds
+    them all; the template's grace only raises it. An idle worker exits at once whatever its grace: only a busy one
+    uses it. With draining off (drain timeout 0), the template's."""
+    grace = pool.spec.grace_seconds
+    drain_timeout = round(pool.spec.policy_for(queue.name).drain_timeout)
+    return max(grace, drain_timeout + STOP_MARGIN) if drain_timeout > 0 else grace
+
+
+def soft_shutdown_timeout(pool: WorkerPool, queue: QueueSpec | None = None) -> int:
     """Seconds running tasks get after SIGTERM: the grace period less a margin for the worker to put
     unstarted messages back before the kubelet's SIGKILL."""
-    grace = pool.spec.grace_seconds
+    grace = pool.spec.grace_seconds if queue is None else worker_grace(pool, queue)
     return grace - 5 if grace > 10 else max(grace // 2, 1)
 
 
@@ -58,7 +75,9 @@ def worker_environment(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any
     ]
     if queue.max_tasks_per_child is not None:
         env.append({"name": contract.MAX_TASKS_PER_CHILD.name, "value": str(queue.max_tasks_per_child)})
-    env.append({"name": contract.SOFT_SHUTDOWN_TIMEOUT.name, "value": str(soft_shutdown_timeout(pool))})
+    env.append({"name": contract.SOFT_SHUTDOWN_TIMEOUT.name, "value": str(soft_shutdown_timeout(pool, queue))})
+    version = {"fieldPath": f"metadata.labels['{VERSION_LABEL}']"}  # the pod's own: one env for every version
+    env.append({"name": contract.TEMPLATE_VERSION.name, "valueFrom": {"fieldRef": version}})
     if pool.spec.flower is not None and pool.spec.flower.task_events:
         env.append({"name": TASK_EVENTS_ENV, "value": "1"})
     env += _identity_and_broker(pool)

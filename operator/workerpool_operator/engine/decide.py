@@ -28,6 +28,7 @@ leave once idle, or after ``drain_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -242,6 +243,17 @@ class Decision(NamedTuple):
 
 
 _draining_flag = attrgetter("draining")
+_stopping_flag = attrgetter("stopping")
+
+
+def _without_stopping(observation: QueueObservation) -> QueueObservation:
+    """The observation without its stopping workers, nor their tasks in flight."""
+    stopping = [w for w in observation.workers if w.stopping]
+    held = sum(w.running + w.reserved for w in stopping)
+    kept = tuple(w for w in observation.workers if not w.stopping)
+    return dataclasses.replace(observation, workers=kept, in_flight=max(0, observation.in_flight - held))
+
+
 # NamedTuple's generated __new__ is Python code; tuple.__new__ builds the same object in C. decide() makes a few
 # of these per queue per poll, so it builds them this way (every field, in order: tests/test_engine_builds.py).
 _new = tuple.__new__
@@ -281,6 +293,11 @@ def decide(
         reporting_names = {w.worker for w in workers}
         leaving = tuple(name for name in leaving if name in reporting_names)
         workers = tuple(w for w in workers if w.worker not in leaving)
+    if any(map(_stopping_flag, workers)):
+        # Stopping (SIGTERM: replaced by a rollout, evicted): not part of the replicas any more (the Deployment counts
+        # their replacements), and what they run is theirs to finish, not demand for the others.
+        observation = _without_stopping(observation)
+        workers = tuple(w for w in workers if not w.stopping)
     draining = state.draining
     if (
         not current

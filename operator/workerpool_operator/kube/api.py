@@ -111,6 +111,10 @@ def object_path(kind: str, namespace: str, name: str = "") -> str:
     return service_path(namespace, name) if kind == "Service" else deployment_path(namespace, name)
 
 
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(name)}"
+
+
 def pool_path(namespace: str, name: str) -> str:
     return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{_q(namespace)}/{PLURAL}/{_q(name)}"
 
@@ -256,7 +260,7 @@ class KubeApi:
         """Mark a pod for the ReplicaSet (``None`` removes the mark); ``False`` when the pod is gone already."""
         body = {"metadata": {"annotations": {DELETION_COST: None if cost is None else str(cost)}}}
         try:
-            self.merge_patch(f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(pod)}", body)
+            self.merge_patch(pod_path(namespace, pod), body)
         except ApiError as exc:
             if exc.status == 404:
                 return False

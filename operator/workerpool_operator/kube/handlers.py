@@ -37,6 +37,7 @@ from workerpool_operator.kube.render import POOL_LABEL
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
 from workerpool_operator.kube.settings import OperatorSettings, SettingsError, load_settings
+from workerpool_operator.kube.workers_watch import WorkersWatch
 from workerpool_operator.observe import DrainWriter, Observer
 from workerpool_operator.scaling_loop import ScalingLoop
 
@@ -111,6 +112,7 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     observer = Observer()
     loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer, DrainWriter(observer.connections))
     reconciler = Reconciler(api, backend, events)
+    watch = WorkersWatch(api, events, may_write, protect_after=config.protect_busy_after)
     memo.pools = PoolService(
         api=api,
         loop=loop,
@@ -120,6 +122,7 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
         events=events,
         may_write=may_write,
         retry_delay=config.retry_delay,
+        watch=watch,
     )
     memo.drift = DriftRepair(api, backend, events, reconciler, memo.pools.plan_of, may_write)
     memo.api, memo.observer, memo.stop = api, observer, stop

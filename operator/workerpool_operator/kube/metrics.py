@@ -178,6 +178,21 @@ CANCELLED_TASKS = Counter(
     QUEUE_LABELS,
     registry=REGISTRY,
 )
+CAUSES = ("scale_down", "stopped_at_grace", "worker_lost")
+INTERRUPTED_TASKS = Counter(
+    "workerpool_tasks_interrupted_total",
+    "Tasks a worker held (running or prefetched) when it stopped without finishing them, by cause: scale_down (a "
+    "removal of ours), stopped_at_grace (killed at the end of its grace period), worker_lost (killed: OOM, node "
+    "lost). acks_late tasks come back after the broker's visibility timeout",
+    (*QUEUE_LABELS, "cause"),
+    registry=REGISTRY,
+)
+PROTECTED_PODS = Counter(
+    "workerpool_pod_protection_writes_total",
+    "Writes of the busy-pod marks (karpenter.sh/do-not-disrupt, cluster-autoscaler safe-to-evict): protect or release",
+    (*QUEUE_LABELS, "action"),
+    registry=REGISTRY,
+)
 
 # The engine's reasons start with one of these; the label keeps the kind, never the figures.
 _REASON_KINDS = (
@@ -300,6 +315,7 @@ _IDLE_WAITS: list[float | None] = [0.0, 0.0, None, None]  # never changed: recor
 def record_cancelled_tasks(namespace: str, pool: str, queue: str, count: int) -> None:
     if count > 0:
         CANCELLED_TASKS.labels(namespace, pool, queue).inc(count)
+        INTERRUPTED_TASKS.labels(namespace, pool, queue, "scale_down").inc(count)
 
 
 def record_scale(
@@ -342,12 +358,25 @@ def record_pool(namespace: str, pool: str, *, broker_up: bool | None, ready: boo
     OBSERVATION_ERRORS.labels(namespace, pool)
 
 
+def record_interrupted_tasks(namespace: str, pool: str, queue: str, cause: str, count: int) -> None:
+    if count > 0:
+        INTERRUPTED_TASKS.labels(namespace, pool, queue, cause).inc(count)
+
+
+def record_protection_write(namespace: str, pool: str, queue: str, action: str) -> None:
+    PROTECTED_PODS.labels(namespace, pool, queue, action).inc()
+
+
 def forget_queue(namespace: str, pool: str, queue: str) -> None:
     """Drop a removed queue's series, so dashboards do not show stale figures."""
     QUEUE_GAUGES.remove((namespace, pool, queue))
     WAIT_GAUGES.remove((namespace, pool, queue))
     with contextlib.suppress(KeyError):
         CANCELLED_TASKS.remove(namespace, pool, queue)
+    for counter, kinds in ((INTERRUPTED_TASKS, CAUSES), (PROTECTED_PODS, ("protect", "release"))):
+        for kind in kinds:
+            with contextlib.suppress(KeyError):
+                counter.remove(namespace, pool, queue, kind)
 
 
 def forget_pool(namespace: str, pool: str, queues: tuple[str, ...] | list[str] = ()) -> None:

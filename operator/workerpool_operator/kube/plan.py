@@ -19,8 +19,10 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.components import render_components
 from workerpool_operator.kube.render import POOL_LABEL, render_deployments
+from workerpool_operator.reports import version_number
 from workerpool_operator.scaling_types import PoolKey, QueuePlan
 from workerpool_operator.spec import SecretKeyRef, SpecError, WorkerPool
+from workerpool_operator.worker_env import VERSION_LABEL
 from workerpool_operator.worker_groups import grouping
 
 SecretData = Mapping[str, bytes] | None  # a Secret's data, None when the Secret does not exist
@@ -93,6 +95,7 @@ class PoolPlan:
     beat_app: str | None = None  # the app beat runs for (None: no beat)
     targets: Mapping[str, str] = field(default_factory=dict)  # queue -> the Deployment it scales (scaleTargetRef)
     shared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # Celery queue -> the groups counting it
+    versions: Mapping[str, int] = field(default_factory=dict)  # queue -> its pod template's version, as reported
 
     @property
     def beat_identity(self) -> tuple[str, str, str | None, str] | None:
@@ -158,7 +161,8 @@ def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
         raise PlanError(cond.REASON_INVALID_BROKER_URL, f"invalid broker URL: {exc}") from None
     uid = str(meta.get("uid") or "")
     spec = pool.spec
-    deployments = Manifests(render_deployments(pool, uid=uid))
+    rendered = render_deployments(pool, uid=uid)
+    deployments = Manifests(rendered)
     components = Manifests(render_components(pool, uid=uid))
     targets = {q.name: q.scale_target_ref.name for q in spec.queues if q.scale_target_ref is not None}
     _check_targets(targets, deployments, components)
@@ -175,7 +179,13 @@ def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
         beat_app=spec.app if spec.beat is not None else None,
         targets=targets,
         shared=grouping({name: queue.celery_queues for name, queue in queues.items()}).shared,
+        versions={q: _version(d) for q, d in rendered.items()},
     )
+
+
+def _version(deployment: Mapping[str, Any]) -> int:
+    """The version a Deployment's workers report (its pod template's label, ``reports.version_number``)."""
+    return version_number(deployment["spec"]["template"]["metadata"]["labels"][VERSION_LABEL])
 
 
 def _check_targets(targets: Mapping[str, str], deployments: Manifests, components: Manifests) -> None:

@@ -28,6 +28,7 @@ from workerpool_operator.kube.plan import PlanError, PoolPlan, parse, plan, secr
 from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
+from workerpool_operator.kube.workers_watch import WorkersWatch
 from workerpool_operator.scaling_loop import ScalingLoop
 from workerpool_operator.scaling_types import PoolKey, PoolResult
 
@@ -74,6 +75,10 @@ class PoolRecord:
 
     def policy(self, queue: str) -> ScalingPolicy | None:
         return self.plan.queues[queue].policy if self.plan is not None and queue in self.plan.queues else None
+
+    @property
+    def versions(self) -> Mapping[str, int]:
+        return self.plan.versions if self.plan is not None else {}
 
     @property
     def beat_deployment(self) -> str | None:
@@ -129,8 +134,10 @@ class PoolService:
         may_write: Callable[[], bool],
         clock: Callable[[], float] = time.time,
         retry_delay: float = 10.0,
+        watch: WorkersWatch | None = None,
     ) -> None:
         self._api, self._loop, self._reconciler = api, loop, reconciler
+        self._watch = watch  # rollouts, busy pods' protection, lost workers (None: none of that)
         self._reporter, self._secrets, self._events = reporter, secrets, events
         self._may_write, self._clock, self.retry_delay = may_write, clock, retry_delay
         self.records: dict[PoolKey, PoolRecord] = {}
@@ -169,6 +176,8 @@ class PoolService:
         as they are)."""
         self._loop.unregister(key)
         self._reconciler.forget(key)
+        if self._watch is not None:
+            self._watch.forget(key)
         record = self.records.pop(key, None)
         self._reporter.forget_pool(key, record.queue_names if record else ())
 
@@ -287,6 +296,8 @@ class PoolService:
         record = self.records.get(result.pool)
         if record is not None and self._may_write():
             await self._reporter.report(result, record)
+            if self._watch is not None:
+                await self._watch.observe(result, record)
 
     # --- retries, on the replica that writes ---------------------------------------------------------------
 

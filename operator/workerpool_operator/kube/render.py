@@ -8,6 +8,7 @@ applied with Server-Side Apply, which removes by itself what a later rendering l
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,8 +18,10 @@ from workerpool_operator.spec import QueueSpec, ResourceRequirements, WorkerPool
 from workerpool_operator.worker_env import (
     BROKER_CA_DIR,
     BROKER_CA_NAME,
+    VERSION_LABEL,
     worker_args,
     worker_environment,
+    worker_grace,
 )
 
 POOL_LABEL = f"{API_GROUP}/pool"
@@ -77,13 +80,20 @@ def render_deployments(pool: WorkerPool, uid: str) -> dict[str, dict[str, Any]]:
 
 
 def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str, Any]:
-    """The Deployment of one queue, without ``spec.replicas`` (the scaler's)."""
+    """The Deployment of one queue, without ``spec.replicas`` (the scaler's).
+
+    Its pod template carries its own version (:func:`template_version`) in the label ``workerpool.dev/version``,
+    which each worker reports (``WORKERPOOL_TEMPLATE_VERSION``, from the label): during a rollout the operator tells
+    the new version's workers from the old ones', which stop (SIGTERM, as the Deployment replaces them) and finish
+    their tasks within a grace period the operator sets from the drain timeout (``worker_env.worker_grace``)."""
     labels = standard_labels(pool.name, queue.name)
     template = pool.spec.pod_template
     pod_labels = {**template.pod_labels, **labels}
     pod_meta: dict[str, Any] = {"labels": pod_labels}
     if template.pod_annotations:
         pod_meta["annotations"] = dict(template.pod_annotations)
+    pod = {"metadata": pod_meta, "spec": _pod_spec(pool, queue)}
+    pod_labels[VERSION_LABEL] = template_version(pod)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -99,13 +109,23 @@ def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str,
             # Surge, never take a worker away for a rollout before its replacement is up.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "template": {"metadata": pod_meta, "spec": _pod_spec(pool, queue)},
+            "template": pod,
         },
     }
 
 
+def template_version(pod_template: Mapping[str, Any]) -> str:
+    """The version of a pod template: 12 hex digits of the SHA-256 of its JSON (sorted keys), the version label
+    itself left out. What the pods run changes exactly when it does; replicas, the Deployment's own labels and the
+    scaler's count do not touch it."""
+    meta = dict(pod_template.get("metadata") or {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != VERSION_LABEL}
+    body = {**pod_template, "metadata": {**meta, "labels": labels}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
 def _pod_spec(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
-    return pod_spec(pool, _container(pool, queue))
+    return pod_spec(pool, _container(pool, queue), grace=worker_grace(pool, queue))
 
 
 def pod_spec(

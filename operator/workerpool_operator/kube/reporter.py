@@ -69,6 +69,10 @@ class PoolFacts(WorkloadFacts, Protocol):
     @property
     def beat_deployment(self) -> str | None: ...
     @property
+    def versions(self) -> Mapping[str, int]:
+        """Each queue's current pod template version (``reports.version_number``); empty without a plan."""
+
+    @property
     def beat_duplicates(self) -> tuple[str, ...]: ...
 
 
@@ -219,7 +223,7 @@ class StatusReporter:
             if event is not None:
                 await self._events(pool.key, pool.uid, *event)
         facts = {q.queue: await self._notes.facts(pool, q, written.told) for q in result.queues}
-        figures = pool_figures(result, ready, waits, facts)
+        figures = pool_figures(result, ready, waits, pool.versions, facts)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self._notes.tell(pool, written.told)

@@ -69,6 +69,12 @@ class OperatorSettings(BaseSettings):
     secret_recheck: Seconds = Field(
         default=300.0, description="seconds between two reads of a served pool's broker Secrets (rotation, deletion)"
     )
+    protect_busy_after: Seconds = Field(
+        default=60.0,
+        description="seconds a worker runs tasks, poll after poll, before its pod is marked "
+        '`karpenter.sh/do-not-disrupt` and `cluster-autoscaler.kubernetes.io/safe-to-evict: "false"` (removed once '
+        "it is idle); `0` marks none",
+    )
     crd_wait: Seconds = Field(
         default=15.0,
         description="`run` only: seconds to wait at start for the API server to serve WorkerPools before exiting "

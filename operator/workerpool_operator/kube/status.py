@@ -23,6 +23,7 @@ from typing import Any
 from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.engine.wait_watch import Poll, Waits
 from workerpool_operator.kube.conditions import Condition, merge_conditions
+from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 # Figures that move with every poll; every other status field is state (a group's queues: their names).
@@ -70,7 +71,42 @@ class QueueFigures:
     scale_target: str | None = None  # the Deployment it scales without rendering (scaleTargetRef)
     scale_down: str | None = None  # how a scale-down picks its pods (None: not known from this poll)
     celery_queues: tuple[tuple[str, int, bool], ...] | None = None  # a group's queues: (name, backlog, counted)
+    versions: tuple[VersionFigures, ...] | None = None  # mid-rollout: the workers of each version; () none
     waits: Waits | None = None  # the queue's waits after this poll (wait_watch.py); None: not watched
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFigures:
+    """The workers of one pod template version of a queue (issue of a rollout: see ``kube/render.py``)."""
+
+    version: str  # the template's version label (12 hex digits)
+    current: bool
+    serving: int
+    stopping: int
+
+
+def version_figures(workers: Sequence[WorkerLoad], current: int) -> tuple[VersionFigures, ...]:
+    """The workers of each version, the current one first, then the others by version; () when every worker runs
+    the current version and none is stopping (no rollout). Workers reporting no version (before 0.3) count as the
+    current version's."""
+    counts: dict[int, list[int]] = {}
+    for worker in workers:
+        version = worker.version or current
+        serving_stopping = counts.setdefault(version, [0, 0])
+        serving_stopping[1 if worker.stopping else 0] += 1
+    if set(counts) <= {current} and not counts.get(current, [0, 0])[1]:
+        return ()
+    ordered = sorted(counts, key=lambda v: (v != current, v))
+    return tuple(VersionFigures(f"{v:012x}", v == current, counts[v][0], counts[v][1]) for v in ordered)
+
+
+def _version_entry(version: VersionFigures) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "current": version.current,
+        "serving": version.serving,
+        "stopping": version.stopping,
+    }
 
 
 def scaled(queue: QueueResult) -> bool:
@@ -105,11 +141,16 @@ def scale_down_mode(queue: QueueResult, ready_replicas: int | None, drains: bool
 
 
 def queue_figures(
-    queue: QueueResult, ready_replicas: int | None, waits: Waits | None = None, facts: QueueFacts | None = None
+    queue: QueueResult,
+    ready_replicas: int | None,
+    waits: Waits | None = None,
+    version: int = 0,
+    facts: QueueFacts | None = None,
 ) -> QueueFigures:
     """What a poll of one queue shows in the status: a failed observation leaves the figures as they were,
-    a queue without a workload shows no replica counts, a successful scale shows its new count and reason. In
-    Shadow, ``desiredReplicas`` is what it would set beside the workload's ``replicas``."""
+    a queue without a workload shows no replica counts, a successful scale shows its new count and reason;
+    ``version``: the queue's current pod template version (``reports.version_number``). In Shadow,
+    ``desiredReplicas`` is what it would set beside the workload's ``replicas``."""
     facts = facts or QueueFacts()
     obs, decision = queue.observation, queue.decision
     current = obs.replicas if decision is not None else None
@@ -132,6 +173,7 @@ def queue_figures(
         scale_down=scale_down_mode(queue, ready_replicas, facts.drains),
         celery_queues=obs.backlogs if obs.ok and obs.backlogs else None,
         waits=waits,
+        versions=version_figures(obs.workers, version) if obs.ok else None,
     )
 
 
@@ -166,13 +208,16 @@ def pool_figures(
     result: PoolResult,
     ready: Mapping[str, int | None],
     waits: Mapping[str, Waits] | None = None,
+    versions: Mapping[str, int] | None = None,
     facts: Mapping[str, QueueFacts] | None = None,
 ) -> dict[str, QueueFigures]:
     """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known,
-    ``waits`` to its waits, ``facts`` to what the status says of it besides the poll."""
-    waits, facts = waits or {}, facts or {}
+    ``waits`` to its waits, ``versions`` to its current pod template version, ``facts`` to what the status says of
+    it besides the poll."""
+    waits, versions, facts = waits or {}, versions or {}, facts or {}
     return {
-        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), facts.get(q.queue)) for q in result.queues
+        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), versions.get(q.queue, 0), facts.get(q.queue))
+        for q in result.queues
     }
 
 
@@ -216,6 +261,10 @@ def build_status(
             if update.scaled:
                 entry["lastScaleTime"] = stamp
                 _set(entry, "lastScaleReason", update.reason)
+            if update.versions is not None:
+                entry.pop("versions", None)
+                if update.versions:
+                    entry["versions"] = [_version_entry(v) for v in update.versions]
             _set_adoption(entry, update, stamp)
         queues.append(entry)
 
@@ -228,6 +277,14 @@ def build_status(
         "totalReadyReplicas": sum(int(q.get("readyReplicas", 0)) for q in queues),
     }
     status["workers"] = f"{status['totalReadyReplicas']}/{status['totalReplicas']}"  # as kubectl get deploy READY
+    old = sum(
+        v.get("serving", 0) + v.get("stopping", 0)
+        for q in queues
+        for v in q.get("versions") or ()
+        if not v.get("current")
+    )
+    if old:
+        status["rollout"] = f"{old} old worker{'s' if old > 1 else ''} finishing"
     if beat is not None:
         status["beat"] = {k: v for k, v in beat.items() if v is not None}
     if generation is not None:

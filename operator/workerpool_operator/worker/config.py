@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from workerpool_operator import worker_contract as contract
-from workerpool_operator.reports import DEFAULT_INTERVAL, DEFAULT_TTL
+from workerpool_operator.reports import DEFAULT_INTERVAL, DEFAULT_TTL, version_number
 from workerpool_operator.worker_contract import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR  # re-exported
 from workerpool_operator.worker_contract import POOLS as POOLS
 
@@ -73,6 +73,7 @@ class WorkerConfig:
     report_ttl: float = DEFAULT_TTL
     task_events: bool = False
     extra_args: tuple[str, ...] = ()
+    template_version: int = 0  # the pod template's version, as reports carry it (reports.version_number)
 
     def celery_argv(self, pool_name: str | None = None) -> list[str]:
         """The ``celery worker`` command line these settings stand for (without ``-A``: the app is loaded).
@@ -178,6 +179,7 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         report_ttl=report_ttl,
         task_events=parse_flag(raw("task_events"), name_of("task_events")),
         extra_args=tuple(extra),
+        template_version=version_number(raw("template_version")),
     )
 
 
