@@ -66,7 +66,8 @@ def test_two_groups_counting_one_queue_are_planned_as_shared() -> None:
 def test_a_pool_without_template_still_has_a_workers_environment_for_local_runs() -> None:
     pool = WorkerPool.from_object(adopting({"name": "emails", "scaleTargetRef": {"name": "shop-mailer"}}))
     env = {e["name"]: e.get("value") for e in worker_environment(pool, pool.spec.queues[0])}
-    assert env["WORKERPOOL_QUEUES"] == "emails" and env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == "25"
+    assert env["WORKERPOOL_QUEUES"] == "emails" and "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT" in env
+    assert pool.spec.grace_seconds == 30, "Kubernetes' default, with no template to say otherwise"
 
 
 def result(workers: int = 0, *, shadow: Actions | None = None, ok: bool = True, **obs: Any) -> QueueResult:
