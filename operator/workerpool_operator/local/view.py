@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
@@ -342,7 +342,3 @@ def make_view(dashboard: Dashboard, *, live: bool | None = None, out: TextIO | N
     if live:
         return LiveView(dashboard, Console(file=stream))
     return LogView(dashboard, stream)
-
-
-def replica_counts(counts: Mapping[str, tuple[int, int]]) -> ReplicaCounts:
-    return lambda queue: counts.get(queue, (0, 0))
