@@ -172,6 +172,58 @@ def workers(board: dash.Dashboard) -> dash.Dashboard:
     )
 
 
+def would_be(board: dash.Dashboard) -> dash.Dashboard:
+    """What the operator would set beside what the workload has: a pool in Shadow mode watched beside another
+    autoscaler (docs/moving-from-keda.md), or an active one (the two lines then meet at each decision)."""
+    replica_time = "sum(sum_over_time({name}{{{selector}}}[$__range]))"
+    ratio = (
+        f"{replica_time.format(name='workerpool_queue_desired_replicas', selector=QUEUE)} / "
+        f"{replica_time.format(name='workerpool_queue_replicas', selector=QUEUE)}"
+    )
+    return (
+        board.with_row(dash.Row("Would-be and actual replicas"))
+        .with_panel(
+            graph(
+                "Would-be and actual replicas",
+                "The replicas the operator would set (workerpool_queue_desired_replicas) beside those the workload has "
+                "(workerpool_queue_replicas: in Shadow mode, another autoscaler's), and the backlog they left waiting.",
+                "short",
+                query(f"{BY_QUEUE} (workerpool_queue_desired_replicas{{{QUEUE}}})", f"would set {QUEUE_LEGEND}"),
+                query(f"{BY_QUEUE} (workerpool_queue_replicas{{{QUEUE}}})", f"has {QUEUE_LEGEND}"),
+                query(f"{BY_QUEUE} (workerpool_queue_backlog{{{QUEUE}}})", f"backlog {QUEUE_LEGEND}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Task wait with the workload's replicas",
+                "The p95 wait of the tasks over 5 minutes and the oldest task's age, as the workload's replicas served "
+                "them: in Shadow, what the other autoscaler's count gave, beside what the operator would have set.",
+                "s",
+                query(f"{MAX_BY_QUEUE} (workerpool_queue_wait_p95_seconds{{{QUEUE}}})", f"p95 {QUEUE_LEGEND}"),
+                query(
+                    f"{MAX_BY_QUEUE} (workerpool_queue_oldest_task_age_seconds{{{QUEUE}}})", f"oldest {QUEUE_LEGEND}"
+                ),
+            )
+        )
+        .with_panel(
+            figure(
+                "Would-be ÷ actual replica-time",
+                "Over the time range: the replica-time the operator would have paid for, over what the workload ran. "
+                "Below 1, it would have run fewer replicas (look at the backlog beside it).",
+                ratio,
+                unit="percentunit",
+            )
+        )
+        .with_panel(
+            figure(
+                "Queues in Shadow",
+                "Queues whose scaling.mode is Shadow: decided and published, nothing written.",
+                f"sum(workerpool_queue_shadow{{{QUEUE}}}) or vector(0)",
+            )
+        )
+    )
+
+
 def scaling(board: dash.Dashboard) -> dash.Dashboard:
     quantiles = (("p50", 0.5), ("p99", 0.99))
     return (
@@ -301,7 +353,7 @@ def build() -> dict[str, object]:
         .with_variable(variable("pool", "Pool", 'workerpool_queue_backlog{namespace=~"$namespace"}'))
         .with_variable(variable("queue_name", "Queue", f"workerpool_queue_backlog{{{POOL}}}"))
     )
-    for section in (overview, queues, workers, scaling, operator):
+    for section in (overview, queues, workers, would_be, scaling, operator):
         board = section(board)
     encoded: dict[str, object] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
     return encoded

@@ -83,6 +83,7 @@ class PodFleet:
     broker: Redis
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    other_queues: tuple[str, ...] = ()  # a worker group's other Celery queues: what a worker runs from them counts
     created: list[str] = field(default_factory=list)
     removals: list[Removal] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -233,9 +234,11 @@ class PodFleet:
         return sorted(serving, key=lambda p: (p.ready(), cost(p), -p.created))
 
     def _terminate(self, pod: _Pod) -> None:
-        raw = self.broker.hget(reports.report_key(self.queue), pod.name)
-        load = None if raw is None else reports.decode_report(pod.name, raw)
-        running = 0 if load is None else load.running
+        running = 0
+        for queue in (self.queue, *self.other_queues):
+            raw = self.broker.hget(reports.report_key(queue), pod.name)
+            load = None if raw is None else reports.decode_report(pod.name, raw)
+            running += 0 if load is None else load.running
         assert pod.worker.process is not None
         pod.removal = Removal(pod.name, time.time(), running, pod.worker.process.pid, pod.version)
         self.removals.append(pod.removal)

@@ -159,6 +159,12 @@ def test_status_declares_what_the_operator_writes() -> None:
         "draining",
         "lastScaleTime",
         "lastScaleReason",
+        "mode",
+        "wouldScaleTime",
+        "wouldScaleReason",
+        "scaleTarget",
+        "scaleDown",
+        "celeryQueues",
         "versions",
     } == set(queue)
     written = {
@@ -195,7 +201,23 @@ def test_status_declares_what_the_operator_writes() -> None:
                     "desiredReplicas": 3,
                     "lastScaleTime": "2026-01-01T00:00:00Z",
                     "lastScaleReason": "backlog 10 over 3 replicas",
-                }
+                    "scaleDown": "Drain",
+                },
+                {
+                    "name": "spare",
+                    "backlog": 2,
+                    "replicas": 4,
+                    "desiredReplicas": 6,
+                    "mode": "Shadow",
+                    "wouldScaleTime": "2026-01-01T00:00:00Z",
+                    "wouldScaleReason": "scale up: backlog 12",
+                    "scaleTarget": "shop-spare",
+                    "scaleDown": "ReplicaSet",
+                    "celeryQueues": [
+                        {"name": "low", "backlog": 2, "counted": True},
+                        {"name": "celery", "backlog": 7, "counted": False},
+                    ],
+                },
             ],
             "totalBacklog": 7,
             "totalReplicas": 3,
@@ -606,6 +628,70 @@ BAD: list[Bad] = [
         "spec.scaling.schedules[0].replicas: required field is missing",
     ),
     Bad(
+        "no template while a queue is rendered",
+        edit(("spec.template", DELETE), ("spec.queues.0.scaleTargetRef", {"name": "shop-emails"})),
+        f'spec: Invalid value: "object": {model.MSG_TEMPLATE_MISSING}',
+        model.MSG_TEMPLATE_MISSING,
+    ),
+    Bad(
+        "beat without a template",
+        edit(
+            ("spec.template", DELETE),
+            ("spec.queues", [{"name": "emails", "scaleTargetRef": {"name": "shop-emails"}}]),
+            ("spec.beat", {}),
+        ),
+        f'spec: Invalid value: "object": {model.MSG_TEMPLATE_COMPONENTS}',
+        model.MSG_TEMPLATE_COMPONENTS,
+    ),
+    Bad(
+        "two queues scaling one Deployment",
+        edit(
+            ("spec.queues.0.scaleTargetRef", {"name": "shop-workers"}),
+            ("spec.queues.1.scaleTargetRef", {"name": "shop-workers"}),
+        ),
+        f'spec.queues: Invalid value: "object": {model.MSG_SCALE_TARGET_DUPLICATE}',
+        model.MSG_SCALE_TARGET_DUPLICATE,
+    ),
+    Bad(
+        "resources for a Deployment the operator does not render",
+        edit(
+            ("spec.queues.1.scaleTargetRef", {"name": "shop-reports"}),
+            ("spec.queues.1.resources", {"requests": {"cpu": 1}}),
+        ),
+        f'spec.queues[1].scaleTargetRef: Invalid value: "object": {model.MSG_ADOPTED_RESOURCES}',
+        model.MSG_ADOPTED_RESOURCES,
+    ),
+    Bad(
+        "a scale target that is not a Deployment name",
+        edit(("spec.queues.1.scaleTargetRef", {"name": "Shop_Reports"})),
+        f'spec.queues[1].scaleTargetRef.name: Invalid value: "str": {model.MSG_SCALE_TARGET_NAME}',
+        f"spec.queues[1].scaleTargetRef.name: {model.MSG_SCALE_TARGET_NAME}",
+    ),
+    Bad(
+        "a Celery queue named twice in one group",
+        edit(("spec.queues.1.celeryQueues", ["low", "normal", "low"])),
+        'spec.queues[1].celeryQueues[2]: Duplicate value: "low"',
+        model.MSG_DUPLICATE_CELERY_QUEUE,
+    ),
+    Bad(
+        "a Celery queue with the priority separator",
+        edit(("spec.broker.separator", "_p"), ("spec.queues.1.celeryQueues", ["low", "normal_p9"])),
+        f'spec.queues: Invalid value: "object": {model.MSG_SEPARATOR}',
+        model.MSG_SEPARATOR,
+    ),
+    Bad(
+        "a Celery queue named like kombu's own keys",
+        edit(("spec.queues.1.celeryQueues", ["low", "unacked"])),
+        f'spec.queues[1].celeryQueues[1]: Invalid value: "str": {model.MSG_RESERVED_QUEUE}',
+        f"spec.queues[1].celeryQueues[1]: {model.MSG_RESERVED_QUEUE}",
+    ),
+    Bad(
+        "a scaling mode that does not exist",
+        edit(("spec.scaling", {"mode": "DryRun"})),
+        'spec.scaling.mode: Unsupported value: "DryRun"',
+        "spec.scaling.mode: Input should be 'Active' or 'Shadow'",
+    ),
+    Bad(
         "pool name too long for a label",
         edit(("metadata.name", "a" * 64)),
         f'Invalid value: "object": {model.MSG_POOL_NAME}',
@@ -664,6 +750,21 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
         edit(("spec.flower", {"auth": {"oauth": OAUTH}, "persistent": True, "stateVolume": {"emptyDir": {}}})),
     ),
     (
+        "every queue a Deployment of its own, no template",
+        edit(
+            ("spec.template", DELETE),
+            ("spec.queues.0.scaleTargetRef", {"name": "shop-emails"}),
+            ("spec.queues.1.scaleTargetRef", {"name": "shop.reports-v2"}),
+        ),
+    ),
+    (
+        "a group on sixteen Celery queues, in Shadow",
+        edit(
+            ("spec.queues.1.celeryQueues", [f"q{i}" for i in range(16)]),
+            ("spec.queues.1.scaling", {"mode": "Shadow"}),
+        ),
+    ),
+    (
         "queues named celery-beat and flower without beat and Flower",
         edit(("spec.queues.0.name", "celery-beat"), ("spec.queues.1.name", "flower")),
     ),
@@ -687,6 +788,9 @@ queues = st.fixed_dictionaries(
         "maxReplicas": st.integers(0, 1001),
         "prefetchMultiplier": st.integers(0, 1001),
         "maxTasksPerChild": st.integers(0, 3),
+        "celeryQueues": st.sampled_from([[], ["a"], ["a", "a"], ["a", "B"], ["unacked"], [f"q{i}" for i in range(17)]]),
+        "scaleTargetRef": st.sampled_from([{"name": "shop-emails"}, {"name": "Shop"}, {"name": "a." * 130}, {}]),
+        "resources": st.just({"requests": {"cpu": 1}}),
     },
 )
 

@@ -34,6 +34,7 @@ PURE = [
     "exit_codes.py",
     "failures.py",
     "scaling_types.py",
+    "worker_groups.py",
     "crd_keywords.py",
     "engine/execute.py",
     "observe/replies.py",
@@ -45,6 +46,15 @@ PURE = [
     "kube/status.py",
     "kube/conditions.py",
     "kube/beats.py",
+    "keda_import.py",
+    "keda_triggers.py",
+    "keda_broker.py",
+    "deployment_import.py",
+    "record/arrivals.py",
+    "record/task_events.py",
+    "record/report_estimate.py",
+    "record/outcome.py",
+    "record/trace_csv.py",
 ]
 IO_LIBRARIES = {"redis", "kubernetes", "kopf", "celery", "kombu", "aiohttp", "subprocess", "socket", "requests"}
 

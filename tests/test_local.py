@@ -385,3 +385,60 @@ def test_workers_that_cannot_start_end_the_run_with_their_reason(
     assert "workers of queue 'keep' cannot start" in lines[0]
     assert "No module named 'nosuch'" in lines[0]
     assert f"(log: {temporary_files_in_the_test_folder}/workerpool-t-" in lines[0]  # not left in the system's /tmp
+
+
+GROUP_YAML = """
+apiVersion: workerpool.dev/v1alpha1
+kind: WorkerPool
+metadata: {name: g}
+spec:
+  broker: {url: "redis://redis:6379/0"}
+  app: workerpool_operator.local.demo_app:app
+  queues:
+    - {name: spare, celeryQueues: [normal, low], scaleTargetRef: {name: shop-spare}, pool: threads, concurrency: 2,
+       maxReplicas: 2}
+    - {name: watched, pool: threads, concurrency: 2, maxReplicas: 3, scaleTargetRef: {name: shop-watched},
+       scaling: {mode: Shadow}}
+  scaling:
+    pollIntervalSeconds: 0.5
+    scaleUp: {pods: 4, periodSeconds: 0}
+    scaleDownStabilizationSeconds: 1
+    idleSecondsBeforeZero: 1
+    drainTimeoutSeconds: 0
+"""
+
+
+async def test_a_group_on_two_queues_runs_locally_and_a_shadow_queue_starts_no_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A pool of scale targets runs locally as worker processes with the spec's settings; the group's workers
+    consume both its queues; the Shadow queue is decided and shown, never scaled."""
+    path = tmp_path / "group.yaml"
+    path.write_text(GROUP_YAML)
+    pool = plan_pool(load_pool(path), redis_server.url)
+    assert pool.workers["spare"].env["WORKERPOOL_QUEUES"] == "normal,low"
+    client = redis_server.client()
+    results: list[PoolResult] = []
+
+    async def record(result: PoolResult) -> None:
+        results.append(result)
+
+    runtime = LocalRuntime(pool, redis_server.url, title="test", live=False, out=io.StringIO(), on_result=record)
+    stop = asyncio.Event()
+    workers = {q: (lambda q=q: len(runtime.backend.workers(pool.key, q))) for q in ("spare", "watched")}
+    assert any("Shadow for watched" in note for note in runtime.dashboard.notes)
+    async with runtime:
+        loop = asyncio.create_task(runtime.run(stop))
+        try:
+            ids = send_sleeps(redis_server.url, "low", 4, 0.3) + send_sleeps(redis_server.url, "normal", 4, 0.3)
+            send_sleeps(redis_server.url, "watched", 6, 0.1)
+            await wait_for(lambda: workers["spare"]() == 2, within=15)
+            await wait_for(lambda: len(completions(client)) == len(ids), within=30)
+            await wait_for(lambda: workers["spare"]() == 0, within=20)
+        finally:
+            stop.set()
+            await loop
+    assert sorted(completions(client)) == sorted(ids), "the group's workers took both queues' tasks"
+    assert workers["watched"]() == 0 and client.llen("watched") == 6, "Shadow: no worker, nothing taken"
+    shadow = [q for r in results for q in r.queues if q.queue == "watched" and q.shadow is not None]
+    assert shadow and shadow[-1].shadow is not None and shadow[-1].shadow.scale_to == 3

@@ -58,6 +58,7 @@ def test_every_queue_gauge_is_set_and_dropped_with_its_queue() -> None:
         max_replicas=10,
         paused=False,
         fallback=True,
+        shadow=True,
     )
     wanted = labels("m", "gauges", "q")
     values = {name: metrics.sample(name, wanted) for name, _ in metrics.QUEUE_GAUGES.columns}
@@ -72,6 +73,7 @@ def test_every_queue_gauge_is_set_and_dropped_with_its_queue() -> None:
         "workerpool_queue_paused": 0,
         "workerpool_queue_fallback_active": 1,
         "workerpool_queue_workers_draining": 1,
+        "workerpool_queue_shadow": 1,
     }
     metrics.record_pool("m", "gauges", broker_up=True, ready=False)
     assert metrics.sample("workerpool_broker_up", {"namespace": "m", "pool": "gauges"}) == 1

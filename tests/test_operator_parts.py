@@ -181,10 +181,18 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
 
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        targets: dict[str, str] = {}
+        shared_queues: dict[str, tuple[str, ...]] = {}
         versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
+
+        def shadow(self, queue: str) -> bool:
+            return False
+
+        def drains(self, queue: str) -> bool:
+            return True
 
         def policy(self, queue: str) -> ScalingPolicy | None:
             return made.queues[queue].policy
@@ -229,6 +237,8 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
         broker_label = made.broker.redacted_url
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        targets: dict[str, str] = {}
+        shared_queues: dict[str, tuple[str, ...]] = {}
         versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
@@ -236,6 +246,12 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
 
         def policy(self, queue: str) -> ScalingPolicy | None:
             return made.queues[queue].policy
+
+        def shadow(self, queue: str) -> bool:
+            return False
+
+        def drains(self, queue: str) -> bool:
+            return True
 
     def poll(age: float | None) -> PoolResult:
         workers = tuple(WorkerLoad(f"w{number}", running=2, concurrency=2) for number in range(5))

@@ -25,7 +25,13 @@ from tests.worker_process import producer, running_worker
 DASHBOARD = REPO / "monitoring" / "dashboard.json"
 RULES = REPO / "helm" / "workerpool-operator" / "files" / "prometheus-rules.yaml"
 # What Grafana puts in for the dashboard's variables with "All" selected, and for the rate window.
-GRAFANA_VALUES = {"$__rate_interval": "15s", "$namespace": ".*", "$pool": ".*", "$queue_name": ".*"}
+GRAFANA_VALUES = {
+    "$__rate_interval": "15s",
+    "$__range": "1m",
+    "$namespace": ".*",
+    "$pool": ".*",
+    "$queue_name": ".*",
+}
 
 
 def grafana(expr: str) -> str:

@@ -251,3 +251,94 @@ async def test_a_removed_worker_keeps_its_drain_request_until_it_stops_reporting
     assert await tick(a=busy, b=drained) == {"b"}, "its pod terminates: the request stays"
     assert backend.calls[-1] == (A, "work", 1, ("b",)) and len(backend.calls) == 1, "not counted, not removed again"
     assert await tick(a=busy) == set(), "gone: released"
+
+
+async def test_a_group_on_two_queues_scales_on_either_and_drains_on_both(redis_server: RedisServer, observer) -> None:
+    """A worker group consuming `normal` and `low`: a backlog on either scales it, its workers count once, and a
+    worker it drains is asked to drain on both queues (it must take tasks from neither)."""
+    from workerpool_operator import drain_requests
+    from workerpool_operator.engine import DEMAND
+    from workerpool_operator.observation import WorkerLoad
+    from workerpool_operator.reports import encode_report, report_key
+
+    client = redis_server.client()
+    policy = ScalingPolicy(policy=DEMAND, max_replicas=10, target_per_replica=2, scale_down_window=0.0)
+    backend = RecordingBackend({(A, "spare"): 0})
+    clock = Clock()
+    reports: list[PoolResult] = []
+    loop = make_loop(backend, observer, clock, reports)
+    plans = {"spare": QueuePlan(policy, 1.0, celery_queues=("normal", "low"))}
+    loop.register(A, BrokerConfig(url=redis_server.url), plans)
+
+    client.lpush("low", *range(3))
+    await loop.run_once()
+    assert backend.calls == [(A, "spare", 2, ())], "ceil(3 / 2): the backlog of low"
+    client.delete("low")
+    client.lpush("normal", *range(7))
+    clock.now += 1.0
+    await loop.run_once()
+    assert backend.calls[-1] == (A, "spare", 4, ()), "ceil(7 / 2): the backlog of normal"
+    (group,) = reports[-1].queues
+    assert group.observation.backlogs == (("normal", 7, True), ("low", 0, True))
+
+    client.delete("normal")
+    now = float(client.time()[0])
+    for queue, running in (("normal", 1), ("low", 1)):  # one busy worker, running a task of each queue
+        client.hset(report_key(queue), "busy", encode_report(WorkerLoad("busy", running=running, heartbeat=now)))
+        for idle in ("idle-1", "idle-2", "idle-3"):
+            client.hset(report_key(queue), idle, encode_report(WorkerLoad(idle, heartbeat=now)))
+    clock.now += 1.0
+    await loop.run_once()
+    (group,) = reports[-1].queues
+    assert group.observation.in_flight == 2 and len(group.observation.workers) == 4, "each worker once"
+    asked = {q: {str(f) for f in client.hkeys(drain_requests.drain_key(q))} for q in ("normal", "low")}
+    assert asked == {"normal": {"idle-1", "idle-2", "idle-3"}, "low": {"idle-1", "idle-2", "idle-3"}}
+
+
+async def test_a_shadow_queue_decides_and_reports_but_writes_nothing(redis_server: RedisServer, observer) -> None:
+    """In Shadow the result carries what would be done; no scale call, no drain request. Registered again as
+    active (the spec switched), the next poll scales; switched back, the drain requests active mode sent are
+    taken back."""
+    from workerpool_operator import drain_requests
+    from workerpool_operator.engine import DEMAND
+    from workerpool_operator.observation import WorkerLoad
+    from workerpool_operator.reports import encode_report, report_key
+
+    client = redis_server.client()
+    policy = ScalingPolicy(policy=DEMAND, max_replicas=10, target_per_replica=5, scale_down_window=0.0)
+    broker = BrokerConfig(url=redis_server.url)
+    backend = RecordingBackend({(A, "q"): 1})
+    clock = Clock()
+    reports: list[PoolResult] = []
+    loop = make_loop(backend, observer, clock, reports)
+    loop.register(A, broker, {"q": QueuePlan(policy, 1.0, shadow=True)})
+    client.lpush("q", *range(23))
+    for _ in range(2):
+        await loop.run_once()
+        clock.now += 1.0
+    assert backend.calls == [], "a shadow queue is never scaled"
+    (queue,) = reports[-1].queues
+    assert queue.shadow is not None and queue.shadow.scale_to == 5 and queue.scaled_from is None
+    assert queue.decision is not None and queue.decision.desired_replicas == 5
+
+    loop.register(A, broker, {"q": QueuePlan(policy, 1.0)})  # switched to Active
+    await loop.run_once()
+    assert backend.calls == [(A, "q", 5, ())]
+    assert reports[-1].queues[0].shadow is None
+
+    client.delete("q")  # demand falls: active mode drains the idlest workers
+    now = float(client.time()[0])
+    for name in ("w1", "w2", "w3", "w4", "w5"):
+        client.hset(report_key("q"), name, encode_report(WorkerLoad(name, heartbeat=now, concurrency=5)))
+    policy_floor = dataclasses.replace(policy, min_replicas=1)
+    loop.register(A, broker, {"q": QueuePlan(policy_floor, 1.0)})
+    clock.now += 1.0
+    await loop.run_once()
+    assert len(client.hkeys(drain_requests.drain_key("q"))) == 4
+    loop.register(A, broker, {"q": QueuePlan(policy_floor, 1.0, shadow=True)})  # and back to Shadow
+    clock.now += 1.0
+    await loop.run_once()
+    assert client.hkeys(drain_requests.drain_key("q")) == [], "Shadow takes back what Active asked"
+    assert backend.calls == [(A, "q", 5, ())]
+    (queue,) = reports[-1].queues
+    assert queue.shadow is not None and queue.shadow.scale_to == 1 and queue.shadow.remove_first

@@ -22,6 +22,7 @@ from workerpool_operator.spec import (
     CeleryPool,
     PolicyField,
     QueueSpec,
+    ScaleTargetRef,
     ScalingOverride,
     ScalingSpec,
     SecretKeyRef,
@@ -178,8 +179,9 @@ def test_minimal_pool_gets_every_default() -> None:
     assert (queue.name, queue.pool, queue.concurrency) == ("celery", CeleryPool.PREFORK, 1)
     assert (queue.min_replicas, queue.max_replicas, queue.prefetch_multiplier) == (0, 10, 1)
     assert queue.max_tasks_per_child is None and queue.resources is None
-    assert spec.template.termination_grace_period_seconds == 30
-    assert spec.template.env == [] and spec.template.affinity is None and spec.template.command is None
+    assert spec.pod_template.termination_grace_period_seconds == 30
+    assert spec.pod_template.env == [] and spec.pod_template.affinity is None and spec.pod_template.command is None
+    assert queue.consumed == ("celery",) and queue.scale_target_ref is None and not spec.shadow_for("celery")
     assert spec.scaling == ScalingSpec()
     assert spec.policy_for("celery") == ScalingPolicy(min_replicas=0, max_replicas=10, target_per_replica=1)
     assert spec.poll_interval_for("celery") == 2.0
@@ -192,7 +194,7 @@ def test_metadata_is_read() -> None:
 
 
 def test_kubernetes_sub_objects_stay_plain_data() -> None:
-    template = parse(example("full.yaml")).spec.template
+    template = parse(example("full.yaml")).spec.pod_template
     raw = example("full.yaml")["spec"]["template"]
     assert template.env == raw["env"]
     assert template.affinity == raw["affinity"]
@@ -203,6 +205,37 @@ def test_kubernetes_sub_objects_stay_plain_data() -> None:
     assert template.resources.model_dump() == raw["resources"]
     assert template.extra_args == ["--without-mingle", "--without-gossip"]
     assert isinstance(template.affinity, dict)
+
+
+def test_a_pool_of_scale_targets_needs_no_template() -> None:
+    spec = parse(
+        {
+            "metadata": {"name": "shop"},
+            "spec": {
+                "broker": {"url": "redis://redis:6379/0"},
+                "app": "shop.celery:app",
+                "queues": [
+                    {"name": "emails", "scaleTargetRef": {"name": "shop-mailer"}},
+                    {"name": "spare", "celeryQueues": ["low", "emails"], "scaleTargetRef": {"name": "shop-spare"}},
+                ],
+                "scaling": {"mode": "Shadow"},
+            },
+        }
+    ).spec
+    assert spec.template is None and spec.rendered == []
+    assert spec.grace_seconds == 30 and spec.worker_env == [] and spec.worker_extra_args == []
+    assert [q.consumed for q in spec.queues] == [("emails",), ("low", "emails")]
+    assert spec.shadow_for("emails") and spec.shadow_for("spare")
+    with pytest.raises(SpecError, match="every queue names a scaleTargetRef"):
+        _ = spec.pod_template
+
+
+def test_the_scaling_mode_is_pool_wide_and_overridable_per_queue() -> None:
+    spec = parse(example("full.yaml")).spec
+    assert spec.scaling.mode == "Active"
+    assert [spec.shadow_for(q.name) for q in spec.queues] == [False, False, True]
+    assert spec.queue("imports").scale_target_ref == ScaleTargetRef(name="shop-importer")
+    assert spec.rendered == spec.queues[:2]
 
 
 def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_command(sub)
     _add_local_commands(sub)
     _add_simulate_command(sub)
+    _add_keda_commands(sub)
     return parser
 
 
@@ -297,6 +298,15 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     sim.add_argument("--out", metavar="CSV", default=None, help="write the timeline to this CSV")
     sim.add_argument("--plot", metavar="PNG", default=None, help="write backlog and replicas over time to this PNG")
     sim.set_defaults(func=_simulate)
+
+
+def _add_keda_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`record` and `from-keda`: a trace from a live broker, and a WorkerPool from a KEDA ScaledObject."""
+    from workerpool_operator.keda_command import add_from_keda_command
+    from workerpool_operator.record.recording import add_record_command
+
+    add_record_command(sub)
+    add_from_keda_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ import yaml
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND, PLURAL
 from workerpool_operator.crd_keywords import Rule, list_map, rules
-from workerpool_operator.spec import MAX_POOL_NAME, MAX_QUEUES, MSG_POOL_NAME, WorkerPoolSpec
+from workerpool_operator.spec import MAX_CELERY_QUEUES, MAX_POOL_NAME, MAX_QUEUES, MSG_POOL_NAME, WorkerPoolSpec
 
 __all__ = ["HEADER", "crd", "main", "render", "spec_schema", "structural"]
 
@@ -239,6 +239,14 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "App", "type": "string", "priority": 1, "jsonPath": ".spec.app"},
     {"name": "Paused", "type": "boolean", "priority": 1, "jsonPath": ".spec.scaling.paused"},
     {
+        "name": "Mode",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".spec.scaling.mode",
+        "description": "Active, or Shadow: the operator decides and publishes, and writes nothing (pool-wide; a queue "
+        "may override it).",
+    },
+    {
         "name": "Waits",
         "type": "string",
         "priority": 1,
@@ -324,6 +332,34 @@ QUEUE_STATUS: Schema = {
         "draining": _count("Workers asked to drain - they take no new task and are removed once idle."),
         "lastScaleTime": TIMESTAMP,
         "lastScaleReason": _text(1024),
+        "mode": {
+            "type": "string",
+            "enum": ["Shadow"],
+            "description": "Shadow while the queue's scaling.mode is Shadow: desiredReplicas is what the operator "
+            "would set, replicas what the workload has.",
+        },
+        "wouldScaleTime": {**TIMESTAMP, "description": "In Shadow, when the count it would set last changed."},
+        "wouldScaleReason": _text(1024, "In Shadow, why it would set that count."),
+        "scaleTarget": _text(253, "The Deployment the queue scales without rendering it (scaleTargetRef)."),
+        "scaleDown": {
+            "type": "string",
+            "enum": ["Drain", "IdlestFirst", "ReplicaSet"],
+            "description": "How a scale-down picks its pods: Drain (the workers report: drained, then removed idle), "
+            "IdlestFirst (they report, draining is off), ReplicaSet (the ready pods report nothing: the ReplicaSet "
+            "picks, the pods' grace period protects running tasks).",
+        },
+        "celeryQueues": {
+            "type": "array",
+            "maxItems": MAX_CELERY_QUEUES,
+            **list_map("name"),
+            "description": "A group on several Celery queues: each queue's backlog, and whether it counts for this "
+            "group.",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": _text(63), "backlog": _count(), "counted": {"type": "boolean"}},
+            },
+        },
         "versions": {
             "type": "array",
             "maxItems": 16,

@@ -43,6 +43,9 @@ class QueueObservation:
     # Announced fire times of work for this queue, (unix time, source): Celery beat's next fires of the
     # periodic tasks routed here (beat_forecast.py), read in the same round trip.
     fires: tuple[tuple[float, str], ...] = ()
+    # A worker group on several Celery queues (worker_groups.py): each queue's own backlog, as the spec lists
+    # them, and whether it counts for this group: (queue, backlog, counted). Empty for a group on its one queue.
+    backlogs: tuple[tuple[str, int, bool], ...] = ()
 
     @property
     def ok(self) -> bool:

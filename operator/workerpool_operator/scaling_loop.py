@@ -7,6 +7,13 @@ events and metrics in the operator; the terminal view locally). The loop holds n
 knowledge: that lives behind :class:`~.scaling_types.WorkloadBackend`. What a decision leads to (drain requests,
 the new count, the workers removed first) is :func:`~.engine.execute.actions`, which the simulator carries out too;
 the names the runtimes share are in ``scaling_types.py``.
+
+A queue of a plan is a worker group: its workers may consume several Celery queues (``worker_groups.py`` says what
+the engine sees of them, and which queues a poll reads), and its drain requests go to each of them. A queue in
+Shadow mode (``QueuePlan.shadow``) is decided like any other, and its actions are handed to the result handler
+instead of carried out: nothing is written, save taking back the drain requests an active mode left (its workers
+would otherwise take no task until those expire). A shadow decision drains nothing (``drain_timeout`` 0): the count
+it shows is the one a scale-down would settle at, not the steps of a drain its workers never received.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from workerpool_operator import drain_requests
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, decide
 from workerpool_operator.engine.execute import Actions, actions
-from workerpool_operator.observation import BrokerObservation, QueueObservation
+from workerpool_operator.observation import BrokerObservation
 from workerpool_operator.scaling_types import (
     BrokerObserver,
     DrainSender,
@@ -33,6 +40,7 @@ from workerpool_operator.scaling_types import (
     ResultHandler,
     WorkloadBackend,
 )
+from workerpool_operator.worker_groups import Grouping, group_observation, grouping
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class _Registration:
     states: dict[str, QueueState]
     beat_app: str | None = None  # the app whose beat forecast announces this pool's periodic work
     next_due: dict[str, float] = field(default_factory=dict)
+    groups: Grouping = field(default_factory=lambda: grouping({}))
 
 
 class ScalingLoop:
@@ -99,6 +108,7 @@ class ScalingLoop:
             plans=dict(plans),
             states={queue: kept.get(queue, QueueState()) for queue in plans},
             beat_app=beat_app,
+            groups=grouping({queue: plan.celery_queues for queue, plan in plans.items()}),
         )
         if previous is not None:
             pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}
@@ -156,12 +166,12 @@ class ScalingLoop:
         aged: dict[BrokerConfig, set[str]] = {}  # queues with a target wait: their oldest task's age is read
         for key, queues in due.items():
             pool = self._pools[key]
-            wanted.setdefault(pool.broker, set()).update(queues)
+            wanted.setdefault(pool.broker, set()).update(pool.groups.to_poll(queues))
             if pool.beat_app is not None:
                 beats.setdefault(pool.broker, set()).add(pool.beat_app)
             for queue in queues:
-                if pool.plans[queue].policy.target_wait is not None:
-                    aged.setdefault(pool.broker, set()).add(queue)
+                if pool.plans[queue].policy.target_wait is not None:  # a group: the Celery queues it counts
+                    aged.setdefault(pool.broker, set()).update(pool.groups.counts[queue])
         self._connected |= wanted.keys()
         started = time.monotonic()
         observed = await self._observer.observe(wanted, self._observe_timeout, beats, aged)
@@ -216,9 +226,8 @@ class ScalingLoop:
     async def _scale_queue(
         self, pool: _Registration, queue: str, broker_obs: BrokerObservation, now: float
     ) -> QueueResult:
-        observation = broker_obs.queues.get(queue) or QueueObservation(
-            queue=queue, error=broker_obs.error or "queue was not observed"
-        )
+        missing = broker_obs.error or "queue was not observed"
+        observation = group_observation(pool.groups, queue, broker_obs.queues, missing)
         state = pool.states.get(queue, QueueState())
         try:
             replicas = await self._backend.current_replicas(pool.key, queue)
@@ -229,11 +238,16 @@ class ScalingLoop:
             return QueueResult(queue=queue, observation=observation, decision=None, state=state)
 
         observation = dataclasses.replace(observation, replicas=replicas)
-        policy = pool.plans[queue].policy
+        plan = pool.plans[queue]
+        policy = dataclasses.replace(plan.policy, drain_timeout=0.0) if plan.shadow else plan.policy
         decision, new_state = decide(observation, state, policy, now)
         pool.states[queue] = new_state
         result = QueueResult(queue=queue, observation=observation, decision=decision, state=new_state)
         todo = actions(state, new_state, decision, replicas, now, observation.workers)
+        if plan.shadow:  # what it would do, not done; only an active mode's drain requests are taken back
+            release = Actions(release=todo.release)
+            drain_error = await self._send_drains(pool, queue, release, plan.policy.drain_timeout)
+            return dataclasses.replace(result, shadow=todo, drain_error=drain_error)
         drain_error = await self._send_drains(pool, queue, todo, policy.drain_timeout)
         if drain_error is not None:
             result = dataclasses.replace(result, drain_error=drain_error)
@@ -247,14 +261,22 @@ class ScalingLoop:
         return dataclasses.replace(result, scaled_from=replicas, cancelled=todo.cancelled)
 
     async def _send_drains(self, pool: _Registration, queue: str, todo: Actions, drain_timeout: float) -> str | None:
-        """Write the drain requests the actions hold (``engine/execute.py`` says which, and why all of them)."""
+        """Write the drain requests the actions hold (``engine/execute.py`` says which, and why all of them), on
+        every Celery queue of the group: a draining worker takes tasks from none of them."""
         if not todo.sends_drains:
             return None
-        try:
-            await self._drains.send_drains(
-                pool.broker, queue, todo.drain, todo.release, drain_requests.ttl_for(drain_timeout)
-            )
-        except Exception as exc:
-            logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, exc)
-            return str(exc) or type(exc).__name__
-        return None
+        ttl = drain_requests.ttl_for(drain_timeout)
+        sent = await asyncio.gather(
+            *(
+                self._drains.send_drains(pool.broker, celery_queue, todo.drain, todo.release, ttl)
+                for celery_queue in pool.groups.consumes[queue]
+            ),
+            return_exceptions=True,
+        )
+        failed = next((error for error in sent if isinstance(error, BaseException)), None)
+        if failed is None:
+            return None
+        if not isinstance(failed, Exception):
+            raise failed
+        logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, failed)
+        return str(failed) or type(failed).__name__

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import Decision, QueueState, ScalingPolicy
+from workerpool_operator.engine.execute import Actions
 from workerpool_operator.observation import BrokerObservation, QueueObservation
 
 PoolKey = tuple[str, str]  # (namespace, name); the local runtime uses ("local", name)
@@ -29,6 +30,8 @@ class QueuePlan:
 
     policy: ScalingPolicy
     interval: float  # seconds between polls of this queue
+    celery_queues: tuple[str, ...] = ()  # the Celery queues its workers consume (worker_groups.py); () - its name
+    shadow: bool = False  # decide and report, write nothing (scaling.mode: Shadow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class QueueResult:
     scale_error: str | None = None
     drain_error: str | None = None  # the drain requests could not be sent (the workers keep what they do)
     cancelled: int = 0  # tasks running on the workers this tick's scale-down removed (0 when drained first)
+    # Shadow mode: what this tick would have done, not done (None when active, or when there was no decision).
+    shadow: Actions | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -42,6 +43,7 @@ from workerpool_operator.brokers import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATO
 from workerpool_operator.crd_keywords import ATOMIC, Rule, UnderKey, list_map, matches, raw_object, rules
 from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.engine.schedules import Schedule, check_cron, check_timezone
+from workerpool_operator.scaling_types import QueuePlan
 
 __all__ = [
     "BeatSpec",
@@ -55,6 +57,7 @@ __all__ = [
     "OAuthSpec",
     "PolicyField",
     "QueueSpec",
+    "ScaleTargetRef",
     "ScaleUpSpec",
     "ScalingOverride",
     "ScalingSpec",
@@ -120,6 +123,17 @@ MSG_FLOWER_STATE_VOLUME = "flower.stateVolume only applies with flower.persisten
 MSG_URL_PREFIX = "flower.urlPrefix must be path segments without leading or trailing '/', like flower or ops/flower"
 URL_PREFIX_PATTERN = "^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"
 MAX_SCHEDULES = 8
+MAX_CELERY_QUEUES = 16
+DNS_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+MSG_SCALE_TARGET_NAME = "scaleTargetRef.name must be a Deployment's name (lowercase letters, digits, '-' and '.')"
+MSG_SCALE_TARGET_DUPLICATE = "two queues name the same scaleTargetRef Deployment: one worker group per Deployment"
+MSG_TEMPLATE_MISSING = "spec.template is required unless every queue names a scaleTargetRef Deployment"
+MSG_TEMPLATE_COMPONENTS = "beat and flower run the template's image: set spec.template"
+MSG_ADOPTED_RESOURCES = (
+    "resources and maxTasksPerChild only apply to a Deployment the operator renders: a scaleTargetRef Deployment "
+    "keeps its own"
+)
+MSG_DUPLICATE_CELERY_QUEUE = "celeryQueues must not name a queue twice"
 CRON_PATTERN = r"^\S+( +\S+){4}$"
 MSG_CRON = "cron must be five fields: minute hour day-of-month month day-of-week, like '0 * * * *'"
 
@@ -403,6 +417,7 @@ class ResourceRequirements(_Model):
 
 
 Args = Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
+DEFAULT_GRACE_SECONDS = 30  # Kubernetes' own default terminationGracePeriodSeconds
 Labels = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)]
 Annotations = Annotated[dict[str, Annotated[str, Field(max_length=8192)]], Field(max_length=64)]
 
@@ -441,7 +456,7 @@ class TemplateSpec(_Model):
     """core/v1 Volume."""
     volume_mounts: Annotated[list[VolumeMount], Field(max_length=64)] = []
     """core/v1 VolumeMount of the worker container."""
-    termination_grace_period_seconds: Annotated[Int, Field(ge=0, le=86400)] = 30
+    termination_grace_period_seconds: Annotated[Int, Field(ge=0, le=86400)] = DEFAULT_GRACE_SECONDS
     """How long a worker may finish its running tasks after SIGTERM (warm shutdown)."""
 
 
@@ -459,6 +474,7 @@ Replicas = Annotated[Int, Field(ge=0, le=1000)]
 Startup = Annotated[Seconds, Field(ge=0, le=3600)]
 TargetWait = Annotated[Seconds, Field(ge=1, le=86400)]
 PolicyName = Literal["throughput", "demand"]
+ScalingMode = Literal["Active", "Shadow"]
 
 DEFAULT_POLL_INTERVAL = 2.0
 
@@ -530,6 +546,9 @@ class ScalingSpec(_Model):
     ScalingPolicy field it feeds), the engine's field and its use, a row in docs/workerpool.md; then `make crd`.
     """
 
+    mode: ScalingMode = "Active"
+    """Active - the operator scales; Shadow - it observes, decides and publishes what it would set (status, metrics,
+    Events) but writes nothing: no replicas, no drain requests, no pod marks. A change applies at the next poll."""
     poll_interval_seconds: PollInterval = DEFAULT_POLL_INTERVAL
     """Seconds between two looks at the broker."""
     target_per_replica: Annotated[Target | None, PolicyField("target_per_replica")] = None
@@ -605,21 +624,69 @@ POOL_CONCURRENCY_LIMITS: dict[CeleryPool, tuple[int, str]] = {
 }
 
 
-class QueueSpec(_Model):
-    """One Celery queue, served by one Deployment."""
+def _check_queue_name(name: str) -> str:
+    if not re.search(QUEUE_NAME_PATTERN, name):
+        raise ValueError(MSG_QUEUE_NAME)
+    if name in RESERVED_QUEUE_NAMES:
+        raise ValueError(MSG_RESERVED_QUEUE)
+    return name
+
+
+QueueName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=63,
+        json_schema_extra=rules(
+            Rule(matches(QUEUE_NAME_PATTERN), MSG_QUEUE_NAME),
+            Rule(f"!(self in {list(RESERVED_QUEUE_NAMES)})", MSG_RESERVED_QUEUE),
+        ),
+    ),
+    AfterValidator(_check_queue_name),
+]
+
+
+class ScaleTargetRef(_Model):
+    """A Deployment in the pool's namespace, scaled by the operator (its replicas only) instead of rendered."""
 
     name: Annotated[
         str,
         Field(
             min_length=1,
-            max_length=63,
-            json_schema_extra=rules(
-                Rule(matches(QUEUE_NAME_PATTERN), MSG_QUEUE_NAME),
-                Rule(f"!(self in {list(RESERVED_QUEUE_NAMES)})", MSG_RESERVED_QUEUE),
-            ),
+            max_length=253,
+            json_schema_extra=rules(Rule(matches(DNS_SUBDOMAIN_PATTERN), MSG_SCALE_TARGET_NAME)),
         ),
     ]
-    """The Celery queue. Lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit."""
+    """The Deployment's name."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not re.search(DNS_SUBDOMAIN_PATTERN, name):
+            raise ValueError(MSG_SCALE_TARGET_NAME)
+        return name
+
+
+class QueueSpec(_Model):
+    """One worker group: the Celery queues it consumes (by default the one named like it), served by one
+    Deployment, rendered by the operator or named by scaleTargetRef."""
+
+    name: QueueName
+    """The worker group's name, and by default the Celery queue it consumes. Lowercase letters, digits, '-', '_'
+    and '.', starting and ending with a letter or digit."""
+    celery_queues: (
+        Annotated[
+            list[QueueName],
+            Field(min_length=1, max_length=MAX_CELERY_QUEUES, json_schema_extra={"x-kubernetes-list-type": "set"}),
+        ]
+        | None
+    ) = None
+    """The Celery queues the group's workers consume (celery worker -Q). Default - [name]. The group scales on the
+    backlog of those it counts (a queue named like another group counts for that group only) plus what its own
+    workers hold."""
+    scale_target_ref: ScaleTargetRef | None = None
+    """Scale this Deployment of the pool's namespace instead of rendering one: the operator writes its replicas
+    (the scale subresource) and nothing else of it, and leaves it as it is when the pool is deleted."""
     pool: CeleryPool = CeleryPool.PREFORK
     """Celery's execution pool (celery worker --pool)."""
     concurrency: Annotated[Int, Field(ge=1, le=10000)] = 1
@@ -638,18 +705,26 @@ class QueueSpec(_Model):
     scaling: ScalingOverride = ScalingOverride()
     """Overrides of spec.scaling for this queue; unset fields keep the pool-wide value."""
 
-    @field_validator("name")
+    @field_validator("celery_queues")
     @classmethod
-    def _check_name(cls, name: str) -> str:
-        if not re.search(QUEUE_NAME_PATTERN, name):
-            raise ValueError(MSG_QUEUE_NAME)
-        if name in RESERVED_QUEUE_NAMES:
-            raise ValueError(MSG_RESERVED_QUEUE)
-        return name
+    def _check_celery_queues(cls, queues: list[str] | None) -> list[str] | None:
+        if queues is not None and len(set(queues)) != len(queues):
+            raise ValueError(MSG_DUPLICATE_CELERY_QUEUE)
+        return queues
+
+    @property
+    def consumed(self) -> tuple[str, ...]:
+        """The Celery queues the group's workers consume: ``celeryQueues``, else its own name."""
+        return tuple(self.celery_queues) if self.celery_queues else (self.name,)
 
     model_config = ConfigDict(
         json_schema_extra=rules(
             Rule("self.minReplicas <= self.maxReplicas", MSG_MIN_MAX, ".minReplicas"),
+            Rule(
+                "!has(self.scaleTargetRef) || (!has(self.resources) && !has(self.maxTasksPerChild))",
+                MSG_ADOPTED_RESOURCES,
+                ".scaleTargetRef",
+            ),
             *(
                 Rule(f"self.pool != '{pool.value}' || self.concurrency <= {limit}", message, ".concurrency")
                 for pool, (limit, message) in POOL_CONCURRENCY_LIMITS.items()
@@ -667,6 +742,8 @@ class QueueSpec(_Model):
             raise ValueError(limit[1])
         if self.max_tasks_per_child is not None and self.pool is not CeleryPool.PREFORK:
             raise ValueError(MSG_MAX_TASKS_PER_CHILD)
+        if self.scale_target_ref is not None and (self.resources is not None or self.max_tasks_per_child is not None):
+            raise ValueError(MSG_ADOPTED_RESOURCES)
         return self
 
 
@@ -817,10 +894,11 @@ class WorkerPoolSpec(_Model):
         str, Field(min_length=1, max_length=253, json_schema_extra=rules(Rule(matches(APP_PATTERN), MSG_APP)))
     ]
     """What `celery -A` receives, for example shop.celery:app."""
-    template: TemplateSpec
-    """The pod template shared by every queue's Deployment."""
+    template: TemplateSpec | None = None
+    """The pod template shared by every Deployment the operator renders. Required unless every queue names a
+    scaleTargetRef (and there is no beat or Flower)."""
     queues: Annotated[list[QueueSpec], Field(min_length=1, max_length=MAX_QUEUES, json_schema_extra=list_map("name"))]
-    """One Deployment per queue."""
+    """The worker groups: one Deployment each."""
     scaling: ScalingSpec = ScalingSpec()
     """How every queue scales, unless the queue overrides it."""
     beat: BeatSpec | None = None
@@ -831,7 +909,20 @@ class WorkerPoolSpec(_Model):
 
     model_config = ConfigDict(
         json_schema_extra=rules(
-            Rule("self.queues.all(q, !q.name.contains(self.broker.separator))", MSG_SEPARATOR, ".queues"),
+            Rule(
+                "self.queues.all(q, !q.name.contains(self.broker.separator)"
+                " && (!has(q.celeryQueues) || q.celeryQueues.all(c, !c.contains(self.broker.separator))))",
+                MSG_SEPARATOR,
+                ".queues",
+            ),
+            Rule("has(self.template) || self.queues.all(q, has(q.scaleTargetRef))", MSG_TEMPLATE_MISSING),
+            Rule("has(self.template) || (!has(self.beat) && !has(self.flower))", MSG_TEMPLATE_COMPONENTS),
+            Rule(
+                "self.queues.all(a, !has(a.scaleTargetRef) ? true : self.queues.exists_one(b,"
+                " has(b.scaleTargetRef) ? b.scaleTargetRef.name == a.scaleTargetRef.name : false))",
+                MSG_SCALE_TARGET_DUPLICATE,
+                ".queues",
+            ),
             Rule(
                 f"!has(self.beat) || !self.queues.exists(q, q.name == '{BEAT_DEPLOYMENT_SUFFIX}')",
                 MSG_QUEUE_BEAT,
@@ -855,17 +946,54 @@ class WorkerPoolSpec(_Model):
     @model_validator(mode="after")
     def _check_queues(self) -> Self:
         seen: set[str] = set()
+        targets: set[str] = set()
         for queue in self.queues:
             if queue.name in seen:
                 raise ValueError(MSG_DUPLICATE_QUEUE.format(name=queue.name))
             seen.add(queue.name)
-            if self.broker.separator in queue.name:
+            if any(self.broker.separator in name for name in (queue.name, *queue.consumed)):
                 raise ValueError(MSG_SEPARATOR)
+            if queue.scale_target_ref is not None:
+                if queue.scale_target_ref.name in targets:
+                    raise ValueError(MSG_SCALE_TARGET_DUPLICATE)
+                targets.add(queue.scale_target_ref.name)
         if self.beat is not None and BEAT_DEPLOYMENT_SUFFIX in seen:
             raise ValueError(MSG_QUEUE_BEAT)
         if self.flower is not None and FLOWER_DEPLOYMENT_SUFFIX in seen:
             raise ValueError(MSG_QUEUE_FLOWER)
+        if self.template is None and len(targets) < len(self.queues):
+            raise ValueError(MSG_TEMPLATE_MISSING)
+        if self.template is None and (self.beat is not None or self.flower is not None):
+            raise ValueError(MSG_TEMPLATE_COMPONENTS)
         return self
+
+    @property
+    def rendered(self) -> list[QueueSpec]:
+        """The queues whose Deployment the operator renders (those without a scaleTargetRef)."""
+        return [queue for queue in self.queues if queue.scale_target_ref is None]
+
+    @property
+    def grace_seconds(self) -> int:
+        """The workers' terminationGracePeriodSeconds: the template's, else Kubernetes' default (a pool of
+        scaleTargetRef Deployments only: theirs is in each Deployment, unknown here)."""
+        return self.template.termination_grace_period_seconds if self.template else DEFAULT_GRACE_SECONDS
+
+    @property
+    def worker_env(self) -> list[dict[str, Any]]:
+        """The template's env (none without a template)."""
+        return list(self.template.env) if self.template else []
+
+    @property
+    def worker_extra_args(self) -> list[str]:
+        """The template's extraArgs (none without a template)."""
+        return list(self.template.extra_args) if self.template else []
+
+    @property
+    def pod_template(self) -> TemplateSpec:
+        """The template, for what the operator renders (the model guarantees one whenever something is)."""
+        if self.template is None:
+            raise SpecError("spec.template is not set (every queue names a scaleTargetRef)")
+        return self.template
 
     def queue(self, name: str) -> QueueSpec:
         for queue in self.queues:
@@ -888,6 +1016,19 @@ class WorkerPoolSpec(_Model):
     def poll_interval_for(self, queue_name: str) -> float:
         """Seconds between two looks at this queue's broker."""
         return float(self.scaling_for(queue_name).poll_interval_seconds)
+
+    def shadow_for(self, queue_name: str) -> bool:
+        """Whether this queue's scaling is in Shadow mode (observe and publish, write nothing)."""
+        return self.scaling_for(queue_name).mode == "Shadow"
+
+    def plan_for(self, queue_name: str) -> QueuePlan:
+        """How the scaling loop serves this queue (a worker group): policy, poll interval, Celery queues, mode."""
+        return QueuePlan(
+            policy=self.policy_for(queue_name),
+            interval=self.poll_interval_for(queue_name),
+            celery_queues=self.queue(queue_name).consumed,
+            shadow=self.shadow_for(queue_name),
+        )
 
 
 class WorkerPool(_Model):

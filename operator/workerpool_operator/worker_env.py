@@ -52,7 +52,7 @@ def worker_grace(pool: WorkerPool, queue: QueueSpec) -> int:
     drained one does, instead of being killed at Kubernetes' default 30 s. One setting, the drain timeout, bounds
     them all; the template's grace only raises it. An idle worker exits at once whatever its grace: only a busy one
     uses it. With draining off (drain timeout 0), the template's."""
-    grace = pool.spec.template.termination_grace_period_seconds
+    grace = pool.spec.grace_seconds
     drain_timeout = round(pool.spec.policy_for(queue.name).drain_timeout)
     return max(grace, drain_timeout + STOP_MARGIN) if drain_timeout > 0 else grace
 
@@ -60,7 +60,7 @@ def worker_grace(pool: WorkerPool, queue: QueueSpec) -> int:
 def soft_shutdown_timeout(pool: WorkerPool, queue: QueueSpec | None = None) -> int:
     """Seconds running tasks get after SIGTERM: the grace period less a margin for the worker to put
     unstarted messages back before the kubelet's SIGKILL."""
-    grace = pool.spec.template.termination_grace_period_seconds if queue is None else worker_grace(pool, queue)
+    grace = pool.spec.grace_seconds if queue is None else worker_grace(pool, queue)
     return grace - 5 if grace > 10 else max(grace // 2, 1)
 
 
@@ -68,7 +68,7 @@ def worker_environment(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any
     """The worker's settings; the user's ``template.env`` comes last, so it can override any of them."""
     env: list[dict[str, Any]] = [
         {"name": contract.APP.name, "value": pool.spec.app},
-        {"name": contract.QUEUES.name, "value": queue.name},
+        {"name": contract.QUEUES.name, "value": ",".join(queue.consumed)},
         {"name": contract.POOL.name, "value": str(queue.pool.value)},
         {"name": contract.CONCURRENCY.name, "value": str(queue.concurrency)},
         {"name": contract.PREFETCH_MULTIPLIER.name, "value": str(queue.prefetch_multiplier)},
@@ -81,7 +81,7 @@ def worker_environment(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any
     if pool.spec.flower is not None and pool.spec.flower.task_events:
         env.append({"name": TASK_EVENTS_ENV, "value": "1"})
     env += _identity_and_broker(pool)
-    return _with_user_env(env, pool.spec.template.env)
+    return _with_user_env(env, pool.spec.worker_env)
 
 
 def _identity_and_broker(pool: WorkerPool) -> list[dict[str, Any]]:
@@ -115,7 +115,7 @@ def _with_user_env(env: list[dict[str, Any]], *user_lists: Sequence[Mapping[str,
 
 def worker_args(pool: WorkerPool) -> list[str]:
     """The container arguments: ``template.extraArgs`` for Celery, after ``--``."""
-    extra = pool.spec.template.extra_args
+    extra = pool.spec.worker_extra_args
     return ["--", *extra] if extra else []
 
 
@@ -139,7 +139,7 @@ def beat_environment(pool: WorkerPool, beat: BeatSpec) -> list[dict[str, Any]]:
     if beat.scheduler is not None:
         env.append({"name": contract.BEAT_SCHEDULER.name, "value": beat.scheduler})
     env += _identity_and_broker(pool)
-    return _with_user_env(env, pool.spec.template.env)
+    return _with_user_env(env, pool.spec.pod_template.env)
 
 
 def beat_args(beat: BeatSpec) -> list[str]:
@@ -185,7 +185,7 @@ def flower_environment(pool: WorkerPool, flower: FlowerSpec) -> list[dict[str, A
     if flower.url_prefix is not None:
         env.append({"name": "FLOWER_URL_PREFIX", "value": flower.url_prefix})
     env += _identity_and_broker(pool)
-    return _with_user_env(env, pool.spec.template.env, flower.env)
+    return _with_user_env(env, pool.spec.pod_template.env, flower.env)
 
 
 def flower_args(flower: FlowerSpec) -> list[str]:

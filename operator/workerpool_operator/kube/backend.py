@@ -5,13 +5,24 @@ watch keeps current (:meth:`KubeBackend.observe_deployment`), and only a change 
 write. A scale-down first marks the pods the engine chose with ``controller.kubernetes.io/pod-deletion-cost``,
 so the ReplicaSet removes exactly those. The count is written with the scaler's own Server-Side Apply
 (``fields.SCALER_MANAGER``), which takes it back from whoever changed it by hand.
+
+A queue may name a Deployment the operator did not render (``scaleTargetRef``): it is scaled the same way, through
+its ``scale`` subresource, and nothing else of it is written. Its watch events come through a handler of their own
+(it carries no pool label); one found missing is remembered as missing until the watch sees it, so a poll of a
+queue whose Deployment does not exist makes no API call. Whoever else holds ``spec.replicas`` of a Deployment (an
+HPA, ``kubectl scale``) is read off ``managedFields`` into :attr:`Known.others`; one that took it from the scaler
+is remembered for :data:`CONTESTED_HOLD` seconds (:meth:`KubeBackend.contested`): in a fight, the other's hold
+lasts only until the operator's next write takes the field back, too briefly for a status to show it. (A manager
+that held the count before the scaler ever did, such as the ``kubectl apply`` that created a scale target, is no
+contest: the scaler's first apply takes it, or shares it while both say the same count.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +40,7 @@ class Known:
     version: int | None = None  # resourceVersion, when numeric: older watch events never overwrite newer facts
     scaler_owns: bool = True  # the scaler's field manager holds spec.replicas (see reconcile.py)
     legacy: bool = False  # still written by merge patches of a version before 0.3 (see fields.legacy_entries)
+    others: tuple[str, ...] = ()  # other field managers holding spec.replicas (an HPA, kubectl scale, a deploy tool)
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Known:
@@ -39,9 +51,15 @@ class Known:
             replicas=int(spec.get("replicas", 1)),  # the API server's default
             ready=int(status.get("readyReplicas") or 0),
             version=int_or_none((obj.get("metadata") or {}).get("resourceVersion")),
-            scaler_owns=scaler is not None and fields.holds(scaler, ("spec", "replicas")),  # (its paths: the object's)
+            scaler_owns=scaler is not None and fields.holds(scaler, REPLICAS),  # (its paths: the object's)
             legacy=bool(fields.legacy_entries(obj)),
+            others=tuple(fields.owners(obj, REPLICAS, besides=OURS)),
         )
+
+
+CONTESTED_HOLD = 300.0  # seconds another manager's write of spec.replicas is remembered
+REPLICAS = ("spec", "replicas")
+OURS = (fields.FIELD_MANAGER, fields.SCALER_MANAGER)  # the manifest's creation apply holds the first count
 
 
 class KubeBackend:
@@ -51,26 +69,46 @@ class KubeBackend:
     applies the Deployments and forgets it when a queue or pool goes away.
     """
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, clock: Callable[[], float] = time.time) -> None:
         self.api = api
+        self._clock = clock
+        self._others: dict[tuple[str, str], tuple[tuple[str, ...], float]] = {}  # other writers of the count, when
         self._names: dict[tuple[PoolKey, str], str] = {}
         self._replicas: dict[tuple[str, str], Known] = {}
         self._marked: dict[tuple[str, str], set[str]] = {}  # pods given a deletion cost, per Deployment
         self._applying: dict[tuple[str, str], int] = {}  # objects with an apply in flight (drift waits for it)
+        self._targets: dict[tuple[str, str], PoolKey] = {}  # Deployments scaled, not rendered -> their pool
+        self._missing: set[tuple[str, str]] = set()  # of those, the ones found missing (until the watch sees them)
 
     # --- names and cache ---------------------------------------------------------------------------
 
-    def set_names(self, pool: PoolKey, names: Mapping[str, str]) -> None:
-        """The Deployment name of every queue of ``pool`` (replaces the previous mapping)."""
-        for key in [k for k in self._names if k[0] == pool and k[1] not in names]:
+    def set_names(self, pool: PoolKey, names: Mapping[str, str], targets: Collection[str] = ()) -> None:
+        """The Deployment name of every queue of ``pool`` (replaces the previous mapping); ``targets``: the
+        names among them the pool scales without rendering (``scaleTargetRef``)."""
+        for key in [k for k in self._names if k[0] == pool and (k[1] not in names or names[k[1]] != self._names[k])]:
             name = self._names.pop(key)
             self._replicas.pop((pool[0], name), None)
             self._marked.pop((pool[0], name), None)
+            self._others.pop((pool[0], name), None)
         for queue, name in names.items():
             self._names[(pool, queue)] = name
+        kept = {(pool[0], name) for name in targets}
+        for target in [t for t, owner in self._targets.items() if owner == pool and t not in kept]:
+            del self._targets[target]
+            self._missing.discard(target)
+        for target in kept:
+            self._targets[target] = pool
 
     def forget(self, pool: PoolKey) -> None:
         self.set_names(pool, {})
+
+    def is_target(self, namespace: str, name: str) -> bool:
+        """Whether a pool scales this Deployment without rendering it (``scaleTargetRef``)."""
+        return (namespace, name) in self._targets
+
+    def missing(self, namespace: str, name: str) -> bool:
+        """Whether this scale target was found missing (and not seen since)."""
+        return (namespace, name) in self._missing
 
     def deployment_name(self, pool: PoolKey, queue: str) -> str | None:
         return self._names.get((pool, queue))
@@ -81,12 +119,28 @@ class KubeBackend:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if deleted:
             self._replicas.pop(key, None)
+            self._others.pop(key, None)
+            if key in self._targets:
+                self._missing.add(key)
             return
+        self._missing.discard(key)
         version = int_or_none(meta.get("resourceVersion"))
         known = self._replicas.get(key)
         if known is not None and known.version is not None and version is not None and version < known.version:
             return
-        self._replicas[key] = Known.of(obj)
+        self._replicas[key] = found = Known.of(obj)
+        if found.others and not found.scaler_owns and known is not None and known.scaler_owns:  # taken from it
+            self._others[key] = (found.others, self._clock())
+
+    def contested(self, namespace: str, name: str) -> tuple[str, ...]:
+        """The other managers seen holding the Deployment's ``spec.replicas`` within :data:`CONTESTED_HOLD`."""
+        seen = self._others.get((namespace, name))
+        if seen is None:
+            return ()
+        if self._clock() - seen[1] > CONTESTED_HOLD:
+            del self._others[(namespace, name)]
+            return ()
+        return seen[0]
 
     def observe_scale(self, scale: Mapping[str, Any]) -> None:
         """Feed the answer of a write to a Deployment's ``scale`` subresource (an ``autoscaling/v1`` Scale, whose
@@ -123,12 +177,24 @@ class KubeBackend:
             return None
         known = self._replicas.get((pool[0], name))
         if known is None:
-            found = await asyncio.to_thread(self.api.get_deployment, pool[0], name)
-            if found is None:
-                return None
-            self.observe_deployment(found)
-            known = self._replicas.get((pool[0], name))
+            found = await self.read(pool[0], name)
+            known = None if found is None else self._replicas.get((pool[0], name))
         return None if known is None else known.replicas
+
+    async def read(self, namespace: str, name: str) -> Known | None:
+        """What the cache knows of a Deployment, read from the API when it knows nothing (``None``: it does not
+        exist). A scale target found missing is not read again until the watch sees it."""
+        key = (namespace, name)
+        known = self._replicas.get(key)
+        if known is not None or key in self._missing:
+            return known
+        found = await asyncio.to_thread(self.api.get_deployment, namespace, name)
+        if found is None:
+            if key in self._targets:
+                self._missing.add(key)
+            return None
+        self.observe_deployment(found)
+        return self._replicas.get(key)
 
     async def scale(self, pool: PoolKey, queue: str, replicas: int, remove_first: Sequence[str]) -> None:
         name = self._names.get((pool, queue))

@@ -106,9 +106,9 @@ def _singleton(
     main["terminationMessagePolicy"] = "FallbackToLogsOnError"  # the one-line error, in the pod status
     pod = pod_spec(pool, main, volumes=volumes, grace=BEAT_GRACE, fs_group=fs_group)
     labels = component_labels(pool.name, component)
-    pod_meta: dict[str, Any] = {"labels": {**pool.spec.template.pod_labels, **labels}}
-    if pool.spec.template.pod_annotations:
-        pod_meta["annotations"] = dict(pool.spec.template.pod_annotations)
+    pod_meta: dict[str, Any] = {"labels": {**pool.spec.pod_template.pod_labels, **labels}}
+    if pool.spec.pod_template.pod_annotations:
+        pod_meta["annotations"] = dict(pool.spec.pod_template.pod_annotations)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -140,7 +140,7 @@ def render_beat(pool: WorkerPool, beat: BeatSpec, uid: str) -> dict[str, Any]:
         name=BEAT,
         env=beat_environment(pool, beat),
         args=beat_args(beat),
-        resources=beat.resources or pool.spec.template.resources,
+        resources=beat.resources or pool.spec.pod_template.resources,
         probes=standard_probes(probe),  # startup: import the app, and wait out a lost beat's lock (its TTL)
     )
     return _singleton(pool, BEAT, uid, beat_container, (beat.schedule_volume, BEAT_SCHEDULE_VOLUME, BEAT_SCHEDULE_DIR))
@@ -162,7 +162,7 @@ def render_flower(pool: WorkerPool, flower: FlowerSpec, uid: str) -> dict[str, A
         name=FLOWER,
         env=flower_environment(pool, flower),
         args=flower_args(flower),
-        resources=flower.resources or pool.spec.template.resources,
+        resources=flower.resources or pool.spec.pod_template.resources,
         probes=standard_probes(lambda _kind, **timing: _http_probe(flower, **timing)),
     )
     flower_container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": FLOWER_PORT, "protocol": "TCP"}]

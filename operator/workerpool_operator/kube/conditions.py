@@ -6,8 +6,8 @@ same conditions every poll produces the same list, and the status is not rewritt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from workerpool_operator.engine.wait_watch import Breach
@@ -15,6 +15,9 @@ from workerpool_operator.engine.wait_watch import Breach
 READY = "Ready"
 BROKER_REACHABLE = "BrokerReachable"
 BEAT_READY = "BeatReady"  # only with spec.beat
+SCALE_TARGETS_FOUND = "ScaleTargetsFound"  # only with a queue's scaleTargetRef
+REPLICAS_CONTESTED = "ReplicasContested"  # only while another manager writes an active queue's replicas
+CELERY_QUEUES_SHARED = "CeleryQueuesShared"  # only while two groups count one Celery queue
 WAITS_WITHIN_TARGET = "WaitsWithinTarget"  # only while a queue has a target wait
 
 # Reasons (CamelCase, as the API conventions want).
@@ -30,6 +33,11 @@ REASON_APPLY_FAILED = "WorkloadApplyFailed"
 REASON_BEAT_RUNNING = "BeatRunning"
 REASON_BEAT_NOT_READY = "BeatNotReady"
 REASON_DUPLICATE_BEAT = "DuplicateBeat"
+REASON_SHADOW = "Shadow"  # Ready=True: observed and decided, nothing written (scaling.mode: Shadow)
+REASON_SCALE_TARGET_FOUND = "Found"
+REASON_SCALE_TARGET_NOT_FOUND = "ScaleTargetNotFound"
+REASON_OTHER_MANAGER = "OtherManager"
+REASON_COUNTED_TWICE = "CountedByTwoGroups"
 REASON_WITHIN_TARGET = "WithinTarget"
 # A queue's target broken: the reasons of engine/wait_watch.py (RedisUnreachable, ScalingPaused,
 # WorkersNotStarting, MaxReplicasReached, NotEnoughWorkers).
@@ -103,6 +111,71 @@ def conditions_for_problem(problem: Problem | None, *, broker_error: str | None,
     if problem is not None and problem.reason in CONFIG_REASONS:
         return pool_conditions(config_problem=problem, broker_error=broker_error, observed=observed)
     return pool_conditions(config_problem=None, broker_error=broker_error, observed=observed, apply_problem=problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Workloads:
+    """What the conditions say of the pool's workloads besides the broker: the Deployments it scales without
+    rendering (``scaleTargetRef``), which of them are missing, other writers of replicas, shared Celery queues and
+    the queues in Shadow."""
+
+    targets: Mapping[str, str]  # queue -> Deployment (scaleTargetRef)
+    missing: Collection[str] = ()  # queues whose target does not exist
+    contested: Mapping[str, tuple[str, Sequence[str]]] = field(default_factory=dict)  # queue -> (Deployment, others)
+    shared: Mapping[str, Sequence[str]] = field(default_factory=dict)  # Celery queue -> the groups counting it
+    shadow: Sequence[str] = ()  # queues in Shadow
+    queue_count: int = 0
+
+
+def workload_conditions(ready: Condition, workloads: Workloads) -> tuple[Condition, list[Condition]]:
+    """``Ready`` as the workloads leave it, and the conditions present only where they apply: ``ScaleTargetsFound``
+    (with a scaleTargetRef), ``ReplicasContested`` (another field manager holds an active queue's replicas: the
+    two would undo each other's writes), ``CeleryQueuesShared`` (two groups count one queue's backlog). A missing
+    scale target makes a Ready pool not Ready; Shadow queues make its reason ``Shadow``."""
+    found: list[Condition] = []
+    if workloads.targets:
+        missing = [q for q in workloads.targets if q in workloads.missing]
+        if missing:
+            gone = "; ".join(f"queue {q}: Deployment {workloads.targets[q]} not found" for q in missing)
+            message = f"{gone} (scaleTargetRef): nothing to scale until it exists"
+            found.append(Condition(SCALE_TARGETS_FOUND, "False", REASON_SCALE_TARGET_NOT_FOUND, message))
+            if ready.status == "True":
+                ready = Condition(READY, "False", REASON_SCALE_TARGET_NOT_FOUND, message)
+        else:
+            found.append(
+                Condition(SCALE_TARGETS_FOUND, "True", REASON_SCALE_TARGET_FOUND, "every scaleTargetRef exists")
+            )
+    if workloads.contested:
+        found.append(
+            Condition(REPLICAS_CONTESTED, "True", REASON_OTHER_MANAGER, contested_message(workloads.contested))
+        )
+    if workloads.shared:
+        parts = [
+            f"Celery queue {q} is counted by groups {' and '.join(groups)}" for q, groups in workloads.shared.items()
+        ]
+        message = (
+            f"{'; '.join(parts)}: a task waiting there scales each of them (a queue counts for the group named like it "
+            "alone: name a group after it, or list it in one group only)"
+        )
+        found.append(Condition(CELERY_QUEUES_SHARED, "True", REASON_COUNTED_TWICE, message))
+    if workloads.shadow and ready.status == "True":
+        which = "every queue" if len(workloads.shadow) == workloads.queue_count else ", ".join(workloads.shadow)
+        message = f"observing and deciding for {which}, writing nothing (scaling.mode: Shadow)"
+        ready = Condition(READY, "True", REASON_SHADOW, message)
+    return ready, found
+
+
+def contested_message(contested: Mapping[str, tuple[str, Sequence[str]]]) -> str:
+    """Who else writes which queue's replicas, and what to do about it."""
+    parts = [
+        f"queue {queue}: spec.replicas of Deployment {deployment} is also written by {', '.join(others)}"
+        for queue, (deployment, others) in contested.items()
+    ]
+    return (
+        f"{'; '.join(parts)}. The operator writes its own count again at its next change, so the two undo each "
+        "other's writes: remove the other writer (an HPA, a KEDA ScaledObject, replicas in a deploy tool's "
+        "manifest), or set scaling.mode: Shadow meanwhile"
+    )
 
 
 def beat_condition(deployment: str, ready: int | None, duplicates: Sequence[str] = ()) -> Condition:

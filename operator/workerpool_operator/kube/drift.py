@@ -9,6 +9,10 @@ edits, since they move no ownership. A deleted queue Deployment is recreated wit
 (beat, Flower, its Service) as rendered, so beat scaled to 2 by hand goes back to 1.
 
 An object with an apply of ours in flight is left to that apply: its events may show the state before it.
+
+A Deployment a pool scales without rendering (``scaleTargetRef``) is never repaired: only its replica count is the
+operator's, and the scaling loop keeps that. Its events (it has no pool label: :meth:`DriftRepair.target_changed`)
+only keep the cache current, on every replica.
 """
 
 from __future__ import annotations
@@ -70,6 +74,15 @@ class DriftRepair:
             return  # an old event: we already know a newer version of this Deployment
         self._backend.observe_deployment(obj, deleted=deleted)
         await self._repair("Deployment", deleted, obj, before.replicas if before is not None else None)
+
+    def is_target(self, namespace: str, name: str) -> bool:
+        return self._backend.is_target(namespace, name)
+
+    def target_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        """A Deployment without the pool label changed: cached when a pool scales it (``scaleTargetRef``)."""
+        meta = obj.get("metadata") or {}
+        if self._backend.is_target(str(meta.get("namespace")), str(meta.get("name"))):
+            self._backend.observe_deployment(obj, deleted=event_type == "DELETED")
 
     async def service_changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
         await self._repair("Service", event_type == "DELETED", obj, None)

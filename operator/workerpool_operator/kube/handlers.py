@@ -188,6 +188,20 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     await memo.drift.deployment_changed(str(event.get("type")), event["object"])
 
 
+def is_scale_target(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> bool:
+    """Whether a pool scales this Deployment without rendering it: kopf calls the handler below for those only."""
+    drift = memo.get("drift")
+    return isinstance(drift, DriftRepair) and drift.is_target(str(namespace), str(name))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={POOL_LABEL: kopf.ABSENT}, when=is_scale_target)
+async def scale_target_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the replica cache current for the Deployments pools scale without rendering them (``scaleTargetRef``).
+    kopf watches every Deployment of the watched namespaces already (it filters labels itself): no other watch,
+    and the filter keeps other Deployments' events from reaching a handler."""
+    memo.drift.target_changed(str(event.get("type")), event["object"])
+
+
 @kopf.on.event("v1", "services", labels={POOL_LABEL: kopf.PRESENT})
 async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Put back Flower's Service when it is edited or deleted by hand."""

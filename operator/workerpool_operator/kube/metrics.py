@@ -103,6 +103,11 @@ QUEUE_GAUGES = GaugeTable(
         ("workerpool_queue_paused", "1 while scaling of the queue is paused (scaling.paused)"),
         ("workerpool_queue_fallback_active", "1 while the queue is held by its fallback after failed observations"),
         ("workerpool_queue_workers_draining", "Workers asked to stop taking tasks, still finishing"),
+        (
+            "workerpool_queue_shadow",
+            "1 while the queue is in Shadow mode: workerpool_queue_desired_replicas is what the operator would set,"
+            " workerpool_queue_replicas what the workload has",
+        ),
     ),
 )
 REGISTRY.register(QUEUE_GAUGES)
@@ -259,9 +264,13 @@ def record_queue(
     max_replicas: int | None = None,
     paused: bool | None = None,
     fallback: bool | None = None,
+    shadow: bool | None = None,
 ) -> None:
     """The figures of one queue after a poll; ``None`` leaves a figure as it was (failed poll)."""
-    figures = (backlog, in_flight, replicas, ready, desired, min_replicas, max_replicas, paused, fallback, draining)
+    figures = (
+        *(backlog, in_flight, replicas, ready, desired, min_replicas, max_replicas),
+        *(paused, fallback, draining, shadow),
+    )
     key = (namespace, pool, queue)
     row = QUEUE_GAUGES.rows.get(key)
     if row is None:

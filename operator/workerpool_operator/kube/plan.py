@@ -1,10 +1,11 @@
 """Reconcile, step one: what a WorkerPool asks for, in one pass over its spec. Pure: no I/O, no clock.
 
 ``plan(obj, secrets)`` turns a WorkerPool object and the Secrets it names (read beforehand, see
-:func:`secrets_named`) into a :class:`PoolPlan`: the broker to observe, the Deployment of every queue, how
-each queue is scaled, and the workloads that are not scaled (beat, Flower and its Service). Everything a user
-can get wrong here is a :class:`PlanError` carrying the condition reason and message to show; applying the plan
-(``reconcile.py``) only does I/O.
+:func:`secrets_named`) into a :class:`PoolPlan`: the broker to observe, the Deployment of every queue the operator
+renders, the Deployment each other queue names (``scaleTargetRef``: scaled, never rendered), how each queue is
+scaled, and the workloads that are not scaled (beat, Flower and its Service). Everything a user can get wrong here
+is a :class:`PlanError` carrying the condition reason and message to show; applying the plan (``reconcile.py``)
+only does I/O.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from workerpool_operator.reports import version_number
 from workerpool_operator.scaling_types import PoolKey, QueuePlan
 from workerpool_operator.spec import SecretKeyRef, SpecError, WorkerPool
 from workerpool_operator.worker_env import VERSION_LABEL
+from workerpool_operator.worker_groups import grouping
 
 SecretData = Mapping[str, bytes] | None  # a Secret's data, None when the Secret does not exist
 
@@ -91,6 +93,8 @@ class PoolPlan:
     uses_secrets: bool  # the broker URL or CA come from Secrets (re-read now and then)
     components: Manifests = field(default_factory=Manifests)  # beat, flower, flower-service
     beat_app: str | None = None  # the app beat runs for (None: no beat)
+    targets: Mapping[str, str] = field(default_factory=dict)  # queue -> the Deployment it scales (scaleTargetRef)
+    shared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # Celery queue -> the groups counting it
     versions: Mapping[str, int] = field(default_factory=dict)  # queue -> its pod template's version, as reported
 
     @property
@@ -104,10 +108,11 @@ class PoolPlan:
         return self.components.names.get(key)
 
     def owned_names(self, kind: str) -> set[str]:
-        """The names of every object of ``kind`` the plan has (queue Deployments and components)."""
+        """The names of every object of ``kind`` the plan has (queue Deployments and components), and of the
+        Deployments it scales without rendering: never deleted as left over, whatever their labels say."""
         names = {name for key, name in self.components.names.items() if self.components.kinds[key] == kind}
         if kind == "Deployment":
-            names |= set(self.deployments.names.values())
+            names |= set(self.deployments.names.values()) | set(self.targets.values())
         return names
 
     @property
@@ -116,7 +121,11 @@ class PoolPlan:
 
     @property
     def deployment_names(self) -> dict[str, str]:
-        return dict(self.deployments.names)
+        """Every queue's Deployment: rendered, or named by ``scaleTargetRef``."""
+        return {**self.deployments.names, **self.targets}
+
+    def shadow(self, queue: str) -> bool:
+        return queue in self.queues and self.queues[queue].shadow
 
     def bounds(self, queue: str) -> tuple[int, int]:
         policy = self.queues[queue].policy
@@ -152,27 +161,45 @@ def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
         raise PlanError(cond.REASON_INVALID_BROKER_URL, f"invalid broker URL: {exc}") from None
     uid = str(meta.get("uid") or "")
     spec = pool.spec
-    deployments = render_deployments(pool, uid=uid)
+    rendered = render_deployments(pool, uid=uid)
+    deployments = Manifests(rendered)
+    components = Manifests(render_components(pool, uid=uid))
+    targets = {q.name: q.scale_target_ref.name for q in spec.queues if q.scale_target_ref is not None}
+    _check_targets(targets, deployments, components)
+    queues = {q.name: spec.plan_for(q.name) for q in spec.queues}
     return PoolPlan(
         key=(pool.namespace, pool.name),
         uid=uid,
         generation=pool.generation,
         broker=config,
-        deployments=Manifests(deployments),
-        queues={q.name: QueuePlan(spec.policy_for(q.name), spec.poll_interval_for(q.name)) for q in spec.queues},
+        deployments=deployments,
+        queues=queues,
         uses_secrets=broker.url_from is not None or broker.ca_from is not None,
-        components=Manifests(render_components(pool, uid=uid)),
+        components=components,
         beat_app=spec.app if spec.beat is not None else None,
-        versions={
-            q: version_number(d["spec"]["template"]["metadata"]["labels"][VERSION_LABEL])
-            for q, d in deployments.items()
-        },
+        targets=targets,
+        shared=grouping({name: queue.celery_queues for name, queue in queues.items()}).shared,
+        versions={q: _version(d) for q, d in rendered.items()},
     )
 
 
 def _version(deployment: Mapping[str, Any]) -> int:
     """The version a Deployment's workers report (its pod template's label, ``reports.version_number``)."""
     return version_number(deployment["spec"]["template"]["metadata"]["labels"][VERSION_LABEL])
+
+
+def _check_targets(targets: Mapping[str, str], deployments: Manifests, components: Manifests) -> None:
+    """A ``scaleTargetRef`` must not name a Deployment the pool renders itself (the model cannot tell: the
+    rendered names depend on the pool's name)."""
+    rendered = {name: f"queue {queue}" for queue, name in deployments.names.items()}
+    rendered |= {name: key for key, name in components.names.items() if components.kinds[key] == "Deployment"}
+    for queue, name in targets.items():
+        if name in rendered:
+            message = (
+                f"queue {queue}: scaleTargetRef names Deployment {name}, which this pool renders for "
+                f"{rendered[name]}: name another Deployment, or drop scaleTargetRef"
+            )
+            raise PlanError(cond.REASON_INVALID_SPEC, message, retry=False)
 
 
 def _secret_text(namespace: str, ref: SecretKeyRef, secrets: Mapping[str, SecretData]) -> str:

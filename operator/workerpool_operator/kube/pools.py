@@ -84,6 +84,20 @@ class PoolRecord:
     def beat_deployment(self) -> str | None:
         return self.plan.component_name(BEAT) if self.plan is not None else None
 
+    @property
+    def targets(self) -> Mapping[str, str]:
+        return self.plan.targets if self.plan is not None else {}
+
+    @property
+    def shared_queues(self) -> Mapping[str, tuple[str, ...]]:
+        return self.plan.shared if self.plan is not None else {}
+
+    def shadow(self, queue: str) -> bool:
+        return self.plan is not None and self.plan.shadow(queue)
+
+    def drains(self, queue: str) -> bool:
+        return self.plan is None or queue not in self.plan.queues or self.plan.queues[queue].policy.drain_timeout > 0
+
 
 _KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "finalizers", "deletionTimestamp")
 
@@ -158,8 +172,10 @@ class PoolService:
         return record.plan if record is not None and record.problem is None else None
 
     def forget(self, key: PoolKey) -> None:
-        """The pool is gone (its Deployments go with it, by owner reference)."""
+        """The pool is gone (the Deployments it rendered go with it, by owner reference; those it only scaled stay
+        as they are)."""
         self._loop.unregister(key)
+        self._reconciler.forget(key)
         if self._watch is not None:
             self._watch.forget(key)
         record = self.records.pop(key, None)

@@ -15,6 +15,11 @@ follows at once, so the count stays when the next apply of the manifest releases
 Objects written by versions before 0.3 (merge patches, the manifest in ``workerpool.dev/last-applied``) are taken
 over on their first apply: the scaler applies the current count, the manifest is applied with ``force``, and the
 merge patches' entry in ``managedFields`` is removed with the annotation, so fields dropped later are removed too.
+
+A queue that names its Deployment (``scaleTargetRef``) has nothing applied: the Deployment is the user's. An active
+queue's scaler takes its replica count as it is (or moved into the bounds) with its own apply of the ``scale``
+subresource, so that from then on another writer of ``spec.replicas`` shows in ``managedFields`` (``Known.others``);
+a Shadow queue's is only read. A missing one is left to the scaling loop to report.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from workerpool_operator.kube.components import COMPONENT_ANNOTATION
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.plan import PoolPlan, removed_deployments, removed_objects
 from workerpool_operator.kube.render import LAST_APPLIED_ANNOTATION, POOL_LABEL, QUEUE_ANNOTATION
+from workerpool_operator.scaling_types import PoolKey
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +64,12 @@ class Reconciler:
 
     def adopt(self, plan: PoolPlan) -> None:
         """Scale the plan's Deployments as they are (applied already, by this replica or by the last leader)."""
-        self._backend.set_names(plan.key, plan.deployment_names)
+        self._backend.set_names(plan.key, plan.deployment_names, plan.targets.values())
+
+    def forget(self, key: PoolKey) -> None:
+        """The pool is gone: its Deployments are no longer scaled (those it rendered go by owner reference, those it
+        named stay as they are)."""
+        self._backend.forget(key)
 
     async def apply(self, plan: PoolPlan) -> list[str]:
         """Apply every Deployment of the plan and its components, delete the dropped ones; returns the queues
@@ -83,7 +94,24 @@ class Reconciler:
                     raise
                 message = f"{key}: the API server refused its {manifest['kind']}: {exc.message}"
                 raise ApplyError(cond.Problem(cond.REASON_APPLY_FAILED, message)) from None
+        for queue, name in plan.targets.items():
+            await self._take_count(plan, queue, name)
         return await self._delete_removed(plan)
+
+    async def _take_count(self, plan: PoolPlan, queue: str, name: str) -> None:
+        """An active queue's scaler holds its scale target's count from now on (see the module's doc)."""
+        known = await self._backend.read(plan.key[0], name)
+        if known is None or plan.shadow(queue):
+            return
+        low, high = plan.bounds(queue)
+        wanted = min(max(known.replicas, low), high)
+        if wanted != known.replicas or not known.scaler_owns:
+            try:
+                await self._scale_to(plan.key[0], name, wanted)
+            except ApiError as exc:
+                if exc.status not in (404, *USER_ERRORS):
+                    raise
+                logger.info("%s/%s queue %s: taking the count of %s failed: %s", *plan.key, queue, name, exc)
 
     async def apply_object(
         self,
@@ -139,7 +167,9 @@ class Reconciler:
     ) -> dict[str, Any]:
         kind, meta = manifest["kind"], manifest["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if bounds is not None and (known.legacy or not known.scaler_owns):
+        queue = plan.deployments.named(kind, name)
+        shadow = queue is not None and plan.shadow(queue)  # the count is not ours to move, only to keep
+        if bounds is not None and (known.legacy or (not known.scaler_owns and not (shadow and known.others))):
             # The scaler's count first: the manifest's apply must not be its only owner (see the module's doc).
             await self._scale_to(namespace, name, known.replicas)
         try:
@@ -153,7 +183,7 @@ class Reconciler:
         if known.legacy:
             applied = await self._release_legacy(manifest, applied)
         self._observe(applied)
-        if bounds is not None:
+        if bounds is not None and not shadow:
             wanted = min(max(known.replicas, bounds[0]), bounds[1])
             if wanted != known.replicas:
                 await self._scale_to(namespace, name, wanted)

@@ -74,8 +74,9 @@ def owner_reference(pool: WorkerPool, uid: str) -> dict[str, Any]:
 
 
 def render_deployments(pool: WorkerPool, uid: str) -> dict[str, dict[str, Any]]:
-    """Every queue's Deployment, by queue name, in spec order."""
-    return {queue.name: render_deployment(pool, queue, uid) for queue in pool.spec.queues}
+    """The Deployment of every queue the operator renders (not those naming a ``scaleTargetRef``), by queue name,
+    in spec order."""
+    return {queue.name: render_deployment(pool, queue, uid) for queue in pool.spec.rendered}
 
 
 def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str,
     the new version's workers from the old ones', which stop (SIGTERM, as the Deployment replaces them) and finish
     their tasks within a grace period the operator sets from the drain timeout (``worker_env.worker_grace``)."""
     labels = standard_labels(pool.name, queue.name)
-    template = pool.spec.template
+    template = pool.spec.pod_template
     pod_labels = {**template.pod_labels, **labels}
     pod_meta: dict[str, Any] = {"labels": pod_labels}
     if template.pod_annotations:
@@ -137,7 +138,7 @@ def pod_spec(
 ) -> dict[str, Any]:
     """The pod of any of the pool's workloads: ``container``, the template's placement and volumes, the restricted
     security context. ``fs_group`` makes mounted volumes writable by the image's group."""
-    template = pool.spec.template
+    template = pool.spec.pod_template
     security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     if fs_group is not None:
         security |= {"fsGroup": fs_group, "fsGroupChangePolicy": "OnRootMismatch"}
@@ -177,7 +178,7 @@ def _container(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
         name=CONTAINER_NAME,
         env=worker_environment(pool, queue),
         args=worker_args(pool),
-        resources=queue.resources or pool.spec.template.resources,
+        resources=queue.resources or pool.spec.pod_template.resources,
         probes=standard_probes(probe),
     )
 
@@ -193,7 +194,7 @@ def container(
     mounts: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A container of the template's image, with the restricted security context and the pool's mounts."""
-    template = pool.spec.template
+    template = pool.spec.pod_template
     rendered: dict[str, Any] = {
         "name": name,
         "image": template.image,

@@ -39,13 +39,14 @@ from workerpool_operator.kube.status import (
     wait_poll,
     write_needed,
 )
+from workerpool_operator.kube.workloads import Told, WorkloadFacts, WorkloadNotes
 from workerpool_operator.scaling_types import PoolKey, PoolResult, QueueResult
 
 logger = logging.getLogger(__name__)
 
 
-class PoolFacts(Protocol):
-    """What the reporter needs to know of a pool besides a poll."""
+class PoolFacts(WorkloadFacts, Protocol):
+    """What the reporter needs to know of a pool besides a poll (its workloads': ``workloads.WorkloadFacts``)."""
 
     @property
     def key(self) -> PoolKey: ...
@@ -87,6 +88,7 @@ class _Written:
     watches: dict[str, WaitWatch] = field(default_factory=dict)  # queues with a target, or tasks waiting lately
     breaches: dict[str, Breach] = field(default_factory=dict)  # queues whose target is broken now
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    told: Told = field(default_factory=Told)  # what the workload Events said last
 
 
 _IDLE = Waits(0.0, None, 0.0, None, None, None)  # a queue without a target that has had nothing waiting lately
@@ -159,6 +161,7 @@ class StatusReporter:
         self._clock = clock
         self.figures_refresh = figures_refresh
         self._pools: dict[PoolKey, _Written] = {}
+        self._notes = WorkloadNotes(backend, events)
         self._last_poll: dict[str, float] = {}  # broker -> time of the poll last recorded in the histogram
 
     def seen(self, key: PoolKey, status: Mapping[str, Any] | None) -> None:
@@ -219,9 +222,11 @@ class StatusReporter:
             waits[queue.queue], event = _watch_waits(pool, queue, ready[queue.queue], written, result.observed_at)
             if event is not None:
                 await self._events(pool.key, pool.uid, *event)
-        figures = pool_figures(result, ready, waits, pool.versions)
+        facts = {q.queue: await self._notes.facts(pool, q, written.told) for q in result.queues}
+        figures = pool_figures(result, ready, waits, pool.versions, facts)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
+        await self._notes.tell(pool, written.told)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
 
     def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
@@ -259,6 +264,7 @@ class StatusReporter:
             max_replicas=bounds[1] if bounds else None,
             paused=decision.paused if decision is not None else None,
             fallback=decision.fallback_active if decision is not None else None,
+            shadow=figures.shadow,
         )
         await self._drain_events(pool, result)
         if result.cancelled:
@@ -315,6 +321,8 @@ class StatusReporter:
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
             )
+            conditions[0], more = cond.workload_conditions(conditions[0], self._notes.workloads(pool))
+            conditions += more
             ready = any(c.type == cond.READY and c.status == "True" for c in conditions)
             broker_up = written.broker_error is None if written.observed and pool.problem is None else None
             metrics.record_pool(*pool.key, broker_up=broker_up, ready=ready)

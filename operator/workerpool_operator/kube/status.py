@@ -26,10 +26,12 @@ from workerpool_operator.kube.conditions import Condition, merge_conditions
 from workerpool_operator.observation import WorkerLoad
 from workerpool_operator.scaling_types import PoolResult, QueueResult
 
-# Figures that move with every poll; every other status field is state. (``waitAboveTargetSince`` moves each time
-# the oldest task's age crosses the target, which a queue held near it may do often; the condition it leads to is
-# state.)
+# Figures that move with every poll; every other status field is state (a group's queues: their names).
+# (``waitAboveTargetSince`` moves each time the oldest task's age crosses the target, which a queue held near it may
+# do often; the condition it leads to is state.)
 FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds", "waitP95Seconds", "waitAboveTargetSince"})
+QUEUE_FIGURE_FIELDS = frozenset({"backlog"})  # of each entry of a group's celeryQueues
+SHADOW_FIELDS = ("mode", "wouldScaleTime", "wouldScaleReason")  # a queue's, while it is in Shadow mode
 TOTAL_FIGURE_FIELDS = frozenset({"totalBacklog"})
 DEFAULT_FIGURES_REFRESH = 30.0
 
@@ -64,6 +66,11 @@ class QueueFigures:
     oldest_age: float | None = None
     reason: str | None = None  # the decision's reason: written (as lastScaleReason) when this poll scaled
     scaled: bool = False  # the replica count was changed by this poll
+    shadow: bool | None = None  # the queue is in Shadow mode (None: keep what the status says)
+    would_scale: bool = False  # in Shadow: the count it would set changed with this poll
+    scale_target: str | None = None  # the Deployment it scales without rendering (scaleTargetRef)
+    scale_down: str | None = None  # how a scale-down picks its pods (None: not known from this poll)
+    celery_queues: tuple[tuple[str, int, bool], ...] | None = None  # a group's queues: (name, backlog, counted)
     versions: tuple[VersionFigures, ...] | None = None  # mid-rollout: the workers of each version; () none
     waits: Waits | None = None  # the queue's waits after this poll (wait_watch.py); None: not watched
 
@@ -107,12 +114,44 @@ def scaled(queue: QueueResult) -> bool:
     return queue.scaled_from is not None and queue.scale_error is None and queue.decision is not None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueFacts:
+    """What the status says of a queue besides a poll: from its spec, and from the reporter's memory."""
+
+    shadow: bool = False  # scaling.mode Shadow
+    would_scale: bool = False  # in Shadow, the count it would set changed with this poll
+    scale_target: str | None = None  # scaleTargetRef's Deployment
+    drains: bool = True  # drainTimeoutSeconds > 0
+
+
+SCALE_DOWN_DRAIN = "Drain"  # the workers report: drained first, removed idle, idlest first (pod-deletion-cost)
+SCALE_DOWN_IDLEST_FIRST = "IdlestFirst"  # they report, draining is off: the idlest go first (pod-deletion-cost)
+SCALE_DOWN_REPLICA_SET = "ReplicaSet"  # ready pods report nothing: the ReplicaSet picks (warm shutdown only)
+
+
+def scale_down_mode(queue: QueueResult, ready_replicas: int | None, drains: bool) -> str | None:
+    """How a scale-down of the queue picks its pods, as the last poll showed: ``None`` when it cannot tell (the
+    poll failed, no pod is ready)."""
+    obs = queue.observation
+    if not obs.ok or queue.decision is None:
+        return None
+    if obs.workers:
+        return SCALE_DOWN_DRAIN if drains else SCALE_DOWN_IDLEST_FIRST
+    return SCALE_DOWN_REPLICA_SET if ready_replicas else None
+
+
 def queue_figures(
-    queue: QueueResult, ready_replicas: int | None, waits: Waits | None = None, version: int = 0
+    queue: QueueResult,
+    ready_replicas: int | None,
+    waits: Waits | None = None,
+    version: int = 0,
+    facts: QueueFacts | None = None,
 ) -> QueueFigures:
     """What a poll of one queue shows in the status: a failed observation leaves the figures as they were,
     a queue without a workload shows no replica counts, a successful scale shows its new count and reason;
-    ``version``: the queue's current pod template version (``reports.version_number``)."""
+    ``version``: the queue's current pod template version (``reports.version_number``). In Shadow,
+    ``desiredReplicas`` is what it would set beside the workload's ``replicas``."""
+    facts = facts or QueueFacts()
     obs, decision = queue.observation, queue.decision
     current = obs.replicas if decision is not None else None
     desired = decision.desired_replicas if decision is not None else None
@@ -128,6 +167,11 @@ def queue_figures(
         oldest_age=obs.oldest_age if obs.ok else None,
         reason=decision.reason if decision is not None else None,
         scaled=changed,
+        shadow=facts.shadow,
+        would_scale=facts.would_scale and decision is not None,
+        scale_target=facts.scale_target,
+        scale_down=scale_down_mode(queue, ready_replicas, facts.drains),
+        celery_queues=obs.backlogs if obs.ok and obs.backlogs else None,
         waits=waits,
         versions=version_figures(obs.workers, version) if obs.ok else None,
     )
@@ -165,12 +209,14 @@ def pool_figures(
     ready: Mapping[str, int | None],
     waits: Mapping[str, Waits] | None = None,
     versions: Mapping[str, int] | None = None,
+    facts: Mapping[str, QueueFacts] | None = None,
 ) -> dict[str, QueueFigures]:
     """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known,
-    ``waits`` to its waits, ``versions`` to its current pod template version."""
-    waits, versions = waits or {}, versions or {}
+    ``waits`` to its waits, ``versions`` to its current pod template version, ``facts`` to what the status says of
+    it besides the poll."""
+    waits, versions, facts = waits or {}, versions or {}, facts or {}
     return {
-        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), versions.get(q.queue, 0))
+        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), versions.get(q.queue, 0), facts.get(q.queue))
         for q in result.queues
     }
 
@@ -219,6 +265,7 @@ def build_status(
                 entry.pop("versions", None)
                 if update.versions:
                     entry["versions"] = [_version_entry(v) for v in update.versions]
+            _set_adoption(entry, update, stamp)
         queues.append(entry)
 
     status: dict[str, Any] = {
@@ -287,6 +334,28 @@ def _set(entry: dict[str, Any], key: str, value: object) -> None:
         entry[key] = value
 
 
+def _set_adoption(entry: dict[str, Any], update: QueueFigures, stamp: str) -> None:
+    """A queue's mode and what it would do in Shadow, the Deployment it scales, how it scales down, its Celery
+    queues: each only where it applies."""
+    if update.shadow is True:
+        entry["mode"] = "Shadow"
+        if update.would_scale:
+            entry["wouldScaleTime"] = stamp
+            _set(entry, "wouldScaleReason", update.reason)
+    elif update.shadow is False:
+        for key in SHADOW_FIELDS:
+            entry.pop(key, None)
+    if update.scale_target is not None:
+        entry["scaleTarget"] = update.scale_target
+    else:
+        entry.pop("scaleTarget", None)
+    _set(entry, "scaleDown", update.scale_down)
+    if update.celery_queues is not None:
+        entry["celeryQueues"] = [
+            {"name": name, "backlog": backlog, "counted": counted} for name, backlog, counted in update.celery_queues
+        ]
+
+
 def _set_waits(entry: dict[str, Any], waits: Waits) -> None:
     """A queue's waits: figures kept as they were when unknown (a failed poll), the target and the time above it
     removed when there are none."""
@@ -309,9 +378,20 @@ def _significant(status: Mapping[str, Any]) -> dict[str, Any]:
     """The status without figures and with only the milestones of the engine state: a change here is
     written at once."""
     stripped = {k: v for k, v in status.items() if k not in TOTAL_FIGURE_FIELDS}
-    stripped["queues"] = [{k: v for k, v in q.items() if k not in FIGURE_FIELDS} for q in status.get("queues") or ()]
+    stripped["queues"] = [_queue_state(q) for q in status.get("queues") or ()]
     stripped["scalerState"] = {q: _state_milestones(s) for q, s in (status.get("scalerState") or {}).items()}
     return stripped
+
+
+def _queue_state(queue: Mapping[str, Any]) -> dict[str, Any]:
+    """A queue's status entry without its figures (a group's queues keep their names and whether they count)."""
+    state = {k: v for k, v in queue.items() if k not in FIGURE_FIELDS}
+    if isinstance(state.get("celeryQueues"), list):
+        state["celeryQueues"] = [
+            {k: v for k, v in item.items() if k not in QUEUE_FIGURE_FIELDS} if isinstance(item, Mapping) else item
+            for item in state["celeryQueues"]
+        ]
+    return state
 
 
 def _state_milestones(state: Any) -> Any:

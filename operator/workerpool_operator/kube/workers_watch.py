@@ -66,7 +66,9 @@ class WorkersWatch:
         workers = result.observation.workers
         current = pool.versions.get(result.queue, 0)
         old = await self._versions(pool, result.queue, workers, current, before.old_versions)
-        marks = await self._protect(pool, result.queue, workers, before.marks, now)
+        # Shadow writes no mark: it only releases those an active mode wrote, as each pod goes idle.
+        after = 0.0 if pool.shadow(result.queue) else self.protect_after
+        marks = await self._protect(pool, result.queue, workers, before.marks, now, after)
         if before.at:
             leaving = result.state.leaving
             for lost in disruptions.vanished(before.workers, workers, leaving, now):
@@ -97,8 +99,9 @@ class WorkersWatch:
         workers: tuple[WorkerLoad, ...],
         marks: Mapping[str, disruptions.Marks],
         now: float,
+        after: float,
     ) -> Mapping[str, disruptions.Marks]:
-        todo = disruptions.protection(workers, marks, now, self.protect_after)
+        todo = disruptions.protection(workers, marks, now, after)
         namespace = pool.key[0]
         for pod, body, action in [
             *((p, disruptions.PROTECTED, "protect") for p in todo.protect),

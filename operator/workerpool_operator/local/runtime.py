@@ -104,7 +104,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
     infos: list[QueueInfo] = []
     skipped: set[str] = set()
     for queue in spec.queues:
-        plans[queue.name] = QueuePlan(policy=spec.policy_for(queue.name), interval=spec.poll_interval_for(queue.name))
+        plans[queue.name] = spec.plan_for(queue.name)
         env = local_env(worker_environment(pool, queue), skipped)
         # Celery's soft shutdown sleeps its whole timeout whenever a task is running at SIGTERM, so every
         # stop of a busy worker would take the grace period: locally, a plain warm shutdown (running tasks
@@ -130,7 +130,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
         plans=plans,
         workers=workers,
         queues=infos,
-        grace=float(spec.template.termination_grace_period_seconds),
+        grace=float(spec.grace_seconds),
         unset_env=tuple(sorted(skipped)),
         components=components,
         flower_missing=spec.flower is not None and not any(c.name == "flower" for c in components),
@@ -196,6 +196,11 @@ class LocalRuntime:
         for component in pool.components:
             where = f" at {component.url} (no sign-in locally)" if component.url else ""
             self.dashboard.notes.append(f"{component.name} runs beside the workers{where}")
+        shadow = [queue for queue, plan in pool.plans.items() if plan.shadow]
+        if shadow:
+            self.dashboard.notes.append(
+                f"scaling.mode Shadow for {', '.join(shadow)}: decided and shown (desired), never scaled"
+            )
         if pool.flower_missing:
             self.dashboard.notes.append("spec.flower: Flower is not installed here (pip install flower), not started")
         self._live = live

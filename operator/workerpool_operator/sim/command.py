@@ -59,7 +59,7 @@ def setup_for(pool: WorkerPool, queue: str) -> QueueSetup:
         queue_spec.concurrency,
         spec.poll_interval_for(queue),
         prefetch_multiplier=queue_spec.prefetch_multiplier,
-        grace=float(spec.template.termination_grace_period_seconds),
+        grace=float(spec.grace_seconds),
     )
 
 
