@@ -274,6 +274,14 @@ def trial_series(
             )
         )
         replicas, last_change = write.replicas, write.at
+        done = trials[-1]
+        overhead = math.nan if done.overhead is None else 1000 * done.overhead
+        print(
+            f"{configuration.label} #{number + 1}: burst {size}, phase {done.phase:.3f} s, reaction "
+            f"{done.reaction:.3f} s, overhead {overhead:.1f} ms, polls {done.polls}, "
+            f"replicas {done.replicas_before} -> {done.replicas_after}",
+            flush=True,
+        )
     return trials
 
 
@@ -301,7 +309,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def supported(count: int, q: float) -> bool:
     """Whether ``count`` trials support the ``q`` percentile: at least ABOVE of them lie above it (with fewer,
     the "p99" of 30 trials is their maximum)."""
-    return count * (1 - q / 100) >= ABOVE
+    return count * (100 - q) >= ABOVE * 100
 
 
 def distribution(values: Sequence[float], unit: float = 1.0, digits: int = 2) -> str:
