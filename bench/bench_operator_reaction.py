@@ -53,6 +53,7 @@ from bench.operator_harness import (
     measure_rest,
     operator_process,
     pool_body,
+    wait_settled,
     wait_watching,
 )
 from bench.report import markdown_table, record
@@ -80,17 +81,19 @@ class QueueReads(threading.Thread):
         self.landings: list[float] = []
         self._seen = threading.Condition()
         self._ready = threading.Event()
+        self._stopping = False
 
     def run(self) -> None:
-        client = self._server.client()
+        client = redis.Redis(host="127.0.0.1", port=self._server.port, decode_responses=True, socket_timeout=None)
         try:
             with client.monitor() as feed:
                 self._ready.set()
-                while True:
+                while not self._stopping:
                     entry = feed.next_command()
                     self._note(float(entry["time"]), str(entry["command"]))
         except (redis.ConnectionError, OSError):
-            return  # stop() closed the feed
+            if not self._stopping:
+                raise
         finally:
             client.close()
 
@@ -112,6 +115,7 @@ class QueueReads(threading.Thread):
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         client = self._server.client()
         try:
             for entry in client.client_list():
@@ -122,6 +126,8 @@ class QueueReads(threading.Thread):
         self.join(5)
 
     def first_after(self, times: list[float], after: float, timeout: float) -> float | None:
+        if not self.is_alive():
+            raise RuntimeError("Redis' MONITOR feed stopped (see its traceback above)")
         with self._seen:
             self._seen.wait_for(lambda: bool(times) and times[-1] > after, timeout)
             return next((t for t in times if t > after), None)
@@ -221,8 +227,12 @@ def run(configuration: Configuration, args: argparse.Namespace, rng: random.Rand
         for i in range(args.idle_pools):
             create_pool(api, NS, f"idle{i}", [f"idle{i}"], configuration.scaling)
         create_pool(api, NS, POOL, [QUEUE], configuration.scaling)
-        _wait_for(lambda: len(kube.objects("apps/v1/deployments", NS)) == args.idle_pools + 1, 60 + args.idle_pools)
-        time.sleep(max(5.0, 3 * configuration.interval))  # the first polls and status writes
+        quiet = max(10.0, 5 * configuration.interval)  # the first polls and status writes, then nothing
+        settled = wait_settled(kube, args.idle_pools + 1, quiet, timeout=600 + args.idle_pools)
+        print(
+            f"{configuration.label}: every pool Ready and no API write for {quiet:g} s after {settled:.0f} s",
+            flush=True,
+        )
         rest = measure_rest(process.pid, client, kube, args.rest_seconds)
         reads = QueueReads(server).start_reading()
         bursts = Bursts(server)
@@ -287,14 +297,6 @@ def trial_series(
 
 def _replicas(kube: KubeCluster) -> int:
     return int(kube.objects("apps/v1/deployments", NS)[DEPLOYMENT]["spec"].get("replicas", 1))
-
-
-def _wait_for(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not ready within {timeout:g} s")
-        time.sleep(0.2)
 
 
 # --- figures (pure) -------------------------------------------------------------------------------------

@@ -159,6 +159,33 @@ def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float
     raise RuntimeError(f"the operator never watched {plural}: see {kube.kubeconfig.parent / 'operator.log'}")
 
 
+def pools_ready(kube: KubeCluster) -> int:
+    """How many WorkerPools have the condition Ready True."""
+    ready = 0
+    for pool in kube.objects(f"{API_GROUP}/{API_VERSION}/{PLURAL}").values():
+        conditions = (pool.get("status") or {}).get("conditions") or []
+        ready += any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return ready
+
+
+def wait_settled(kube: KubeCluster, pools: int, quiet: float, timeout: float) -> float:
+    """Until ``pools`` WorkerPools are Ready and then the operator writes nothing to the API for ``quiet``
+    seconds (what it still does for the start-up is not rest). Returns the seconds it took."""
+    started = time.monotonic()
+    while pools_ready(kube) < pools:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"only {pools_ready(kube)} of {pools} pools Ready after {timeout:g} s")
+        time.sleep(1.0)
+    writes, since = api_writes(kube), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"the operator still writes {timeout:g} s after the pools were created")
+        time.sleep(1.0)
+        if (now := api_writes(kube)) != writes:
+            writes, since = now, time.monotonic()
+    return time.monotonic() - started
+
+
 def create_secret(api: KubeApi, namespace: str, url: str) -> None:
     body = {
         "apiVersion": "v1",
