@@ -35,7 +35,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,10 +234,15 @@ def run(configuration: Configuration, args: argparse.Namespace, rng: random.Rand
             flush=True,
         )
         rest = measure_rest(process.pid, client, kube, args.rest_seconds)
+
+        def alive() -> str:
+            code = process.poll()
+            return "the operator runs" if code is None else f"the operator exited with {code}"
+
         reads = QueueReads(server).start_reading()
         bursts = Bursts(server)
         try:
-            trials = trial_series(kube, reads, bursts, configuration, args.trials, rng)
+            trials = trial_series(kube, reads, bursts, configuration, args.trials, rng, alive)
         finally:
             bursts.close()
             reads.stop()
@@ -246,7 +251,13 @@ def run(configuration: Configuration, args: argparse.Namespace, rng: random.Rand
 
 
 def trial_series(
-    kube: KubeCluster, reads: QueueReads, bursts: Bursts, configuration: Configuration, count: int, rng: random.Random
+    kube: KubeCluster,
+    reads: QueueReads,
+    bursts: Bursts,
+    configuration: Configuration,
+    count: int,
+    rng: random.Random,
+    alive: Callable[[], str],
 ) -> list[Trial]:
     emulator = kube.emulator
     assert isinstance(emulator, TimedApiServer)
@@ -269,7 +280,7 @@ def trial_series(
             raise RuntimeError(f"trial {number}: the burst's LMOVE never showed in MONITOR")
         write = emulator.wait_for_write(DEPLOYMENT, landed, 30)
         if write is None:
-            raise RuntimeError(f"trial {number}: the replicas did not move within 30 s of the burst")
+            raise RuntimeError(f"trial {number}: the replicas did not move within 30 s of the burst ({alive()})")
         before = reads.polls_between(landed - interval * 2, landed)
         trials.append(
             Trial(
