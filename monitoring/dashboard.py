@@ -32,6 +32,7 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 POOL = 'namespace=~"$namespace", pool=~"$pool"'
 QUEUE = f'{POOL}, queue_name=~"$queue_name"'
 BY_QUEUE = "sum by (namespace, pool, queue_name)"
+MAX_BY_QUEUE = "max by (namespace, pool, queue_name)"  # for ages: a sum over two scrapes of one queue is no age
 QUEUE_LEGEND = "{{namespace}}/{{pool}} {{queue_name}}"
 POOL_LEGEND = "{{namespace}}/{{pool}}"
 # The operator's own process series, told apart from other exporters' by the target that also serves
@@ -121,6 +122,20 @@ def queues(board: dash.Dashboard) -> dash.Dashboard:
                 "Tasks the workers report as running or reserved (prefetched).",
                 "short",
                 query(f"{BY_QUEUE} (workerpool_queue_in_flight{{{QUEUE}}})", QUEUE_LEGEND),
+            )
+        )
+        .with_panel(
+            graph(
+                "Waits",
+                "How long the oldest waiting task has waited (measured from its message's timestamp, or estimated: "
+                "status.queues[].waitSource), its p95 over 5 minutes, and the queue's targetWaitSeconds. Above the "
+                "target for longer than a start-up delay, the WaitsWithinTarget condition says why.",
+                "s",
+                query(
+                    f"{MAX_BY_QUEUE} (workerpool_queue_oldest_task_age_seconds{{{QUEUE}}})", f"{QUEUE_LEGEND} oldest"
+                ),
+                query(f"{MAX_BY_QUEUE} (workerpool_queue_wait_p95_seconds{{{QUEUE}}})", f"{QUEUE_LEGEND} p95"),
+                query(f"{MAX_BY_QUEUE} (workerpool_queue_target_wait_seconds{{{QUEUE}}})", f"{QUEUE_LEGEND} target"),
             )
         )
     )

@@ -1,38 +1,26 @@
-"""A Kubernetes API for tests: kmock's emulator, taught the few things a real API server does that we rely on.
+"""A Kubernetes API for tests: the emulator of tests/apiserver (an API server as strict as a real 1.36 one),
+served on a loopback port in a thread of its own by :class:`KubeCluster`, with a kubeconfig, so tests (sync code)
+and the operator (kopf in another thread, or a process of its own) talk to it over HTTP as to a cluster.
 
-kmock stores JSON as given. A real API server also
-
-- assigns ``uid``, ``resourceVersion``, ``generation`` and ``creationTimestamp``, and a name from
-  ``generateName``;
-- bumps ``generation`` on spec changes only;
-- refuses an update whose ``metadata.resourceVersion`` is not the current one (409 Conflict): optimistic
-  concurrency, which leader election relies on;
-- garbage-collects objects whose owners are all gone.
-
-:class:`ApiServerEmulator` adds exactly that, and :class:`KubeCluster` serves it on a loopback port in a thread of
-its own, so tests (sync code) and the operator (kopf in another thread) talk to it over HTTP as to a cluster.
-
-Everything that touches kmock beyond its public API lives in the one section marked "kmock internals" below
-(the request hook ``_handle``, its ``rendering.Request``, the watch buses ``_buses`` and the request log
-``_requests``), so a kmock upgrade changes that section only. Checked with kmock 0.8.
+What the emulator does and what only a real server shows: tests/apiserver/__init__.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import itertools
-import secrets
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import kmock
 import kubernetes
 import yaml
+
+from tests import crd_rules
+from tests.apiserver.server import ApiServerEmulator
+
+__all__ = ["CUSTOM_RESOURCES", "RESOURCES", "ApiServerEmulator", "KubeCluster", "default_emulator", "pod_manifest"]
 
 # What our operator and kopf itself touch. kopf needs its backbone (CRDs, namespaces, events) or it discovers
 # our resource and silently never watches it.
@@ -72,131 +60,36 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
 }
 
 
-# --- kmock internals (the only place that uses kmock beyond its public API) --------------------------------
+# The custom resources' schemas, from their CRDs: the emulator validates, defaults and prunes them as a server does.
+CUSTOM_RESOURCES: dict[str, dict[str, Any]] = {
+    "workerpool.dev/v1alpha1/workerpools": crd_rules.openapi_schema(crd_rules.load_crd()),
+}
 
 
-@attrs.define(kw_only=True)
-class ApiServerEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus object metadata bookkeeping, optimistic concurrency and garbage collection."""
-
-    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        """Runs before kmock stores anything: stamp what a real server stamps, refuse stale updates."""
-        action = request.action
-        if request.resource is not None and isinstance(request.data, dict):
-            if action == kmock.action.CREATE:
-                self._stamp_created(request)
-            elif action == kmock.action.UPDATE and request.name is not None:
-                conflict = self._stale(request)
-                if conflict is not None:
-                    return await self._render_error(conflict)
-                self._stamp_updated(request)
-        response = await super()._handle(request)
-        # A delete, or a patch removing the last finalizer of an object being deleted, may orphan objects.
-        if action in (kmock.action.DELETE, kmock.action.UPDATE) and request.resource is not None:
-            await self._collect_garbage()
-        return response
-
-    async def publish(self, resource: Any, event: dict[str, Any]) -> None:
-        """Send a watch event to every watcher of ``resource``."""
-        await self._buses[resource].put(event)
-
-    def requests(self) -> list[kmock.Request]:
-        return list(self._requests)
-
-    def forget_requests(self, count: int) -> None:
-        """Drop the oldest ``count`` requests of the log (kmock matches each request against the whole log)."""
-        del self._requests[:count]
-
-    # --- what a real API server does --------------------------------------------------------------------------
-
-    def _stamp_created(self, request: kmock.Request) -> None:
-        meta = request.data.setdefault("metadata", {})
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = f"{meta['generateName']}{secrets.token_hex(3)}"
-        meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("generation", 1)
-        meta.setdefault("creationTimestamp", _now())
-        if request.namespace and not meta.get("namespace"):
-            meta["namespace"] = request.namespace
-        meta["resourceVersion"] = str(next(self._versions))
-
-    def _current(self, request: kmock.Request) -> Any:
-        if request.resource is None or request.name is None:
-            return None
-        key = (request.resource, request.namespace, request.name)
-        if key not in self.objects or self.objects[key].deleted:
-            return None
-        return self.objects[key]
-
-    def _stale(self, request: kmock.Request) -> kmock.KubernetesError | None:
-        """A 409 Conflict when the update names a resourceVersion that is no longer the object's."""
-        wanted = (request.data.get("metadata") or {}).get("resourceVersion")
-        current = self._current(request)
-        if wanted is None or current is None:
-            return None
-        if str(wanted) == str((current.get("metadata") or {}).get("resourceVersion")):
-            return None
-        message = f"Operation cannot be fulfilled on {request.name}: the object has been modified"
-        return kmock.KubernetesError(status=409, reason="Conflict", message=message)
-
-    def _stamp_updated(self, request: kmock.Request) -> None:
-        current = self._current(request)
-        if current is None:
-            return  # the emulator itself answers 404
-        meta = request.data.setdefault("metadata", {})
-        if meta is None:  # a merge patch may say "metadata": null; a real server refuses it
-            request.data["metadata"] = meta = {}
-        meta["resourceVersion"] = str(next(self._versions))
-        spec_changed = (
-            request.subresource is None
-            and "spec" in request.data
-            and _changes(current.get("spec"), request.data["spec"])
-        )
-        if spec_changed:
-            meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
-        # Identity fields are immutable on a real server.
-        for field in ("uid", "creationTimestamp"):
-            meta.pop(field, None)
-
-    async def _collect_garbage(self) -> None:
-        """Delete (in cascade) every object whose owners are all gone, like the garbage collector."""
-        while True:
-            live_uids = {obj.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
-            orphans = [
-                (key, obj)
-                for key, obj in self.objects.items()
-                if not obj.deleted
-                and (owners := obj.get("metadata", {}).get("ownerReferences"))
-                and all(ref.get("uid") not in live_uids for ref in owners)
-            ]
-            if not orphans:
-                return
-            for (resource, _ns, _name), obj in orphans:
-                raw = obj.raw
-                obj.delete()
-                await self.publish(resource, {"type": "DELETED", "object": raw})
+def default_emulator() -> ApiServerEmulator:
+    """The emulator the ``kube`` fixture serves: every resource of :data:`RESOURCES`, the project's CRD."""
+    return ApiServerEmulator(custom_resources=CUSTOM_RESOURCES)
 
 
-# --- end of kmock internals --------------------------------------------------------------------------------
-
-
-def _changes(old: Any, patch: Any) -> bool:
-    """Whether a merge patch changes the value it is applied to."""
-    if isinstance(patch, dict) and isinstance(old, dict):
-        return any(_changes(old.get(k), v) if v is not None else k in old for k, v in patch.items())
-    return bool(old != patch)
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def pod_manifest(
+    name: str, namespace: str, labels: dict[str, str] | None = None, image: str = "registry.example/worker:1"
+) -> dict[str, Any]:
+    """A Pod as a ReplicaSet would create it: one container (the API server refuses a Pod without one)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = dict(labels)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {"containers": [{"name": "worker", "image": image}]},
+    }
 
 
 class KubeCluster:
     """The emulator served on a loopback port from a thread of its own, with a kubeconfig for clients."""
 
-    def __init__(self, workdir: Path, emulator: Callable[[], ApiServerEmulator] = ApiServerEmulator) -> None:
+    def __init__(self, workdir: Path, emulator: Callable[[], ApiServerEmulator] = default_emulator) -> None:
         self.kubeconfig = workdir / "kubeconfig"
         self._make_emulator = emulator
         self._loop = asyncio.new_event_loop()
@@ -265,16 +158,15 @@ class KubeCluster:
     # --- conveniences for assertions ---------------------------------------------------------------
 
     def objects(self, resource: str, namespace: str | None = None) -> dict[str, dict[str, Any]]:
-        """Live objects of one resource (e.g. ``"apps/v1/deployments"``), by name."""
+        """Live objects of one resource (e.g. ``"apps/v1/deployments"``), by name (copies)."""
         assert self.emulator is not None
-        found = {}
-        for (res, ns, name), obj in list(self.emulator.objects.items()):
-            if obj.deleted or f"{res.group}/{res.version}/{res.plural}".lstrip("/") != resource:
-                continue
-            if namespace is None or ns == namespace:
-                found[name] = obj.raw
-        return found
+        return self.emulator.live(resource, namespace)
 
     def requests(self) -> list[kmock.Request]:
         assert self.emulator is not None
         return self.emulator.requests()
+
+    def answer(self, request: kmock.Request) -> int | None:
+        """The HTTP status a request was answered with (``None`` while it is being answered)."""
+        assert self.emulator is not None
+        return self.emulator.answer(request)

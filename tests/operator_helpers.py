@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from celery import Celery
 from redis import Redis
 
-from tests.kube import KubeCluster
+from tests.kube import KubeCluster, pod_manifest
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.kube.api import KubeApi
 from workerpool_operator.local.embedded_redis import stop_process
@@ -169,8 +169,7 @@ BUSY_AND_IDLE_PODS = ("shop-default-busy", "shop-default-idle1", "shop-default-i
 def create_busy_and_idle_pods(client: KubeApi) -> None:
     """The shop pool's default-queue pods (no Deployment controller runs on the emulator)."""
     for pod in BUSY_AND_IDLE_PODS:
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS}, "spec": {}}
-        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=body)
+        client.request("POST", f"/api/v1/namespaces/{NS}/pods", body=pod_manifest(pod, NS))
 
 
 def drain_into_busy_and_idle_pods(redis: Redis) -> None:

@@ -259,3 +259,24 @@ def granted_permissions(grants: Iterable[Grant]) -> set[tuple[str, str, str | No
         for group in grant.rule.api_groups
         for resource in grant.rule.resources
     }
+
+
+# Kubernetes' user-facing roles aggregate each other: `edit` carries the label that aggregates it into `admin`,
+# `view` the one into `edit`, so a rule aggregated to `view` reaches all three.
+BUILT_IN_ROLES = ("view", "edit", "admin")
+
+
+def aggregated_grants(documents: Iterable[Mapping[str, Any]], role: str, namespace: str) -> list[Grant]:
+    """What a user bound to the built-in ClusterRole ``role`` in ``namespace`` gains from the ClusterRoles in
+    ``documents`` that aggregate into it (``rbac.authorization.k8s.io/aggregate-to-<role>: "true"``)."""
+    below = BUILT_IN_ROLES[: BUILT_IN_ROLES.index(role) + 1]
+    grants = []
+    for doc in documents:
+        labels = (doc.get("metadata") or {}).get("labels") or {}
+        if doc.get("kind") != "ClusterRole" or not any(
+            labels.get(f"rbac.authorization.k8s.io/aggregate-to-{r}") == "true" for r in below
+        ):
+            continue
+        source = f"ClusterRole/{doc['metadata']['name']} aggregated into {role}"
+        grants += [Grant(rule=Rule.from_dict(rule), namespace=namespace, source=source) for rule in doc["rules"]]
+    return grants

@@ -120,6 +120,7 @@ def test_printer_columns_read_declared_fields() -> None:
         "Queues",
         "Backlog",
         "Workers",
+        "Rollout",
         "Age",
     ]
     declared = {path for path, _node in crd_rules.walk_schema(SCHEMA)}
@@ -148,12 +149,17 @@ def test_status_declares_what_the_operator_writes() -> None:
         "backlog",
         "inFlight",
         "oldestTaskAgeSeconds",
+        "waitSource",
+        "waitP95Seconds",
+        "targetWaitSeconds",
+        "waitAboveTargetSince",
         "replicas",
         "readyReplicas",
         "desiredReplicas",
         "draining",
         "lastScaleTime",
         "lastScaleReason",
+        "versions",
     } == set(queue)
     written = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
@@ -172,13 +178,18 @@ def test_status_declares_what_the_operator_writes() -> None:
                     "message": "1 queue, 3 workers",
                 },
                 {"type": "BrokerReachable", "status": "True", "reason": "Polled", "message": ""},
+                {"type": "WaitsWithinTarget", "status": "False", "reason": "MaxReplicasReached", "message": "..."},
             ],
             "queues": [
                 {
                     "name": "celery",
                     "backlog": 7,
                     "inFlight": 3,
-                    "oldestTaskAgeSeconds": 1.5,
+                    "oldestTaskAgeSeconds": 75.5,
+                    "waitSource": "Measured",
+                    "waitP95Seconds": 61.0,
+                    "targetWaitSeconds": 60,
+                    "waitAboveTargetSince": "2026-01-01T00:00:00Z",
                     "replicas": 3,
                     "readyReplicas": 2,
                     "desiredReplicas": 3,

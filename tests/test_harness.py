@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
 from workerpool_operator.kube.api import KubeApi
+from workerpool_operator.kube.fields import FIELD_MANAGER
 
 
 def test_redis_server_is_real_and_private(redis_server: RedisServer) -> None:
@@ -116,8 +117,8 @@ def test_operator_logs_in_through_kubeconfig_and_watches(operator: RunningOperat
 
 
 def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: Path) -> None:
-    """bench/api_server.py: objects by key and namespace lists by index give the same answers, and with
-    ``realistic`` the objects carry what a real server adds: managed fields, defaults, the controller's status."""
+    """bench/api_server.py with ``realistic``: the objects carry what a real server adds (managed fields,
+    defaults), and the simulated controller-manager writes each Deployment's status through ``/status``."""
     from bench.api_server import CONTROLLER_MANAGER, BenchApiServer
 
     emulator: list[BenchApiServer] = []
@@ -132,14 +133,16 @@ def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: 
         client.user_agent = "kubectl/v1.33.0"
         api = KubeApi(client)
         manifest = _deployment("one")
-        manifest["metadata"]["namespace"] = "a"
-        created = api.apply_deployment(manifest)
-        api.apply_deployment({**manifest, "metadata": {**manifest["metadata"], "namespace": "b"}})
+        manifest["metadata"] |= {"namespace": "a", "labels": {"app": "one"}}
+        created = api.apply(manifest)
+        api.apply({**manifest, "metadata": {**manifest["metadata"], "namespace": "b"}})
         assert created["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": "25%"}
         container = created["spec"]["template"]["spec"]["containers"][0]
-        assert container["imagePullPolicy"] == "IfNotPresent" and container["terminationMessagePolicy"] == "File"
+        assert container["imagePullPolicy"] == "Always"  # busybox: no tag, so :latest
+        assert container["terminationMessagePolicy"] == "File"
         (entry,) = created["metadata"]["managedFields"]
-        assert entry["manager"] == "kubectl" and 'k:{"name":"w"}' in str(entry["fieldsV1"])
+        assert (entry["manager"], entry["operation"]) == (FIELD_MANAGER, "Apply")
+        assert 'k:{"name":"w"}' in str(entry["fieldsV1"])
         assert [d["metadata"]["namespace"] for d in api.list_deployments("a", "app=one")] == ["a"]
 
         def ready() -> dict[str, Any] | None:
@@ -155,18 +158,20 @@ def test_the_scale_benchmarks_emulator_answers_like_a_real_api_server(tmp_path: 
             "Progressing": "True",
         }
         managers = {(e["manager"], e.get("subresource")) for e in live["metadata"]["managedFields"]}
-        assert managers == {("kubectl", None), (CONTROLLER_MANAGER, "status")}
+        assert managers == {(FIELD_MANAGER, None), (CONTROLLER_MANAGER, "status")}
         assert int(live["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+        assert live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+        assert live["metadata"]["generation"] == 1  # written through /status: no new generation
         assert emulator[0].status_writes >= 3  # two for "a" (created, then ready), at least one for "b"
-        assert all(len(obj.history) == 1 for obj in emulator[0].objects.values())  # the latest version only
     finally:
         cluster.stop()
 
 
 def test_the_scale_benchmarks_emulator_resumes_a_watch_from_its_version(tmp_path: Path) -> None:
     """A real API server's watch from resourceVersion N sends only what changed after N (its watch cache); kmock
-    sends every object again. The scale benchmark's emulator resumes as the real one does: kopf watches again
-    from its last version each time a watch ends, and the objects it already has must not come back."""
+    sends every object again. The scale benchmark's emulator (the test emulator's watches) resumes as the real one
+    does: kopf watches again from its last version each time a watch ends, and the objects it already has must not
+    come back."""
     from bench.api_server import BenchApiServer
 
     cluster = KubeCluster(tmp_path, emulator=BenchApiServer).start()
@@ -175,6 +180,7 @@ def test_the_scale_benchmarks_emulator_resumes_a_watch_from_its_version(tmp_path
         for name in ("old1", "old2"):
             apps.create_namespaced_deployment("apps", _deployment(name))
         listed = apps.list_namespaced_deployment("apps")
+        assert all(item.metadata.managed_fields is None for item in listed.items), "not realistic: small objects"
         since = listed.metadata.resource_version
         assert int(since) >= 2, "a list says the latest version, as a real server's does"
         apps.patch_namespaced_deployment("old2", "apps", {"spec": {"replicas": 3}})

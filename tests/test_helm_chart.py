@@ -132,11 +132,22 @@ def test_helm_lint_is_clean() -> None:
         assert problems == [] and report["errors"] == [], (values, report)
 
 
+def test_the_chart_readme_promises_nothing_of_helm_show_crds() -> None:
+    """The CRD is a template (so upgrades upgrade it): `helm show crds` prints nothing, and the chart's README and
+    values say so and name the command that does print it; they tell how to let the release adopt a CRD applied
+    before it (the "invalid ownership metadata" of `helm install`)."""
+    readme = " ".join((CHART / "README.md").read_text().split())
+    assert "`helm show crds` prints nothing" in readme and "--show-only templates/crd.yaml" in readme
+    assert "invalid ownership metadata" in readme and "meta.helm.sh/release-name=" in readme
+    for text in (readme, (CHART / "values.yaml").read_text()):
+        assert "(`helm show crds` prints it)" not in text
+
+
 def test_chart_crd_is_the_top_level_crd(chart: helm_python.Chart) -> None:
-    """crds/workerpool.yaml is the source of truth; the chart carries a copy and renders it with its labels."""
+    """The chart carries the CRD generated from the model, as crds/workerpool.yaml, and renders it with its labels."""
     top_level, in_chart = REPO / "crds" / "workerpool.yaml", CHART / "files" / "workerpool-crd.yaml"
     assert in_chart.read_bytes() == top_level.read_bytes(), (
-        f"{in_chart.relative_to(REPO)} differs from crds/workerpool.yaml: copy it again (one source of truth)"
+        f"{in_chart.relative_to(REPO)} differs from crds/workerpool.yaml: run `make crd` (both are generated)"
     )
     assert not (CHART / "crds").exists(), "no crds/ folder: Helm would install it once and never upgrade it"
     assert chart.crds == []
@@ -227,6 +238,8 @@ def test_default_install(chart: helm_python.Chart) -> None:
     manifests = render(chart)
     assert kinds(manifests) == [
         "ClusterRole",
+        "ClusterRole",  # WorkerPools in the built-in view role (aggregated)
+        "ClusterRole",  # ... and in edit and admin
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
@@ -377,6 +390,10 @@ def test_notes_tell_the_user_what_to_do_next(chart: helm_python.Chart) -> None:
     assert "every namespace" in text and "elect a leader" in text
     assert "apps, jobs" in notes(chart, SWITCHES["namespaced"])
     assert "--show-only templates/crd.yaml" in notes(chart, SWITCHES["no-crds"])
+    assert "helm show crds` prints nothing" in notes(chart, SWITCHES["no-crds"])
+    assert "exit and restart" in notes(chart, SWITCHES["no-crds"])  # the operator started before its CRD
+    assert "`edit` and `admin` roles may create WorkerPools" in text
+    assert "may create WorkerPools" not in notes(chart, {"rbac": {"create": True, "aggregateClusterRoles": False}})
     assert "elect a leader" not in notes(chart, SWITCHES["single"])
 
 
@@ -454,7 +471,14 @@ def test_pss_check_catches_each_violation(chart: helm_python.Chart, mutation: An
 
 def test_namespaced_mode_has_roles_only(chart: helm_python.Chart) -> None:
     manifests = render(chart, SWITCHES["namespaced"])
-    assert not [m for m in manifests if m["kind"].startswith("Cluster")], "cluster-scoped objects in namespaced mode"
+    # The only cluster-scoped RBAC: the users' roles aggregated into view, edit and admin, bound to nobody by the
+    # chart (tests/test_helm_rbac.py checks they give the operator nothing).
+    cluster_scoped = [m for m in manifests if m["kind"].startswith("Cluster")]
+    assert {m["kind"] for m in cluster_scoped} == {"ClusterRole"}, "cluster-scoped objects in namespaced mode"
+    for role in cluster_scoped:
+        assert any(key.startswith("rbac.authorization.k8s.io/aggregate-to-") for key in role["metadata"]["labels"])
+    no_aggregation = {**SWITCHES["namespaced"], "rbac": {"create": True, "aggregateClusterRoles": False}}
+    assert not [m for m in render(chart, no_aggregation) if m["kind"].startswith("Cluster")]
     operator = [m for m in manifests if m["kind"] in ("Role", "RoleBinding") and m["metadata"]["name"] == FULLNAME]
     roles = {m["metadata"]["namespace"]: m for m in operator if m["kind"] == "Role"}
     bindings = {m["metadata"]["namespace"]: m for m in operator if m["kind"] == "RoleBinding"}
@@ -531,7 +555,7 @@ def test_image_tag_and_names(chart: helm_python.Chart) -> None:
     )
     assert container(manifests)["image"] == "registry.example/wpo:1.2.3"
     names = {m["metadata"]["name"] for m in manifests if m["kind"] != "CustomResourceDefinition"}
-    assert names == {"wpo", "wpo-leader-election", "wpo-test"}
+    assert names == {"wpo", "wpo-leader-election", "wpo-test", "wpo-view", "wpo-edit"}
 
 
 # --- values.schema.json ---------------------------------------------------------------------------------

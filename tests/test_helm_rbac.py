@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -20,15 +20,16 @@ from typing import Any
 import helm_python
 import kmock
 import pytest
-from kopf.testing import KopfRunner
 
 from tests import operator_helpers as h
 from tests.conftest import RedisServer, RunningOperator
 from tests.kube import KubeCluster
 from tests.rbac import (
+    BUILT_IN_ROLES,
     WRITE_VERBS,
     ApiRequest,
     Grant,
+    aggregated_grants,
     allows,
     denied,
     granted_permissions,
@@ -36,7 +37,9 @@ from tests.rbac import (
     parse_request,
 )
 from tests.test_helm_chart import CHART, FULLNAME, NAMESPACE, render
-from workerpool_operator.cli import build_parser, kopf_command
+from workerpool_operator import API_GROUP, API_VERSION, PLURAL
+from workerpool_operator.cli import build_parser, run_settings
+from workerpool_operator.kube import handlers, preflight
 from workerpool_operator.kube.api import KubeApi
 
 WATCHED = ["apps", "jobs"]
@@ -100,8 +103,11 @@ def expected_calls(namespace: str | None) -> list[tuple[str, str]]:
         ("GET", f"/apis/apps/v1/{scope}deployments?labelSelector=workerpool.dev%2Fpool"),
         ("GET", f"/apis/apps/v1/{scope}deployments?watch=true"),
         ("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
+        # Server-Side Apply: a patch, and a create too when the Deployment is new (both verbs are checked).
         ("POST", f"/apis/apps/v1/namespaces/{ns}/deployments"),
         ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default"),
+        # The scaler's apply of the replica count, through the scale subresource.
+        ("PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-default/scale"),
         ("DELETE", f"/apis/apps/v1/namespaces/{ns}/deployments/shop-removed"),
         # Flower's Service: read, applied, listed by the pool's label, watched for drift, deleted with spec.flower.
         ("GET", f"/api/v1/namespaces/{ns}/services/shop-flower"),
@@ -227,6 +233,30 @@ def test_namespaced_mode_grants_nothing_cluster_wide(chart: helm_python.Chart) -
             assert grant.namespace in WATCHED, grant
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_namespace_users_use_workerpools_through_the_built_in_roles(chart: helm_python.Chart, mode: str) -> None:
+    """view reads WorkerPools; edit and admin, which write Deployments, write them too (a WorkerPool runs pods as a
+    Deployment does); nobody but the operator writes their status; a binding in one namespace gives nothing in
+    another; and the operator's own ServiceAccount gains nothing from these roles."""
+    documents = render(chart, MODES[mode])
+    pools = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/apps/{PLURAL}"
+    reads = [("GET", pools), ("GET", f"{pools}/shop"), ("GET", f"{pools}?watch=true"), ("GET", f"{pools}/shop/status")]
+    writes = [("POST", pools), ("PATCH", f"{pools}/shop"), ("PUT", f"{pools}/shop"), ("DELETE", f"{pools}/shop")]
+    writes.append(("DELETE", pools))  # deletecollection
+    status = [("PATCH", f"{pools}/shop/status"), ("PUT", f"{pools}/shop/status")]
+    elsewhere = [(method, url.replace("/namespaces/apps/", "/namespaces/jobs/")) for method, url in reads + writes]
+    view, edit, admin = (aggregated_grants(documents, role, "apps") for role in BUILT_IN_ROLES)
+    assert check_requests(view, reads) == []
+    assert check_requests(view, writes + status) == [str(parse_request(m, u)) for m, u in writes + status]
+    for role in (edit, admin):
+        assert check_requests(role, reads + writes) == []
+        assert len(check_requests(role, status + elsewhere)) == len(status + elsewhere)
+    assert not [g for g in view + edit + admin if g.rule.has_wildcard or g.rule.api_groups != {API_GROUP}]
+    without = render(chart, {**MODES[mode], "rbac": {"create": True, "aggregateClusterRoles": False}})
+    assert aggregated_grants(without, "admin", "apps") == []
+    assert grants_for(documents, FULLNAME, NAMESPACE) == grants_for(without, FULLNAME, NAMESPACE)
+
+
 def test_the_lease_is_granted_by_name_in_the_release_namespace_only(chart: helm_python.Chart) -> None:
     for mode in MODES.values():
         leases = [g for g in grants(chart, mode) if "leases" in g.rule.resources]
@@ -307,12 +337,18 @@ def scene_api(kube: KubeCluster) -> KubeApi:
 
 
 def recorded(kube: KubeCluster) -> list[tuple[str, str]]:
-    """Every ``(method, url)`` the operator (kopf and our own client) sent, the test's own calls left out."""
-    return [
-        (str(r.method.value).upper(), str(r.url.path_qs))
-        for r in kube.requests()
-        if r.headers.get("User-Agent") != TEST_AGENT
-    ]
+    """Every ``(method, url)`` the operator (kopf and our own client) sent, the test's own calls left out. A patch
+    that created its object (a Server-Side Apply answered 201) is a create as well: the API server authorizes both
+    verbs for it, so it appears a second time as a POST to its collection."""
+    calls = []
+    for r in kube.requests():
+        if r.headers.get("User-Agent") == TEST_AGENT:
+            continue
+        method, url = str(r.method.value).upper(), str(r.url.path_qs)
+        calls.append((method, url))
+        if method == "PATCH" and kube.answer(r) == 201:
+            calls.append(("POST", str(r.url.path).rsplit("/", 1)[0]))
+    return calls
 
 
 @pytest.fixture
@@ -413,24 +449,44 @@ def test_recorded_calls_of_beat_and_flower_are_allowed_and_use_every_service_gra
     assert {("patch", "apps/deployments", None), ("delete", "apps/deployments", None)} <= used
 
 
-def _run_operator(chart_args: list[str], monkeypatch: pytest.MonkeyPatch) -> KopfRunner:
-    """kopf started exactly as `workerpool-operator <chart args>` starts it (arguments and environment)."""
-    argv, env = kopf_command(build_parser().parse_args(chart_args))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    argv = [a for a in argv[1:] if a != "--log-format" and a not in ("plain", "json", "full")]
-    return KopfRunner([*argv, "--verbose"], timeout=60)
+@contextlib.contextmanager
+def _run_operator(chart_args: list[str]) -> Iterator[list[BaseException]]:
+    """The operator started as `workerpool-operator <chart args>` starts it: the settings from those arguments and
+    the chart's environment, the start-up check of the cluster, then kopf in this process (in a thread) until the
+    block ends. Yields the exceptions it raised (none, if all went well)."""
+    settings = run_settings(build_parser().parse_args(chart_args))
+    preflight.check_cluster(preflight.cluster_configuration(), settings.crd_wait)
+    stop, raised = threading.Event(), []
+
+    def operator() -> None:
+        try:
+            handlers.run_operator(settings, stop_flag=stop)
+        except BaseException as error:  # surfaced to the test
+            raised.append(error)
+
+    thread = threading.Thread(target=operator, name="operator", daemon=True)
+    thread.start()
+    try:
+        yield raised
+    finally:
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive(), "the operator did not stop"
 
 
-def _wait_for_request(kube: KubeCluster, verb: str, group_resource: str, timeout: float = 20.0) -> None:
+def _wait_for_accepted(kube: KubeCluster, verb: str, group_resource: str, timeout: float = 20.0) -> None:
+    """Until the operator made a ``verb`` of ``group_resource`` that the API accepted (a refused one changes
+    nothing: it proves the attempt, not that the operator got what it needed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for method, url in recorded(kube):
-            request = parse_request(method, url)
+        for sent in kube.requests():
+            if sent.headers.get("User-Agent") == TEST_AGENT or (kube.answer(sent) or 500) >= 300:
+                continue
+            request = parse_request(str(sent.method.value).upper(), str(sent.url.path_qs))
             if request.verb == verb and request.is_resource and request.group_resource == group_resource:
                 return
         time.sleep(0.05)
-    raise AssertionError(f"the operator never made a {verb} of {group_resource}")
+    raise AssertionError(f"the API never accepted a {verb} of {group_resource} from the operator")
 
 
 def _enforce(kube: KubeCluster, g: list[Grant]) -> list[ApiRequest]:
@@ -452,21 +508,6 @@ def _enforce(kube: KubeCluster, g: list[Grant]) -> list[ApiRequest]:
     return refused
 
 
-def _run_elects_a_leader() -> bool:
-    """Whether `workerpool-operator run` takes the chart's --lease-name (the lead's side of #15)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["run", "--lease-name", "x"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.xfail(
-    not _run_elects_a_leader(),
-    reason="AWAITING #15: `workerpool-operator run` does not take --lease-name yet (the lead's leader election)",
-    strict=True,
-)
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
 def test_operator_as_the_chart_runs_it_stays_within_the_rules(
     chart: helm_python.Chart, kube: KubeCluster, mode: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
@@ -483,10 +524,11 @@ def test_operator_as_the_chart_runs_it_stays_within_the_rules(
     assert container["command"] == ["workerpool-operator"]
     args = [a for a in container["args"] if not a.startswith("--liveness")]  # no health server in a test
     caplog.set_level(logging.WARNING)
-    with _run_operator(args, monkeypatch) as runner:
-        _wait_for_request(kube, "create", "coordination.k8s.io/leases")
-        _wait_for_request(kube, "watch", "workerpool.dev/workerpools")
-    assert runner.exception is None, runner.exception
+    with _run_operator(args) as raised:
+        _wait_for_accepted(kube, "create", "coordination.k8s.io/leases")
+        _wait_for_accepted(kube, "watch", "workerpool.dev/workerpools")
+        assert kube.objects("coordination.k8s.io/v1/leases", NAMESPACE)[FULLNAME]["spec"]["holderIdentity"]
+    assert raised == []
     assert [str(r) for r in refused] == []
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,12 @@ import redis
 from celery import Celery
 
 from tests.conftest import REPO, RedisServer
+from workerpool_operator import exit_codes
 from workerpool_operator.local import demo_app
 from workerpool_operator.local.demo import run_demo
 from workerpool_operator.local.loadgen import LoadPlan, Phase
 from workerpool_operator.local.runtime import LocalRuntime, load_pool, plan_pool
-from workerpool_operator.scaling_loop import PoolResult
+from workerpool_operator.scaling_types import PoolResult
 
 # Small and quick: thread pools (no forking), two slots per worker, short windows.
 POOL_YAML = """
@@ -105,6 +107,17 @@ async def wait_for(predicate, within: float, step: float = 0.1) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {within}s")
         await asyncio.sleep(step)
+
+
+@pytest.fixture(autouse=True)
+def temporary_files_in_the_test_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every folder the runtime makes (its worker logs stay after a run, by design) goes under the test's own
+    folder, in this process and in the commands it starts: nothing is left in the system's temporary folder."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    yield temporary
 
 
 # --- end to end, in process -----------------------------------------------------------------------------------
@@ -234,8 +247,8 @@ def test_sigterm_stops_the_embedded_redis_and_every_worker(pool_file: Path, reap
     assert "broker redis://127.0.0.1:" in out
 
 
-def failed_local_run(path: Path, env: dict[str, str] | None = None) -> list[str]:
-    """``workerpool-operator local -f path`` to its end: it must fail, saying why on one stderr line."""
+def failed_local_run(path: Path, code: int, env: dict[str, str] | None = None) -> list[str]:
+    """``workerpool-operator local -f path`` to its end: it must fail with ``code``, saying why on one stderr line."""
     result = subprocess.run(
         [sys.executable, "-m", "workerpool_operator.cli", "local", "-f", str(path)],
         capture_output=True,
@@ -243,7 +256,7 @@ def failed_local_run(path: Path, env: dict[str, str] | None = None) -> list[str]
         env=env,
         timeout=60,
     )
-    assert result.returncode != 0
+    assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines
@@ -263,14 +276,16 @@ def failed_local_run(path: Path, env: dict[str, str] | None = None) -> list[str]
 def test_broken_yaml_is_one_clear_line_and_a_failure(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    lines = failed_local_run(path)
+    lines = failed_local_run(path, exit_codes.BAD_INPUT)
     assert lines[0].startswith("workerpool-operator local: ")
     assert expected in lines[0]
     assert str(path) in lines[0]
 
 
 def test_missing_redis_server_says_how_to_install_it(pool_file: Path, tmp_path: Path) -> None:
-    lines = failed_local_run(pool_file, env={**os.environ, "PATH": str(tmp_path)})  # no redis-server on PATH
+    lines = failed_local_run(
+        pool_file, exit_codes.UNAVAILABLE, env={**os.environ, "PATH": str(tmp_path)}
+    )  # no redis-server on PATH
     assert "redis-server is not installed" in lines[0]
     assert "apt-get install redis-server" in lines[0]
 
@@ -279,7 +294,7 @@ def test_missing_redis_server_says_how_to_install_it(pool_file: Path, tmp_path: 
 
 
 async def test_demo_scales_both_queues_up_and_to_zero_and_counts_every_task(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, temporary_files_in_the_test_folder: Path
 ) -> None:
     plan = LoadPlan(
         (
@@ -303,6 +318,13 @@ async def test_demo_scales_both_queues_up_and_to_zero_and_counts_every_task(
     text = out.getvalue()
     assert "every task completed exactly once: 88 of 88" in text
     assert "queue" in text and "workers" in text  # the live view was drawn
+    # The logs are where the first screen said, and they stay there: the last line says so.
+    (kept,) = re.findall(r"^worker logs: (\S+)$", text, re.MULTILINE)
+    logs = summary.logs
+    assert logs is not None and kept == str(logs) and logs.is_relative_to(temporary_files_in_the_test_folder)
+    files = list(logs.iterdir())
+    assert files and all(f.suffix == ".log" for f in files), files
+    assert [p.name for p in logs.parent.iterdir()] == ["logs"], "the state files went, the logs stayed"
 
 
 async def test_scale_down_stops_the_idlest_worker_and_lets_the_busy_one_finish(
@@ -350,15 +372,16 @@ async def test_scale_down_stops_the_idlest_worker_and_lets_the_busy_one_finish(
 
 
 def test_workers_that_cannot_start_end_the_run_with_their_reason(
-    tmp_path: Path, reap: list[subprocess.Popen[str]]
+    tmp_path: Path, reap: list[subprocess.Popen[str]], temporary_files_in_the_test_folder: Path
 ) -> None:
     path = tmp_path / "badapp.yaml"
     path.write_text(POOL_YAML.replace("workerpool_operator.local.demo_app:app", "nosuch.module:app"))
     process = cli("local", "-f", str(path), "--no-live")
     reap.append(process)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 1
+    assert process.returncode == exit_codes.FAILED
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "workers of queue 'keep' cannot start" in lines[0]
     assert "No module named 'nosuch'" in lines[0]
+    assert f"(log: {temporary_files_in_the_test_folder}/workerpool-t-" in lines[0]  # not left in the system's /tmp

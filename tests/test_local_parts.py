@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import io
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
+from rich.console import Console
 
 from workerpool_operator.engine import Decision
 from workerpool_operator.local.backend import LocalProcessBackend, LocalWorker
 from workerpool_operator.local.demo import percentile
 from workerpool_operator.local.loadgen import Phase
 from workerpool_operator.local.runtime import plan_pool
-from workerpool_operator.local.view import Dashboard, LogView, QueueInfo, sparkline
+from workerpool_operator.local.view import Dashboard, LiveView, LogView, QueueInfo, sparkline
 from workerpool_operator.observation import QueueObservation, WorkerLoad
-from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 from workerpool_operator.spec import WorkerPool
 
 POOL = ("local", "p")
@@ -109,3 +113,31 @@ def test_local_workers_get_no_ca_file_from_a_secret_but_keep_one_the_user_gives(
     assert planned.workers["q"].env["WORKERPOOL_APP"] == "a:app"
     own = plan_pool(_tls_pool([{"name": "WORKERPOOL_BROKER_CA_FILE", "value": "ca.pem"}]), "rediss://h:1/0")
     assert own.workers["q"].env["WORKERPOOL_BROKER_CA_FILE"] == "ca.pem" and own.unset_env == ()
+
+
+REASON = "scale up 1 → 3: 523 waiting + 50 in flight need 3 workers of 25 (throughput policy, start-up 2.1 s)"
+
+
+@pytest.mark.parametrize("width", [80, 100, 119, 120, 160])
+def test_the_live_view_shows_every_figure_and_reason_whole_from_80_columns(width: int) -> None:
+    """The widest figures a queue can show (draining and stopping workers, a three-digit backlog, a long reason)
+    fit: no column, reason or event ends in an ellipsis, at a terminal's default 80 columns or wider."""
+    board = Dashboard("workerpool-operator demo · 4 bursts over 60s · embedded redis-server", [
+        QueueInfo("cpu", "prefork", 2, 0, 4), QueueInfo("io", "gevent", 25, 0, 8),
+    ])  # fmt: skip
+    now = time.time()
+    for row in board.queues.values():
+        row.backlog, row.in_flight, row.workers, row.draining, row.stopping = 523, 50, 3, 1, 1
+        row.throughput, row.last_change, row.reason = 12.3, (now - 12, 1, 3), REASON
+        row.history.extend([1, 5, 20, 523])
+    board.event(f"io: {REASON}")
+    out = io.StringIO()
+    view = LiveView(board, console=Console(file=out, width=width, color_system=None))
+    view.close()
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= width
+    flat = " ".join(text.replace("│", " ").split())
+    for figure in ("in flight", "tasks/s", "last scale", "prefork ×2", "gevent ×25", "3/8", "12.3", "↑ 1→3 12s"):  # noqa: RUF001
+        assert figure in flat, (figure, text)
+    assert "(throughput policy, start-up 2.1 s)" in flat  # the reason's end, and the event's

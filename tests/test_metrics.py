@@ -81,13 +81,37 @@ def test_every_queue_gauge_is_set_and_dropped_with_its_queue() -> None:
     assert metrics.sample("workerpool_broker_up", {"namespace": "m", "pool": "gauges"}) is None
 
 
-def test_leader_draining_and_cancelled_setters() -> None:
+def test_the_wait_gauges_of_a_queue_with_a_target_and_of_idle_queues() -> None:
+    wanted = labels("m", "waits", "emails")
+    metrics.record_waits("m", "waits", "emails", oldest=75.5, p95=61.0, target=60.0, above_target=True)
+    values = {name: metrics.sample(name, wanted) for name, _ in metrics.WAIT_GAUGES.columns}
+    assert values == {
+        "workerpool_queue_oldest_task_age_seconds": 75.5,
+        "workerpool_queue_wait_p95_seconds": 61.0,
+        "workerpool_queue_target_wait_seconds": 60.0,
+        "workerpool_queue_wait_above_target": 1,
+    }
+    metrics.record_waits("m", "waits", "emails", oldest=None, p95=None, target=60.0, above_target=False)
+    assert metrics.sample("workerpool_queue_oldest_task_age_seconds", wanted) == 75.5, "unknown: kept"
+    assert metrics.sample("workerpool_queue_wait_above_target", wanted) == 0
+    metrics.record_waits("m", "waits", "emails", oldest=0.0, p95=0.0, target=None, above_target=False)
+    assert metrics.sample("workerpool_queue_target_wait_seconds", wanted) is None, "no target: no series"
+    assert metrics.sample("workerpool_queue_wait_above_target", wanted) is None
+    for queue in ("a", "b"):  # idle queues share one row, and a queue leaving it gets its own
+        metrics.record_waits("m", "waits", queue, oldest=0.0, p95=0.0, target=None, above_target=False)
+    assert metrics.WAIT_GAUGES.rows[("m", "waits", "a")] is metrics.WAIT_GAUGES.rows[("m", "waits", "b")]
+    metrics.record_waits("m", "waits", "a", oldest=3.0, p95=2.0, target=None, above_target=False)
+    assert metrics.sample("workerpool_queue_oldest_task_age_seconds", labels("m", "waits", "a")) == 3.0
+    assert metrics.sample("workerpool_queue_oldest_task_age_seconds", labels("m", "waits", "b")) == 0.0
+    metrics.forget_pool("m", "waits", ["emails", "a", "b"])
+    assert all(metrics.sample(name, wanted) is None for name, _ in metrics.WAIT_GAUGES.columns)
+
+
+def test_leader_and_cancelled_setters() -> None:
     metrics.set_leader(True)
     assert metrics.sample("workerpool_operator_leader") == 1
     metrics.set_leader(False)
     assert metrics.sample("workerpool_operator_leader") == 0
-    metrics.set_draining("m", "s", "q", 3)
-    assert metrics.sample("workerpool_queue_workers_draining", labels("m", "s", "q")) == 3
     metrics.record_cancelled_tasks("m", "s", "q", 2)
     metrics.record_cancelled_tasks("m", "s", "q", 0)
     assert metrics.sample("workerpool_scale_down_cancelled_tasks_total", labels("m", "s", "q")) == 2

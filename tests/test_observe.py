@@ -206,6 +206,58 @@ async def test_oldest_age_from_producer_timestamps(redis_server: RedisServer) ->
     assert observation.queues["emails"].oldest_age is None
 
 
+async def test_oldest_age_only_of_the_queues_asked_for(redis_server: RedisServer) -> None:
+    """The scaling loop asks for the oldest task's age of the queues with a target wait only: their oldest
+    messages are read after every other reply (with beat forecasts in the same poll), the others' are not."""
+    stamp_messages = before_task_publish.connect(
+        lambda properties, **_: properties.setdefault("timestamp", time.time() - 30), weak=False
+    )
+    try:
+        app = producer(redis_server.url)
+        send(app, "emails", 2)
+        send(app, "reports", 1, priority=6)
+        send(app, "bulk", 3)
+        app.close()
+    finally:
+        before_task_publish.disconnect(stamp_messages)
+    config = BrokerConfig(url=redis_server.url)
+    wanted = {config: ["emails", "reports", "bulk", "idle"]}
+    async with Observer() as observer:
+        for _ in range(2):  # the second poll keeps unchanged observations from the first
+            seen = await observer.observe(wanted, 5, beats={config: ["shop"]}, aged={config: ["reports", "idle"]})
+            queues = seen[config].queues
+            assert [queues[name].backlog for name in ("emails", "reports", "bulk", "idle")] == [2, 1, 3, 0]
+            assert queues["reports"].oldest_age is not None and 29 < queues["reports"].oldest_age < 60
+            assert queues["emails"].oldest_age is None and queues["bulk"].oldest_age is None  # not asked for
+            assert queues["idle"].oldest_age is None  # nothing waits
+        redis_server.client().delete("reports\x06\x166")
+        queues = (await observer.observe(wanted, 5, aged={config: ["reports"]}))[config].queues
+        assert queues["reports"].backlog == 0 and queues["reports"].oldest_age is None
+
+
+def test_message_timestamp_reads_kombus_layout_without_decoding() -> None:
+    """Celery's messages as kombu stores them: the properties' timestamp, never one in the headers, the body or
+    the text of an argument; any other layout is decoded."""
+    stamped = {
+        "body": "eyJ0aW1lc3RhbXAiOiA1fQ==",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"timestamp": 7, "argsrepr": '({"timestamp": 3},)', "kwargsrepr": "{}"},
+        "properties": {"delivery_info": {"routing_key": "q"}, "timestamp": 1700000000.25, "priority": 0},
+    }
+    assert message_timestamp(json.dumps(stamped).encode()) == 1700000000.25
+    assert message_timestamp(json.dumps(stamped)) == 1700000000.25
+    unstamped = {**stamped, "properties": {"delivery_info": {"routing_key": "q"}, "priority": 0}}
+    assert message_timestamp(json.dumps(unstamped).encode()) is None  # the headers' timestamp is not the message's
+    reordered = {"properties": stamped["properties"], "headers": {"timestamp": 7}}
+    assert message_timestamp(json.dumps(reordered)) == 1700000000.25  # decoded
+    compact = json.dumps(stamped, separators=(",", ":"))
+    assert message_timestamp(compact) == 1700000000.25  # decoded
+    for bad in ("null", "true", '"soon"', "NaN", "-"):
+        text = json.dumps(unstamped)[:-2] + f', "timestamp": {bad}}}}}'
+        assert message_timestamp(text) is None, text
+
+
 def test_message_timestamp_ignores_what_is_not_a_kombu_timestamp() -> None:
     assert message_timestamp(b'{"properties": {"timestamp": 12.5}}') == 12.5
     for raw in (b"x", b"[]", b'{"properties": {}}', b'{"properties": {"timestamp": "soon"}}', b'{"properties": 3}'):
@@ -247,6 +299,7 @@ def secured_redis(tmp_path: Path) -> Iterator[RedisServer]:
     admin.acl_setuser("observer", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["-@all"])
     admin.execute_command("ACL", "SETUSER", "observer", "+llen", "+hgetall", "+time", "+lindex")
     admin.acl_setuser("blind", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["-@all", "+llen", "+time"])
+    admin.execute_command("ACL", "SETUSER", "counter", "on", ">s3cret", "~*", "-@all", "+llen", "+hgetall", "+time")
     try:
         yield server
     finally:
@@ -284,6 +337,18 @@ async def test_read_only_acl_user_is_enough_and_the_observer_never_writes(secure
     assert stats["cmdstat_auth"]["calls"] == 1  # one connection, reused by every poll
     assert admin.acl_log() == []  # nothing denied: it never even tried another command
     assert admin.info("persistence")["rdb_changes_since_last_save"] == changes_before
+
+
+async def test_without_lindex_the_queues_with_a_target_are_observed_without_an_age(
+    secured_redis: RedisServer, observer: Observer
+) -> None:
+    """A user allowed only what the observer needed before ages were read (no LINDEX): the queues are observed as
+    before, and the oldest task's age is unknown (the operator then estimates it)."""
+    redis.Redis(port=secured_redis.port).lpush("emails", '{"properties": {"timestamp": 1}}')
+    config = BrokerConfig(url=f"redis://counter:s3cret@127.0.0.1:{secured_redis.port}/0")
+    seen = (await observer.observe({config: ["emails", "idle"]}, timeout=5, aged={config: ["emails"]}))[config]
+    assert seen.ok, seen.error
+    assert seen.queues["emails"].backlog == 1 and seen.queues["emails"].oldest_age is None
 
 
 async def test_missing_permission_is_reported_not_read_as_empty(secured_redis: RedisServer, observer: Observer) -> None:
@@ -438,15 +503,23 @@ _report = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.booleans()
     steps=st.lists(st.integers(0, 9), min_size=1, max_size=5, unique=True).map(lambda s: tuple(sorted(s))),
     rows=st.lists(st.tuples(st.lists(_length, min_size=5, max_size=5), _report, st.booleans()), max_size=8),
     read_oldest_age=st.booleans(),
+    aged=st.sets(st.integers(0, 9)),
 )
 def test_read_replies_matches_a_plain_reading_of_each_queue(
-    steps: tuple[int, ...], rows: list[tuple[list[object], list[tuple[int, int, bool]], bool]], read_oldest_age: bool
+    steps: tuple[int, ...],
+    rows: list[tuple[list[object], list[tuple[int, int, bool]], bool]],
+    read_oldest_age: bool,
+    aged: set[int],
 ) -> None:
-    """The column-wise reading gives, queue by queue, what reading each queue's replies on its own gives."""
+    """The column-wise reading gives, queue by queue, what reading each queue's replies on its own gives; the
+    oldest messages of the ``aged`` queues (read after everything else) give their ages."""
     config = BrokerConfig(url="redis://r", priority_steps=steps)
-    plan = poll_plan(config, tuple(f"q{number}" for number in range(len(rows))), read_oldest_age)
+    names = tuple(f"q{number}" for number in range(len(rows)))
+    plan = poll_plan(config, names, read_oldest_age, (), tuple(f"q{number}" for number in sorted(aged)))
+    assert plan.aged == (() if read_oldest_age else tuple(name for name in names if int(name[1:]) in aged))
     now = 10_000.0
     replies: list[object] = [[b"10000", b"0"]]
+    tail: list[object] = []
     expected: dict[str, tuple[object, ...]] = {}
     for number, (lengths, loads, stamped) in enumerate(rows):
         lengths = lengths[: len(steps)]
@@ -456,13 +529,16 @@ def test_read_replies_matches_a_plain_reading_of_each_queue(
             fields += [f"w{index}".encode(), reports.encode_report(load).encode()]
         oldest = [b'{"properties": {"timestamp": 9990}}' if stamped else None] * len(steps)
         replies += [*lengths, fields, *(oldest if read_oldest_age else [])]
+        if f"q{number}" in plan.aged:
+            tail += oldest
         if any(isinstance(length, ResponseError) for length in lengths):
             expected[f"q{number}"] = ("error",)
         else:
             in_flight = sum(r + q for r, q, live in loads if live)
-            age = 10.0 if read_oldest_age and stamped else None
-            expected[f"q{number}"] = (sum(lengths), in_flight, age)  # type: ignore[arg-type]
-    observed = read_replies(plan, replies)
+            waiting = sum(lengths)  # type: ignore[arg-type]
+            age = 10.0 if stamped and (read_oldest_age or (number in aged and waiting)) else None
+            expected[f"q{number}"] = (waiting, in_flight, age)
+    observed = read_replies(plan, replies + tail)
     got = {
         name: ("error",) if not queue.ok else (queue.backlog, queue.in_flight, queue.oldest_age)
         for name, queue in observed.items()

@@ -34,8 +34,9 @@ from tests.operator_helpers import (
 )
 from workerpool_operator.kube import metrics
 from workerpool_operator.kube.api import DELETION_COST
-from workerpool_operator.kube.drift import contains
-from workerpool_operator.kube.render import render_deployments
+from workerpool_operator.kube.drift import edits
+from workerpool_operator.kube.fields import FIELD_MANAGER, SCALER_MANAGER
+from workerpool_operator.kube.render import LAST_APPLIED_ANNOTATION, render_deployments
 from workerpool_operator.spec import WorkerPool
 
 
@@ -60,8 +61,17 @@ def test_pool_gets_one_deployment_per_queue_exactly_as_rendered(
     live = deployments(kube)
     for manifest in expected.values():
         found = live[manifest["metadata"]["name"]]
-        assert contains(found, manifest), f"{manifest['metadata']['name']} differs from its rendering"
+        assert edits(found, manifest) == [], f"{manifest['metadata']['name']} is not as applied"
         assert found["spec"]["replicas"] == 0  # minReplicas: the scaler owns it from here
+        assert LAST_APPLIED_ANNOTATION not in found["metadata"]["annotations"]  # Server-Side Apply, no copy
+        managers = {
+            (e["manager"], e["operation"], e.get("subresource", "")) for e in found["metadata"]["managedFields"]
+        }
+        assert {(FIELD_MANAGER, "Apply", ""), (SCALER_MANAGER, "Apply", "scale")} <= managers
+        ours = manifest["spec"]["template"]["spec"]["containers"][0]
+        theirs = found["spec"]["template"]["spec"]["containers"][0]
+        assert theirs["image"] == ours["image"] and theirs.get("command") == ours.get("command")
+        assert [e["name"] for e in theirs["env"]] == [e["name"] for e in ours["env"]]
     wait_for(lambda: _ready(kube, "shop") == "True", message="Ready")
     status = get_pool(kube, "shop")["status"]
     assert status["observedGeneration"] == created["metadata"]["generation"]
@@ -184,16 +194,27 @@ def test_spec_edit_keeps_the_scalers_replicas(operator: RunningOperator, redis_s
 
 
 def test_drift_is_put_back(operator: RunningOperator, redis_server: RedisServer) -> None:
+    """A field of ours changed by hand is applied again, an Event names it and who changed it; a field we do not set,
+    added by hand, stays; a Deployment deleted by hand comes back with the replicas it had."""
     kube = operator.cluster
     create_secret(kube, "redis", {"url": redis_server.url})
     create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "minReplicas": 2}]))
     wait_for(lambda: replicas(kube, "shop-default") == 2, message="Deployment")
     client = api(kube)
     path = f"/apis/apps/v1/namespaces/{NS}/deployments/shop-default"
+    theirs = {"metadata": {"annotations": {"team.example/owner": "shop"}}}
+    client.request("PATCH", path, body=theirs, content_type="application/merge-patch+json")
     edit = {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:latest"}]}}}}
     client.request("PATCH", path, body=edit, content_type="application/merge-patch+json")
     image = lambda: deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
     wait_for(lambda: image() == "registry.example/shop-worker:1.2", message="manual edit reverted")
+    (restored,) = events(kube, "DeploymentRestored")
+    message = restored["message"]
+    assert message.startswith("queue default: spec.template.spec.containers[worker].image changed by OpenAPI-Generator")
+    assert "removed" in message, "the merge patch replaced the container list: our other container fields went"
+    live = deployments(kube)["shop-default"]
+    assert live["metadata"]["annotations"]["team.example/owner"] == "shop", "a field we do not own is left alone"
+    assert len(live["spec"]["template"]["spec"]["containers"][0]["env"]) > 1, "the fields removed by hand are back"
 
     client.request("DELETE", path)
     wait_for(lambda: "shop-default" in deployments(kube), message="Deployment recreated")

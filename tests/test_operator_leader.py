@@ -58,16 +58,18 @@ def writes_by(kube: KubeCluster, since: float = 0.0) -> dict[str, list[str]]:
     return found
 
 
-def scale_writes(kube: KubeCluster, deployment: str) -> list[int]:
-    """Every replica count the scaler wrote to a Deployment (a patch of spec.replicas alone), in order."""
+def scale_writes(kube: KubeCluster, deployment: str) -> list[tuple[str | None, int]]:
+    """Every replica count the scaler wrote to a Deployment (its apply of the ``scale`` subresource) and the API
+    server accepted, in order, with the replica that wrote it. (A refused write changes nothing on the emulator, as
+    on a real server, but it is still in the request log.)"""
     return [
-        request.data["spec"]["replicas"]
+        (request_identity(request), request.data["spec"]["replicas"])
         for request in kube.requests()
         if request.name == deployment
+        and request.subresource == "scale"
         and str(request.method.value).upper() == "PATCH"
         and isinstance(request.data, dict)
-        and set(request.data) <= {"spec", "metadata"}  # the emulator stamps a resourceVersion into metadata
-        and set(request.data.get("spec") or ()) == {"replicas"}
+        and (kube.answer(request) or 500) < 300
     ]
 
 
@@ -112,7 +114,11 @@ def test_one_replica_writes_and_a_killed_leader_is_replaced_within_a_lease(
     # lease duration + one poll, and the slack of a loaded machine (two operators, the emulator, Redis, Celery)
     assert took < 3 + POLL + 5, f"failover took {took:.1f} s"
 
-    assert scale_writes(kube, "shop-default") == [3, 7], "a decision applied twice, or reverted"
+    # The first write is the count the Deployment was created with (0), taken by the scaler at creation.
+    # (The emulator records a request's answer after storing its object: wait for the answers, then compare.)
+    expected = [(leader, 0), (leader, 3), (standby, 7)]
+    writes = wait_for(lambda: (w := scale_writes(kube, "shop-default")) and len(w) >= len(expected) and w, 5, "answers")
+    assert writes == expected, "a decision applied twice, or reverted"
     wait_for(lambda: len(events(kube, "Scaled")) == 2, message="2 Scaled Events")
     scaled = [e["message"] for e in events(kube, "Scaled")]
     assert ["0 -> 3" in scaled[0], "3 -> 7" in scaled[1]] == [True, True], scaled
@@ -132,9 +138,14 @@ def test_a_partitioned_leader_stops_writing_before_the_standby_starts(
     kube.emulator[cut_off] << kmock.Response(status=503, payload={**unavailable, "code": 503})  # type: ignore[attr-defined]
     cut_at = time.monotonic()
     enqueue(redis_server.url, "default", 2)
-    wait_for(lambda: holder(kube) not in (None, leader), timeout=30, message="the standby takes over")
+    new_leader = wait_for(lambda: holder(kube) not in (None, leader) and holder(kube), 30, "the standby takes over")
     taken_at, taken = time.monotonic(), len(kube.requests())
     wait_for(lambda: replicas(kube, "shop-default") == 2, timeout=30, message="the new leader scales up")
+    # The cut-off leader may have tried the same scale in its renew deadline: refused, it changed nothing.
+    # (0: the count the first leader created the Deployment with.)
+    expected = [(leader, 0), (new_leader, 2)]
+    writes = wait_for(lambda: (w := scale_writes(kube, "shop-default")) and len(w) >= len(expected) and w, 5, "answers")
+    assert writes == expected, "the new leader scaled, and only it"
 
     assert taken_at - cut_at >= 3 - POLL, "the standby waited out the lease duration"
     old = next(r for r in two_replicas if f"as {leader}" in r.output())

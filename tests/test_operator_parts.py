@@ -10,7 +10,7 @@ import pytest
 
 from tests.kube import KubeCluster
 from tests.operator_helpers import NS, api, pool_manifest
-from workerpool_operator.engine import Decision, QueueState
+from workerpool_operator.engine import Decision, QueueState, ScalingPolicy
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.plan import PlanError, plan, removed_deployments, secrets_named
@@ -18,8 +18,9 @@ from workerpool_operator.kube.pools import PoolService
 from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
-from workerpool_operator.observation import QueueObservation
-from workerpool_operator.scaling_loop import PoolResult, QueueResult, ScalingLoop
+from workerpool_operator.observation import QueueObservation, WorkerLoad
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 URL = "redis://redis.apps.svc:6379/0"
 
@@ -147,9 +148,15 @@ async def test_the_reconciler_applies_a_plan_and_refuses_what_the_api_refuses(ku
     refused = {"apiVersion": "v1", "kind": "Status", "code": 422, "message": "spec.template: Invalid value"}
     assert kube.emulator is not None
     kube.emulator["patch", "/apis/apps/v1/namespaces/apps/deployments/shop-mail"] << (lambda _: _respond(refused))  # type: ignore[attr-defined]
+    before = kube.objects("apps/v1/deployments", NS)["shop-mail"]
+    changed = plan(
+        {**created, "spec": {**created["spec"], "queues": [{"name": "mail", "minReplicas": 1, "concurrency": 3}]}},
+        made_secrets(),
+    )
     with pytest.raises(ApplyError) as error:
-        await reconciler.apply(fewer)
+        await reconciler.apply(changed)
     assert error.value.problem.reason == cond.REASON_APPLY_FAILED and "spec.template" in error.value.problem.message
+    assert kube.objects("apps/v1/deployments", NS)["shop-mail"] == before, "a refused write changes nothing"
 
 
 def _respond(status: dict[str, Any]) -> Any:
@@ -174,9 +181,13 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
 
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
+        versions = made.versions
 
         def bounds(self, queue: str) -> tuple[int, int] | None:
             return made.bounds(queue)
+
+        def policy(self, queue: str) -> ScalingPolicy | None:
+            return made.queues[queue].policy
 
     observation = QueueObservation("default", backlog=4, replicas=1)
     decision = Decision(2, "scale up: backlog 4", current_replicas=1, demand=4)
@@ -202,6 +213,71 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
     assert reporter.persisted_states((NS, "shop"), ["default"]) == {"default": QueueState()}
 
 
+async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_warning(kube: KubeCluster) -> None:
+    """The leader posts the Warning once the oldest task has been above the target for longer than a start-up
+    delay, and writes since when; a new leader reads that from the status it saw, keeps the condition (and its
+    transition time) and posts no second Warning, only the Normal Event once the wait is back within the target."""
+    client = api(kube)
+    manifest = _pool()
+    manifest["spec"]["queues"][0]["scaling"] = {"targetWaitSeconds": 10, "startupSeconds": 5}
+    client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=manifest)
+    made = plan(manifest, made_secrets())
+    clock = [1_800_000_000.0]
+
+    class Facts:
+        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, made.queue_names, None
+        broker_label = made.broker.redacted_url
+        beat_deployment: str | None = None
+        beat_duplicates: tuple[str, ...] = ()
+        versions = made.versions
+
+        def bounds(self, queue: str) -> tuple[int, int] | None:
+            return made.bounds(queue)
+
+        def policy(self, queue: str) -> ScalingPolicy | None:
+            return made.queues[queue].policy
+
+    def poll(age: float | None) -> PoolResult:
+        workers = tuple(WorkerLoad(f"w{number}", running=2, concurrency=2) for number in range(5))
+        seen = QueueObservation("default", backlog=30 if age else 0, workers=workers, oldest_age=age, replicas=5)
+        queue = QueueResult("default", seen, Decision(5, "hold 5", current_replicas=5), QueueState())
+        idle = QueueResult(
+            "mail", QueueObservation("mail", replicas=1), Decision(1, "steady", current_replicas=1), QueueState()
+        )
+        return PoolResult((NS, "shop"), None, (queue, idle), observed_at=clock[0], poll_duration=0.01)
+
+    def status() -> dict[str, Any]:
+        found: dict[str, Any] = kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"]["status"]
+        return found
+
+    leader_events = Events()
+    leader = StatusReporter(client, KubeBackend(client), leader_events, lambda: True, clock=lambda: clock[0])
+    for age in (4.0, 12.0, 18.0):  # above the target since 2 s before the second poll, broken 6 s later
+        await leader.report(poll(age), Facts())
+        clock[0] += 6
+    assert [(t, r) for t, r, _ in leader_events if r.startswith("Wait")] == [("Warning", "WaitAboveTarget")]
+    broken = cond.condition(status()["conditions"], "WaitsWithinTarget")
+    assert broken is not None and (broken["status"], broken["reason"]) == ("False", "MaxReplicasReached")
+    assert status()["queues"][0]["waitAboveTargetSince"] == "2027-01-15T08:00:04Z"
+
+    follower_events = Events()
+    follower = StatusReporter(client, KubeBackend(client), follower_events, lambda: True, clock=lambda: clock[0])
+    follower.seen((NS, "shop"), kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"]["status"])
+    await follower.report(poll(24.0), Facts())
+    assert [r for _, r, _ in follower_events if r.startswith("Wait")] == [], "no second Warning"
+    still = cond.condition(status()["conditions"], "WaitsWithinTarget")
+    assert still is not None and (still["status"], still["lastTransitionTime"]) == (
+        "False",
+        broken["lastTransitionTime"],
+    )
+    clock[0] += 2
+    await follower.report(poll(None), Facts())
+    assert [(t, r) for t, r, _ in follower_events] == [("Normal", "WaitWithinTarget")]
+    kept = cond.condition(status()["conditions"], "WaitsWithinTarget")
+    assert kept is not None and (kept["status"], kept["reason"]) == ("True", "WithinTarget")
+    assert "waitAboveTargetSince" not in status()["queues"][0]
+
+
 async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster) -> None:
     client = api(kube)
     client.request("POST", f"/api/v1/namespaces/{NS}/secrets", body=_secret())
@@ -211,7 +287,7 @@ async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster
     async def on_result(result: PoolResult) -> None:
         return None
 
-    loop = ScalingLoop(backend, on_result, _NoObserver())
+    loop = ScalingLoop(backend, on_result, _NoObserver(), _NoObserver())
     reporter = StatusReporter(client, backend, events, lambda: may_write[0])
     service = PoolService(
         api=client,
@@ -244,7 +320,13 @@ def _secret() -> dict[str, Any]:
 
 
 class _NoObserver:
-    async def observe(self, wanted: Any, timeout: float, beats: Any = None) -> dict[Any, Any]:  # noqa: ASYNC109
+    async def observe(
+        self,
+        wanted: Any,
+        timeout: float,  # noqa: ASYNC109
+        beats: Any = None,
+        aged: Any = None,
+    ) -> dict[Any, Any]:
         return {}
 
     async def forget(self, keep: Any = ()) -> None:

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from workerpool_operator.engine import Decision, QueueState, ScalingPolicy
+from workerpool_operator.engine.forecast import Learned
+from workerpool_operator.engine.wait_watch import Breach, Poll, Waits
 from workerpool_operator.kube import conditions as c
-from workerpool_operator.kube.status import QueueFigures, build_status, merge_patch, rfc3339, write_needed
+from workerpool_operator.kube.status import (
+    QueueFigures,
+    build_status,
+    merge_patch,
+    rfc3339,
+    unix_time,
+    wait_poll,
+    write_needed,
+)
+from workerpool_operator.observation import QueueObservation, WorkerLoad
+from workerpool_operator.scaling_types import QueueResult
 
 T0 = 1_800_000_000.0
 
@@ -164,3 +178,80 @@ def test_the_engines_memory_goes_out_as_one_json_string_and_comes_back() -> None
     legacy = {**status, "scalerState": {"default": {"idleSince": 1.5}}}  # the first release wrote an object
     assert from_wire(legacy) == legacy
     assert from_wire(None) is None
+
+
+# --- the waits tasks get -------------------------------------------------------------------------------------
+
+
+def _waits(oldest: float | None = 12.0, **changes: Any) -> QueueFigures:
+    fields: dict[str, Any] = {"source": "Measured", "p95": 9.5, "target": 60.0, "above_since": None, "breach": None}
+    fields.update(changes)
+    return QueueFigures("default", backlog=4, waits=Waits(oldest, **fields))
+
+
+def test_a_queues_waits_in_status_and_which_of_them_are_state() -> None:
+    first = _status(figures={"default": _waits()})
+    assert first["queues"][0] == {
+        "name": "default",
+        "backlog": 4,
+        "oldestTaskAgeSeconds": 12.0,
+        "waitSource": "Measured",
+        "waitP95Seconds": 9.5,
+        "targetWaitSeconds": 60.0,
+    }
+    above = _status(first, figures={"default": _waits(75.04, p95=70.0, above_since=T0 - 15.0)})
+    assert above["queues"][0]["waitAboveTargetSince"] == rfc3339(T0 - 15.0)
+    assert above["queues"][0]["oldestTaskAgeSeconds"] == 75.0
+    assert not write_needed(first, above, seconds_since_write=1), "ages and the time above the target are figures"
+    assert write_needed(first, above, seconds_since_write=31)
+    estimated = _status(first, figures={"default": _waits(source="Estimated")})
+    assert write_needed(first, estimated, seconds_since_write=1), "which kind of age it is: state"
+    failed = _status(above, figures={"default": QueueFigures("default", waits=_waits(None, p95=None).waits)})
+    assert failed["queues"][0]["oldestTaskAgeSeconds"] == 75.0 and failed["queues"][0]["waitP95Seconds"] == 70.0
+    untargeted = _status(above, figures={"default": _waits(target=None)})
+    assert "targetWaitSeconds" not in untargeted["queues"][0]
+    assert "waitAboveTargetSince" not in untargeted["queues"][0]
+    assert write_needed(above, untargeted, seconds_since_write=1)
+    assert unix_time(rfc3339(T0)) == T0 and unix_time("soon") is None and unix_time(None) is None
+
+
+def test_the_wait_condition_names_every_broken_target_with_the_first_ones_reason() -> None:
+    broken = [
+        ("emails", Breach("MaxReplicasReached", "the oldest task has waited 95s, ...: maxReplicas (10) reached")),
+        ("reports", Breach("WorkersNotStarting", "...: 3 of 10 workers not ready for 60s")),
+    ]
+    condition = c.wait_condition(broken, observed=True)
+    assert (condition.type, condition.status, condition.reason) == ("WaitsWithinTarget", "False", "MaxReplicasReached")
+    assert condition.message == (
+        "queue emails: the oldest task has waited 95s, ...: maxReplicas (10) reached; "
+        "queue reports: ...: 3 of 10 workers not ready for 60s"
+    )
+    kept = c.wait_condition([], observed=True)
+    assert (kept.status, kept.reason) == ("True", "WithinTarget")
+    assert c.wait_condition([], observed=False).status == "Unknown"
+
+
+def test_a_poll_as_the_wait_watch_reads_it() -> None:
+    learned = Learned(arrival_rate=4.0, startup=12.0)
+    observation = QueueObservation("default", backlog=9, oldest_age=33.0, replicas=2, workers=(WorkerLoad("w1"),))
+    decision = Decision(5, "scale up", current_replicas=2)
+    result = QueueResult("default", observation, decision, QueueState(learned=learned, waiting_since=T0 - 40))
+    policy = ScalingPolicy(max_replicas=8, target_wait=60.0, startup_seconds=45.0)
+    poll = wait_poll(result, policy, None, T0)
+    assert poll == Poll(
+        T0,
+        backlog=9,
+        measured=33.0,
+        arrival_rate=4.0,
+        waiting_since=T0 - 40,
+        target=60.0,
+        startup=12.0,  # learned, not startupSeconds
+        replicas=2,
+        ready=1,  # the live reports, without the Deployment's count
+        desired=5,
+        max_replicas=8,
+    )
+    scaled = wait_poll(dataclasses.replace(result, scaled_from=2, state=QueueState()), policy, 2, T0)
+    assert (scaled.replicas, scaled.ready, scaled.startup) == (5, 2, 45.0)
+    failed = QueueResult("default", QueueObservation("default", error="refused"), None, QueueState())
+    assert wait_poll(failed, None, None, T0) == Poll(T0, error="refused", startup=30.0)

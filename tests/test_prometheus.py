@@ -78,7 +78,8 @@ def loaded_operator(
     """The operator serving a busy pool (a real worker on it, more tasks waiting) and a pool whose Secret is
     missing, scraped by a real Prometheus that also evaluates the alert rules."""
     h.create_secret(kube, "redis", {"url": redis_server.url})
-    h.create_pool(kube, h.pool_manifest("shop", queues=[{"name": "default", "concurrency": 2, "maxReplicas": 3}]))
+    queue = {"name": "default", "concurrency": 2, "maxReplicas": 3, "scaling": {"targetWaitSeconds": 60}}
+    h.create_pool(kube, h.pool_manifest("shop", queues=[queue]))
     h.create_pool(kube, h.pool_manifest("broken", secret="missing"))
     port = free_port()
     operator = OperatorProcess(

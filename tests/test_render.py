@@ -13,18 +13,21 @@ from tests.conftest import REPO
 from tests.dockerfile import image as worker_image
 from tests.pss import assert_restricted
 from workerpool_operator.kube.render import (
-    LAST_APPLIED_ANNOTATION,
     POOL_LABEL,
     QUEUE_ANNOTATION,
     QUEUE_LABEL,
     deployment_name,
-    last_applied,
-    overlay,
-    removals,
     render_deployments,
+    template_version,
 )
 from workerpool_operator.spec import WorkerPool
-from workerpool_operator.worker_env import BROKER_CA_DIR, BROKER_CA_ENV, BROKER_CA_FILE, soft_shutdown_timeout
+from workerpool_operator.worker_env import (
+    BROKER_CA_DIR,
+    BROKER_CA_ENV,
+    BROKER_CA_FILE,
+    VERSION_LABEL,
+    soft_shutdown_timeout,
+)
 
 KUBERNETES_VERSIONS = ("1.30", "1.31", "1.32", "1.33")
 UID = "7d1c8a3e-0000-4000-8000-000000000001"
@@ -121,9 +124,7 @@ def test_minimal_pool_renders_every_field() -> None:
         POOL_LABEL: "shop",
         QUEUE_LABEL: "default",
     }
-    recorded = meta["annotations"].pop(LAST_APPLIED_ANNOTATION)
-    assert meta["annotations"] == {QUEUE_ANNOTATION: "default"}
-    assert json.loads(recorded) == deployment  # itself, without the record: for removing dropped fields later
+    assert meta["annotations"] == {QUEUE_ANNOTATION: "default"}  # no copy of itself: Server-Side Apply tracks fields
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "workerpool.dev/v1alpha1",
@@ -139,10 +140,13 @@ def test_minimal_pool_renders_every_field() -> None:
     assert spec["selector"] == {"matchLabels": {POOL_LABEL: "shop", QUEUE_LABEL: "default"}}
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]
+    version = pod["metadata"]["labels"].pop(VERSION_LABEL)
     assert pod["metadata"]["labels"] == meta["labels"]
+    assert version == template_version(pod) and len(version) == 12  # what the pods run, the label left out
     assert "annotations" not in pod["metadata"]
     pod_spec = pod["spec"]
-    assert pod_spec["terminationGracePeriodSeconds"] == 30
+    # A stopping worker (a rollout, an eviction) finishes what it runs within the drain timeout, 3,600 s by default.
+    assert pod_spec["terminationGracePeriodSeconds"] == 3600 + 30
     assert pod_spec["automountServiceAccountToken"] is False and "serviceAccountName" not in pod_spec
     assert pod_spec["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     assert pod_spec["volumes"] == [{"name": "workerpool-state", "emptyDir": {}}]
@@ -168,7 +172,8 @@ def test_minimal_pool_renders_every_field() -> None:
         "WORKERPOOL_POOL": "prefork",
         "WORKERPOOL_CONCURRENCY": "1",
         "WORKERPOOL_PREFETCH_MULTIPLIER": "1",
-        "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT": "25",
+        "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT": "3625",
+        "WORKERPOOL_TEMPLATE_VERSION": {"fieldRef": {"fieldPath": "metadata.labels['workerpool.dev/version']"}},
         "WORKERPOOL_WORKER_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
         "WORKERPOOL_STATE_DIR": "/tmp/workerpool",
         "WORKERPOOL_BROKER_URL": {"secretKeyRef": {"name": "redis", "key": "url"}},
@@ -187,7 +192,7 @@ def test_full_pool_copies_every_template_field_and_queue_setting() -> None:
     assert pod_spec["affinity"] == FULL_TEMPLATE["affinity"]
     assert pod_spec["topologySpreadConstraints"] == FULL_TEMPLATE["topologySpreadConstraints"]
     assert pod_spec["priorityClassName"] == "batch"
-    assert pod_spec["terminationGracePeriodSeconds"] == 120
+    assert pod_spec["terminationGracePeriodSeconds"] == 3630  # 120 raised to the drain timeout + 30 s
     assert pod_spec["volumes"][1:] == FULL_TEMPLATE["volumes"]
     pod_meta = default["spec"]["template"]["metadata"]
     assert pod_meta["labels"]["team"] == "shop" and pod_meta["labels"][QUEUE_LABEL] == "default"
@@ -203,7 +208,7 @@ def test_full_pool_copies_every_template_field_and_queue_setting() -> None:
     assert env["WORKERPOOL_PREFETCH_MULTIPLIER"] == "8"  # overridden by template.env
     assert env["SHOP_MODE"] == "prod" and env["WORKERPOOL_LOGLEVEL"] == "debug"
     assert env["DB"] == {"secretKeyRef": {"name": "db", "key": "url"}}
-    assert env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == "115"
+    assert env["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == "3625"
     names = [e["name"] for e in container["env"]]
     assert len(names) == len(set(names))
 
@@ -313,19 +318,35 @@ def test_rendered_pods_meet_pod_security_restricted() -> None:
             assert_restricted(deployment)
 
 
-def test_fields_dropped_from_the_spec_are_removed_by_the_next_patch() -> None:
-    before = _render(_pool(template=FULL_TEMPLATE, queues=FULL_QUEUES))["default"]
-    slimmer = {k: v for k, v in FULL_TEMPLATE.items() if k not in ("nodeSelector", "podAnnotations", "extraArgs")}
-    after = _render(_pool(template=slimmer, queues=FULL_QUEUES))["default"]
-    previous = last_applied(before)
-    assert previous is not None
-    patch = removals(previous, after)
-    pod = patch["spec"]["template"]
-    assert pod["spec"]["nodeSelector"] is None and pod["metadata"]["annotations"] is None
-    assert "containers" not in pod["spec"]  # lists are replaced whole by the patch: nothing to null
-    body = overlay(after, patch)
-    assert body["spec"]["template"]["spec"]["nodeSelector"] is None
-    assert body["spec"]["template"]["spec"]["containers"] == after["spec"]["template"]["spec"]["containers"]
-    assert removals(previous, json.loads(json.dumps(previous))) == {}
-    assert last_applied({"metadata": {"annotations": {LAST_APPLIED_ANNOTATION: "not json"}}}) is None
-    assert last_applied({"metadata": {}}) is None
+def test_the_manifest_never_holds_the_replica_count() -> None:
+    for extra in EXAMPLES:
+        for deployment in _render(_pool(**extra)).values():
+            assert "replicas" not in deployment["spec"]  # the scaler's field (kube/fields.py)
+
+
+def test_the_version_moves_exactly_with_what_the_pods_run() -> None:
+    version = lambda **spec: _render(_pool(**spec))["default"]["spec"]["template"]["metadata"]["labels"][VERSION_LABEL]  # noqa: E731
+    base = version()
+    assert version() == base, "the same spec renders the same version"
+    assert version(template={"image": "registry.example/shop:1.1"}) != base
+    assert version(template={"image": "registry.example/shop:1.0", "env": [{"name": "A", "value": "1"}]}) != base
+    # What the pods do not run leaves the version alone: bounds, and the pool's other scaling settings.
+    assert version(queues=[{"name": "default", "maxReplicas": 50, "minReplicas": 2}]) == base
+    assert version(scaling={"pollIntervalSeconds": 1}) == base
+
+
+@pytest.mark.parametrize(
+    "spec, grace",
+    [
+        ({}, 3630),  # the default drain timeout, plus the stop margin
+        ({"scaling": {"drainTimeoutSeconds": 600}}, 630),
+        ({"queues": [{"name": "default", "scaling": {"drainTimeoutSeconds": 90}}]}, 120),  # per queue
+        ({"scaling": {"drainTimeoutSeconds": 0}}, 30),  # draining off: Kubernetes' default
+        ({"template": {"image": "x", "terminationGracePeriodSeconds": 45}}, 3630),  # raised to the drain timeout
+        ({"template": {"image": "x", "terminationGracePeriodSeconds": 7200}}, 7200),  # a longer one kept
+    ],
+)
+def test_the_grace_period_covers_the_drain_timeout(spec: dict[str, Any], grace: int) -> None:
+    deployment = _render(_pool(**spec))["default"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+    assert _env(deployment)["WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT"] == str(grace - 5)

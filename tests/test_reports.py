@@ -12,6 +12,7 @@ from workerpool_operator.reports import (
     live_reports,
     live_reports_of_reply,
     report_key,
+    version_number,
 )
 
 
@@ -26,13 +27,21 @@ def test_a_report_round_trips_as_bytes_or_text() -> None:
 
 def test_format_2_is_one_line_of_integers_times_in_milliseconds() -> None:
     load = WorkerLoad("pod-1", running=2, reserved=3, done=40, heartbeat=1700000000.1234, concurrency=4)
-    assert encode_report(load) == "2 2 3 40 1700000000123 4 0 0"
-    decoded = decode_report("pod-1", b"2 2 3 40 1700000000123 4 1 1699999999000")
+    assert encode_report(load) == "2 2 3 40 1700000000123 4 0 0 0 0"
+    decoded = decode_report("pod-1", b"2 2 3 40 1700000000123 4 1 1699999999000")  # a worker before 0.3
     assert decoded == WorkerLoad("pod-1", 2, 3, 40, 1700000000.123, 4, draining=True, started=1699999999.0)
 
 
+def test_stopping_and_the_template_version_ride_at_the_end() -> None:
+    load = WorkerLoad("w", running=1, heartbeat=1000.0, concurrency=2, stopping=True, version=version_number("a1b2c3"))
+    assert encode_report(load) == f"2 1 0 0 1000000 2 0 0 1 {0xA1B2C3}"
+    assert decode_report("w", encode_report(load)) == load
+    assert version_number(None) == 0 and version_number("zz") not in (0, version_number("zy"))
+
+
 def test_fields_a_later_worker_appends_are_ignored() -> None:
-    assert decode_report("w", b"2 1 0 5 1000000 2 0 0 77 88") == WorkerLoad("w", 1, 0, 5, 1000.0, 2)
+    later = decode_report("w", b"2 1 0 5 1000000 2 0 0 1 42 77 88")
+    assert later == WorkerLoad("w", 1, 0, 5, 1000.0, 2, stopping=True, version=42)
 
 
 def test_format_1_json_from_workers_older_than_the_operator_is_read() -> None:

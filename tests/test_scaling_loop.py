@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -12,8 +13,9 @@ import pytest
 from tests.conftest import RedisServer
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, ScalingPolicy
-from workerpool_operator.observe import Observer
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop, brokers_to_forget
+from workerpool_operator.observe import DrainWriter, Observer
+from workerpool_operator.scaling_loop import ScalingLoop, brokers_to_forget
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
 
 
 class RecordingBackend:
@@ -56,7 +58,7 @@ def make_loop(backend: RecordingBackend, observer: Observer, clock: Clock, repor
     async def report(result: PoolResult) -> None:
         reports.append(result)
 
-    return ScalingLoop(backend, report, observer, clock=clock)
+    return ScalingLoop(backend, report, observer, DrainWriter(observer.connections), clock=clock)
 
 
 async def test_scales_up_on_backlog_and_only_when_the_count_changes(redis_server: RedisServer, observer) -> None:
@@ -95,6 +97,27 @@ async def test_one_round_trip_per_broker_for_every_pool_on_it(redis_server: Redi
     assert {r.pool for r in reports} == {A, B}
     # One pipeline for both pools: LLEN x4 priority lists + HGETALL per queue + TIME, plus the INFO call itself.
     assert after - before <= 2 * (4 + 1) + 1 + 1 + 1
+
+
+async def test_the_oldest_tasks_age_is_read_for_the_queues_with_a_target_wait(
+    redis_server: RedisServer, observer
+) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    stamped = f'{{"properties": {{"timestamp": {time.time() - 90}}}}}'  # sent 90 s ago (the broker's clock)
+    redis_server.client().lpush("emails", stamped)
+    redis_server.client().lpush("reports", stamped)
+    backend = RecordingBackend({(A, "emails"): 1, (A, "reports"): 1})
+    reports: list[PoolResult] = []
+    loop = make_loop(backend, observer, Clock(), reports)
+    targeted = dataclasses.replace(POLICY, target_wait=60.0)
+    loop.register(A, broker, {"emails": QueuePlan(targeted, 1.0), "reports": QueuePlan(POLICY, 1.0)})
+    before = redis_server.client().info("commandstats").get("cmdstat_lindex", {}).get("calls", 0)
+    await loop.run_once()
+    after = redis_server.client().info("commandstats")["cmdstat_lindex"]["calls"]
+    assert after - before == 4, "one LINDEX per priority list of the one queue with a target"
+    seen = {q.queue: q.observation for q in reports[-1].queues}
+    assert seen["emails"].oldest_age is not None and 89 < seen["emails"].oldest_age < 120
+    assert seen["reports"].oldest_age is None and seen["reports"].backlog == 1
 
 
 async def test_broker_down_never_scales_down_and_state_survives_updates(redis_server: RedisServer, observer) -> None:
@@ -149,7 +172,7 @@ async def test_run_stops_promptly_and_survives_a_failing_reporter(redis_server: 
             third.set()
         raise ValueError("boom")
 
-    loop = ScalingLoop(backend, bad_reporter, observer, tick=0.05)
+    loop = ScalingLoop(backend, bad_reporter, observer, DrainWriter(observer.connections), tick=0.05)
     loop.register(A, broker, {"q": QueuePlan(POLICY, 0.05)})
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))

@@ -31,8 +31,10 @@ def test_a_task_on_a_sleeping_queue_waits_for_a_pod_to_start() -> None:
     result = simulate([(0.0, 5.0)], setup(target_per_replica=1), "ours", startup_delay=20.0)
     assert result.waits == [20.0]
     assert result.finished == 1
-    # woken at 0, ready at 20, done at 25; idle from the poll at 26, drained 120 s later at 146, removed at 148
-    assert result.replica_seconds == pytest.approx(148.0)
+    # woken at 0, ready at 20, done at 25, idle in the report of 26.76 (seen at the poll at 28); no task comes
+    # within a start-up: drained at once (asked at 28, read by the worker at 28.76), removed at the poll at 30,
+    # gone 2 s later (its exit)
+    assert result.replica_seconds == pytest.approx(32.0)
     assert result.scale_events == 2
     assert [row.desired for row in result.timeline][:2] == [1, 1]
     assert result.timeline[-1].pods == 0
@@ -66,7 +68,9 @@ def test_prefetched_tasks_wait_inside_a_busy_worker_unless_it_hands_them_back() 
     kept = simulate(tasks, without_draining(queue), "ours", startup_delay=10.0)
     assert sorted(kept.waits) == [10.0, 10.0, 310.0, 310.0]
     handed = simulate(tasks, queue, "ours", startup_delay=10.0)
-    assert sorted(handed.waits) == [10.0, 10.0, 40.0, 40.0]  # at the first poll after 30 s of running
+    # asked at the poll at 44, the first whose reports (2 s apart, up to 2 s old) add up to 30 s of running; done
+    # at the worker's next report, 0.76 s later
+    assert sorted(handed.waits) == pytest.approx([10.0, 10.0, 44.764, 44.764], abs=1e-3)
     late = simulate(tasks, queue, "ours", startup_delay=10.0, acks_late=True)
     assert max(late.waits) < 15.0
 
@@ -259,7 +263,7 @@ def test_simulate_command_uses_the_named_queue(pool_file: Path, capsys: pytest.C
     assert main([*argv, "--policy", "keda", "--startup-delay", "5", "--seed", "2"]) == 0
     text = capsys.readouterr().out
     assert "queue reports of WorkerPool shop: concurrency 2" in text
-    assert "pod start-up 5; acks_late off; seed 2" in text and "keda" in text
+    assert "pod start-up 5 s; acks_late off; seed 2" in text and "keda" in text
 
 
 @pytest.mark.parametrize(
@@ -325,12 +329,12 @@ def test_without_acks_late_a_killed_task_is_lost() -> None:
 
 
 def test_a_draining_worker_hands_back_what_it_prefetched_and_finishes_what_it_runs() -> None:
-    cluster = Cluster([(0.0, 10.0)] * 3, "q", WorkerModel(concurrency=1, prefetch_multiplier=1))
+    cluster = Cluster([(0.0, 10.0)] * 3, "q", WorkerModel(concurrency=1, prefetch_multiplier=1, report_interval=0.0))
     first = cluster.create_pod(0.0)
     for task in range(3):
         cluster.arrive(task)
     assert (first.running, list(first.reserved), list(cluster.queue)) == ({0}, [1], [2])  # 1 runs, 1 reserved
-    cluster.drain(first)
+    cluster.ask_drain(first)  # reports read live: the worker drains at once
     assert list(cluster.queue) == [1, 2]  # handed back to the head of the list, in order
     second = cluster.create_pod(0.0)
     assert second.running == {1} and list(second.reserved) == [2]
@@ -392,3 +396,39 @@ def test_beats_announced_fires_pre_warm_the_spikes_after_the_first() -> None:
     assert p95(warned) < p95(blind) - 5, (p95(warned), p95(blind))
     fires = announced_fires(("0 * * * *",), EPOCH + 3000)
     assert fires == ((EPOCH + 3600, "0 * * * *"),)
+
+
+def test_the_operator_reads_what_a_worker_last_reported_not_what_it_does_now() -> None:
+    """Workers report every 2 s, each at its own phase: a task that ended after the last report still runs
+    for the operator, and a drain request is read (and obeyed) only at the worker's next report."""
+    cluster = Cluster([(0.0, 1.0), (0.0, 1.0)], "q", WorkerModel(concurrency=1, report_interval=2.0))
+    pod = cluster.create_pod(0.0)  # ready at 0: its first report at once, then at 0.76, 2.76, ...
+    cluster.arrive(0)
+    cluster.now = 0.5
+    assert cluster.report_of(pod)[:3] == (0, 0, 0)  # the report at ready was before the task came
+    cluster.now = 0.9
+    report = cluster.report_of(pod)
+    assert report[:4] == (1, 0, 0, False) and report[4] == pytest.approx(0.764, abs=1e-3)
+    run_events(cluster)  # the task ends at 1.0
+    cluster.now = 2.0
+    assert cluster.report_of(pod)[:3] == (1, 0, 0)  # still running, as far as the operator knows
+    cluster.now = 2.8
+    assert cluster.report_of(pod)[:3] == (0, 0, 1)
+    cluster.ask_drain(pod)
+    cluster.arrive(1)  # before the worker reads its request: it takes the task
+    assert pod.running == {1} and not pod.draining
+    run_events(cluster)
+    assert pod.draining and cluster.report_of(pod)[3]  # read at 4.76, and said at once
+
+
+def test_a_removed_pod_costs_until_its_worker_has_exited() -> None:
+    model = WorkerModel(concurrency=1, exit_seconds=1.5)
+    cluster = Cluster([(0.0, 4.0)], "q", model)
+    busy, idle = cluster.create_pod(0.0), cluster.create_pod(0.0)
+    cluster.arrive(0)
+    assert busy.running == {0} and not idle.running
+    cluster.terminate(idle)  # exits 1.5 s after SIGTERM
+    cluster.terminate(busy)  # its task ends at 4, the worker exits at 5.5
+    run_events(cluster)
+    assert not cluster.pods and cluster.finished == 1
+    assert cluster.pod_seconds(10.0) == pytest.approx(1.5 + 5.5)

@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from types import MappingProxyType
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from tests import crd_rules
 from tests.test_crd import VALID, edit, example
 from workerpool_operator.brokers import BrokerConfig
+from workerpool_operator.crd_keywords import UnderKey
 from workerpool_operator.engine import ScalingPolicy, Schedule
 from workerpool_operator.spec import (
     QUANTITY_PATTERN,
     CeleryPool,
+    PolicyField,
+    QueueSpec,
+    ScalingOverride,
     ScalingSpec,
     SecretKeyRef,
     SpecError,
     WorkerPool,
     WorkerPoolSpec,
+    policy_values,
 )
 
 SCHEMA = crd_rules.openapi_schema(crd_rules.load_crd())
@@ -71,8 +78,6 @@ def _compare(crd: dict[str, Any], mine: dict[str, Any], defs: dict[str, Any], pa
     mine = _resolve(mine, defs)
     if crd.get("x-kubernetes-int-or-string"):  # a quantity: the model checks it with the CRD's own pattern
         return [] if crd["pattern"] == QUANTITY_PATTERN else [f"{path}: the quantity pattern differs"]
-    if set(crd.get("properties", {})) == {"secretKeyRef"}:  # `urlFrom: {secretKeyRef: ...}` is a SecretKeyRef
-        crd = crd["properties"]["secretKeyRef"]
     problems = [
         f"{path}: {key} is {crd.get(key)!r} in the CRD, {mine.get(key)!r} in the model"
         for key in BOUNDS
@@ -115,40 +120,46 @@ def test_the_comparison_notices_a_drift() -> None:
     assert "spec.scaling.scaleUp.pods: default is 2 in the CRD, 4 in the model" in problems
 
 
-# The CRD's pool-wide scaling field for each ScalingPolicy field (min/max come from the queue, target from
-# concurrency unless set).
-POLICY_FIELDS = {
-    "scale_up_pods": "scaleUp.pods",
-    "scale_up_percent": "scaleUp.percent",
-    "scale_up_period": "scaleUp.periodSeconds",
-    "scale_down_window": "scaleDownStabilizationSeconds",
-    "idle_before_zero": "idleSecondsBeforeZero",
-    "activation_backlog": "activationBacklog",
-    "fallback_failure_threshold": "fallback.failureThreshold",
-    "fallback_replicas": "fallback.replicas",
-    "paused": "paused",
-    "drain_timeout": "drainTimeoutSeconds",
-    "policy": "policy",
-    "startup_seconds": "startupSeconds",
-}
+def _markers(model: type[BaseModel]) -> list[PolicyField]:
+    """The PolicyField markers of a model's fields and of the models it holds."""
+    found = []
+    for field in model.model_fields.values():
+        found += [meta for meta in field.metadata if isinstance(meta, PolicyField)]
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _markers(field.annotation)
+    return found
 
 
-def test_crd_scaling_defaults_are_the_engines() -> None:
-    stored = crd_rules.apply_defaults({}, SPEC_SCHEMA["properties"]["scaling"])
+def test_every_engine_setting_is_fed_by_exactly_one_spec_field() -> None:
+    fed = [marker.name for marker in _markers(QueueSpec) + _markers(ScalingSpec)]
+    assert sorted(fed) == sorted(field.name for field in dataclasses.fields(ScalingPolicy))
+    assert _markers(ScalingOverride) == []  # only the merged spec feeds the engine
+
+
+def test_crd_defaults_are_the_engines() -> None:
+    """What the API server stores for a queue and a pool that set nothing feeds the engine its own defaults."""
+    scaling = crd_rules.apply_defaults({}, SPEC_SCHEMA["properties"]["scaling"])
+    queue = crd_rules.apply_defaults({"name": "q"}, SPEC_SCHEMA["properties"]["queues"]["items"])
+    fed = policy_values(QueueSpec.model_validate(queue)) | policy_values(ScalingSpec.model_validate(scaling))
+    assert fed.pop("target_per_replica") is None  # unset: the queue's concurrency (policy_for)
     engine = ScalingPolicy()
-    for field, path in POLICY_FIELDS.items():
-        value: Any = stored
-        for part in path.split("."):
-            value = value.get(part)
-        assert value == getattr(engine, field), field
-    assert stored["schedules"] == [] and engine.schedules == ()
-    covered = set(POLICY_FIELDS) | {"min_replicas", "max_replicas", "target_per_replica", "schedules"}
-    assert covered == {field.name for field in dataclasses.fields(ScalingPolicy)}
-    queue = SPEC_SCHEMA["properties"]["queues"]["items"]["properties"]
-    assert (queue["minReplicas"]["default"], queue["maxReplicas"]["default"]) == (
-        engine.min_replicas,
-        engine.max_replicas,
-    )
+    assert fed == {
+        name: getattr(engine, name) for name in {f.name for f in dataclasses.fields(engine)} - {"target_per_replica"}
+    }
+
+
+def test_queue_overrides_are_the_pool_wide_settings_each_optional() -> None:
+    assert ScalingOverride.model_fields.keys() == ScalingSpec.model_fields.keys()
+    assert all(field.default is None for field in ScalingOverride.model_fields.values())
+    assert ScalingOverride().model_dump(exclude_none=True) == {}
+    override = ScalingOverride.model_validate({"scaleUp": {"pods": 6}, "fallback": {"replicas": 0}, "paused": True})
+    assert override.model_dump(exclude_none=True) == {
+        "scaleUp": {"pods": 6},
+        "fallback": {"replicas": 0},
+        "paused": True,
+    }
+    merged = ScalingSpec().merged(override)
+    assert (merged.scale_up.pods, merged.scale_up.percent, merged.fallback.replicas, merged.paused) == (6, 100, 0, True)
 
 
 # --- parsing --------------------------------------------------------------------------------------------------
@@ -214,15 +225,17 @@ def test_queue_overrides_are_merged_over_pool_wide_scaling() -> None:
         policy="demand",
         startup_seconds=90.0,
         schedules=(Schedule("0 2 * * *", 3600.0, 6, "Europe/Paris"),),  # replaces the pool-wide list
+        target_wait=300.0,  # pool-wide
     )
     assert spec.poll_interval_for("reports") == 5.0
-    emails = spec.policy_for("emails")  # only the target is overridden; the rest is pool-wide
+    emails = spec.policy_for("emails")  # only the targets are overridden; the rest is pool-wide
     assert emails == ScalingPolicy(
         min_replicas=0,
         max_replicas=10,
         target_per_replica=150,
         fallback_replicas=1,
         schedules=(Schedule("0 * * * *", 300.0, 2, "UTC"),),
+        target_wait=30.0,
     )
     assert spec.poll_interval_for("emails") == 2.0
 
@@ -339,3 +352,46 @@ def test_cron_and_time_zone_are_checked_beyond_what_the_crd_can_say() -> None:
     schedule = {"cron": "0 * * * *", "durationSeconds": 60, "replicas": 2, "timeZone": "Mars/Olympus"}
     with pytest.raises(SpecError, match="unknown time zone 'Mars/Olympus'"):
         parse(edit(("spec.queues.0.scaling", {"schedules": [schedule]})))
+
+
+# --- the reference documents every field of the model --------------------------------------------------------
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """The model an annotation holds (``X``, ``X | None``, ``list[X]``, ``Annotated[X, UnderKey(k)]``), and what
+    the YAML path adds on the way to its fields (``[]`` for a list's items, ``.k`` for a key it is nested under)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    args = typing.get_args(annotation)
+    for arg in args:
+        found = _model_in(arg)
+        if found is not None:
+            model, suffix = found
+            if typing.get_origin(annotation) is list:
+                suffix = "[]" + suffix
+            suffix = "".join(f".{meta.key}" for meta in args if isinstance(meta, UnderKey)) + suffix
+            return model, suffix
+    return None
+
+
+def model_paths(model: type[BaseModel], prefix: str) -> list[str]:
+    """Every field of a model and of the models it holds, spelled as docs/workerpool.md does (`spec.queues[].name`)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}.{field.alias or name}"
+        paths.append(path)
+        inner = _model_in(field.rebuild_annotation())
+        if inner is not None:
+            if inner[1].startswith("."):
+                paths.append(path + inner[1])
+            paths += model_paths(inner[0], path + inner[1])
+    return paths
+
+
+def test_docs_name_every_field_of_the_model() -> None:
+    paths = model_paths(WorkerPoolSpec, "spec")
+    assert {"spec.queues[].scaling.scaleUp.pods", "spec.scaling.schedules[].timeZone", "spec.broker.urlFrom"} <= set(
+        paths
+    )
+    text = (crd_rules.REPO / "docs" / "workerpool.md").read_text()
+    assert [path for path in paths if f"`{path}`" not in text] == []

@@ -1,112 +1,159 @@
-"""The ``workerpool-operator`` command line."""
+"""The ``workerpool-operator`` command line: ``run`` (the operator), ``local`` and ``demo`` (a pool on this machine),
+``simulate`` (a trace against the engine).
+
+Every subcommand follows one convention (:mod:`workerpool_operator.exit_codes`, in each ``--help``): what went
+wrong is one line on stderr, and the exit code says which kind of problem it was.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from workerpool_operator import __version__
+from workerpool_operator import __version__, exit_codes
 
-HANDLERS_MODULE = "workerpool_operator.kube.handlers"
-NAMESPACED_ENV = "WORKERPOOL_OPERATOR_NAMESPACED"
-LEASE_ENV = "WORKERPOOL_OPERATOR_LEASE"
-LEASE_TIMING_ENVS = {
-    "lease_duration": "WORKERPOOL_OPERATOR_LEASE_DURATION",
-    "renew_deadline": "WORKERPOOL_OPERATOR_RENEW_DEADLINE",
-    "retry_period": "WORKERPOOL_OPERATOR_RETRY_PERIOD",
-}
-EX_CONFIG = 2  # no cluster to talk to, or a bad setting: one line on stderr
+if TYPE_CHECKING:
+    from workerpool_operator.kube.settings import OperatorSettings
+
+DEFAULT_LEASE_NAME = "workerpool-operator"
 
 
-def kopf_command(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> tuple[list[str], dict[str, str]]:
-    """The kopf command line and the extra environment for ``run``. kopf never peers (``--standalone``):
-    replicas agree through the Lease instead (kube/leader.py), unless ``--standalone`` runs this one alone."""
-    env_in = os.environ if environ is None else environ
-    argv = ["kopf", "run", "-m", HANDLERS_MODULE, "--log-format", args.log_format, "--standalone"]
-    env: dict[str, str] = {}
+def run_settings(args: argparse.Namespace) -> OperatorSettings:
+    """The operator's settings from ``run``'s flags over the environment (raises ``SettingsError``).
+
+    ``run`` elects a leader unless ``--standalone``: its Lease is ``--lease-namespace`` (else ``POD_NAMESPACE``,
+    else ``default``) / ``--lease-name``; with neither flag, a ``WORKERPOOL_OPERATOR_LEASE`` of the environment is
+    used as it is."""
+    from workerpool_operator.kube.settings import POD_NAMESPACE_ENV, env_name, load_settings
+
+    env = os.environ
+    given: dict[str, object] = {}
     if args.namespace:
-        for ns in args.namespace:
-            argv += ["--namespace", ns]
-        # Namespaced RBAC grants nothing cluster-wide: kopf must not scan namespaces and CRDs (handlers.configure).
-        env[NAMESPACED_ENV] = "1"
-    else:
-        argv.append("--all-namespaces")
-    if args.liveness:
-        argv += ["--liveness", args.liveness]
+        given["namespaces"] = tuple(args.namespace)
+    for field in ("liveness", "log_format", "lease_duration", "renew_deadline", "retry_period"):
+        if getattr(args, field) is not None:
+            given[field] = getattr(args, field)
     if args.verbose:
-        argv.append("--verbose")
-    if not args.standalone:
-        namespace = args.lease_namespace or env_in.get("POD_NAMESPACE") or "default"
-        env[LEASE_ENV] = f"{namespace}/{args.lease_name}"
-        for field, name in LEASE_TIMING_ENVS.items():
-            value = getattr(args, field)
-            if value is not None:
-                env[name] = f"{value:g}"
-    return argv, env
-
-
-def preflight() -> str | None:
-    """Why ``run`` cannot start, in one line, or ``None``: there must be a cluster to talk to."""
-    from workerpool_operator.kube.api import NoClusterConfiguration, load_configuration
-
-    try:
-        load_configuration()
-    except NoClusterConfiguration as error:
-        return str(error)
-    return None
+        given["verbose"] = True
+    if args.standalone:
+        given["lease"] = None
+    elif args.lease_name or args.lease_namespace or not env.get(env_name("lease")):
+        namespace = args.lease_namespace or env.get(POD_NAMESPACE_ENV) or "default"
+        given["lease"] = f"{namespace}/{args.lease_name or DEFAULT_LEASE_NAME}"
+    return load_settings(**given)
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Start the operator with kopf, as `kopf run -m workerpool_operator.kube.handlers` would."""
-    problem = preflight()
-    if problem is not None:
-        print(f"workerpool-operator run: {problem}", file=sys.stderr)
-        return EX_CONFIG
-    argv, env = kopf_command(args)
-    os.environ.update(env)
-    os.execvp(sys.executable, [sys.executable, "-m", *argv])
-    return 0  # pragma: no cover - execvp does not return
+    """Check the settings and the cluster, then run kopf in this process with the handlers."""
+    from workerpool_operator.kube import handlers, preflight
+    from workerpool_operator.kube.settings import SettingsError
+
+    def fail(message: str, code: int) -> int:
+        print(f"workerpool-operator run: {message}", file=sys.stderr)
+        return code
+
+    try:
+        settings = run_settings(args)
+    except SettingsError as error:
+        return fail(str(error), exit_codes.BAD_INPUT)
+    try:
+        configuration = preflight.cluster_configuration()
+    except preflight.BadConfiguration as error:
+        return fail(str(error), exit_codes.BAD_INPUT)
+    handlers.configure_logging(settings)
+    try:
+        preflight.check_cluster(configuration, settings.crd_wait)
+    except preflight.ClusterUnavailable as error:
+        return fail(str(error), exit_codes.UNAVAILABLE)
+    except KeyboardInterrupt:
+        return exit_codes.FAILED
+    handlers.run_operator(settings)
+    return exit_codes.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workerpool-operator",
         description="Run and autoscale Celery workers on Kubernetes.",
+        epilog=exit_codes.EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_command(sub)
+    _add_local_commands(sub)
+    _add_simulate_command(sub)
+    return parser
 
-    run = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config")
+
+def _add_run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`run`: the operator. Every flag is also a WORKERPOOL_OPERATOR_* variable (docs/operations.md, "Operator
+    settings"); a flag given wins over its variable."""
+    run = sub.add_parser(
+        "run",
+        help="run the operator against the current kubeconfig or in-cluster config",
+        description="Run the operator: serve WorkerPools, scale their workers. Every setting is also an environment "
+        "variable (WORKERPOOL_OPERATOR_<NAME>, e.g. WORKERPOOL_OPERATOR_METRICS_PORT); a flag given wins over it.",
+        epilog=exit_codes.EPILOG,
+    )
     run.add_argument(
         "-n",
         "--namespace",
         action="append",
         default=[],
-        help="watch only this namespace (repeatable); default: all namespaces",
-    )
-    run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    run.add_argument("--log-format", default="plain", choices=["plain", "full", "json"])
-    run.add_argument(
-        "--standalone", action="store_true", help="no leader election: this process writes alone (a local run)"
+        help="serve only this namespace (repeatable; kopf then scans no namespaces or CRDs); default: every "
+        "namespace [env WORKERPOOL_OPERATOR_NAMESPACES, comma-separated]",
     )
     run.add_argument(
-        "--lease-name", default="workerpool-operator", help="the leader-election Lease (default: %(default)s)"
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="health endpoint, e.g. http://0.0.0.0:8080/healthz; default: none [env WORKERPOOL_OPERATOR_LIVENESS]",
     )
     run.add_argument(
-        "--lease-namespace", default=None, help="the Lease's namespace (default: $POD_NAMESPACE, else default)"
+        "--log-format",
+        default=None,
+        choices=["plain", "full", "json"],
+        help="plain (message only), full (with time and level) or json (one object per line); default: plain "
+        "[env WORKERPOOL_OPERATOR_LOG_FORMAT]",
     )
-    run.add_argument("--lease-duration", type=float, default=None, help="seconds before a standby takes over (8)")
-    run.add_argument("--renew-deadline", type=float, default=None, help="seconds the leader writes unrenewed (6)")
-    run.add_argument("--retry-period", type=float, default=None, help="seconds between Lease attempts (2)")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging: every handler run and API request [env WORKERPOOL_OPERATOR_VERBOSE]",
+    )
+    run.add_argument(
+        "--standalone", action="store_true", help="no leader election: this process writes alone (a run from a laptop)"
+    )
+    run.add_argument("--lease-name", default=None, help=f"the leader-election Lease; default: {DEFAULT_LEASE_NAME}")
+    run.add_argument(
+        "--lease-namespace", default=None, help="the Lease's namespace; default: $POD_NAMESPACE, else default"
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds before a standby takes over; default: 8 [env WORKERPOOL_OPERATOR_LEASE_DURATION]",
+    )
+    run.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds the leader writes without a renewal; default: 6 [env WORKERPOOL_OPERATOR_RENEW_DEADLINE]",
+    )
+    run.add_argument(
+        "--retry-period",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between two Lease attempts; default: 2 [env WORKERPOOL_OPERATOR_RETRY_PERIOD]",
+    )
     run.set_defaults(func=_run)
-    _add_local_commands(sub)
-    _add_simulate_command(sub)
-    return parser
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -119,8 +166,10 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         from workerpool_operator.local import demo
     except ModuleNotFoundError as error:  # the demo's app and load generator need Celery
-        print(f"workerpool-operator demo: {error}: install the worker extra (pip install -e '.[worker]')")
-        return 1
+        print(
+            f"workerpool-operator demo: {error}: install the worker extra (pip install -e '.[worker]')", file=sys.stderr
+        )
+        return exit_codes.UNAVAILABLE
     return demo.main(args)
 
 
@@ -137,23 +186,35 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="the live terminal view (default: when stdout is a terminal; else plain log lines)",
     )
     local = sub.add_parser(
-        "local", parents=[view], help="run a WorkerPool on this machine: worker processes, real autoscaling"
+        "local",
+        parents=[view],
+        help="run a WorkerPool on this machine: worker processes, real autoscaling",
+        description="Run a WorkerPool on this machine: its workers as processes, scaled by the operator's engine.",
+        epilog=exit_codes.EPILOG,
     )
     local.add_argument("-f", "--file", required=True, help="the WorkerPool YAML")
     local.add_argument(
         "--grace",
         type=float,
         default=None,
-        help="seconds a stopping worker gets to finish its tasks (default: terminationGracePeriodSeconds)",
+        metavar="S",
+        help="seconds a stopping worker gets to finish its tasks (default: the YAML's terminationGracePeriodSeconds)",
     )
     local.add_argument(
         "--loglevel", default=None, help="the workers' log level (default: the YAML's; their logs go to files)"
     )
     local.set_defaults(func=_local)
     demo = sub.add_parser(
-        "demo", parents=[view], help="about a minute of real autoscaling: demo app, load bursts, summary"
+        "demo",
+        parents=[view],
+        help="about a minute of real autoscaling: demo app, load bursts, summary",
+        description="About a minute of real autoscaling on this machine: the demo app, bursts of tasks, a summary "
+        "counted from what the tasks wrote. Worker logs are kept; the view says where.",
+        epilog=exit_codes.EPILOG,
     )
-    demo.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
+    demo.add_argument(
+        "--duration", type=float, default=60.0, metavar="S", help="stop after this many seconds (default: 60)"
+    )
     demo.add_argument("--plot", metavar="PNG", default=None, help="write backlog and workers over time to this PNG")
     demo.set_defaults(func=_demo)
 
@@ -179,15 +240,19 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     except ValueError as error:  # bad file, queue, trace or distribution: the message says which
         print(f"workerpool-operator simulate: {error}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
     print(text)
-    return 0
+    return exit_codes.OK
 
 
 def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`simulate`: replay a workload trace under our scaling policy or a model of KEDA's (docs/simulator.md)."""
     sim = sub.add_parser(
-        "simulate", help="replay a workload trace against a simulated queue: our scaling engine or a KEDA model"
+        "simulate",
+        help="replay a workload trace against a simulated queue: our scaling engine or a KEDA model",
+        description="Replay a workload trace against a simulated queue, scaled by our engine or a model of KEDA "
+        "(docs/simulator.md). Times are in seconds.",
+        epilog=exit_codes.EPILOG,
     )
     sim.add_argument("-f", "--file", required=True, help="the WorkerPool YAML (its queue's scaling settings)")
     sim.add_argument("--trace", required=True, help="CSV: `time,rate[,service_time]` or `time,duration`")
@@ -198,16 +263,16 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="DIST",
         default="20",
         help="seconds from a pod's creation to its first task: a number or a distribution as for --service-time, "
-        "e.g. uniform:10,30 (20)",
+        "e.g. uniform:10,30 (default: 20)",
     )
     sim.add_argument(
         "--service-time",
         metavar="DIST",
         default=None,
-        help="task durations: exp:MEAN, const:S, uniform:LOW,HIGH, lognormal:MEAN,SIGMA "
+        help="task durations in seconds: exp:MEAN, const:S, uniform:LOW,HIGH, lognormal:MEAN,SIGMA "
         "(default: the trace's own, else exp:1)",
     )
-    sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same run (1)")
+    sim.add_argument("--seed", type=int, default=1, help="random seed: same seed, same run (default: 1)")
     sim.add_argument("--replicas", type=int, default=None, help="replicas at the start (default: min replicas)")
     sim.add_argument(
         "--acks-late",
@@ -216,7 +281,11 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "visibility timeout instead of being lost",
     )
     sim.add_argument(
-        "--visibility-timeout", type=float, default=3600.0, help="seconds before a killed acks_late task comes back"
+        "--visibility-timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="seconds before a killed acks_late task comes back (default: 3600, kombu's)",
     )
     sim.add_argument(
         "--beat",
@@ -231,7 +300,7 @@ def _add_simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser()  # a usage error exits with 2 (argparse's), which is the convention's BAD_INPUT
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

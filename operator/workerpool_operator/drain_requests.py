@@ -32,13 +32,3 @@ def ttl_for(drain_timeout: float) -> int:
 
 def encode_request(since: float) -> str:
     return f"{since:.3f}"
-
-
-def decode_request(raw: str | bytes | None) -> float | None:
-    """When the drain was asked for; ``None`` for no request (or one we cannot read)."""
-    if raw is None:
-        return None
-    try:
-        return float(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError:
-        return None

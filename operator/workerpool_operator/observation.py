@@ -21,6 +21,8 @@ class WorkerLoad:
     concurrency: int = 0
     draining: bool = False  # asked to drain: consumes nothing new, finishes what it runs
     started: float = 0.0  # unix time the worker became ready (0: unknown)
+    stopping: bool = False  # got SIGTERM (a rollout, an eviction, its removal): finishing what it runs, then exits
+    version: int = 0  # the pod template's version (its `workerpool.dev/version` label as a number; 0: unknown)
 
     @property
     def in_flight(self) -> int:

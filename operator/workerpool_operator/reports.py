@@ -6,11 +6,13 @@ Each worker publishes, for every queue it consumes, one field in a Redis HASH pe
 
 The record (format 2) is one line of ASCII integers separated by spaces, in this order::
 
-    2 <running> <reserved> <done> <heartbeat ms> <concurrency> <draining 0|1> <started ms>
+    2 <running> <reserved> <done> <heartbeat ms> <concurrency> <draining 0|1> <started ms> [<stopping 0|1> <version>]
 
 ``2`` names the format; the times are unix milliseconds (``started`` 0: unknown). A reader takes the
 first eight numbers and ignores any that follow, so a later format adds fields at the end and keeps its
-number; the number changes only when an existing field changes meaning. Format 2 exists for the
+number; the number changes only when an existing field changes meaning. Added since: ``stopping`` (the worker
+got SIGTERM and finishes what it runs) and ``version`` (its pod template's version, see ``kube/render.py``);
+a record without them is read as not stopping, version 0 (unknown). Format 2 exists for the
 observer's hot path: it decodes in half the time of a JSON object (figures in docs/benchmarks.md,
 bench/bench_observe.py), and stays readable in ``redis-cli`` and by clients that decode replies as text.
 
@@ -33,6 +35,7 @@ This module is pure (no Redis calls) and imports nothing heavy: the worker image
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
@@ -51,6 +54,17 @@ def report_key(queue: str, global_keyprefix: str = "") -> str:
     return f"{global_keyprefix}{KEY_PREFIX}{queue}"
 
 
+def version_number(label: str | None) -> int:
+    """A pod template version (the ``workerpool.dev/version`` label: hex digits) as the number a report carries;
+    0 for none. Another text is hashed (CRC-32), so a label set by hand still tells versions apart."""
+    if not label:
+        return 0
+    try:
+        return int(label, 16) & 0xFFFF_FFFF_FFFF
+    except ValueError:
+        return zlib.crc32(label.encode()) or 1
+
+
 def encode_report(load: WorkerLoad, version: int = FORMAT) -> str:
     """The record of ``load`` in format ``version``: 2, or 1 (JSON) beside workers that read only format 1.
     The worker's name is the hash field; format 1 repeats it, as older workers wrote it."""
@@ -64,6 +78,8 @@ def encode_report(load: WorkerLoad, version: int = FORMAT) -> str:
         load.concurrency,
         int(load.draining),
         round(load.started * 1000),
+        int(load.stopping),
+        load.version,
     )
     return f"{FORMAT} " + " ".join(map(str, fields))
 
@@ -94,12 +110,16 @@ def decode_report(worker: str, raw: str | bytes) -> WorkerLoad | None:
         if raw[:1] in (b"{", "{"):
             return _decode_json(worker, raw)
         # The observer's hot path (thousands of records per poll): one split, integer parsing in C.
-        tag, running, reserved, done, heartbeat, concurrency, draining, started, *_ = map(int, raw.split())
+        tag, running, reserved, done, heartbeat, concurrency, draining, started, *later = map(int, raw.split())
     except (ValueError, TypeError, AttributeError):  # not a record, or a field of the wrong type
         return None
     if tag != FORMAT:
         return None
-    return WorkerLoad(worker, running, reserved, done, heartbeat / 1000, concurrency, draining == 1, started / 1000)
+    stopping = bool(later) and later[0] == 1
+    version = later[1] if len(later) > 1 else 0
+    return WorkerLoad(
+        worker, running, reserved, done, heartbeat / 1000, concurrency, draining == 1, started / 1000, stopping, version
+    )
 
 
 def _decode_json(worker: str, raw: str | bytes) -> WorkerLoad | None:
@@ -115,6 +135,8 @@ def _decode_json(worker: str, raw: str | bytes) -> WorkerLoad | None:
         concurrency=int(get("concurrency", 0)),
         draining=bool(get("draining", False)),
         started=float(get("started", 0.0)),
+        stopping=bool(get("stopping", False)),
+        version=int(get("version", 0)),
     )
 
 

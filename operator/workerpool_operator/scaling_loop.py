@@ -4,7 +4,9 @@ Each tick: take the queues that are due, group them by broker, observe every bro
 round trip each, all brokers concurrently), run the engine per queue, and ask the backend to scale only
 where the desired count differs from the current one. Every pool's outcome goes to a result handler (status,
 events and metrics in the operator; the terminal view locally). The loop holds no Kubernetes or process
-knowledge: that lives behind :class:`WorkloadBackend`.
+knowledge: that lives behind :class:`~.scaling_types.WorkloadBackend`. What a decision leads to (drain requests,
+the new count, the workers removed first) is :func:`~.engine.execute.actions`, which the simulator carries out too;
+the names the runtimes share are in ``scaling_types.py``.
 """
 
 from __future__ import annotations
@@ -13,85 +15,32 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from workerpool_operator import drain_requests
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.engine import Decision, QueueState, ScalingPolicy, decide
+from workerpool_operator.engine import QueueState, decide
+from workerpool_operator.engine.execute import Actions, actions
 from workerpool_operator.observation import BrokerObservation, QueueObservation
+from workerpool_operator.scaling_types import (
+    BrokerObserver,
+    DrainSender,
+    PoolKey,
+    PoolResult,
+    QueuePlan,
+    QueueResult,
+    ResultHandler,
+    WorkloadBackend,
+)
 
 logger = logging.getLogger(__name__)
-
-PoolKey = tuple[str, str]  # (namespace, name); the local runtime uses ("local", name)
-
-
-class WorkloadBackend(Protocol):
-    """Where the workers of a queue run: Kubernetes Deployments, or local processes."""
-
-    async def current_replicas(self, pool: PoolKey, queue: str) -> int | None:
-        """The queue's current replica count; ``None`` when its workload does not exist (yet)."""
-
-    async def scale(self, pool: PoolKey, queue: str, replicas: int, remove_first: Sequence[str]) -> None:
-        """Set the replica count; on a scale-down, remove the named workers first."""
-
-
-class BrokerObserver(Protocol):
-    async def observe(
-        self,
-        wanted: Mapping[BrokerConfig, Collection[str]],
-        timeout: float,  # noqa: ASYNC109 (per broker, not for the whole call)
-        beats: Mapping[BrokerConfig, Collection[str]] | None = None,
-    ) -> dict[BrokerConfig, BrokerObservation]:
-        """Every broker's queues; with ``beats`` (apps per broker), their beat's announced fires as well."""
-
-    async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
-        """Close the connections of every broker not in ``keep``."""
-
-    async def send_drains(
-        self, config: BrokerConfig, queue: str, draining: Mapping[str, float], released: Collection[str], ttl: int
-    ) -> None:
-        """Ask the ``draining`` workers (worker -> when asked) to drain ``queue``, and take the request back from the
-        ``released`` ones, over the broker (``drain_requests.py``); the requests expire ``ttl`` seconds after."""
 
 
 def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[BrokerConfig]) -> frozenset[BrokerConfig]:
     """The brokers polled before that no registered pool uses any more (pool gone, or its Secret now names
     another broker): their connections can be closed."""
     return frozenset(connected) - frozenset(in_use)
-
-
-@dataclass(frozen=True, slots=True)
-class QueuePlan:
-    """How one queue of a registered pool is scaled."""
-
-    policy: ScalingPolicy
-    interval: float  # seconds between polls of this queue
-
-
-@dataclass(frozen=True, slots=True)
-class QueueResult:
-    queue: str
-    observation: QueueObservation
-    decision: Decision | None  # None when the workload does not exist yet
-    state: QueueState
-    scaled_from: int | None = None  # replicas before a scale call made this tick, else None
-    scale_error: str | None = None
-    drain_error: str | None = None  # the drain requests could not be sent (the workers keep what they do)
-    cancelled: int = 0  # tasks running on the workers this tick's scale-down removed (0 when drained first)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolResult:
-    pool: PoolKey
-    broker_error: str | None
-    queues: tuple[QueueResult, ...]
-    observed_at: float
-    poll_duration: float
-
-
-ResultHandler = Callable[[PoolResult], Awaitable[None]]  # gets every pool's outcome of a tick
 
 
 @dataclass
@@ -112,6 +61,7 @@ class ScalingLoop:
         backend: WorkloadBackend,
         on_result: ResultHandler,
         observer: BrokerObserver,
+        drains: DrainSender,
         *,
         clock: Callable[[], float] = time.time,
         observe_timeout: float = 2.0,
@@ -120,6 +70,7 @@ class ScalingLoop:
         self._backend = backend
         self._on_result = on_result
         self._observer = observer
+        self._drains = drains
         self._clock = clock
         self._observe_timeout = observe_timeout
         self._tick = tick
@@ -202,14 +153,18 @@ class ScalingLoop:
 
         wanted: dict[BrokerConfig, set[str]] = {}
         beats: dict[BrokerConfig, set[str]] = {}
+        aged: dict[BrokerConfig, set[str]] = {}  # queues with a target wait: their oldest task's age is read
         for key, queues in due.items():
             pool = self._pools[key]
             wanted.setdefault(pool.broker, set()).update(queues)
             if pool.beat_app is not None:
                 beats.setdefault(pool.broker, set()).add(pool.beat_app)
+            for queue in queues:
+                if pool.plans[queue].policy.target_wait is not None:
+                    aged.setdefault(pool.broker, set()).add(queue)
         self._connected |= wanted.keys()
         started = time.monotonic()
-        observed = await self._observer.observe(wanted, self._observe_timeout, beats)
+        observed = await self._observer.observe(wanted, self._observe_timeout, beats, aged)
         duration = time.monotonic() - started
         observed_at = self._clock()
 
@@ -278,33 +233,26 @@ class ScalingLoop:
         decision, new_state = decide(observation, state, policy, now)
         pool.states[queue] = new_state
         result = QueueResult(queue=queue, observation=observation, decision=decision, state=new_state)
-        drain_error = await self._send_drains(pool, queue, state, new_state, policy.drain_timeout)
+        todo = actions(state, new_state, decision, replicas, now, observation.workers)
+        drain_error = await self._send_drains(pool, queue, todo, policy.drain_timeout)
         if drain_error is not None:
             result = dataclasses.replace(result, drain_error=drain_error)
-        if decision.desired_replicas == replicas:
+        if todo.scale_to is None:
             return result
-        removed = set(decision.remove_first[: max(0, replicas - decision.desired_replicas)])
-        cancelled = sum(w.running for w in observation.workers if w.worker in removed)
         try:
-            await self._backend.scale(pool.key, queue, decision.desired_replicas, decision.remove_first)
+            await self._backend.scale(pool.key, queue, todo.scale_to, todo.remove_first)
         except Exception as exc:
             logger.warning("scaling %s/%s queue %s failed: %s", *pool.key, queue, exc)
             return dataclasses.replace(result, scaled_from=replicas, scale_error=str(exc) or type(exc).__name__)
-        return dataclasses.replace(result, scaled_from=replicas, cancelled=cancelled)
+        return dataclasses.replace(result, scaled_from=replicas, cancelled=todo.cancelled)
 
-    async def _send_drains(
-        self, pool: _Registration, queue: str, before: QueueState, after: QueueState, drain_timeout: float
-    ) -> str | None:
-        """Keep the workers' drain requests in line with the engine's state: the draining ones asked (again: the
-        requests expire), the ones no longer draining released: taken back, or gone. A worker a scale-down removed
-        keeps its request until it stops reporting: released at once, it would take tasks again until its SIGTERM."""
-        held = {worker for worker, _ in before.draining}.union(before.leaving)
-        released = held - {worker for worker, _ in after.draining}.union(after.leaving)
-        if not after.draining and not released:
+    async def _send_drains(self, pool: _Registration, queue: str, todo: Actions, drain_timeout: float) -> str | None:
+        """Write the drain requests the actions hold (``engine/execute.py`` says which, and why all of them)."""
+        if not todo.sends_drains:
             return None
         try:
-            await self._observer.send_drains(
-                pool.broker, queue, dict(after.draining), sorted(released), drain_requests.ttl_for(drain_timeout)
+            await self._drains.send_drains(
+                pool.broker, queue, todo.drain, todo.release, drain_requests.ttl_for(drain_timeout)
             )
         except Exception as exc:
             logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, exc)

@@ -1,32 +1,45 @@
-"""The WorkerPool model: the CRD's spec as typed, validated Python. Pure: no I/O.
+"""The WorkerPool model: the CRD's spec as typed, validated Python, and the one source of the CRD. Pure: no I/O.
 
-The CRD (crds/workerpool.yaml) rejects bad input at apply time; this model applies the same defaults and
-the same rules, with the same messages, so an object that bypassed validation (an old CRD, a local YAML
-file) is refused here just as clearly. tests/test_crd.py proves the two agree.
+crds/workerpool.yaml (and the chart's copy) are generated from this model by crd.py (`make crd`): the types,
+bounds, enums and defaults below, each field's docstring as its description, and the Kubernetes keywords and
+CEL rules declared beside the fields and validators they concern (crd_keywords.py). The API server rejects bad
+input at apply time with those rules; this model applies the same defaults and the same rules, with the same
+messages, so an object that bypassed validation (an old CRD, a local YAML file) is refused here just as
+clearly. tests/test_crd.py proves the two agree; tests/test_crd_generated.py that the files are not stale.
+
+A scaling setting is declared once, on ``ScalingSpec``: the per-queue ``ScalingOverride`` is derived from it
+(every field optional), and a ``PolicyField`` marker names the engine's ``ScalingPolicy`` field it feeds, so
+``policy_for`` needs no line of its own for it.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     Strict,
     ValidationError,
-    field_serializer,
+    WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from workerpool_operator.brokers import DEFAULT_PRIORITY_STEPS, DEFAULT_SEPARATOR, BrokerConfig
+from workerpool_operator.crd_keywords import ATOMIC, Rule, UnderKey, list_map, matches, raw_object, rules
 from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.engine.schedules import Schedule, check_cron, check_timezone
 
@@ -34,15 +47,14 @@ __all__ = [
     "BeatSpec",
     "BrokerSpec",
     "CeleryPool",
-    "FallbackOverride",
     "FallbackSpec",
     "FlowerAuthSpec",
     "FlowerServiceSpec",
     "FlowerSpec",
     "OAuthProvider",
     "OAuthSpec",
+    "PolicyField",
     "QueueSpec",
-    "ScaleUpOverride",
     "ScaleUpSpec",
     "ScalingOverride",
     "ScalingSpec",
@@ -52,6 +64,8 @@ __all__ = [
     "TemplateSpec",
     "WorkerPool",
     "WorkerPoolSpec",
+    "overrides_of",
+    "policy_values",
 ]
 
 
@@ -63,6 +77,7 @@ class SpecError(ValueError):
 
 MAX_QUEUES = 32
 MAX_POOL_NAME = 63
+MAX_PRIORITY_STEPS = 10
 URL_PATTERN = "^(rediss?://[^; ]+|sentinel://[^; ]+(;sentinel://[^; ]+)*)$"
 URL_PASSWORD_PATTERNS = ("(^|;)[a-z]+://[^/@;]*:[^/@;]*@", "[?&]password=")
 APP_PATTERN = (
@@ -84,6 +99,7 @@ MSG_CA_UNUSED = "broker.caFrom only applies to a rediss:// (TLS) URL"
 MSG_URL_SCHEME = "broker.url must be redis://, rediss:// or sentinel:// (several sentinels: separated by ';')"
 MSG_URL_PASSWORD = "broker.url must not carry a password: put the URL in a Secret and use broker.urlFrom.secretKeyRef"
 MSG_PRIORITY_STEPS = "broker.prioritySteps must start at 0 and be strictly ascending, like [0, 3, 6, 9]"
+MSG_MIN_MAX = "minReplicas must not exceed maxReplicas"  # the CRD's; the model's message names the values
 MSG_APP = "app must be a Python module path with an optional :attribute, like shop.celery:app"
 MSG_SOLO = "the solo pool runs one task at a time: concurrency must be 1"
 MSG_PREFORK = "the prefork pool runs one process per slot: concurrency must be at most 64 (add replicas instead)"
@@ -118,18 +134,36 @@ Int = Annotated[int, Strict()]
 Bool = Annotated[bool, Strict()]
 Seconds = Annotated[float, Strict()]  # strict float still takes an int: `periodSeconds: 10` is fine
 Name = Annotated[str, Field(min_length=1, max_length=253)]
+MAX_QUANTITY = 64
 
 
 def _check_quantity(value: Any) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and len(value) <= 64 and re.search(QUANTITY_PATTERN, value):
+    if isinstance(value, str) and len(value) <= MAX_QUANTITY and re.search(QUANTITY_PATTERN, value):
         return value
     raise ValueError(f"{value!r} is not a Kubernetes quantity (like 2, 500m or 1Gi)")
 
 
-Quantity = Annotated[int | str, PlainValidator(_check_quantity, json_schema_input_type=int | str)]
-RawObject = dict[str, Any]  # a Kubernetes sub-object (affinity, a volume, ...), copied as is into the pod spec
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_check_quantity, json_schema_input_type=int | str),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "maxLength": MAX_QUANTITY,
+        }
+    ),
+]
+
+# Kubernetes sub-objects (affinity, a volume, ...), copied as they are into the pod spec: plain dicts here.
+RawObject = Annotated[dict[str, Any], WithJsonSchema(raw_object())]
+EnvVar = Annotated[dict[str, Any], WithJsonSchema(raw_object({"name": 253}))]
+Volume = Annotated[dict[str, Any], WithJsonSchema(raw_object({"name": 63}))]
+VolumeMount = Annotated[dict[str, Any], WithJsonSchema(raw_object({"name": 63, "mountPath": 1024}))]
+LocalObjectReference = Annotated[dict[str, Any], WithJsonSchema(raw_object({"name": 253}, preserve_unknown=False))]
 
 _POLICY = ScalingPolicy()  # the engine's defaults are the product's defaults
 
@@ -142,14 +176,79 @@ class _Model(BaseModel):
         serialize_by_alias=True,
         extra="forbid",
         frozen=True,
+        use_attribute_docstrings=True,  # a field's docstring is its description in the CRD
     )
+
+
+@dataclass(frozen=True)
+class PolicyField:
+    """``Annotated`` metadata: this setting feeds the engine's ``ScalingPolicy.<name>`` (through ``convert``).
+
+    ``policy_for`` builds a queue's ScalingPolicy from the marked fields of the queue and of its merged scaling;
+    tests/test_spec.py checks that every ScalingPolicy field is fed exactly once, with the engine's default.
+    """
+
+    name: str
+    convert: Callable[[Any], Any] | None = None
+
+
+def policy_values(model: BaseModel) -> dict[str, Any]:
+    """The values the marked fields of ``model`` (and of the models it holds) feed, by ScalingPolicy field."""
+    values: dict[str, Any] = {}
+    for name, marker in _policy_fields(type(model)):
+        value = getattr(model, name)
+        if marker is None:
+            if value is not None:
+                values |= policy_values(value)
+        else:
+            values[marker.name] = value if marker.convert is None else marker.convert(value)
+    return values
+
+
+@cache
+def _policy_fields(model: type[BaseModel]) -> tuple[tuple[str, PolicyField | None], ...]:
+    """A model's marked fields with their marker, and its fields that hold a model with marked fields (None)."""
+    found: list[tuple[str, PolicyField | None]] = []
+    for name, field in model.model_fields.items():
+        marker = next((meta for meta in field.metadata if isinstance(meta, PolicyField)), None)
+        if marker is not None:
+            found.append((name, marker))
+            continue
+        kinds = [kind for kind in (field.annotation, *get_args(field.annotation)) if isinstance(kind, type)]
+        if any(issubclass(kind, BaseModel) and _policy_fields(kind) for kind in kinds):  # X or X | None
+            found.append((name, None))
+    return tuple(found)
+
+
+def overrides_of(model: type[_Model]) -> type[_Model]:
+    """``model`` with every field optional and unset by default (None), nested models likewise.
+
+    A queue's scaling overrides are the pool-wide settings, each optional: derived here, never written twice.
+    The copies keep each field's bounds, description and CRD keywords, not its default and not its
+    PolicyField (metadata inside ``X | None`` is not the field's own), so only the merged spec feeds the engine.
+    """
+    fields: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        annotation: Any
+        if isinstance(kind, type) and issubclass(kind, _Model):
+            annotation = overrides_of(kind)
+        else:
+            annotation = field.rebuild_annotation()
+        description, extra = field.description, field.json_schema_extra
+        fields[name] = (annotation | None, Field(default=None, description=description, json_schema_extra=extra))
+    doc = f"{model.__name__} with every field optional: None keeps the pool-wide value."
+    override = model.__name__.removesuffix("Spec") + "Override"
+    return create_model(override, __base__=_Model, __doc__=doc, __module__=__name__, **fields)
 
 
 class SecretKeyRef(_Model):
     """One key of a Secret in the WorkerPool's namespace."""
 
     name: Name
+    """The Secret's name."""
     key: Name
+    """The key in the Secret."""
 
 
 def _unwrap_secret_key_ref(value: Any) -> Any:
@@ -161,28 +260,62 @@ def _unwrap_secret_key_ref(value: Any) -> Any:
     return value
 
 
-def _wrap_secret_key_ref(ref: SecretKeyRef | None) -> dict[str, Any] | None:
-    return None if ref is None else {"secretKeyRef": ref.model_dump()}
+def _wrap_secret_key_ref(ref: SecretKeyRef) -> dict[str, Any]:
+    return {"secretKeyRef": ref.model_dump()}
+
+
+SecretRef = Annotated[
+    SecretKeyRef,
+    BeforeValidator(_unwrap_secret_key_ref),
+    PlainSerializer(_wrap_secret_key_ref),
+    UnderKey("secretKeyRef"),
+]
 
 
 class BrokerSpec(_Model):
     """The Redis broker and Celery's transport options that change key names."""
 
-    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
-    url_from: SecretKeyRef | None = None
-    ca_from: SecretKeyRef | None = None
+    url: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=2048,
+                json_schema_extra=rules(
+                    Rule(matches(URL_PATTERN), MSG_URL_SCHEME),
+                    Rule(" && ".join(f"!{matches(p)}" for p in URL_PASSWORD_PATTERNS), MSG_URL_PASSWORD),
+                ),
+            ),
+        ]
+        | None
+    ) = None
+    """The broker URL, inline. It must not carry a password: keep such URLs in a Secret and use urlFrom."""
+    url_from: SecretRef | None = None
+    """Read the broker URL from a key of a Secret in the pool's namespace."""
+    ca_from: SecretRef | None = None
+    """For rediss://, a CA bundle (PEM) to trust, from a key of a Secret."""
     sentinel_master: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """For sentinel://, the name of the master (Celery's master_name transport option)."""
     global_keyprefix: Annotated[str, Field(max_length=253)] = ""
-    priority_steps: Annotated[list[Annotated[Int, Field(ge=0, le=255)]], Field(min_length=1, max_length=10)] = list(
-        DEFAULT_PRIORITY_STEPS
-    )
+    """Celery's global_keyprefix transport option, prepended to every Redis key."""
+    priority_steps: Annotated[
+        list[Annotated[Int, Field(ge=0, le=255)]],
+        Field(
+            min_length=1,
+            max_length=MAX_PRIORITY_STEPS,
+            json_schema_extra=ATOMIC
+            | rules(
+                Rule(
+                    f"self[0] == 0 && {list(range(1, MAX_PRIORITY_STEPS))}"
+                    ".all(i, i >= size(self) || self[i - 1] < self[i])",
+                    MSG_PRIORITY_STEPS,
+                )
+            ),
+        ),
+    ] = list(DEFAULT_PRIORITY_STEPS)
+    """Celery's priority_steps transport option, ascending, starting at 0."""
     separator: Annotated[str, Field(min_length=1, max_length=8)] = DEFAULT_SEPARATOR
-
-    _unwrap = field_validator("url_from", "ca_from", mode="before")(_unwrap_secret_key_ref)
-
-    @field_serializer("url_from", "ca_from")
-    def _wrap(self, ref: SecretKeyRef | None) -> dict[str, Any] | None:
-        return _wrap_secret_key_ref(ref)
+    """Celery's sep transport option, between a queue name and its priority step."""
 
     @field_validator("url")
     @classmethod
@@ -201,6 +334,24 @@ class BrokerSpec(_Model):
         if steps[0] != 0 or any(a >= b for a, b in itertools.pairwise(steps)):
             raise ValueError(MSG_PRIORITY_STEPS)
         return steps
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            Rule("has(self.url) || has(self.urlFrom)", MSG_URL_MISSING),
+            Rule("!(has(self.url) && has(self.urlFrom))", MSG_URL_BOTH),
+            Rule(
+                "!has(self.url) || !self.url.startsWith('sentinel://') || has(self.sentinelMaster)",
+                MSG_SENTINEL_MASTER_MISSING,
+                ".sentinelMaster",
+            ),
+            Rule(
+                "!has(self.sentinelMaster) || !has(self.url) || self.url.startsWith('sentinel://')",
+                MSG_SENTINEL_MASTER_UNUSED,
+                ".sentinelMaster",
+            ),
+            Rule("!has(self.caFrom) || !has(self.url) || self.url.startsWith('rediss://')", MSG_CA_UNUSED, ".caFrom"),
+        )
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> Self:
@@ -251,28 +402,47 @@ class ResourceRequirements(_Model):
     limits: Annotated[dict[str, Quantity], Field(max_length=16)] = {}
 
 
+Args = Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
+Labels = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)]
+Annotations = Annotated[dict[str, Annotated[str, Field(max_length=8192)]], Field(max_length=64)]
+
+
 class TemplateSpec(_Model):
     """The pod template every queue's Deployment shares. Kubernetes sub-objects stay plain dicts."""
 
     image: Annotated[str, Field(min_length=1, max_length=512)]
+    """The worker image (it must run Celery with the project's code)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    image_pull_secrets: Annotated[list[RawObject], Field(max_length=16)] = []
-    command: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)] | None = None
+    image_pull_secrets: Annotated[list[LocalObjectReference], Field(max_length=16)] = []
+    command: Args | None = None
+    """Replaces the worker command (default - the image's workerpool-worker entrypoint)."""
     extra_args: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=64)] = []
-    env: Annotated[list[RawObject], Field(max_length=256)] = []
+    """Extra arguments for the Celery worker, appended after the ones the operator sets."""
+    env: Annotated[list[EnvVar], Field(max_length=256)] = []
+    """Environment variables (core/v1 EnvVar)."""
     env_from: Annotated[list[RawObject], Field(max_length=32)] = []
+    """Environment from ConfigMaps and Secrets (core/v1 EnvFromSource)."""
     resources: ResourceRequirements = ResourceRequirements()
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
+    """The worker container's resources (requests, limits); a queue can override them."""
+    node_selector: Labels = {}
     tolerations: Annotated[list[RawObject], Field(max_length=32)] = []
+    """core/v1 Toleration."""
     affinity: RawObject | None = None
+    """core/v1 Affinity."""
     topology_spread_constraints: Annotated[list[RawObject], Field(max_length=16)] = []
+    """core/v1 TopologySpreadConstraint."""
     priority_class_name: Annotated[str, Field(min_length=1, max_length=253)] | None = None
     service_account_name: Annotated[str, Field(min_length=1, max_length=253)] | None = None
-    pod_labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
-    pod_annotations: Annotated[dict[str, Annotated[str, Field(max_length=8192)]], Field(max_length=64)] = {}
-    volumes: Annotated[list[RawObject], Field(max_length=64)] = []
-    volume_mounts: Annotated[list[RawObject], Field(max_length=64)] = []
+    pod_labels: Labels = {}
+    """Extra labels on every worker pod."""
+    pod_annotations: Annotations = {}
+    """Extra annotations on every worker pod."""
+    volumes: Annotated[list[Volume], Field(max_length=64)] = []
+    """core/v1 Volume."""
+    volume_mounts: Annotated[list[VolumeMount], Field(max_length=64)] = []
+    """core/v1 VolumeMount of the worker container."""
     termination_grace_period_seconds: Annotated[Int, Field(ge=0, le=86400)] = 30
+    """How long a worker may finish its running tasks after SIGTERM (warm shutdown)."""
 
 
 # --- scaling ------------------------------------------------------------------------------------------------
@@ -287,6 +457,7 @@ Activation = Annotated[Int, Field(ge=1, le=1_000_000)]
 FailureThreshold = Annotated[Int, Field(ge=1, le=1000)]
 Replicas = Annotated[Int, Field(ge=0, le=1000)]
 Startup = Annotated[Seconds, Field(ge=0, le=3600)]
+TargetWait = Annotated[Seconds, Field(ge=1, le=86400)]
 PolicyName = Literal["throughput", "demand"]
 
 DEFAULT_POLL_INTERVAL = 2.0
@@ -295,10 +466,14 @@ DEFAULT_POLL_INTERVAL = 2.0
 class ScheduleSpec(_Model):
     """A cron window that holds a floor of replicas, started one start-up delay ahead."""
 
-    cron: Annotated[str, Field(min_length=1, max_length=100)]
+    cron: Annotated[str, Field(min_length=1, max_length=100, json_schema_extra={"pattern": CRON_PATTERN})]
+    """Five fields, minute hour day-of-month month day-of-week, like "0 * * * *"."""
     duration_seconds: Annotated[Seconds, Field(ge=1, le=86400)]
+    """How long each window lasts from the cron time."""
     replicas: Replicas
+    """The fewest replicas during the window (never more than maxReplicas)."""
     time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    """The IANA time zone the cron expression is read in."""
 
     @field_validator("cron")
     @classmethod
@@ -322,40 +497,75 @@ class ScheduleSpec(_Model):
         return Schedule(self.cron, float(self.duration_seconds), self.replicas, self.time_zone)
 
 
+def _to_schedules(specs: list[ScheduleSpec]) -> tuple[Schedule, ...]:
+    return tuple(spec.to_schedule() for spec in specs)
+
+
 Schedules = Annotated[list[ScheduleSpec], Field(max_length=MAX_SCHEDULES)]
 
 
 class ScaleUpSpec(_Model):
     """A scale-up adds at most max(pods, percent% of the current replicas) per period_seconds."""
 
-    pods: StepPods = _POLICY.scale_up_pods
-    percent: StepPercent = _POLICY.scale_up_percent
-    period_seconds: StepPeriod = _POLICY.scale_up_period
+    pods: Annotated[StepPods, PolicyField("scale_up_pods")] = _POLICY.scale_up_pods
+    percent: Annotated[StepPercent, PolicyField("scale_up_percent")] = _POLICY.scale_up_percent
+    period_seconds: Annotated[StepPeriod, PolicyField("scale_up_period")] = _POLICY.scale_up_period
 
 
 class FallbackSpec(_Model):
-    """While the broker cannot be observed: after failure_threshold failed polls, hold `replicas`
-    (None: keep the current count)."""
+    """While the broker cannot be observed: after failure_threshold failed polls, hold `replicas`."""
 
-    failure_threshold: FailureThreshold = _POLICY.fallback_failure_threshold
-    replicas: Replicas | None = _POLICY.fallback_replicas
+    failure_threshold: Annotated[FailureThreshold, PolicyField("fallback_failure_threshold")] = (
+        _POLICY.fallback_failure_threshold
+    )
+    """Failed polls in a row before the fallback applies."""
+    replicas: Annotated[Replicas | None, PolicyField("fallback_replicas")] = _POLICY.fallback_replicas
+    """Replicas held after that many failures; unset - keep the current count."""
 
 
 class ScalingSpec(_Model):
-    """Pool-wide scaling, every field defaulted (to the engine's ScalingPolicy defaults)."""
+    """Pool-wide scaling, every field defaulted (to the engine's ScalingPolicy defaults).
+
+    A new setting: a field here (with its bounds, default and docstring, and a PolicyField naming the
+    ScalingPolicy field it feeds), the engine's field and its use, a row in docs/workerpool.md; then `make crd`.
+    """
 
     poll_interval_seconds: PollInterval = DEFAULT_POLL_INTERVAL
-    target_per_replica: Target | None = None  # None: the queue's concurrency
+    """Seconds between two looks at the broker."""
+    target_per_replica: Annotated[Target | None, PolicyField("target_per_replica")] = None
+    """Tasks (waiting + in flight) one replica should carry. Default - the queue's concurrency."""
     scale_up: ScaleUpSpec = ScaleUpSpec()
-    scale_down_stabilization_seconds: Window = _POLICY.scale_down_window
-    idle_seconds_before_zero: Window = _POLICY.idle_before_zero
-    activation_backlog: Activation = _POLICY.activation_backlog
+    """A scale-up adds at most max(pods, percent% of the current replicas) per periodSeconds."""
+    scale_down_stabilization_seconds: Annotated[Window, PolicyField("scale_down_window")] = _POLICY.scale_down_window
+    """Scale down only to the highest recommendation of this window."""
+    idle_seconds_before_zero: Annotated[Window, PolicyField("idle_before_zero")] = _POLICY.idle_before_zero
+    """No backlog and nothing in flight for this long before scaling to zero, at most: with policy throughput an
+    idle queue goes after one start-up delay, and at once when its tasks come further apart than that."""
+    activation_backlog: Annotated[Activation, PolicyField("activation_backlog")] = _POLICY.activation_backlog
+    """Waiting tasks that wake a queue scaled to zero."""
     fallback: FallbackSpec = FallbackSpec()
-    paused: Bool = _POLICY.paused
-    drain_timeout_seconds: Window = _POLICY.drain_timeout
-    policy: PolicyName = "throughput"
-    startup_seconds: Startup = _POLICY.startup_seconds
-    schedules: Schedules = []
+    """What to do while the broker cannot be observed."""
+    paused: Annotated[Bool, PolicyField("paused")] = _POLICY.paused
+    """Stop scaling (Deployments stay as they are)."""
+    drain_timeout_seconds: Annotated[Window, PolicyField("drain_timeout")] = _POLICY.drain_timeout
+    """A scale-down first drains the chosen workers (they take no new task and finish what they run) and removes
+    each once it is idle; a worker still busy after this long is removed anyway. 0 - no draining (the chosen pods
+    get SIGTERM at once)."""
+    policy: Annotated[PolicyName, PolicyField("policy")] = "throughput"
+    """throughput - sized from the measured task duration, arrival rate and pod start-up (falls back to demand
+    until there is data); demand - ceil((backlog + in flight) / targetPerReplica) with the scaleUp step limit and
+    the scale-down window."""
+    target_wait_seconds: Annotated[TargetWait | None, PolicyField("target_wait")] = _POLICY.target_wait
+    """The longest a task should wait before it starts (p95), in seconds. With policy throughput the engine keeps
+    waits within it with the fewest replicas: a backlog waits while the workers there, or those it adds once
+    ready, start every task in time, and tasks may gather while a queue is at zero. Unset - as soon as workers
+    can be had. A target no longer than a start-up delay and a half changes nothing."""
+    startup_seconds: Annotated[Startup, PolicyField("startup_seconds")] = _POLICY.startup_seconds
+    """Seconds from a scale-up to the new worker's first report, used until the engine has measured it (policy
+    throughput and schedules)."""
+    schedules: Annotated[Schedules, PolicyField("schedules", _to_schedules)] = []
+    """Cron windows that hold a floor of replicas, applied one start-up delay before each window opens. Set on a
+    queue, the list replaces the pool-wide one."""
 
     def merged(self, override: ScalingOverride) -> ScalingSpec:
         """This pool-wide scaling with a queue's overrides laid over it, field by field."""
@@ -365,32 +575,13 @@ class ScalingSpec(_Model):
         return ScalingSpec.model_validate(merged)
 
 
-class ScaleUpOverride(_Model):
-    pods: StepPods | None = None
-    percent: StepPercent | None = None
-    period_seconds: StepPeriod | None = None
+if TYPE_CHECKING:
 
+    class ScalingOverride(_Model):
+        """ScalingSpec with every field optional (read a queue's scaling merged: WorkerPoolSpec.scaling_for)."""
 
-class FallbackOverride(_Model):
-    failure_threshold: FailureThreshold | None = None
-    replicas: Replicas | None = None
-
-
-class ScalingOverride(_Model):
-    """A queue's overrides of the pool-wide scaling: None keeps the pool-wide value."""
-
-    poll_interval_seconds: PollInterval | None = None
-    target_per_replica: Target | None = None
-    scale_up: ScaleUpOverride | None = None
-    scale_down_stabilization_seconds: Window | None = None
-    idle_seconds_before_zero: Window | None = None
-    activation_backlog: Activation | None = None
-    fallback: FallbackOverride | None = None
-    paused: Bool | None = None
-    drain_timeout_seconds: Window | None = None
-    policy: PolicyName | None = None
-    startup_seconds: Startup | None = None
-    schedules: Schedules | None = None
+else:
+    ScalingOverride = overrides_of(ScalingSpec)
 
 
 # --- queues -------------------------------------------------------------------------------------------------
@@ -417,15 +608,35 @@ POOL_CONCURRENCY_LIMITS: dict[CeleryPool, tuple[int, str]] = {
 class QueueSpec(_Model):
     """One Celery queue, served by one Deployment."""
 
-    name: Annotated[str, Field(min_length=1, max_length=63)]
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=63,
+            json_schema_extra=rules(
+                Rule(matches(QUEUE_NAME_PATTERN), MSG_QUEUE_NAME),
+                Rule(f"!(self in {list(RESERVED_QUEUE_NAMES)})", MSG_RESERVED_QUEUE),
+            ),
+        ),
+    ]
+    """The Celery queue. Lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit."""
     pool: CeleryPool = CeleryPool.PREFORK
+    """Celery's execution pool (celery worker --pool)."""
     concurrency: Annotated[Int, Field(ge=1, le=10000)] = 1
-    min_replicas: Annotated[Int, Field(ge=0, le=1000)] = 0
-    max_replicas: Annotated[Int, Field(ge=1, le=1000)] = 10
+    """Tasks one worker pod runs at once (celery worker --concurrency)."""
+    min_replicas: Annotated[Int, Field(ge=0, le=1000), PolicyField("min_replicas")] = _POLICY.min_replicas
+    """The fewest worker pods; 0 lets an idle queue scale to zero."""
+    max_replicas: Annotated[Int, Field(ge=1, le=1000), PolicyField("max_replicas")] = _POLICY.max_replicas
+    """The most worker pods."""
     prefetch_multiplier: Annotated[Int, Field(ge=1, le=1000)] = 1
+    """Celery's worker_prefetch_multiplier: messages reserved per slot. 1 leaves waiting tasks in the broker, where
+    new replicas can take them."""
     max_tasks_per_child: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
-    resources: ResourceRequirements | None = None  # None: template.resources
+    """Celery's worker_max_tasks_per_child (prefork only); unset means no limit."""
+    resources: ResourceRequirements | None = None
+    """Replaces template.resources for this queue's pods."""
     scaling: ScalingOverride = ScalingOverride()
+    """Overrides of spec.scaling for this queue; unset fields keep the pool-wide value."""
 
     @field_validator("name")
     @classmethod
@@ -435,6 +646,17 @@ class QueueSpec(_Model):
         if name in RESERVED_QUEUE_NAMES:
             raise ValueError(MSG_RESERVED_QUEUE)
         return name
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            Rule("self.minReplicas <= self.maxReplicas", MSG_MIN_MAX, ".minReplicas"),
+            *(
+                Rule(f"self.pool != '{pool.value}' || self.concurrency <= {limit}", message, ".concurrency")
+                for pool, (limit, message) in POOL_CONCURRENCY_LIMITS.items()
+            ),
+            Rule("!has(self.maxTasksPerChild) || self.pool == 'prefork'", MSG_MAX_TASKS_PER_CHILD, ".maxTasksPerChild"),
+        )
+    )
 
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
@@ -450,17 +672,29 @@ class QueueSpec(_Model):
 
 # --- beat and Flower: the pool's other workloads, never scaled ---------------------------------------------
 
-Args = Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
-
 
 class BeatSpec(_Model):
     """Celery beat for the pool's app: one Deployment, one pod at most, ever."""
 
-    scheduler: Annotated[str, Field(min_length=1, max_length=253)] | None = None  # None: the app's (shelve file)
-    schedule_volume: RawObject | None = None  # a volume source for the schedule file; None: the pod's /tmp
+    scheduler: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=253, json_schema_extra=rules(Rule(matches(APP_PATTERN), MSG_SCHEDULER))),
+        ]
+        | None
+    ) = None
+    """Celery's beat scheduler class (celery beat --scheduler), for example
+    django_celery_beat.schedulers:DatabaseScheduler. Default - the app's (a shelve file)."""
+    schedule_volume: RawObject | None = None
+    """A core/v1 volume source (without name), for example {persistentVolumeClaim: {claimName: shop-beat}}, where
+    the default scheduler keeps its schedule file. Default - the pod's /tmp (kept across container restarts, lost
+    with the pod)."""
     max_interval_seconds: Annotated[Int, Field(ge=1, le=300)] = 5
-    resources: ResourceRequirements | None = None  # None: template.resources
+    """Most seconds between two looks at the schedule (celery beat --max-interval)."""
+    resources: ResourceRequirements | None = None
+    """The beat container's resources. Default - template.resources."""
     extra_args: Args = []
+    """More celery beat arguments, after the ones the entrypoint builds."""
 
     @field_validator("scheduler")
     @classmethod
@@ -484,28 +718,22 @@ class OAuthSpec(_Model):
 
     provider: OAuthProvider
     allowed_emails: Annotated[str, Field(min_length=1, max_length=1024)]
+    """Who may sign in - an email, several separated by '|', or one pattern like .*@example.com."""
     redirect_uri: Annotated[str, Field(min_length=1, max_length=2048)]
-    client_id_from: SecretKeyRef
-    client_secret_from: SecretKeyRef
-
-    _unwrap = field_validator("client_id_from", "client_secret_from", mode="before")(_unwrap_secret_key_ref)
-
-    @field_serializer("client_id_from", "client_secret_from")
-    def _wrap(self, ref: SecretKeyRef | None) -> dict[str, Any] | None:
-        return _wrap_secret_key_ref(ref)
+    """The callback URL registered with the provider, ending in /login."""
+    client_id_from: SecretRef
+    client_secret_from: SecretRef
 
 
 class FlowerAuthSpec(_Model):
     """Exactly one of: HTTP basic auth (``user:password`` pairs, comma-separated, in a Secret) or OAuth2."""
 
-    basic_from: SecretKeyRef | None = None
+    basic_from: SecretRef | None = None
+    """HTTP basic auth - user:password pairs, comma-separated, from a key of a Secret."""
     oauth: OAuthSpec | None = None
+    """OAuth2 sign-in; the client's id and secret come from Secrets."""
 
-    _unwrap = field_validator("basic_from", mode="before")(_unwrap_secret_key_ref)
-
-    @field_serializer("basic_from")
-    def _wrap(self, ref: SecretKeyRef | None) -> dict[str, Any] | None:
-        return _wrap_secret_key_ref(ref)
+    model_config = ConfigDict(json_schema_extra=rules(Rule("has(self.basicFrom) != has(self.oauth)", MSG_FLOWER_AUTH)))
 
     @model_validator(mode="after")
     def _check_one(self) -> Self:
@@ -519,22 +747,42 @@ class FlowerServiceSpec(_Model):
 
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     port: Annotated[Int, Field(ge=1, le=65535)] = 5555
-    annotations: Annotated[dict[str, Annotated[str, Field(max_length=8192)]], Field(max_length=64)] = {}
+    annotations: Annotations = {}
 
 
 class FlowerSpec(_Model):
     """Flower for the pool's app and broker: one Deployment and a Service."""
 
     auth: FlowerAuthSpec
+    """Who may use Flower - exactly one of basicFrom and oauth. No password in the spec."""
     task_events: Bool = False
+    """The pool's workers send task events (celery worker -E), so Flower shows tasks. Off by default: events cost a
+    broker message per task state. Flower never switches events on by itself."""
     purge_offline_workers_seconds: Annotated[Int, Field(ge=0, le=86400)] = 600
+    """Flower forgets workers offline for this long (worker pods come and go); 0 - never."""
     persistent: Bool = False
+    """Flower saves what it saw (every minute and at shutdown) and reads it back on start."""
     state_volume: RawObject | None = None
-    url_prefix: Annotated[str, Field(min_length=1, max_length=253)] | None = None
-    resources: ResourceRequirements | None = None  # None: template.resources
+    """With persistent - a core/v1 volume source (without name) for Flower's state file. Default - the pod's /tmp
+    (lost with the pod)."""
+    url_prefix: (
+        Annotated[
+            str,
+            Field(
+                min_length=1, max_length=253, json_schema_extra=rules(Rule(matches(URL_PREFIX_PATTERN), MSG_URL_PREFIX))
+            ),
+        ]
+        | None
+    ) = None
+    """Serve Flower under this path (behind an Ingress with a path), like flower."""
+    resources: ResourceRequirements | None = None
+    """The Flower container's resources. Default - template.resources."""
     service: FlowerServiceSpec = FlowerServiceSpec()
-    env: Annotated[list[RawObject], Field(max_length=32)] = []
+    """The Service in front of Flower. An Ingress is yours to add."""
+    env: Annotated[list[EnvVar], Field(max_length=32)] = []
+    """More environment variables for Flower (core/v1 EnvVar), for example FLOWER_* settings."""
     extra_args: Args = []
+    """More Flower arguments, like --max_tasks=10000."""
 
     @field_validator("url_prefix")
     @classmethod
@@ -542,6 +790,12 @@ class FlowerSpec(_Model):
         if prefix is not None and not re.search(URL_PREFIX_PATTERN, prefix):
             raise ValueError(MSG_URL_PREFIX)
         return prefix
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            Rule("!has(self.stateVolume) || self.persistent", MSG_FLOWER_STATE_VOLUME, ".stateVolume")
+        )
+    )
 
     @model_validator(mode="after")
     def _check_state_volume(self) -> Self:
@@ -557,12 +811,39 @@ class WorkerPoolSpec(_Model):
     """What the user wants: a broker, an app, a pod template, queues and how they scale; beat and Flower."""
 
     broker: BrokerSpec
-    app: Annotated[str, Field(min_length=1, max_length=253)]
+    """The Redis broker: redis://, rediss:// (TLS) or Celery's sentinel:// form, given inline (url) or, preferred,
+    from a Secret (urlFrom). Exactly one of them."""
+    app: Annotated[
+        str, Field(min_length=1, max_length=253, json_schema_extra=rules(Rule(matches(APP_PATTERN), MSG_APP)))
+    ]
+    """What `celery -A` receives, for example shop.celery:app."""
     template: TemplateSpec
-    queues: Annotated[list[QueueSpec], Field(min_length=1, max_length=MAX_QUEUES)]
+    """The pod template shared by every queue's Deployment."""
+    queues: Annotated[list[QueueSpec], Field(min_length=1, max_length=MAX_QUEUES, json_schema_extra=list_map("name"))]
+    """One Deployment per queue."""
     scaling: ScalingSpec = ScalingSpec()
+    """How every queue scales, unless the queue overrides it."""
     beat: BeatSpec | None = None
+    """Celery beat for the app: one Deployment with replicas 1 and strategy Recreate, so two beats never run at
+    once. Leave it out for no beat."""
     flower: FlowerSpec | None = None
+    """Flower for the app and broker: a Deployment (one pod) and a Service. Leave it out for no Flower."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            Rule("self.queues.all(q, !q.name.contains(self.broker.separator))", MSG_SEPARATOR, ".queues"),
+            Rule(
+                f"!has(self.beat) || !self.queues.exists(q, q.name == '{BEAT_DEPLOYMENT_SUFFIX}')",
+                MSG_QUEUE_BEAT,
+                ".queues",
+            ),
+            Rule(
+                f"!has(self.flower) || !self.queues.exists(q, q.name == '{FLOWER_DEPLOYMENT_SUFFIX}')",
+                MSG_QUEUE_FLOWER,
+                ".queues",
+            ),
+        )
+    )
 
     @field_validator("app")
     @classmethod
@@ -597,27 +878,12 @@ class WorkerPoolSpec(_Model):
         return self.scaling.merged(self.queue(queue_name).scaling)
 
     def policy_for(self, queue_name: str) -> ScalingPolicy:
-        """The engine's policy for one queue: min/max from the queue, target defaulting to its concurrency."""
+        """The engine's policy for one queue: what the PolicyField-marked fields of the queue (min and max) and of
+        its merged scaling feed; the target defaults to the queue's concurrency."""
         queue = self.queue(queue_name)
-        scaling = self.scaling.merged(queue.scaling)
-        return ScalingPolicy(
-            min_replicas=queue.min_replicas,
-            max_replicas=queue.max_replicas,
-            target_per_replica=scaling.target_per_replica or queue.concurrency,
-            scale_up_pods=scaling.scale_up.pods,
-            scale_up_percent=scaling.scale_up.percent,
-            scale_up_period=float(scaling.scale_up.period_seconds),
-            scale_down_window=float(scaling.scale_down_stabilization_seconds),
-            idle_before_zero=float(scaling.idle_seconds_before_zero),
-            activation_backlog=scaling.activation_backlog,
-            fallback_failure_threshold=scaling.fallback.failure_threshold,
-            fallback_replicas=scaling.fallback.replicas,
-            paused=scaling.paused,
-            drain_timeout=float(scaling.drain_timeout_seconds),
-            policy=scaling.policy,
-            startup_seconds=float(scaling.startup_seconds),
-            schedules=tuple(schedule.to_schedule() for schedule in scaling.schedules),
-        )
+        values = policy_values(queue) | policy_values(self.scaling_for(queue_name))
+        values["target_per_replica"] = values["target_per_replica"] or queue.concurrency
+        return ScalingPolicy(**values)
 
     def poll_interval_for(self, queue_name: str) -> float:
         """Seconds between two looks at this queue's broker."""

@@ -1,7 +1,8 @@
 """How a worker is configured: the environment and arguments of ``workerpool-worker`` for one queue of a
 WorkerPool, and for the pool's beat and Flower. Pure. Shared by the Kubernetes Deployments (``kube/render.py``,
 ``kube/components.py``) and the local runtime (``local/runtime.py``), so a local process runs exactly as a pod
-would.
+would. Every ``WORKERPOOL_*`` name here is the worker contract's (:mod:`workerpool_operator.worker_contract`),
+which the entrypoint parses with.
 """
 
 from __future__ import annotations
@@ -9,21 +10,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from workerpool_operator import API_GROUP
+from workerpool_operator import worker_contract as contract
 from workerpool_operator.spec import BeatSpec, FlowerSpec, QueueSpec, SecretKeyRef, WorkerPool
 
-STATE_DIR = "/tmp/workerpool"  # the worker's probe files (its default WORKERPOOL_STATE_DIR)
-BROKER_URL_ENV = "WORKERPOOL_BROKER_URL"
+STATE_DIR = contract.DEFAULT_STATE_DIR  # the worker's probe files
+BROKER_URL_ENV = contract.BROKER_URL.name
 # spec.broker.caFrom: the Secret's one key, as a file of a fixed name (mounted read-only in a pod).
 BROKER_CA_DIR = "/etc/workerpool/broker-ca"
 BROKER_CA_NAME = "ca.crt"
 BROKER_CA_FILE = f"{BROKER_CA_DIR}/{BROKER_CA_NAME}"
-BROKER_CA_ENV = "WORKERPOOL_BROKER_CA_FILE"
-WORKER_NAME_ENV = "WORKERPOOL_WORKER_NAME"
-STATE_DIR_ENV = "WORKERPOOL_STATE_DIR"
-TASK_EVENTS_ENV = "WORKERPOOL_TASK_EVENTS"
+BROKER_CA_ENV = contract.BROKER_CA_FILE.name
+WORKER_NAME_ENV = contract.WORKER_NAME.name
+STATE_DIR_ENV = contract.STATE_DIR.name
+TASK_EVENTS_ENV = contract.TASK_EVENTS.name
 # Beat's schedule file (the default shelve scheduler's): on spec.beat.scheduleVolume, else in the pod's /tmp.
 BEAT_SCHEDULE_DIR = "/var/lib/celery-beat"
-BEAT_SCHEDULE_FILE_ENV = "WORKERPOOL_BEAT_SCHEDULE_FILE"
+BEAT_SCHEDULE_FILE_ENV = contract.BEAT_SCHEDULE_FILE.name
 BEAT_SCHEDULE_NAME = "celerybeat-schedule"
 # Flower's state file with spec.flower.persistent: on spec.flower.stateVolume, else in the pod's /tmp.
 FLOWER_STATE_DIR = "/var/lib/flower"
@@ -38,25 +41,43 @@ FLOWER_AUTH_PROVIDERS = {
 }
 
 
-def soft_shutdown_timeout(pool: WorkerPool) -> int:
+VERSION_LABEL = f"{API_GROUP}/version"  # a worker pod's template version (kube/render.py's template_version)
+STOP_MARGIN = 30  # seconds a stopping worker's pod gets beyond its drain timeout: put messages back, exit
+
+
+def worker_grace(pool: WorkerPool, queue: QueueSpec) -> int:
+    """``terminationGracePeriodSeconds`` of a queue's pods: at least the queue's ``drainTimeoutSeconds`` plus
+    :data:`STOP_MARGIN`, so that a worker stopped by anything other than a scale-down (a rollout of a new version,
+    an eviction by ``kubectl drain`` or a node upgrade, a consolidation) gets as long to finish what it runs as a
+    drained one does, instead of being killed at Kubernetes' default 30 s. One setting, the drain timeout, bounds
+    them all; the template's grace only raises it. An idle worker exits at once whatever its grace: only a busy one
+    uses it. With draining off (drain timeout 0), the template's."""
+    grace = pool.spec.template.termination_grace_period_seconds
+    drain_timeout = round(pool.spec.policy_for(queue.name).drain_timeout)
+    return max(grace, drain_timeout + STOP_MARGIN) if drain_timeout > 0 else grace
+
+
+def soft_shutdown_timeout(pool: WorkerPool, queue: QueueSpec | None = None) -> int:
     """Seconds running tasks get after SIGTERM: the grace period less a margin for the worker to put
     unstarted messages back before the kubelet's SIGKILL."""
-    grace = pool.spec.template.termination_grace_period_seconds
+    grace = pool.spec.template.termination_grace_period_seconds if queue is None else worker_grace(pool, queue)
     return grace - 5 if grace > 10 else max(grace // 2, 1)
 
 
 def worker_environment(pool: WorkerPool, queue: QueueSpec) -> list[dict[str, Any]]:
     """The worker's settings; the user's ``template.env`` comes last, so it can override any of them."""
     env: list[dict[str, Any]] = [
-        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
-        {"name": "WORKERPOOL_QUEUES", "value": queue.name},
-        {"name": "WORKERPOOL_POOL", "value": str(queue.pool.value)},
-        {"name": "WORKERPOOL_CONCURRENCY", "value": str(queue.concurrency)},
-        {"name": "WORKERPOOL_PREFETCH_MULTIPLIER", "value": str(queue.prefetch_multiplier)},
+        {"name": contract.APP.name, "value": pool.spec.app},
+        {"name": contract.QUEUES.name, "value": queue.name},
+        {"name": contract.POOL.name, "value": str(queue.pool.value)},
+        {"name": contract.CONCURRENCY.name, "value": str(queue.concurrency)},
+        {"name": contract.PREFETCH_MULTIPLIER.name, "value": str(queue.prefetch_multiplier)},
     ]
     if queue.max_tasks_per_child is not None:
-        env.append({"name": "WORKERPOOL_MAX_TASKS_PER_CHILD", "value": str(queue.max_tasks_per_child)})
-    env.append({"name": "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT", "value": str(soft_shutdown_timeout(pool))})
+        env.append({"name": contract.MAX_TASKS_PER_CHILD.name, "value": str(queue.max_tasks_per_child)})
+    env.append({"name": contract.SOFT_SHUTDOWN_TIMEOUT.name, "value": str(soft_shutdown_timeout(pool, queue))})
+    version = {"fieldPath": f"metadata.labels['{VERSION_LABEL}']"}  # the pod's own: one env for every version
+    env.append({"name": contract.TEMPLATE_VERSION.name, "valueFrom": {"fieldRef": version}})
     if pool.spec.flower is not None and pool.spec.flower.task_events:
         env.append({"name": TASK_EVENTS_ENV, "value": "1"})
     env += _identity_and_broker(pool)
@@ -111,12 +132,12 @@ def beat_schedule_file(beat: BeatSpec) -> str:
 def beat_environment(pool: WorkerPool, beat: BeatSpec) -> list[dict[str, Any]]:
     """``workerpool-worker beat``'s settings; ``template.env`` (the app's own settings) can override them."""
     env: list[dict[str, Any]] = [
-        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
-        {"name": "WORKERPOOL_BEAT_MAX_INTERVAL", "value": str(beat.max_interval_seconds)},
+        {"name": contract.APP.name, "value": pool.spec.app},
+        {"name": contract.BEAT_MAX_INTERVAL.name, "value": str(beat.max_interval_seconds)},
         {"name": BEAT_SCHEDULE_FILE_ENV, "value": beat_schedule_file(beat)},
     ]
     if beat.scheduler is not None:
-        env.append({"name": "WORKERPOOL_BEAT_SCHEDULER", "value": beat.scheduler})
+        env.append({"name": contract.BEAT_SCHEDULER.name, "value": beat.scheduler})
     env += _identity_and_broker(pool)
     return _with_user_env(env, pool.spec.template.env)
 
@@ -135,7 +156,7 @@ def flower_environment(pool: WorkerPool, flower: FlowerSpec) -> list[dict[str, A
     """``workerpool-worker flower``'s settings: Flower reads its own options from ``FLOWER_*`` variables. Secrets
     stay in Secrets (``valueFrom``). ``template.env`` and then ``flower.env`` can override any of them."""
     env: list[dict[str, Any]] = [
-        {"name": "WORKERPOOL_APP", "value": pool.spec.app},
+        {"name": contract.APP.name, "value": pool.spec.app},
         {"name": "FLOWER_PORT", "value": str(FLOWER_PORT)},
         # Never switch task events on for every worker of the broker (Flower's default): only the pool's own
         # workers send them, and only with flower.taskEvents (see worker_environment).

@@ -64,10 +64,15 @@ or by one Role per watched namespace. Each rule lists exactly the verbs the oper
 - apiGroups: ["workerpool.dev"]
   resources: ["workerpools/status"]
   verbs: ["patch"]
-# The per-queue Deployments the operator renders, owns and scales; beat's and Flower's (never scaled).
+# The per-queue Deployments the operator renders and owns; beat's and Flower's. Written with Server-Side Apply: a
+# patch, which is also a create when the object is new (the API server then checks both verbs).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Their replica counts: the scaler applies spec.replicas alone, through the scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 # Flower's Service (spec.flower): rendered, owned and watched (put back when edited or deleted by hand) like the
 # Deployments.
 - apiGroups: [""]

@@ -28,6 +28,7 @@ leave once idle, or after ``drain_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,9 +36,11 @@ from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
 from workerpool_operator.engine import drain, spikes
-from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, capacity, drain_seconds, learn, with_launch
+from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, drain_seconds, learn, with_launch
 from workerpool_operator.engine.schedules import Schedule, cron_windows, floor
 from workerpool_operator.engine.spikes import Spike
+from workerpool_operator.engine.throughput import GATHER_POLLS, POLL_GUESS, Sizes, gathering, lets_gather, sizes
+from workerpool_operator.engine.waits import tail_wait
 from workerpool_operator.observation import QueueObservation
 
 __all__ = ["DEMAND", "POLICIES", "THROUGHPUT", "Decision", "QueueState", "ScalingPolicy", "Stamped", "decide"]
@@ -71,6 +74,9 @@ class ScalingPolicy:
     policy: str = THROUGHPUT  # THROUGHPUT or DEMAND
     startup_seconds: float = 30.0  # expected seconds from a scale-up to the new worker's report, until learned
     schedules: tuple[Schedule, ...] = ()  # cron windows with a replica floor
+    # The longest a task should wait before it starts (a p95), in seconds; None: as soon as workers can be had.
+    # The throughput policy then keeps the waits under it with the fewest replica-seconds (waits.py).
+    target_wait: float | None = None
 
 
 Stamped = tuple[float, int]  # (time, replicas)
@@ -101,6 +107,12 @@ class QueueState(NamedTuple):
     # Workers a scale-down removed by name that still report (their pods terminate): no longer counted, and
     # their drain requests stay, so that none takes a task between the scale-down and its SIGTERM.
     leaving: tuple[str, ...] = ()
+    # The first poll that saw tasks waiting since the backlog was last seen empty (None: empty now): no task
+    # waiting now has waited longer than since the poll before it.
+    waiting_since: float | None = None
+    # The first poll of the current surge: arrivals over the last seconds above the usual rate (None: no surge).
+    surging_since: float | None = None
+    backlog: int = 0  # the backlog at the last poll (how fast it grew says whether a surge goes on)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +125,9 @@ class QueueState(NamedTuple):
             "handingBack": list(self.handing_back),
             "spikes": spikes.to_list(self.spikes),
             "leaving": list(self.leaving),
+            "waitingSince": self.waiting_since,
+            "surgingSince": self.surging_since,
+            "backlog": self.backlog,
         }
 
     @classmethod
@@ -128,6 +143,12 @@ class QueueState(NamedTuple):
         idle_since = data.get("idleSince")
         if idle_since is not None:
             idle_since = _number(idle_since, "idleSince")
+        waiting_since = data.get("waitingSince")
+        if waiting_since is not None:
+            waiting_since = _number(waiting_since, "waitingSince")
+        surging_since = data.get("surgingSince")
+        if surging_since is not None:
+            surging_since = _number(surging_since, "surgingSince")
         return cls(
             failures=failures,
             idle_since=idle_since,
@@ -138,7 +159,16 @@ class QueueState(NamedTuple):
             handing_back=_names(data.get("handingBack", ()), "handingBack"),
             spikes=spikes.from_list(data.get("spikes", ())),
             leaving=_names(data.get("leaving", ()), "leaving"),
+            waiting_since=waiting_since,
+            surging_since=surging_since,
+            backlog=_count(data.get("backlog", 0), "backlog"),
         )
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"scaling state: {name} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _number(value: object, name: str) -> float:
@@ -194,6 +224,10 @@ class Decision(NamedTuple):
     paused: bool = False
     drain: tuple[str, ...] = ()  # workers to ask to stop taking tasks (they finish what they run)
     undrain: tuple[str, ...] = ()  # draining workers to take back into service
+    # Seconds the newest waiting task is predicted to wait with the decided workers (throughput policy, once it
+    # knows the task duration; None otherwise), and the target it is held to (None: no target).
+    predicted_wait: float | None = None
+    target_wait: float | None = None
 
     @property
     def changed(self) -> bool:
@@ -209,8 +243,19 @@ class Decision(NamedTuple):
 
 
 _draining_flag = attrgetter("draining")
+_stopping_flag = attrgetter("stopping")
+
+
+def _without_stopping(observation: QueueObservation) -> QueueObservation:
+    """The observation without its stopping workers, nor their tasks in flight."""
+    stopping = [w for w in observation.workers if w.stopping]
+    held = sum(w.running + w.reserved for w in stopping)
+    kept = tuple(w for w in observation.workers if not w.stopping)
+    return dataclasses.replace(observation, workers=kept, in_flight=max(0, observation.in_flight - held))
+
+
 # NamedTuple's generated __new__ is Python code; tuple.__new__ builds the same object in C. decide() makes a few
-# of these per queue per poll, so it builds them this way (positional, every field given).
+# of these per queue per poll, so it builds them this way (every field, in order: tests/test_engine_builds.py).
 _new = tuple.__new__
 
 
@@ -221,6 +266,7 @@ class _Wanted(NamedTuple):
     reason: str
     recommendation: int
     recommendations: tuple[Stamped, ...]
+    wait: float | None  # the newest waiting task's predicted wait (None: no prediction)
 
 
 def decide(
@@ -247,6 +293,11 @@ def decide(
         reporting_names = {w.worker for w in workers}
         leaving = tuple(name for name in leaving if name in reporting_names)
         workers = tuple(w for w in workers if w.worker not in leaving)
+    if any(map(_stopping_flag, workers)):
+        # Stopping (SIGTERM: replaced by a rollout, evicted): not part of the replicas any more (the Deployment counts
+        # their replacements), and what they run is theirs to finish, not demand for the others.
+        observation = _without_stopping(observation)
+        workers = tuple(w for w in workers if not w.stopping)
     draining = state.draining
     if (
         not current
@@ -282,13 +333,31 @@ def decide(
         idle_since = None
     elif idle_since is None:
         idle_since = now
+    waiting_since = state.waiting_since
+    if not backlog:
+        waiting_since = None
+    elif waiting_since is None:
+        waiting_since = now
+    surging_since = state.surging_since
+    if not backlog or learned.recent_rate <= learned.arrival_rate:  # the workers keep up, or the rate is usual
+        surging_since = None
+    elif surging_since is None:
+        surging_since = now
     startup = learned.startup if learned.startup is not None else policy.startup_seconds
     if policy.policy == DEMAND or learned.completed < MIN_COMPLETED or learned.busy <= 0:
         wanted = _by_demand(observation, state, policy, now, serving, idle_since, low, high)
     else:
+        waited = observation.oldest_age
+        surging = 0.0
+        polled = state.learned.at
+        if backlog and polled is not None:
+            if waited is None and waiting_since is not None:
+                waited = now - polled if waiting_since == now else now - waiting_since + POLL_GUESS
+            if surging_since is not None:
+                surging = now - surging_since + (now - polled)  # it began after the poll before
         wanted = _by_throughput(
             observation, state, policy, now, serving, reporting - len(draining), starting, learned, startup,
-            idle_since, low, high,
+            idle_since, low, high, waited, surging,
         )  # fmt: skip
     workers_wanted, reason = wanted.workers, wanted.reason
     if policy.schedules or observation.fires:
@@ -307,7 +376,12 @@ def decide(
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
         reason = _with_plan(reason, plan)
-    held = learned.held_seconds if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND else None
+    held = None
+    if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND and learned.busy > 0:
+        # learned.held_seconds, inline: task seconds, or before any finished how long the running ones have run
+        held = learned.busy / (
+            learned.completed if learned.completed >= MIN_COMPLETED else learned.completed + learned.running
+        )
     if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
         handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
         if hand or take:
@@ -317,14 +391,15 @@ def decide(
     decision = _new(
         Decision,
         (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
-         plan.drain, plan.undrain),
+         plan.drain, plan.undrain, wanted.wait, policy.target_wait),
     )  # fmt: skip
     if plan.remove_first and plan.desired_replicas < current and policy.drain_timeout > 0:
         leaving = leaving + plan.remove_first  # drained: their requests must outlast them (no draining: none)
     return decision, _new(
         QueueState,
-        (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered, leaving),
-    )
+        (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered, leaving,
+         waiting_since, surging_since, backlog),
+    )  # fmt: skip
 
 
 def _stay_asleep(
@@ -485,7 +560,7 @@ def _by_demand(
         reason = f"hold {current}: {load}; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     else:
         reason = f"steady: {load}"
-    return _new(_Wanted, (desired, reason, recommendation, recommendations))
+    return _new(_Wanted, (desired, reason, recommendation, recommendations, None))
 
 
 def _by_throughput(
@@ -501,62 +576,93 @@ def _by_throughput(
     idle_since: float | None,
     low: int,
     high: int,
+    waited: float | None,
+    surging: float,
 ) -> _Wanted:
-    """Enough workers for the work there is and what arrives before another pod could start (forecast.py)."""
-    task_seconds = learned.task_seconds or 1.0
-    rate = learned.arrival_rate
-    slots = policy.target_per_replica if policy.target_per_replica > 0 else 1
-    backlog = observation.backlog if observation.backlog > 0 else 0
-    in_flight = observation.in_flight if observation.in_flight > 0 else 0
-    work = backlog + in_flight
-    running = learned.running if learned.running < work else work
-    queued = work - running
-    coming = learned.recent_rate if learned.recent_rate > rate else rate
-    keep = math.ceil(capacity(queued, running, coming, task_seconds, slots, startup) - 1e-9)
-    keep, asleep, wake_at = _awake_bounds(keep, serving, backlog, policy, low, high)
-    # What is still there when a pod started now is ready, if only the workers ready now work until then.
-    left = queued + (coming - active * slots / task_seconds) * startup
-    if left < 0:
-        left = 0.0
-    up = math.ceil(capacity(left, running, coming, task_seconds, slots, startup) - 1e-9)
+    """Enough workers for the work there is and what arrives before another pod could start, within the target
+    wait if there is one (throughput.py, waits.py); no pod that would be ready only after the work."""
+    z = sizes(observation, state.backlog, state.learned.at, policy, now, active, starting, learned, startup, waited,
+              surging)  # fmt: skip
+    keep, asleep, wake_at = _awake_bounds(z.keep, serving, z.backlog, policy, low, high)
     window = policy.scale_down_window if policy.scale_down_window < startup else startup
     stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
-    figures = (
-        f"backlog {backlog}, in-flight {in_flight}, arrivals {coming:.2f}/s, {task_seconds:.3g}s per task, "
-        f"{slots} per worker"
-    )
     idle_for = 0.0 if idle_since is None else now - idle_since
-    to_zero = low == 0 and serving > 0 and idle_since is not None and idle_for >= policy.idle_before_zero
-    if to_zero:
-        wanted = 0
+    target, poll, backlog = z.target, z.poll, z.backlog
+    told = False  # whether the reason already says the predicted wait
+    if low == 0 and serving > 0 and idle_since is not None and idle_for >= z.zero_after:
+        wanted, wait = 0, 0.0
         reason = f"scale to zero: no backlog and nothing in flight for {idle_for:.0f}s"
+        if z.zero_after < policy.idle_before_zero:
+            reason += f" (a new worker in {startup:.0f}s costs less than an idle one waiting for the next task)"
     elif asleep:
-        wanted = low
+        wanted, wait = low, 0.0
         reason = f"asleep: backlog {backlog} below activation {wake_at}"
-    elif serving == 0 or up > serving:
-        wanted = up if up > 1 else 1
+    elif serving == 0 and waited is not None and gathering(z, waited, startup):
+        wanted, wait = 0, waited + startup
         reason = (
-            f"scale up to {wanted}: {figures}; {left:.0f} tasks still there when a new worker is ready in "
+            f"gather: backlog {backlog}, waited at most {waited:.0f}s; a worker started within "
+            f"{(target or 0.0) - waited - startup - GATHER_POLLS * poll:.0f}s keeps the wait within {target:g}s"
+        )
+    elif serving == 0 or (z.up > serving and z.left > 0):
+        wanted = z.up if z.up > 1 else 1
+        wait = (
+            startup + tail_wait(z.ahead, 0.0, wanted * z.per_worker, 0.0)
+            if serving == 0
+            else tail_wait(z.ahead, active * z.per_worker, wanted * z.per_worker, startup)
+        )
+        reason = (
+            f"scale up to {wanted}: {z.figures}; {z.left:.0f} tasks still there when a new worker is ready in "
             f"{startup:.0f}s"
         )
     else:
-        wanted = stabilized if stabilized < serving else serving
-        if wanted < up:
-            wanted = up
-        if wanted < serving:
-            reason = f"scale down to {wanted}: {figures} need {keep}"
-            if stabilized > keep:
-                reason += f"; highest need in the last {window:.0f}s: {stabilized}"
-        elif work and up <= serving < keep:
-            took = drain_seconds(work, rate, task_seconds, slots, active or 1)
-            reason = (
-                f"hold {serving}: backlog {backlog} + in-flight {in_flight} done in {took:.0f}s by {active} "
-                f"workers; a new worker needs {startup:.0f}s"
-            )
-        else:
-            reason = f"steady: {figures}; {serving} workers"
+        wanted, wait, reason, told = _serving(z, serving, active, starting, keep, stabilized, window, low, startup)
+    if policy.target_wait is not None and backlog and not told:
+        limit = policy.target_wait
+        reason += f"; predicted wait {wait:.0f}s {'<=' if wait <= limit else '>'} {limit:g}s"
     wanted = min(max(wanted, low), high)
-    return _new(_Wanted, (wanted, reason, keep, recommendations))
+    return _new(_Wanted, (wanted, reason, keep, recommendations, wait))
+
+
+def _serving(
+    z: Sizes,
+    serving: int,
+    active: int,
+    starting: int,
+    keep: int,
+    stabilized: int,
+    window: float,
+    low: int,
+    startup: float,
+) -> tuple[int, float, str, bool]:
+    """Workers serve and none is added: how many stay, the newest task's predicted wait, why, and whether the
+    reason says that wait."""
+    wanted = stabilized if stabilized < serving else serving
+    if wanted < z.up:
+        wanted = z.up
+    wait = (
+        tail_wait(z.ahead, active * z.per_worker, wanted * z.per_worker, startup if starting else 0.0)
+        if z.ahead
+        else 0.0
+    )
+    target, backlog = z.target, z.backlog
+    if target is not None and low == 0 and wanted <= 1 and not backlog and lets_gather(z, startup):
+        gather = target - startup - GATHER_POLLS * z.poll
+        return 0, wait, f"scale to zero: {z.figures}; tasks may gather for {gather:.0f}s before a worker must " \
+            f"start (target {target:g}s)", False  # fmt: skip
+    if wanted < serving:
+        reason = f"scale down to {wanted}: {z.figures} need {keep}"
+        if stabilized > keep:
+            reason += f"; highest need in the last {window:.0f}s: {stabilized}"
+        return wanted, wait, reason, False
+    if target is not None and backlog:
+        sign = "<=" if wait <= target else ">"
+        return wanted, wait, f"hold {serving}: backlog {backlog}, predicted wait {wait:.0f}s {sign} {target:g}s " \
+            f"with {serving} workers", True  # fmt: skip
+    if (z.work and z.up <= serving < keep) or z.left <= 0 < z.up - serving:
+        took = drain_seconds(z.work, z.rate, z.task_seconds, z.slots, active or 1)
+        return wanted, wait, f"hold {serving}: backlog {backlog} + in-flight {z.in_flight} done in {took:.0f}s by " \
+            f"{active} workers; a new worker needs {startup:.0f}s", False  # fmt: skip
+    return wanted, wait, f"steady: {z.figures}; {serving} workers", False
 
 
 def _on_failure(

@@ -3,9 +3,14 @@
 ``learn`` turns two observations in a row into estimates, smoothed over time:
 
 - **task seconds**: how long one task holds a slot (Little's law): slot-seconds of running tasks / tasks
-  finished, both from the reports (``running``, and the ``done`` counters);
+  finished, both from the reports (``running``, and the ``done`` counters). The slot-seconds are counted on
+  each worker's own clock, from one of its reports to the next (``heartbeat``): a report is up to one report
+  interval (2 s) old when it is read, and counting its ``running`` over the polls instead made the tasks of a
+  short burst look up to twice as long;
 - **arrival rate**: tasks per second landing in the queue: the change of backlog + in flight, plus the tasks
-  finished meanwhile;
+  finished meanwhile. The backlog is read fresh and the reports are not, so one poll may undercount what the
+  next overcounts: each sample counts with its sign (clipping the negative ones at zero inflated the rate after
+  every burst); the smoothed rates may dip below zero for a poll, and the engine reads them as zero then;
 - **start-up**: seconds from a scale-up until the new worker's report (its ``started`` time).
 
 ``capacity`` sizes a queue from them: enough workers to take the work there is (``outstanding``) and what
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from operator import attrgetter
+from operator import attrgetter, mul, sub
 from typing import Any, NamedTuple
 
 from workerpool_operator.observation import WorkerLoad
@@ -29,16 +34,20 @@ SERVICE_HORIZON = 600.0  # seconds of busy time the task-seconds estimate rememb
 STARTUP_WEIGHT = 0.3  # weight of a new start-up sample
 MIN_COMPLETED = 0.5  # (decayed) tasks finished before task seconds are trusted
 UTILISATION = 1.0  # share of the slots the arrivals may keep busy (queued tasks are sized on their own)
+HELD_SHARE = 0.25  # a running short task still holds its slot for this share of its duration, on average
 DRAIN_SHARE = 0.5  # queued work is sized to be done within this share of a start-up delay
 FORGET_RATE = 0.01  # tasks/s: below this an idle queue's arrival rate is taken as zero
+FIRST_REPORT = 1.0  # seconds from a worker's start within which its report is the one it sends as it starts
 LAUNCH_MEMORY = 1800.0  # seconds a scale-up waits for its workers before it is no longer a start-up sample
 
 _done = attrgetter("done")
 _running = attrgetter("running")
+_heartbeat = attrgetter("heartbeat")
 _name = attrgetter("worker")
 _started = attrgetter("started")
 _exp = math.exp
-_new = tuple.__new__  # builds a NamedTuple in C (all fields, in order): learn() runs for every queue at every poll
+_mul, _sub = mul, sub
+_new = tuple.__new__  # a NamedTuple built in C, every field in order (tests/test_engine_builds.py checks each build)
 
 
 class Learned(NamedTuple):
@@ -48,8 +57,8 @@ class Learned(NamedTuple):
     outstanding: int = 0  # backlog + in flight then
     running: int = 0  # tasks running then
     workers: tuple[WorkerLoad, ...] = ()  # the reports then (their ``done`` counters)
-    arrival_rate: float = 0.0  # tasks per second
-    recent_rate: float = 0.0  # tasks per second over the last few seconds
+    arrival_rate: float = 0.0  # tasks per second (smoothed with each sample's sign: may dip below 0)
+    recent_rate: float = 0.0  # tasks per second over the last few seconds (the same)
     busy: float = 0.0  # slot-seconds of running tasks, decayed over SERVICE_HORIZON
     completed: float = 0.0  # tasks finished, decayed the same way
     startup: float | None = None  # seconds from a scale-up to the new worker's report
@@ -105,8 +114,10 @@ class Learned(NamedTuple):
             raise ValueError("scaling state: learned.launches must be a list of [time, pods]")
         at, startup = data.get("at"), data.get("startup")
         numbers = {k: data.get(k, 0) for k in ("arrivalRate", "recentRate", "busy", "completed", "newestStart")}
-        if not all(_real(v) and v >= 0 for v in numbers.values()) or not (at is None or _real(at)):
-            raise ValueError("scaling state: learned figures must be non-negative numbers")
+        if not all(_real(v) and (v >= 0 or k.endswith("Rate")) for k, v in numbers.items()) or not (
+            at is None or _real(at)
+        ):
+            raise ValueError("scaling state: learned figures must be non-negative numbers (the rates may dip below 0)")
         if not (startup is None or (_real(startup) and startup >= 0)):
             raise ValueError("scaling state: learned.startup must be a non-negative number")
         if not (_count(data.get("outstanding", 0)) and _count(data.get("running", 0))):
@@ -161,21 +172,28 @@ def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, 
     # Tasks finished since, from the done counters: the same workers (the usual case: as many, first and last
     # names the same; reports are sorted by name), or, when workers came and went, worker by worker.
     completions = done - done_before
-    if (
+    same = not (
         completions < 0
         or len(seen) != len(workers)
         or (workers and (seen[0].worker != workers[0].worker or seen[-1].worker != workers[-1].worker))
-    ):
+    )
+    if not same:
         completions = _completions(seen, workers, at)
-    arrivals = outstanding - before + completions
-    now_rate = arrivals / elapsed if arrivals > 0 else 0.0
+    now_rate = (outstanding - before + completions) / elapsed
     keep = _exp(-elapsed / ARRIVAL_HORIZON)
     rate = rate * keep + (1.0 - keep) * now_rate
     keep = _exp(-elapsed / RECENT_HORIZON)
     recent = recent * keep + (1.0 - keep) * now_rate
     if completions or running or running_before:
         fade = _exp(-elapsed / SERVICE_HORIZON)
-        busy = busy * fade + (running_before + running) * 0.5 * elapsed
+        if workers and workers[0].heartbeat:  # each worker's running tasks, from one of its reports to the next
+            if same and newest_start < at - elapsed:  # no worker new since the poll before: no first report
+                held = sum(map(_mul, map(_running, seen), map(_sub, map(_heartbeat, workers), map(_heartbeat, seen))))
+            else:
+                held = _slot_seconds(seen, workers)
+        else:  # reports without a time (older tests, hand-made observations): the polls' own times
+            held = (running_before + running) * 0.5 * elapsed
+        busy = busy * fade + (held if held > 0.0 else 0.0)
         completed = completed * fade + completions
     if not outstanding and not running and not completions and rate < FORGET_RATE:
         # idle and forgotten: stop moving (no status write for nothing)
@@ -197,6 +215,21 @@ def _completions(before: tuple[WorkerLoad, ...], after: tuple[WorkerLoad, ...], 
         elif worker.done > was:
             finished += worker.done - was
     return finished
+
+
+def _slot_seconds(before: tuple[WorkerLoad, ...], after: tuple[WorkerLoad, ...]) -> float:
+    """Slot-seconds of running tasks between two observations, worker by worker: each worker's running count
+    in its earlier report, over the time to its later one (workers that came or went count from their reports).
+    A worker's first report is sent as it becomes ready, before it takes a task: from it, the later report's
+    count stands for the interval (a new worker fills its slots at once from a backlog)."""
+    earlier = {w.worker: w for w in before}
+    held = 0.0
+    for worker in after:
+        was = earlier.get(worker.worker)
+        if was is not None and worker.heartbeat > was.heartbeat:
+            running = worker.running if was.started and was.heartbeat - was.started < FIRST_REPORT else was.running
+            held += running * (worker.heartbeat - was.heartbeat)
+    return held
 
 
 def _startups(
@@ -260,23 +293,32 @@ def with_launch(learned: Learned, now: float, pods: int, workers: tuple[WorkerLo
 
 
 def capacity(
-    queued: float, running: int, arrival_rate: float, task_seconds: float, slots: int, startup: float
+    queued: float,
+    running: int,
+    arrival_rate: float,
+    task_seconds: float,
+    slots: int,
+    startup: float,
+    within: float = 0.0,
 ) -> float:
     """Workers (fractional) for what there is and what comes, over the next start-up delay:
 
     - the arrivals: ``arrival_rate x task_seconds`` slots (Little's law), or the arrivals of one start-up
       delay when tasks are longer than that, at ``UTILISATION``;
     - the ``queued`` tasks (waiting, or reserved inside a busy worker), done within ``DRAIN_SHARE`` of a
-      start-up delay (one task's duration if longer);
+      start-up delay (one task's duration if longer), or ``within`` seconds if longer (what a target wait
+      leaves them);
     - the ``running`` tasks, as long as they will still run then (long tasks keep their slot)."""
     short = task_seconds < startup
     flow = arrival_rate * (task_seconds if short else startup) / UTILISATION
     horizon = startup * DRAIN_SHARE
     if horizon < task_seconds:
         horizon = task_seconds
+    if horizon < within:
+        horizon = within
     if horizon < 1.0:
         horizon = 1.0
-    held = running * task_seconds / startup if short else running
+    held = running * task_seconds * HELD_SHARE / startup if short else running
     return (flow + queued * task_seconds / horizon + held) / slots
 
 

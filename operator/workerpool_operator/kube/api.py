@@ -1,5 +1,7 @@
 """The Kubernetes API calls the operator makes: synchronous (call them through :func:`asyncio.to_thread`, so the
-event loop never blocks), plain JSON dicts, writes as JSON merge patches.
+event loop never blocks), plain JSON dicts. Objects the operator renders are written with Server-Side Apply (one
+field manager for the manifests, another for a queue's replica count: ``fields.py``); the rest (pod marks, pool
+status, Leases) with JSON merge patches under the same field manager.
 
 Why not the client's typed APIs (``AppsV1Api`` and friends) for everything: they build a model object for every
 response. For a Deployment as a real API server returns it (managed fields, status), that costs 1.39 ms against
@@ -24,8 +26,10 @@ import kubernetes
 
 from workerpool_operator import API_GROUP, API_VERSION, KIND, PLURAL, __version__
 from workerpool_operator.kube import metrics
+from workerpool_operator.kube.fields import FIELD_MANAGER, SCALER_MANAGER
 
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # Server-Side Apply (JSON is YAML)
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 COMPONENT = "workerpool-operator"
 
@@ -107,6 +111,10 @@ def object_path(kind: str, namespace: str, name: str = "") -> str:
     return service_path(namespace, name) if kind == "Service" else deployment_path(namespace, name)
 
 
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(name)}"
+
+
 def pool_path(namespace: str, name: str) -> str:
     return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{_q(namespace)}/{PLURAL}/{_q(name)}"
 
@@ -172,8 +180,46 @@ class KubeApi:
         return found
 
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        patched: dict[str, Any] = self.request("PATCH", path, body=dict(body), content_type=MERGE_PATCH)
+        query = [("fieldManager", FIELD_MANAGER)]
+        patched: dict[str, Any] = self.request("PATCH", path, query=query, body=dict(body), content_type=MERGE_PATCH)
         return patched
+
+    def apply(
+        self, manifest: Mapping[str, Any], *, manager: str = FIELD_MANAGER, force: bool = False
+    ) -> dict[str, Any]:
+        """Server-Side Apply of a Deployment or Service (its ``kind``): created when missing, its fields owned by
+        ``manager``; the fields this manager applied before and ``manifest`` leaves out are released (and removed
+        when nobody else owns them). Without ``force``, a field another manager owns with another value is a 409
+        Conflict naming them; with it, ours. Returns the object as stored."""
+        kind, namespace, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        query = [("fieldManager", manager), ("force", "true" if force else "false")]
+        body = json.dumps(manifest, separators=(",", ":"))
+        applied: dict[str, Any] = self.request(
+            "PATCH", object_path(kind, namespace, name), query=query, body=body, content_type=APPLY_PATCH
+        )
+        return applied
+
+    def apply_replicas(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """The scaler's apply: a Deployment's ``spec.replicas`` through its ``scale`` subresource (never more, and a
+        404 when the Deployment is gone, where an apply of the object would try to create it), taken back from
+        anyone who changed it (``force``). Returns the ``autoscaling/v1`` Scale as stored."""
+        scale = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        query = [("fieldManager", SCALER_MANAGER), ("force", "true")]
+        body = json.dumps(scale, separators=(",", ":"))
+        path = f"{deployment_path(namespace, name)}/scale"
+        applied: dict[str, Any] = self.request("PATCH", path, query=query, body=body, content_type=APPLY_PATCH)
+        return applied
+
+    def patch_if_unchanged(self, kind: str, live: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch ``live`` (a Deployment or Service) if it is still at its resourceVersion (a 409 otherwise)."""
+        meta = live["metadata"]
+        body = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": meta["resourceVersion"]}}
+        return self.merge_patch(object_path(kind, meta["namespace"], meta["name"]), body)
 
     # --- Secrets, Deployments and Services -------------------------------------------------------------------------
 
@@ -193,26 +239,6 @@ class KubeApi:
         items = self.request("GET", deployment_path(namespace), query=[("labelSelector", label_selector)])
         return [item for item in items.get("items") or () if isinstance(item, dict)]
 
-    def apply_deployment(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Create the Deployment, or merge-patch it to the manifest. Returns the object as stored."""
-        return self.apply_object({**manifest, "kind": "Deployment"})
-
-    def apply_object(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Create the Deployment or Service (its ``kind``), or merge-patch it to the manifest; the object as stored."""
-        kind, namespace, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        try:
-            return self.merge_patch(object_path(kind, namespace, name), manifest)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-        try:
-            created: dict[str, Any] = self.request("POST", object_path(kind, namespace), body=dict(manifest))
-            return created
-        except ApiError as exc:
-            if exc.status != 409:  # created meanwhile (by our own drift repair): patch it
-                raise
-        return self.merge_patch(object_path(kind, namespace, name), manifest)
-
     def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(object_path(kind, namespace, name))
 
@@ -228,16 +254,13 @@ class KubeApi:
                 raise
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
-        return self.merge_patch(deployment_path(namespace, name), {"spec": {"replicas": replicas}})
-
-    def delete_deployment(self, namespace: str, name: str) -> None:
-        self.delete_object("Deployment", namespace, name)
+        return self.apply_replicas(namespace, name, replicas)
 
     def set_deletion_cost(self, namespace: str, pod: str, cost: int | None) -> bool:
         """Mark a pod for the ReplicaSet (``None`` removes the mark); ``False`` when the pod is gone already."""
         body = {"metadata": {"annotations": {DELETION_COST: None if cost is None else str(cost)}}}
         try:
-            self.merge_patch(f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(pod)}", body)
+            self.merge_patch(pod_path(namespace, pod), body)
         except ApiError as exc:
             if exc.status == 404:
                 return False

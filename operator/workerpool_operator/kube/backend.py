@@ -1,27 +1,47 @@
-"""The :class:`~workerpool_operator.scaling_loop.WorkloadBackend` that scales Deployments.
+"""The :class:`~workerpool_operator.scaling_types.WorkloadBackend` that scales Deployments.
 
 At steady state it makes no API calls at all: replica counts come from a cache that the operator's Deployment
 watch keeps current (:meth:`KubeBackend.observe_deployment`), and only a change of the decision leads to a
 write. A scale-down first marks the pods the engine chose with ``controller.kubernetes.io/pod-deletion-cost``,
-so the ReplicaSet removes exactly those.
+so the ReplicaSet removes exactly those. The count is written with the scaler's own Server-Side Apply
+(``fields.SCALER_MANAGER``), which takes it back from whoever changed it by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from workerpool_operator.kube import fields
 from workerpool_operator.kube.api import KubeApi, int_or_none
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.scaling_types import PoolKey
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentReplicas:
+class Known:
+    """What the operator keeps of a Deployment it saw (from the watch, or a write's answer)."""
+
     replicas: int
-    ready: int
-    version: int | None  # resourceVersion, when numeric: older watch events never overwrite newer facts
+    ready: int = 0
+    version: int | None = None  # resourceVersion, when numeric: older watch events never overwrite newer facts
+    scaler_owns: bool = True  # the scaler's field manager holds spec.replicas (see reconcile.py)
+    legacy: bool = False  # still written by merge patches of a version before 0.3 (see fields.legacy_entries)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> Known:
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        scaler = fields.entry(obj, fields.SCALER_MANAGER, subresource="scale")
+        return cls(
+            replicas=int(spec.get("replicas", 1)),  # the API server's default
+            ready=int(status.get("readyReplicas") or 0),
+            version=int_or_none((obj.get("metadata") or {}).get("resourceVersion")),
+            scaler_owns=scaler is not None and fields.holds(scaler, ("spec", "replicas")),  # (its paths: the object's)
+            legacy=bool(fields.legacy_entries(obj)),
+        )
 
 
 class KubeBackend:
@@ -34,8 +54,9 @@ class KubeBackend:
     def __init__(self, api: KubeApi) -> None:
         self.api = api
         self._names: dict[tuple[PoolKey, str], str] = {}
-        self._replicas: dict[tuple[str, str], DeploymentReplicas] = {}
+        self._replicas: dict[tuple[str, str], Known] = {}
         self._marked: dict[tuple[str, str], set[str]] = {}  # pods given a deletion cost, per Deployment
+        self._applying: dict[tuple[str, str], int] = {}  # objects with an apply in flight (drift waits for it)
 
     # --- names and cache ---------------------------------------------------------------------------
 
@@ -65,16 +86,34 @@ class KubeBackend:
         known = self._replicas.get(key)
         if known is not None and known.version is not None and version is not None and version < known.version:
             return
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
-        self._replicas[key] = DeploymentReplicas(
-            replicas=int(spec.get("replicas", 1)),  # the API server's default
-            ready=int(status.get("readyReplicas") or 0),
-            version=version,
-        )
+        self._replicas[key] = Known.of(obj)
 
-    def cached(self, namespace: str, name: str) -> DeploymentReplicas | None:
+    def observe_scale(self, scale: Mapping[str, Any]) -> None:
+        """Feed the answer of a write to a Deployment's ``scale`` subresource (an ``autoscaling/v1`` Scale, whose
+        resourceVersion is the Deployment's) into the cache: the scaler holds the count now."""
+        meta = scale.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        version = int_or_none(meta.get("resourceVersion"))
+        known = self._replicas.get(key)
+        if known is None or (known.version is not None and version is not None and version < known.version):
+            return
+        replicas = int((scale.get("spec") or {}).get("replicas", known.replicas))
+        self._replicas[key] = dataclasses.replace(known, replicas=replicas, version=version, scaler_owns=True)
+
+    def cached(self, namespace: str, name: str) -> Known | None:
         return self._replicas.get((namespace, name))
+
+    def applying(self, namespace: str, name: str, started: bool) -> None:
+        """An apply of the object starts or ends: until it ends, its watch events may predate it."""
+        key = (namespace, name)
+        count = self._applying.get(key, 0) + (1 if started else -1)
+        if count > 0:
+            self._applying[key] = count
+        else:
+            self._applying.pop(key, None)
+
+    def is_applying(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._applying
 
     # --- WorkloadBackend ---------------------------------------------------------------------------
 
@@ -108,4 +147,4 @@ class KubeBackend:
                     marked.add(pod)
             self._marked[(namespace, name)] = marked
         scaled = await asyncio.to_thread(self.api.scale_deployment, namespace, name, replicas)
-        self.observe_deployment(scaled)
+        self.observe_scale(scaled)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.scaling_types import PoolKey
 
 
 def duplicate_beats(identities: Mapping[PoolKey, Hashable | None]) -> dict[PoolKey, tuple[str, ...]]:

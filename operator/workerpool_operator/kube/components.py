@@ -24,7 +24,6 @@ from workerpool_operator.kube.render import (
     pod_spec,
     probe,
     standard_probes,
-    with_last_applied,
 )
 from workerpool_operator.spec import BEAT_DEPLOYMENT_SUFFIX, FLOWER_DEPLOYMENT_SUFFIX, BeatSpec, FlowerSpec, WorkerPool
 from workerpool_operator.worker_env import (
@@ -71,15 +70,14 @@ def component_labels(pool: str, component: str) -> dict[str, str]:
 
 
 def render_components(pool: WorkerPool, uid: str) -> dict[str, dict[str, Any]]:
-    """Every component the spec asks for, by key (``beat``, ``flower``, ``flower-service``), each recording
-    itself for the next apply (:func:`~workerpool_operator.kube.render.with_last_applied`)."""
+    """Every component the spec asks for, by key (``beat``, ``flower``, ``flower-service``)."""
     rendered: dict[str, dict[str, Any]] = {}
     if pool.spec.beat is not None:
         rendered[BEAT] = render_beat(pool, pool.spec.beat, uid)
     if pool.spec.flower is not None:
         rendered[FLOWER] = render_flower(pool, pool.spec.flower, uid)
         rendered[FLOWER_SERVICE] = render_flower_service(pool, pool.spec.flower, uid)
-    return {key: with_last_applied(manifest) for key, manifest in rendered.items()}
+    return rendered
 
 
 def _metadata(pool: WorkerPool, component: str, uid: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:

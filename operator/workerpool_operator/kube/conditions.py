@@ -10,9 +10,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from workerpool_operator.engine.wait_watch import Breach
+
 READY = "Ready"
 BROKER_REACHABLE = "BrokerReachable"
 BEAT_READY = "BeatReady"  # only with spec.beat
+WAITS_WITHIN_TARGET = "WaitsWithinTarget"  # only while a queue has a target wait
 
 # Reasons (CamelCase, as the API conventions want).
 REASON_SCALING = "Scaling"  # Ready=True: workloads applied, broker observed
@@ -27,6 +30,9 @@ REASON_APPLY_FAILED = "WorkloadApplyFailed"
 REASON_BEAT_RUNNING = "BeatRunning"
 REASON_BEAT_NOT_READY = "BeatNotReady"
 REASON_DUPLICATE_BEAT = "DuplicateBeat"
+REASON_WITHIN_TARGET = "WithinTarget"
+# A queue's target broken: the reasons of engine/wait_watch.py (RedisUnreachable, ScalingPaused,
+# WorkersNotStarting, MaxReplicasReached, NotEnoughWorkers).
 
 # Problems that stop a pool from being served at all (no broker to observe).
 CONFIG_REASONS = frozenset(
@@ -117,6 +123,18 @@ def beat_condition(deployment: str, ready: int | None, duplicates: Sequence[str]
         f"failing (kubectl logs deploy/{deployment}; exit code 5: the app has no beat_schedule and no scheduler)"
     )
     return Condition(BEAT_READY, "False", REASON_BEAT_NOT_READY, message)
+
+
+def wait_condition(breaches: Sequence[tuple[str, Breach]], *, observed: bool) -> Condition:
+    """``WaitsWithinTarget``, for a pool with a target wait on at least one queue: False while a queue has waited
+    above its target for longer than a start-up delay (``breaches``: queue and why, in spec order; the first one's
+    reason is the condition's, every one is in the message), True once every queue keeps its target."""
+    if breaches:
+        message = "; ".join(f"queue {queue}: {breach.message}" for queue, breach in breaches)
+        return Condition(WAITS_WITHIN_TARGET, "False", breaches[0][1].reason, message)
+    if not observed:
+        return Condition(WAITS_WITHIN_TARGET, "Unknown", REASON_AWAITING_OBSERVATION, "first poll pending")
+    return Condition(WAITS_WITHIN_TARGET, "True", REASON_WITHIN_TARGET, "every queue with a target wait keeps it")
 
 
 def merge_conditions(

@@ -1,10 +1,14 @@
-"""Drift repair: a Deployment or Service the operator owns was edited or deleted by hand; put back what the plan
-says.
+"""Drift repair: a Deployment or Service the operator owns was edited or deleted by hand; apply what the plan says.
 
-Every replica feeds the Deployment watch into the backend's replica cache; only the replica that may write
-repairs. A manual edit of a field the manifest sets is reverted; fields the manifest does not set (and a queue's
-replica count, which is the scaler's) are left alone. A deleted queue Deployment is recreated with the replicas it
-had; a component (beat, Flower, its Service) as rendered, so beat scaled to 2 by hand goes back to 1.
+Every replica feeds the Deployment watch into the backend's cache; only the replica that may write repairs. A hand
+edit is read off the object's ``managedFields`` (``fields.py``): a field of the manifest that our field manager no
+longer holds was changed by someone else (it is theirs now) or removed. Such an object is applied again with
+``force`` and a Warning Event names the fields and who took them. Fields the manifest does not set, and a queue's
+replica count (the scaler's), are left alone; values the API server normalises (quantities) or defaults are not
+edits, since they move no ownership. A deleted queue Deployment is recreated with the replicas it had; a component
+(beat, Flower, its Service) as rendered, so beat scaled to 2 by hand goes back to 1.
+
+An object with an apply of ours in flight is left to that apply: its events may show the state before it.
 """
 
 from __future__ import annotations
@@ -13,42 +17,47 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from workerpool_operator.kube import fields
 from workerpool_operator.kube.api import KubeApi, int_or_none
 from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.plan import PoolPlan
-from workerpool_operator.kube.render import POOL_LABEL, QUEUE_ANNOTATION
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.kube.reconcile import Reconciler
+from workerpool_operator.kube.render import POOL_LABEL
+from workerpool_operator.scaling_types import PoolKey
+
+SHOWN_FIELDS = 3  # fields an Event names, at most
 
 
-def contains(live: Any, wanted: Any) -> bool:
-    """Whether applying ``wanted`` as a merge patch would leave ``live`` as it is (lists compared item by
-    item, so fields the API server defaults inside list items are not drift)."""
-    if isinstance(wanted, Mapping):
-        if not isinstance(live, Mapping):
-            return False
-        return all((k not in live) if v is None else (k in live and contains(live[k], v)) for k, v in wanted.items())
-    if isinstance(wanted, list):
-        if not isinstance(live, list) or len(live) != len(wanted):
-            return False
-        return all(contains(a, b) for a, b in zip(live, wanted, strict=True))
-    return bool(live == wanted)
+def edits(obj: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+    """What was done by hand to ``manifest``'s fields on ``obj``, one phrase per field (empty: nothing)."""
+    lost = fields.missing(manifest, fields.entry(obj, fields.FIELD_MANAGER))
+    if lost == [()]:
+        return ["not applied by this operator"]
+    found = []
+    for path in lost:
+        others = fields.owners(obj, path, besides=(fields.FIELD_MANAGER,))
+        who = f"changed by {', '.join(others)}" if others else "removed"
+        found.append(f"{fields.describe(path)} {who}")
+    return found
 
 
 class DriftRepair:
-    """Keeps the replica cache current from the watch, and the Deployments as their plans say."""
+    """Keeps the replica cache current from the watch, and the objects as their plans say."""
 
     def __init__(
         self,
         api: KubeApi,
         backend: KubeBackend,
         events: EventSink,
+        reconciler: Reconciler,
         plan_of: Callable[[PoolKey], PoolPlan | None],
         may_write: Callable[[], bool],
     ) -> None:
         self._api = api
         self._backend = backend
         self._events = events
+        self._reconciler = reconciler
         self._plan_of = plan_of  # the plan the pool is served by now (None: not served)
         self._may_write = may_write
 
@@ -69,31 +78,34 @@ class DriftRepair:
         if not self._may_write():
             return
         meta = obj.get("metadata") or {}
-        plan = self._plan_of((str(meta.get("namespace")), str((meta.get("labels") or {}).get(POOL_LABEL))))
-        if plan is None:
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        plan = self._plan_of((namespace, str((meta.get("labels") or {}).get(POOL_LABEL))))
+        if plan is None or self._backend.is_applying(namespace, name):
             return
-        found = _manifest_named(plan, kind, str(meta.get("name")))
+        found = _manifest_named(plan, kind, name)
         if found is None:
             return
-        what, manifest = found
+        what, manifest, queue = found
+        bounds = plan.bounds(queue) if queue is not None else None
         if deleted:
             if not await self._pool_still_there(plan):
                 return  # the pool is going: its objects go with it
-            queue = manifest["metadata"]["annotations"].get(QUEUE_ANNOTATION)
-            if queue is not None:  # the scaler's count, as it was
-                replicas = replicas_before if replicas_before is not None else plan.bounds(queue)[0]
-                manifest = {**manifest, "spec": {**manifest["spec"], "replicas": replicas}}
-            await self._restore(plan, what, manifest, "deleted")
-        elif not contains(obj, manifest):
-            await self._restore(plan, what, manifest, "edited")
-
-    async def _restore(self, plan: PoolPlan, what: str, body: Mapping[str, Any], how: str) -> None:
-        restored = await asyncio.to_thread(self._api.apply_object, body)
-        if body["kind"] == "Deployment":
-            self._backend.observe_deployment(restored)
-        kind = body["kind"]
-        message = f"{kind} deleted by hand, recreated" if how == "deleted" else "manual edit reverted"
-        await self._events(plan.key, plan.uid, "Warning", f"{kind}Restored", f"{what}: {message}")
+            await self._reconciler.apply_object(plan, manifest, bounds=bounds, replicas=replicas_before)
+            message = f"{what}: {kind} deleted by hand, recreated"
+            await self._events(plan.key, plan.uid, "Warning", f"{kind}Restored", message)
+            return
+        if fields.entry(obj, fields.FIELD_MANAGER) is None and fields.legacy_entries(obj):
+            # Written by a version before 0.3, not edited: taken over (reconcile.py), no Warning.
+            await self._reconciler.apply_object(plan, manifest, bounds=bounds)
+            return
+        changed = edits(obj, manifest)
+        if not changed:
+            return
+        await self._reconciler.apply_object(plan, manifest, bounds=bounds, force=True)
+        shown = "; ".join(changed[:SHOWN_FIELDS])
+        if len(changed) > SHOWN_FIELDS:
+            shown += f"; and {len(changed) - SHOWN_FIELDS} more"
+        await self._events(plan.key, plan.uid, "Warning", f"{kind}Restored", f"{what}: {shown}; applied again")
 
     async def _pool_still_there(self, plan: PoolPlan) -> bool:
         live = await asyncio.to_thread(self._api.get_pool, *plan.key)
@@ -101,10 +113,11 @@ class DriftRepair:
         return bool(live is not None and meta.get("uid") == plan.uid and not meta.get("deletionTimestamp"))
 
 
-def _manifest_named(plan: PoolPlan, kind: str, name: str) -> tuple[str, dict[str, Any]] | None:
-    """The plan's manifest of ``kind`` and ``name``, with what it is for a person (``queue mail``, ``beat``)."""
+def _manifest_named(plan: PoolPlan, kind: str, name: str) -> tuple[str, dict[str, Any], str | None] | None:
+    """The plan's manifest of ``kind`` and ``name``, with what it is for a person (``queue mail``, ``beat``), and
+    its queue when it is a queue's Deployment."""
     if (queue := plan.deployments.named(kind, name)) is not None:
-        return f"queue {queue}", plan.deployments[queue]
+        return f"queue {queue}", plan.deployments[queue], queue
     if (key := plan.components.named(kind, name)) is not None:
-        return key, plan.components[key]
+        return key, plan.components[key], None
     return None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from workerpool_operator.kube.api import KubeApi, pool_reference
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.scaling_types import PoolKey
 
 logger = logging.getLogger(__name__)
 

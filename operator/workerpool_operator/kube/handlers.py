@@ -1,20 +1,22 @@
 """kopf wiring: thin handlers over :class:`~workerpool_operator.kube.pools.PoolService` and its parts.
 
-Run with ``kopf run -m workerpool_operator.kube.handlers`` (``workerpool-operator run`` does that). Only
-``on.event`` handlers: they need no finalizer and write nothing to the objects they see (kopf's change handlers
-store their progress and a copy of the spec in annotations), so a standby replica never writes, and a pool
-can be deleted whether the operator runs or not.
+Two entries start the same handlers: :func:`run_operator` (``workerpool-operator run``: kopf in this process,
+with the :class:`~workerpool_operator.kube.settings.OperatorSettings` the command built in kopf's memo), and
+``kopf run -m workerpool_operator.kube.handlers`` (the tests' and a developer's: the settings come from the
+environment alone). Only ``on.event`` handlers: they need no finalizer and write nothing to the objects they see
+(kopf's change handlers store their progress and a copy of the spec in annotations), so a standby replica never
+writes, and a pool can be deleted whether the operator runs or not.
 
-With ``WORKERPOOL_OPERATOR_LEASE=<namespace>/<name>`` (``run`` sets it unless ``--standalone``), replicas elect a
-leader through that Lease and only the leader writes; without it this process writes alone.
+With a Lease in the settings (``run`` sets one unless ``--standalone``), replicas elect a leader through it and
+only the leader writes; without one this process writes alone. kopf itself never peers (``standalone``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any, cast
@@ -34,8 +36,9 @@ from workerpool_operator.kube.reconcile import Reconciler
 from workerpool_operator.kube.render import POOL_LABEL
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
-from workerpool_operator.kube.settings import OperatorSettings
-from workerpool_operator.observe import Observer
+from workerpool_operator.kube.settings import OperatorSettings, SettingsError, load_settings
+from workerpool_operator.kube.workers_watch import WorkersWatch
+from workerpool_operator.observe import DrainWriter, Observer
 from workerpool_operator.scaling_loop import ScalingLoop
 
 logger = logging.getLogger(__name__)
@@ -69,12 +72,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # log keeps what a user needs (our scale decisions, every problem); --verbose shows everything again.
     default_level = logging.getLogger().level == logging.INFO
     logging.getLogger("kopf.objects").setLevel(logging.WARNING if default_level else logging.NOTSET)
+    # urllib3 (under the kubernetes client) logs a warning per connection retry, three per failed request,
+    # before our own line about the failure: the failure is said once, by us.
+    logging.getLogger("urllib3").setLevel(logging.ERROR if default_level else logging.NOTSET)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     # With a list of watched namespaces the operator has no cluster-wide permission (see the Helm chart):
-    # kopf must not list namespaces or watch CRDs, or it retries those refused calls before serving.
-    settings.scanning.disabled = os.environ.get("WORKERPOOL_OPERATOR_NAMESPACED") == "1"
+    # kopf must not list namespaces or watch CRDs, or it retries those refused calls before serving. kopf has
+    # set `clusterwide` from its arguments before any startup handler runs, in both entries.
+    settings.scanning.disabled = not settings.peering.clusterwide
 
 
 @kopf.on.login()
@@ -86,15 +93,15 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def start(memo: kopf.Memo, **_: Any) -> None:
     """The operator's parts, and the tasks that run beside kopf's watches for as long as the operator runs."""
-    config = OperatorSettings.from_environment()
-    metrics.serve()
+    config = operator_settings(memo)
+    metrics.serve(config.metrics_port)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"  # the pod's name, and this process
     api = KubeApi(identity=identity)
     stop = asyncio.Event()
     elector: LeaseElector | None = None
     leadership: LeaseElector | Alone = Alone()
-    if config.lease is not None:
-        lease = config.lease_config(identity)
+    lease = config.lease_config(identity)
+    if lease is not None:
         leadership = elector = LeaseElector(
             api, lease, on_started=lambda: memo.pools.start_writing(), on_stopped=lambda: memo.pools.stop_writing()
         )
@@ -103,18 +110,21 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     events = ApiEvents(api, may_write)
     reporter = StatusReporter(api, backend, events, may_write, figures_refresh=config.status_refresh)
     observer = Observer()
-    loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer)
+    loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer, DrainWriter(observer.connections))
+    reconciler = Reconciler(api, backend, events)
+    watch = WorkersWatch(api, events, may_write, protect_after=config.protect_busy_after)
     memo.pools = PoolService(
         api=api,
         loop=loop,
-        reconciler=Reconciler(api, backend, events),
+        reconciler=reconciler,
         reporter=reporter,
         secrets=SecretReader(api, recheck=config.secret_recheck),
         events=events,
         may_write=may_write,
         retry_delay=config.retry_delay,
+        watch=watch,
     )
-    memo.drift = DriftRepair(api, backend, events, memo.pools.plan_of, may_write)
+    memo.drift = DriftRepair(api, backend, events, reconciler, memo.pools.plan_of, may_write)
     memo.api, memo.observer, memo.stop = api, observer, stop
     memo.tasks = [
         asyncio.create_task(loop.run(stop), name="scaling loop"),
@@ -125,6 +135,37 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
         memo.tasks.append(asyncio.create_task(elector.run(stop), name="leader election"))
     else:
         metrics.set_leader(True)
+
+
+def operator_settings(memo: kopf.Memo) -> OperatorSettings:
+    """The settings ``run`` put in the memo; under ``kopf run -m`` (no memo of ours), the environment's."""
+    given = memo.get("settings")
+    if isinstance(given, OperatorSettings):
+        return given
+    try:
+        settings = load_settings()
+    except SettingsError as error:  # one line, and kopf stops (it would retry any other exception)
+        raise kopf.PermanentError(str(error)) from None
+    memo.settings = settings
+    return settings
+
+
+def run_operator(settings: OperatorSettings, stop_flag: threading.Event | None = None) -> None:
+    """kopf in this process, with these settings, until SIGINT or SIGTERM, or ``stop_flag`` (what
+    ``workerpool-operator run`` starts after its checks). Logging is the caller's (:func:`configure_logging`)."""
+    kopf.run(
+        stop_flag=stop_flag,
+        standalone=True,  # kopf never peers: replicas agree through the Lease (kube/leader.py)
+        clusterwide=settings.clusterwide,
+        namespaces=settings.namespaces,
+        liveness_endpoint=settings.liveness,
+        memo=kopf.Memo(settings=settings),
+    )
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    """Logging as ``kopf run --log-format ... [--verbose]`` sets it up."""
+    kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat[settings.log_format.upper()], log_prefix=None)
 
 
 @kopf.on.cleanup()

@@ -24,17 +24,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from workerpool_operator.kube import metrics
 from workerpool_operator.kube.api import ApiError, KubeApi
 
 logger = logging.getLogger(__name__)
-
-
-class Leadership(Protocol):
-    def holds(self) -> bool:
-        """Whether this replica may write now."""
 
 
 class Alone:

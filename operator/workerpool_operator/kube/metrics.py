@@ -1,8 +1,8 @@
 """Prometheus metrics of the operator, served on a port of their own.
 
-``WORKERPOOL_OPERATOR_METRICS_PORT`` (default :data:`DEFAULT_PORT`, 9847: not Prometheus's own 9090)
-chooses the port; ``0`` disables the endpoint (the metrics are still kept, so tests can read them from
-:data:`REGISTRY`). A port that cannot be bound is one logged line, never a failure: scaling goes on.
+The operator's settings choose the port (``metrics_port``, ``WORKERPOOL_OPERATOR_METRICS_PORT``: 9847 by
+default, not Prometheus's own 9090); ``0`` disables the endpoint (the metrics are still kept, so tests can read
+them from :data:`REGISTRY`). A port that cannot be bound is one logged line, never a failure: scaling goes on.
 
 Names follow Prometheus's conventions (base units, ``_total`` counters, ``_info`` for build facts) and
 share celery-exporter's ``queue_name`` label, so one dashboard can filter both by queue. Every series is
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import threading
 from collections.abc import Iterator
@@ -36,8 +35,7 @@ from workerpool_operator import __version__
 
 logger = logging.getLogger(__name__)
 
-PORT_ENV = "WORKERPOOL_OPERATOR_METRICS_PORT"
-DEFAULT_PORT = 9847
+DEFAULT_PORT = 9847  # the settings' default (kube/settings.py)
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series beside counters and histograms (process-wide setting)
 
@@ -108,7 +106,28 @@ QUEUE_GAUGES = GaugeTable(
     ),
 )
 REGISTRY.register(QUEUE_GAUGES)
-DRAINING_COLUMN = 9
+
+# The waits a queue's tasks get (engine/wait_watch.py): seconds, so kept as floats, in a table of their own.
+WAIT_GAUGES = GaugeTable(
+    QUEUE_LABELS,
+    (
+        (
+            "workerpool_queue_oldest_task_age_seconds",
+            "Seconds the oldest waiting task has waited: from its message's timestamp when the producer stamps it "
+            "(queues with a target wait), else estimated; 0 when nothing waits",
+        ),
+        (
+            "workerpool_queue_wait_p95_seconds",
+            "p95 of the oldest waiting task's age over the last 5 minutes' polls that found tasks waiting",
+        ),
+        ("workerpool_queue_target_wait_seconds", "The queue's targetWaitSeconds (no series without one)"),
+        (
+            "workerpool_queue_wait_above_target",
+            "1 while the oldest task's age has been above the queue's target for longer than a start-up delay",
+        ),
+    ),
+)
+REGISTRY.register(WAIT_GAUGES)
 
 POOL_GAUGES = GaugeTable(
     POOL_LABELS,
@@ -154,6 +173,21 @@ CANCELLED_TASKS = Counter(
     QUEUE_LABELS,
     registry=REGISTRY,
 )
+CAUSES = ("scale_down", "stopped_at_grace", "worker_lost")
+INTERRUPTED_TASKS = Counter(
+    "workerpool_tasks_interrupted_total",
+    "Tasks a worker held (running or prefetched) when it stopped without finishing them, by cause: scale_down (a "
+    "removal of ours), stopped_at_grace (killed at the end of its grace period), worker_lost (killed: OOM, node "
+    "lost). acks_late tasks come back after the broker's visibility timeout",
+    (*QUEUE_LABELS, "cause"),
+    registry=REGISTRY,
+)
+PROTECTED_PODS = Counter(
+    "workerpool_pod_protection_writes_total",
+    "Writes of the busy-pod marks (karpenter.sh/do-not-disrupt, cluster-autoscaler safe-to-evict): protect or release",
+    (*QUEUE_LABELS, "action"),
+    registry=REGISTRY,
+)
 
 # The engine's reasons start with one of these; the label keeps the kind, never the figures.
 _REASON_KINDS = (
@@ -181,23 +215,12 @@ _server_lock = threading.Lock()
 _server_port: int | None = None
 
 
-def configured_port() -> int:
-    """The port from the environment; a bad value is a clear error."""
-    raw = os.environ.get(PORT_ENV, str(DEFAULT_PORT)).strip()
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ValueError(f"{PORT_ENV} must be a port number (0 disables metrics), not {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PORT_ENV} must be between 0 and 65535, not {port}")
-    return port
-
-
-def serve(port: int | None = None, address: str = "0.0.0.0") -> int | None:
-    """Start the metrics endpoint once per process; returns its port, or ``None`` when disabled or when the
-    port cannot be bound (one error line says so; the operator goes on without metrics)."""
+def serve(port: int, address: str = "0.0.0.0") -> int | None:
+    """Start the metrics endpoint once per process on ``port`` (the settings' ``metrics_port``); returns its port,
+    or ``None`` when ``port`` is 0 or cannot be bound (one error line says so; the operator goes on without
+    metrics)."""
     global _server_port
-    wanted = configured_port() if port is None else port
+    wanted = port
     if wanted == 0:
         return None
     with _server_lock:
@@ -206,11 +229,11 @@ def serve(port: int | None = None, address: str = "0.0.0.0") -> int | None:
                 start_http_server(wanted, addr=address, registry=REGISTRY)
             except OSError as error:
                 logger.error(
-                    "metrics: cannot listen on port %d (%s); serving no metrics, scaling goes on. Set %s to a"
-                    " free port, or 0 to turn metrics off",
+                    "metrics: cannot listen on port %d (%s); serving no metrics, scaling goes on. Set"
+                    " WORKERPOOL_OPERATOR_METRICS_PORT (the chart's metrics.port) to a free port, or 0 to turn"
+                    " metrics off",
                     wanted,
                     error.strerror or error,
-                    PORT_ENV,
                 )
                 return None
             _server_port = wanted
@@ -249,13 +272,41 @@ def record_queue(
             row[index] = int(value)
 
 
-def set_draining(namespace: str, pool: str, queue: str, workers: int) -> None:
-    QUEUE_GAUGES.row((namespace, pool, queue))[DRAINING_COLUMN] = workers
+def record_waits(
+    namespace: str,
+    pool: str,
+    queue: str,
+    *,
+    oldest: float | None,
+    p95: float | None,
+    target: float | None,
+    above_target: bool,
+) -> None:
+    """A queue's waits after a poll: ``None`` leaves the age and the p95 as they were (not known this poll); the
+    target's series exist only while the queue has a target."""
+    key = (namespace, pool, queue)
+    rows = WAIT_GAUGES.rows
+    if oldest == 0.0 and p95 == 0.0 and target is None:
+        rows[key] = _IDLE_WAITS  # most queues, most of the time: one shared row
+        return
+    row = rows.get(key)
+    if row is None or row is _IDLE_WAITS:
+        row = rows[key] = list(row or (None, None, None, None))
+    if oldest is not None:
+        row[0] = oldest
+    if p95 is not None:
+        row[1] = p95
+    row[2] = target
+    row[3] = None if target is None else 1 if above_target else 0
+
+
+_IDLE_WAITS: list[float | None] = [0.0, 0.0, None, None]  # never changed: record_waits copies it first
 
 
 def record_cancelled_tasks(namespace: str, pool: str, queue: str, count: int) -> None:
     if count > 0:
         CANCELLED_TASKS.labels(namespace, pool, queue).inc(count)
+        INTERRUPTED_TASKS.labels(namespace, pool, queue, "scale_down").inc(count)
 
 
 def record_scale(
@@ -298,11 +349,25 @@ def record_pool(namespace: str, pool: str, *, broker_up: bool | None, ready: boo
     OBSERVATION_ERRORS.labels(namespace, pool)
 
 
+def record_interrupted_tasks(namespace: str, pool: str, queue: str, cause: str, count: int) -> None:
+    if count > 0:
+        INTERRUPTED_TASKS.labels(namespace, pool, queue, cause).inc(count)
+
+
+def record_protection_write(namespace: str, pool: str, queue: str, action: str) -> None:
+    PROTECTED_PODS.labels(namespace, pool, queue, action).inc()
+
+
 def forget_queue(namespace: str, pool: str, queue: str) -> None:
     """Drop a removed queue's series, so dashboards do not show stale figures."""
     QUEUE_GAUGES.remove((namespace, pool, queue))
+    WAIT_GAUGES.remove((namespace, pool, queue))
     with contextlib.suppress(KeyError):
         CANCELLED_TASKS.remove(namespace, pool, queue)
+    for counter, kinds in ((INTERRUPTED_TASKS, CAUSES), (PROTECTED_PODS, ("protect", "release"))):
+        for kind in kinds:
+            with contextlib.suppress(KeyError):
+                counter.remove(namespace, pool, queue, kind)
 
 
 def forget_pool(namespace: str, pool: str, queues: tuple[str, ...] | list[str] = ()) -> None:

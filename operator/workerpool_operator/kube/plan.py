@@ -18,8 +18,10 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.components import render_components
 from workerpool_operator.kube.render import POOL_LABEL, render_deployments
-from workerpool_operator.scaling_loop import PoolKey, QueuePlan
+from workerpool_operator.reports import version_number
+from workerpool_operator.scaling_types import PoolKey, QueuePlan
 from workerpool_operator.spec import SecretKeyRef, SpecError, WorkerPool
+from workerpool_operator.worker_env import VERSION_LABEL
 
 SecretData = Mapping[str, bytes] | None  # a Secret's data, None when the Secret does not exist
 
@@ -89,6 +91,7 @@ class PoolPlan:
     uses_secrets: bool  # the broker URL or CA come from Secrets (re-read now and then)
     components: Manifests = field(default_factory=Manifests)  # beat, flower, flower-service
     beat_app: str | None = None  # the app beat runs for (None: no beat)
+    versions: Mapping[str, int] = field(default_factory=dict)  # queue -> its pod template's version, as reported
 
     @property
     def beat_identity(self) -> tuple[str, str, str | None, str] | None:
@@ -149,17 +152,27 @@ def plan(obj: Mapping[str, Any], secrets: Mapping[str, SecretData]) -> PoolPlan:
         raise PlanError(cond.REASON_INVALID_BROKER_URL, f"invalid broker URL: {exc}") from None
     uid = str(meta.get("uid") or "")
     spec = pool.spec
+    deployments = render_deployments(pool, uid=uid)
     return PoolPlan(
         key=(pool.namespace, pool.name),
         uid=uid,
         generation=pool.generation,
         broker=config,
-        deployments=Manifests(render_deployments(pool, uid=uid)),
+        deployments=Manifests(deployments),
         queues={q.name: QueuePlan(spec.policy_for(q.name), spec.poll_interval_for(q.name)) for q in spec.queues},
         uses_secrets=broker.url_from is not None or broker.ca_from is not None,
         components=Manifests(render_components(pool, uid=uid)),
         beat_app=spec.app if spec.beat is not None else None,
+        versions={
+            q: version_number(d["spec"]["template"]["metadata"]["labels"][VERSION_LABEL])
+            for q, d in deployments.items()
+        },
     )
+
+
+def _version(deployment: Mapping[str, Any]) -> int:
+    """The version a Deployment's workers report (its pod template's label, ``reports.version_number``)."""
+    return version_number(deployment["spec"]["template"]["metadata"]["labels"][VERSION_LABEL])
 
 
 def _secret_text(namespace: str, ref: SecretKeyRef, secrets: Mapping[str, SecretData]) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from workerpool_operator.engine import ScalingPolicy
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.api import KubeApi, int_or_none
 from workerpool_operator.kube.beats import duplicate_beats
@@ -27,7 +28,9 @@ from workerpool_operator.kube.plan import PlanError, PoolPlan, parse, plan, secr
 from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
 from workerpool_operator.kube.secrets import SecretReader
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, ScalingLoop
+from workerpool_operator.kube.workers_watch import WorkersWatch
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolKey, PoolResult
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,13 @@ class PoolRecord:
     def bounds(self, queue: str) -> tuple[int, int] | None:
         return self.plan.bounds(queue) if self.plan is not None and queue in self.plan.queues else None
 
+    def policy(self, queue: str) -> ScalingPolicy | None:
+        return self.plan.queues[queue].policy if self.plan is not None and queue in self.plan.queues else None
+
+    @property
+    def versions(self) -> Mapping[str, int]:
+        return self.plan.versions if self.plan is not None else {}
+
     @property
     def beat_deployment(self) -> str | None:
         return self.plan.component_name(BEAT) if self.plan is not None else None
@@ -110,8 +120,10 @@ class PoolService:
         may_write: Callable[[], bool],
         clock: Callable[[], float] = time.time,
         retry_delay: float = 10.0,
+        watch: WorkersWatch | None = None,
     ) -> None:
         self._api, self._loop, self._reconciler = api, loop, reconciler
+        self._watch = watch  # rollouts, busy pods' protection, lost workers (None: none of that)
         self._reporter, self._secrets, self._events = reporter, secrets, events
         self._may_write, self._clock, self.retry_delay = may_write, clock, retry_delay
         self.records: dict[PoolKey, PoolRecord] = {}
@@ -148,6 +160,8 @@ class PoolService:
     def forget(self, key: PoolKey) -> None:
         """The pool is gone (its Deployments go with it, by owner reference)."""
         self._loop.unregister(key)
+        if self._watch is not None:
+            self._watch.forget(key)
         record = self.records.pop(key, None)
         self._reporter.forget_pool(key, record.queue_names if record else ())
 
@@ -266,6 +280,8 @@ class PoolService:
         record = self.records.get(result.pool)
         if record is not None and self._may_write():
             await self._reporter.report(result, record)
+            if self._watch is not None:
+                await self._watch.observe(result, record)
 
     # --- retries, on the replica that writes ---------------------------------------------------------------
 

@@ -1,26 +1,43 @@
 """Reconcile, step two: apply a :class:`~workerpool_operator.kube.plan.PoolPlan`. Only I/O; every decision was
 made by the plan.
 
-Each queue's Deployment is created or merge-patched to its manifest, minus the fields the last manifest had and
-this one dropped; the replica count stays the scaler's (set on creation, and moved only into new bounds). The
-components (beat, Flower and its Service) are applied the same way, replica count included (theirs is fixed).
-Deployments and Services labelled as the pool's that the plan no longer has are deleted.
+Every object is written with Server-Side Apply under one field manager (``fields.FIELD_MANAGER``): fields a spec
+edit dropped are released and removed by the API server, with no manifest kept in an annotation. A queue
+Deployment's replica count is the scaler's (``fields.SCALER_MANAGER``): set on creation, moved only into new bounds,
+never part of the manifest. The components (beat, Flower and its Service) are applied whole, replica count
+included (theirs is fixed). Deployments and Services labelled as the pool's that the plan no longer has are
+deleted.
+
+Creation is the one place the manifest holds ``spec.replicas``: a Deployment applied without it would start with
+the API server's default of one pod before the scaler could say zero. The scaler's own apply of the same count
+follows at once, so the count stays when the next apply of the manifest releases it.
+
+Objects written by versions before 0.3 (merge patches, the manifest in ``workerpool.dev/last-applied``) are taken
+over on their first apply: the scaler applies the current count, the manifest is applied with ``force``, and the
+merge patches' entry in ``managedFields`` is removed with the annotation, so fields dropped later are removed too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from workerpool_operator.kube import conditions as cond
+from workerpool_operator.kube import fields
 from workerpool_operator.kube.api import ApiError, KubeApi
-from workerpool_operator.kube.backend import KubeBackend
+from workerpool_operator.kube.backend import Known, KubeBackend
 from workerpool_operator.kube.components import COMPONENT_ANNOTATION
 from workerpool_operator.kube.events import EventSink
 from workerpool_operator.kube.plan import PoolPlan, removed_deployments, removed_objects
-from workerpool_operator.kube.render import POOL_LABEL, QUEUE_ANNOTATION, last_applied, overlay, removals
+from workerpool_operator.kube.render import LAST_APPLIED_ANNOTATION, POOL_LABEL, QUEUE_ANNOTATION
+
+logger = logging.getLogger(__name__)
 
 USER_ERRORS = (400, 403, 422)  # the API server refused what the spec asks for: the user must change it
+CONFLICT = 409
 
 
 class ApplyError(Exception):
@@ -32,7 +49,7 @@ class ApplyError(Exception):
 
 
 class Reconciler:
-    """Applies plans to the cluster."""
+    """Applies plans, and single objects of them (for drift repair)."""
 
     def __init__(self, api: KubeApi, backend: KubeBackend, events: EventSink) -> None:
         self._api = api
@@ -47,12 +64,12 @@ class Reconciler:
         """Apply every Deployment of the plan and its components, delete the dropped ones; returns the queues
         removed.
 
-        Raises :class:`ApplyError` when the API server refuses a Deployment for a reason the user can fix;
-        any other API error propagates (the caller retries)."""
+        Raises :class:`ApplyError` when the API server refuses an object for a reason the user can fix; any other
+        API error propagates (the caller retries)."""
         self.adopt(plan)
         for queue, manifest in plan.deployments.items():
             try:
-                await self._apply_deployment(manifest, *plan.bounds(queue))
+                await self.apply_object(plan, manifest, bounds=plan.bounds(queue))
             except ApiError as exc:
                 if exc.status not in USER_ERRORS:
                     raise
@@ -60,7 +77,7 @@ class Reconciler:
                 raise ApplyError(cond.Problem(cond.REASON_APPLY_FAILED, message)) from None
         for key, manifest in plan.components.items():
             try:
-                await self._apply_component(manifest)
+                await self.apply_object(plan, manifest)
             except ApiError as exc:
                 if exc.status not in USER_ERRORS:
                     raise
@@ -68,28 +85,98 @@ class Reconciler:
                 raise ApplyError(cond.Problem(cond.REASON_APPLY_FAILED, message)) from None
         return await self._delete_removed(plan)
 
-    async def _apply_deployment(self, manifest: dict[str, Any], low: int, high: int) -> None:
-        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        live = await asyncio.to_thread(self._api.get_deployment, namespace, name)
-        body: dict[str, Any] = manifest
-        current: int | None = None
-        if live is not None:
-            self._backend.observe_deployment(live)
-            current = int((live.get("spec") or {}).get("replicas", 1))
-            body = _without_dropped(live, manifest)
-        wanted = low if current is None else min(max(current, low), high)
-        if wanted != current:
-            body = overlay(body, {"spec": {"replicas": wanted}})
-        applied = await asyncio.to_thread(self._api.apply_deployment, body)
-        self._backend.observe_deployment(applied)
-
-    async def _apply_component(self, manifest: dict[str, Any]) -> None:
+    async def apply_object(
+        self,
+        plan: PoolPlan,
+        manifest: Mapping[str, Any],
+        *,
+        bounds: tuple[int, int] | None = None,
+        replicas: int | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Apply one manifest of ``plan``; ``bounds``: it is a queue Deployment, whose count the scaler keeps within
+        them; ``replicas``: the count to create it with (default: the low bound). What the object is now comes from
+        the Deployment watch's cache, or a read. A conflict with another manager's fields is taken back, with an
+        Event naming them. Returns the object as stored."""
         kind, meta = manifest["kind"], manifest["metadata"]
-        live = await asyncio.to_thread(self._api.get_object, kind, meta["namespace"], meta["name"])
-        body = manifest if live is None else _without_dropped(live, manifest)
-        applied = await asyncio.to_thread(self._api.apply_object, body)
-        if kind == "Deployment":
-            self._backend.observe_deployment(applied)
+        namespace, name = meta["namespace"], meta["name"]
+        known = self._backend.cached(namespace, name) if kind == "Deployment" else None
+        if known is None:
+            live = await asyncio.to_thread(self._api.get_object, kind, namespace, name)
+            if live is not None and kind == "Deployment":
+                self._backend.observe_deployment(live)
+            known = None if live is None else Known.of(live)
+        self._backend.applying(namespace, name, True)
+        try:
+            if known is None:
+                return await self._create(manifest, bounds, replicas)
+            return await self._update(plan, manifest, known, bounds, force)
+        finally:
+            self._backend.applying(namespace, name, False)
+
+    async def _create(
+        self, manifest: Mapping[str, Any], bounds: tuple[int, int] | None, replicas: int | None
+    ) -> dict[str, Any]:
+        if bounds is None:
+            created = await asyncio.to_thread(self._api.apply, manifest)
+            self._observe(created)
+            return created
+        count = bounds[0] if replicas is None else replicas
+        created = await asyncio.to_thread(
+            self._api.apply, {**manifest, "spec": {**manifest["spec"], "replicas": count}}
+        )
+        self._observe(created)
+        await self._scale_to(manifest["metadata"]["namespace"], manifest["metadata"]["name"], count)
+        return created
+
+    async def _update(
+        self,
+        plan: PoolPlan,
+        manifest: Mapping[str, Any],
+        known: Known,
+        bounds: tuple[int, int] | None,
+        force: bool,
+    ) -> dict[str, Any]:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if bounds is not None and (known.legacy or not known.scaler_owns):
+            # The scaler's count first: the manifest's apply must not be its only owner (see the module's doc).
+            await self._scale_to(namespace, name, known.replicas)
+        try:
+            applied = await asyncio.to_thread(self._api.apply, manifest, force=force or known.legacy)
+        except ApiError as exc:
+            if exc.status != CONFLICT:
+                raise
+            message = f"{_what(plan, manifest)}: {exc.message}; applied again, taking the fields back"
+            await self._events(plan.key, plan.uid, "Warning", f"{kind}FieldsTakenBack", message)
+            applied = await asyncio.to_thread(self._api.apply, manifest, force=True)
+        if known.legacy:
+            applied = await self._release_legacy(manifest, applied)
+        self._observe(applied)
+        if bounds is not None:
+            wanted = min(max(known.replicas, bounds[0]), bounds[1])
+            if wanted != known.replicas:
+                await self._scale_to(namespace, name, wanted)
+        return applied
+
+    async def _release_legacy(self, manifest: Mapping[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
+        kind = manifest["kind"]
+        try:
+            patch = legacy_handover(applied, manifest)
+            return await asyncio.to_thread(self._api.patch_if_unchanged, kind, applied, patch)
+        except ApiError as exc:  # changed meanwhile: its next event brings it back here
+            meta = applied["metadata"]
+            what = f"{meta['namespace']}/{meta['name']}"
+            logger.info("%s: handing over the fields of an earlier version failed: %s", what, exc)
+            return applied
+
+    async def _scale_to(self, namespace: str, name: str, replicas: int) -> None:
+        """The scaler's apply of the count (``fields.SCALER_MANAGER``, the ``scale`` subresource)."""
+        self._backend.observe_scale(await asyncio.to_thread(self._api.apply_replicas, namespace, name, replicas))
+
+    def _observe(self, obj: Mapping[str, Any]) -> None:
+        if obj.get("kind") == "Deployment":
+            self._backend.observe_deployment(obj)
 
     async def _delete_removed(self, plan: PoolPlan) -> list[str]:
         namespace, name = plan.key
@@ -115,7 +202,47 @@ class Reconciler:
         return removed
 
 
-def _without_dropped(live: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest, plus nulls for the fields the last applied manifest had and this one dropped."""
-    previous = last_applied(live)
-    return manifest if previous is None else overlay(manifest, removals(previous, manifest))
+def _what(plan: PoolPlan, manifest: Mapping[str, Any]) -> str:
+    """What a manifest is for a person: ``queue mail``, ``beat``, ``flower-service``."""
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    if (queue := plan.deployments.named(kind, name)) is not None:
+        return f"queue {queue}"
+    return plan.components.named(kind, name) or f"{kind} {name}"
+
+
+def legacy_handover(live: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that hands an object written before 0.3 over to our applies (pure): its managedFields without
+    the merge patches' entry (``fields.legacy_entries``), the manifest it kept in ``workerpool.dev/last-applied``
+    removed, and the fields that manifest had and ``manifest`` has not removed too (what the merge patches of those
+    versions did, once more: afterwards no entry would own them)."""
+    legacy = fields.legacy_entries(live)
+    kept = [dict(item) for item in fields.managed_fields(live) if item not in legacy]
+    previous = _recorded(live)
+    patch = _removals(previous, manifest) if previous is not None else {}
+    meta = dict(patch.get("metadata") or {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), LAST_APPLIED_ANNOTATION: None}
+    meta["managedFields"] = kept
+    return {**patch, "metadata": meta}
+
+
+def _recorded(live: Mapping[str, Any]) -> dict[str, Any] | None:
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
+    try:
+        recorded = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _removals(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch setting to null every field ``previous`` had and ``desired`` has not (maps key by key; lists
+    are replaced whole by the apply anyway)."""
+    patch: dict[str, Any] = {}
+    for key, before in previous.items():
+        if key not in desired:
+            patch[key] = None
+        elif isinstance(before, Mapping) and isinstance(desired[key], Mapping):
+            nested = _removals(before, desired[key])
+            if nested:
+                patch[key] = nested
+    return patch

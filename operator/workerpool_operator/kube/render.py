@@ -1,8 +1,8 @@
 """Deployment manifests for a WorkerPool: one per queue. Pure: the same pool renders the same manifests.
 
-The replica count is not rendered: it belongs to the scaler (the operator adds it on creation and when a
-spec change moves the bounds). Everything else a Deployment says comes from here, so the operator can
-tell drift (a manual edit) from its own state by comparing a live object with these manifests.
+The replica count is not rendered: it belongs to the scaler (its own field manager sets it on creation and when
+a spec change moves the bounds, see ``fields.py``). Everything else a Deployment says comes from here and is
+applied with Server-Side Apply, which removes by itself what a later rendering leaves out.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from workerpool_operator.spec import QueueSpec, ResourceRequirements, WorkerPool
 from workerpool_operator.worker_env import (
     BROKER_CA_DIR,
     BROKER_CA_NAME,
+    VERSION_LABEL,
     worker_args,
     worker_environment,
+    worker_grace,
 )
 
 POOL_LABEL = f"{API_GROUP}/pool"
 QUEUE_LABEL = f"{API_GROUP}/queue"
 QUEUE_ANNOTATION = f"{API_GROUP}/queue"
-LAST_APPLIED_ANNOTATION = f"{API_GROUP}/last-applied"  # what we rendered last: to remove what the spec dropped
+LAST_APPLIED_ANNOTATION = f"{API_GROUP}/last-applied"  # versions before 0.3 kept their manifest here: removed
 MANAGED_BY = "workerpool-operator"
 CONTAINER_NAME = "worker"
 STATE_VOLUME = "workerpool-state"
@@ -72,18 +74,25 @@ def owner_reference(pool: WorkerPool, uid: str) -> dict[str, Any]:
 
 
 def render_deployments(pool: WorkerPool, uid: str) -> dict[str, dict[str, Any]]:
-    """Every queue's Deployment, by queue name, in spec order, each recording itself (:func:`with_last_applied`)."""
-    return {queue.name: with_last_applied(render_deployment(pool, queue, uid)) for queue in pool.spec.queues}
+    """Every queue's Deployment, by queue name, in spec order."""
+    return {queue.name: render_deployment(pool, queue, uid) for queue in pool.spec.queues}
 
 
 def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str, Any]:
-    """The Deployment of one queue, without ``spec.replicas`` (the scaler's)."""
+    """The Deployment of one queue, without ``spec.replicas`` (the scaler's).
+
+    Its pod template carries its own version (:func:`template_version`) in the label ``workerpool.dev/version``,
+    which each worker reports (``WORKERPOOL_TEMPLATE_VERSION``, from the label): during a rollout the operator tells
+    the new version's workers from the old ones', which stop (SIGTERM, as the Deployment replaces them) and finish
+    their tasks within a grace period the operator sets from the drain timeout (``worker_env.worker_grace``)."""
     labels = standard_labels(pool.name, queue.name)
     template = pool.spec.template
     pod_labels = {**template.pod_labels, **labels}
     pod_meta: dict[str, Any] = {"labels": pod_labels}
     if template.pod_annotations:
         pod_meta["annotations"] = dict(template.pod_annotations)
+    pod = {"metadata": pod_meta, "spec": _pod_spec(pool, queue)}
+    pod_labels[VERSION_LABEL] = template_version(pod)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -99,13 +108,23 @@ def render_deployment(pool: WorkerPool, queue: QueueSpec, uid: str) -> dict[str,
             # Surge, never take a worker away for a rollout before its replacement is up.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "template": {"metadata": pod_meta, "spec": _pod_spec(pool, queue)},
+            "template": pod,
         },
     }
 
 
+def template_version(pod_template: Mapping[str, Any]) -> str:
+    """The version of a pod template: 12 hex digits of the SHA-256 of its JSON (sorted keys), the version label
+    itself left out. What the pods run changes exactly when it does; replicas, the Deployment's own labels and the
+    scaler's count do not touch it."""
+    meta = dict(pod_template.get("metadata") or {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != VERSION_LABEL}
+    body = {**pod_template, "metadata": {**meta, "labels": labels}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
 def _pod_spec(pool: WorkerPool, queue: QueueSpec) -> dict[str, Any]:
-    return pod_spec(pool, _container(pool, queue))
+    return pod_spec(pool, _container(pool, queue), grace=worker_grace(pool, queue))
 
 
 def pod_spec(
@@ -242,51 +261,3 @@ def _broker_ca_mounts(pool: WorkerPool) -> list[dict[str, Any]]:
     if pool.spec.broker.ca_from is None:
         return []
     return [{"name": BROKER_CA_VOLUME, "mountPath": BROKER_CA_DIR, "readOnly": True}]
-
-
-def with_last_applied(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest carrying itself (compact JSON) in an annotation, like ``kubectl apply``: the next
-    rendering is compared with it to remove the fields a spec edit dropped (a merge patch only removes
-    what it sets to null)."""
-    meta = dict(manifest["metadata"])
-    recorded = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-    meta["annotations"] = {**meta.get("annotations", {}), LAST_APPLIED_ANNOTATION: recorded}
-    return {**manifest, "metadata": meta}
-
-
-def last_applied(live: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The manifest recorded on a live Deployment by :func:`with_last_applied`, if readable."""
-    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
-    if not isinstance(raw, str):
-        return None
-    try:
-        recorded = json.loads(raw)
-    except ValueError:
-        return None
-    return recorded if isinstance(recorded, dict) else None
-
-
-def removals(previous: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch setting to null every field ``previous`` had and ``desired`` has not (maps are
-    followed key by key; lists are replaced whole by the patch anyway)."""
-    patch: dict[str, Any] = {}
-    for key, before in previous.items():
-        if key not in desired:
-            patch[key] = None
-        elif isinstance(before, Mapping) and isinstance(desired[key], Mapping):
-            nested = removals(before, desired[key])
-            if nested:
-                patch[key] = nested
-    return patch
-
-
-def overlay(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra``'s keys added, maps merged recursively (for combining a manifest with its
-    removals, whose keys never collide with a value)."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = overlay(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

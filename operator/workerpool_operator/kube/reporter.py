@@ -1,9 +1,14 @@
 """What users see of each poll: metrics always, Events on changes, and the status when it is worth a write.
 
-The scaling loop hands every pool's :class:`~workerpool_operator.scaling_loop.PoolResult` to
+The scaling loop hands every pool's :class:`~workerpool_operator.scaling_types.PoolResult` to
 :meth:`StatusReporter.report`; reconcile hands it the pool's problems through :meth:`StatusReporter.write`.
 What the status says is decided by the pure functions of ``status.py`` and ``conditions.py``; this class keeps,
 per pool, what it last wrote, and writes only while this replica may (it holds the Lease, or runs alone).
+
+It also keeps each queue's waits (``engine/wait_watch.py``): a watch per queue that has a target wait or had tasks
+waiting within the window (an idle queue without a target keeps none), resumed from the status a previous leader
+wrote (since when the queue is above its target), and the targets broken now, which ``WaitsWithinTarget`` and the
+``WaitAboveTarget`` / ``WaitWithinTarget`` Events say.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from workerpool_operator.engine import QueueState
+from workerpool_operator.engine import QueueState, ScalingPolicy
+from workerpool_operator.engine.wait_watch import Breach, Change, Waits, WaitWatch
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube import metrics
 from workerpool_operator.kube.api import ApiError, KubeApi
@@ -29,9 +35,11 @@ from workerpool_operator.kube.status import (
     pool_figures,
     scaler_states,
     to_wire,
+    unix_time,
+    wait_poll,
     write_needed,
 )
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueueResult
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +62,15 @@ class PoolFacts(Protocol):
     def bounds(self, queue: str) -> tuple[int, int] | None:
         """The queue's min and max replicas, if the pool has a plan."""
 
+    def policy(self, queue: str) -> ScalingPolicy | None:
+        """The queue's scaling policy, if the pool has a plan."""
+
     @property
     def beat_deployment(self) -> str | None: ...
+    @property
+    def versions(self) -> Mapping[str, int]:
+        """Each queue's current pod template version (``reports.version_number``); empty without a plan."""
+
     @property
     def beat_duplicates(self) -> tuple[str, ...]: ...
 
@@ -69,7 +84,61 @@ class _Written:
     broker_error: str | None = None
     observed: bool = False  # a poll came back since this replica began to serve the pool
     drain_failing: set[str] = field(default_factory=set)  # queues whose drain requests could not be sent
+    watches: dict[str, WaitWatch] = field(default_factory=dict)  # queues with a target, or tasks waiting lately
+    breaches: dict[str, Breach] = field(default_factory=dict)  # queues whose target is broken now
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_IDLE = Waits(0.0, None, 0.0, None, None, None)  # a queue without a target that has had nothing waiting lately
+
+
+def _watch_waits(
+    pool: PoolFacts, result: QueueResult, ready: int | None, written: _Written, now: float
+) -> tuple[Waits, tuple[str, str, str] | None]:
+    """The queue's waits after this poll (its watch made when it has a target or tasks wait, dropped once it has
+    nothing to remember) and their metrics; and the Event (type, reason, message) to post when its target is broken
+    or kept again. (Not a coroutine: it runs for every queue at every poll, most of them idle.)"""
+    name, observation = result.queue, result.observation
+    policy = pool.policy(name)
+    watch = written.watches.get(name)
+    if watch is None:
+        if not observation.backlog and observation.ok and (policy is None or policy.target_wait is None):
+            metrics.record_waits(*pool.key, name, oldest=0.0, p95=0.0, target=None, above_target=False)
+            return _IDLE, None
+        watch = written.watches[name] = WaitWatch(above_since=_above_since(written.status, name))
+    poll = wait_poll(result, policy, ready, now)
+    waits, change = watch.update(poll)
+    if poll.target is None and watch.idle:
+        del written.watches[name]
+    if waits.breach is not None:
+        written.breaches[name] = waits.breach
+    else:
+        written.breaches.pop(name, None)
+    metrics.record_waits(
+        *pool.key, name, oldest=waits.oldest, p95=waits.p95, target=waits.target, above_target=bool(waits.breach)
+    )
+    return waits, _wait_event(name, waits, change)
+
+
+def _above_since(status: Mapping[str, Any] | None, queue: str) -> float | None:
+    """Since when the queue has been above its target, as the status last written or seen says (a new leader goes
+    on from there)."""
+    for entry in (status or {}).get("queues") or ():
+        if isinstance(entry, Mapping) and entry.get("name") == queue:
+            return unix_time(entry.get("waitAboveTargetSince"))
+    return None
+
+
+def _wait_event(queue: str, waits: Waits, change: Change) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) for a target broken or kept again."""
+    if change == "broken" and waits.breach is not None:
+        return "Warning", "WaitAboveTarget", f"queue {queue}: {waits.breach.message}"
+    if change != "kept":
+        return None
+    if waits.target is None:
+        return "Normal", "WaitWithinTarget", f"queue {queue}: no target wait any more"
+    oldest = "nothing waits" if not waits.oldest else f"the oldest task has waited {waits.oldest:.0f}s"
+    return "Normal", "WaitWithinTarget", f"queue {queue}: {oldest}, within the {waits.target:g}s target again"
 
 
 class StatusReporter:
@@ -114,9 +183,13 @@ class StatusReporter:
         return states
 
     def forget_queues(self, key: PoolKey, queues: Sequence[str]) -> None:
-        """Queues taken out of the pool: drop their metrics."""
+        """Queues taken out of the pool: drop their metrics and their waits."""
+        written = self._pools.get(key)
         for queue in queues:
             metrics.forget_queue(key[0], key[1], queue)
+            if written is not None:
+                written.watches.pop(queue, None)
+                written.breaches.pop(queue, None)
 
     def forget_pool(self, key: PoolKey, queues: Sequence[str]) -> None:
         """The pool is gone: drop its metrics and what was written."""
@@ -140,7 +213,13 @@ class StatusReporter:
                 await self._events(pool.key, pool.uid, "Normal", "BrokerReachable", "the broker answers again")
         written.broker_error = result.broker_error
         written.observed = True
-        figures = pool_figures(result, {q.queue: self._ready(result.pool, q.queue) for q in result.queues})
+        ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
+        waits: dict[str, Waits] = {}
+        for queue in result.queues:
+            waits[queue.queue], event = _watch_waits(pool, queue, ready[queue.queue], written, result.observed_at)
+            if event is not None:
+                await self._events(pool.key, pool.uid, *event)
+        figures = pool_figures(result, ready, waits, pool.versions)
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self.write(pool, figures=figures, scaler_state=scaler_states(result))
@@ -242,6 +321,12 @@ class StatusReporter:
             beat = self._beat(pool)
             if beat is not None:
                 conditions.append(cond.beat_condition(beat["deployment"], beat["readyReplicas"], pool.beat_duplicates))
+            if any(
+                (policy := pool.policy(queue)) is not None and policy.target_wait is not None
+                for queue in pool.queue_names
+            ):
+                breaches = [(queue, written.breaches[queue]) for queue in pool.queue_names if queue in written.breaches]
+                conditions.append(cond.wait_condition(breaches, observed=written.observed))
             now = self._clock()
             new = build_status(
                 written.status,

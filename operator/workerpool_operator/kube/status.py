@@ -5,6 +5,11 @@ same document for the same facts (condition times and last-scale times are carri
 :func:`write_needed` tells a change of state (conditions, replicas, decisions: write now) from a mere
 change of figures (backlog and in-flight counts move with every poll: refreshed at most every
 ``figures_refresh`` seconds, so a busy queue does not cost an API write per poll).
+
+Each queue's waits (``engine/wait_watch.py``: the oldest waiting task's age, measured or estimated, its p95 over a
+window, the target and since when the age is above it) are figures too, apart from which kind of age it is and the
+target (state); a target broken for longer than a start-up delay is a condition (``conditions.wait_condition``),
+written at once. :func:`wait_poll` reads a poll as the watch needs it.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from workerpool_operator.engine import ScalingPolicy
+from workerpool_operator.engine.wait_watch import Poll, Waits
 from workerpool_operator.kube.conditions import Condition, merge_conditions
-from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.observation import WorkerLoad
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
-# Figures that move with every poll; every other status field is state.
-FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds"})
+# Figures that move with every poll; every other status field is state. (``waitAboveTargetSince`` moves each time
+# the oldest task's age crosses the target, which a queue held near it may do often; the condition it leads to is
+# state.)
+FIGURE_FIELDS = frozenset({"backlog", "inFlight", "oldestTaskAgeSeconds", "waitP95Seconds", "waitAboveTargetSince"})
 TOTAL_FIGURE_FIELDS = frozenset({"totalBacklog"})
 DEFAULT_FIGURES_REFRESH = 30.0
 
@@ -27,6 +37,17 @@ DEFAULT_FIGURES_REFRESH = 30.0
 def rfc3339(timestamp: float) -> str:
     """A unix time as Kubernetes writes times (second precision, UTC)."""
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unix_time(text: object) -> float | None:
+    """A time as :func:`rfc3339` writes it, as a unix time (None for anything else)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return parsed.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +64,42 @@ class QueueFigures:
     oldest_age: float | None = None
     reason: str | None = None  # the decision's reason: written (as lastScaleReason) when this poll scaled
     scaled: bool = False  # the replica count was changed by this poll
+    versions: tuple[VersionFigures, ...] | None = None  # mid-rollout: the workers of each version; () none
+    waits: Waits | None = None  # the queue's waits after this poll (wait_watch.py); None: not watched
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFigures:
+    """The workers of one pod template version of a queue (issue of a rollout: see ``kube/render.py``)."""
+
+    version: str  # the template's version label (12 hex digits)
+    current: bool
+    serving: int
+    stopping: int
+
+
+def version_figures(workers: Sequence[WorkerLoad], current: int) -> tuple[VersionFigures, ...]:
+    """The workers of each version, the current one first, then the others by version; () when every worker runs
+    the current version and none is stopping (no rollout). Workers reporting no version (before 0.3) count as the
+    current version's."""
+    counts: dict[int, list[int]] = {}
+    for worker in workers:
+        version = worker.version or current
+        serving_stopping = counts.setdefault(version, [0, 0])
+        serving_stopping[1 if worker.stopping else 0] += 1
+    if set(counts) <= {current} and not counts.get(current, [0, 0])[1]:
+        return ()
+    ordered = sorted(counts, key=lambda v: (v != current, v))
+    return tuple(VersionFigures(f"{v:012x}", v == current, counts[v][0], counts[v][1]) for v in ordered)
+
+
+def _version_entry(version: VersionFigures) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "current": version.current,
+        "serving": version.serving,
+        "stopping": version.stopping,
+    }
 
 
 def scaled(queue: QueueResult) -> bool:
@@ -50,9 +107,12 @@ def scaled(queue: QueueResult) -> bool:
     return queue.scaled_from is not None and queue.scale_error is None and queue.decision is not None
 
 
-def queue_figures(queue: QueueResult, ready_replicas: int | None) -> QueueFigures:
+def queue_figures(
+    queue: QueueResult, ready_replicas: int | None, waits: Waits | None = None, version: int = 0
+) -> QueueFigures:
     """What a poll of one queue shows in the status: a failed observation leaves the figures as they were,
-    a queue without a workload shows no replica counts, a successful scale shows its new count and reason."""
+    a queue without a workload shows no replica counts, a successful scale shows its new count and reason;
+    ``version``: the queue's current pod template version (``reports.version_number``)."""
     obs, decision = queue.observation, queue.decision
     current = obs.replicas if decision is not None else None
     desired = decision.desired_replicas if decision is not None else None
@@ -68,12 +128,51 @@ def queue_figures(queue: QueueResult, ready_replicas: int | None) -> QueueFigure
         oldest_age=obs.oldest_age if obs.ok else None,
         reason=decision.reason if decision is not None else None,
         scaled=changed,
+        waits=waits,
+        versions=version_figures(obs.workers, version) if obs.ok else None,
     )
 
 
-def pool_figures(result: PoolResult, ready: dict[str, int | None]) -> dict[str, QueueFigures]:
-    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known."""
-    return {q.queue: queue_figures(q, ready.get(q.queue)) for q in result.queues}
+def wait_poll(queue: QueueResult, policy: ScalingPolicy | None, ready: int | None, now: float) -> Poll:
+    """One poll of a queue as the wait watch reads it: the observation, what the engine learned and decided, the
+    queue's policy (its target, start-up delay and maxReplicas) and the workload's ready replicas (the live
+    worker reports when the Deployment's are not known)."""
+    obs, decision, state = queue.observation, queue.decision, queue.state
+    learned = state.learned
+    startup = learned.startup if learned.startup is not None else policy.startup_seconds if policy else 30.0
+    replicas = None
+    if decision is not None:
+        replicas = decision.desired_replicas if scaled(queue) else obs.replicas
+    return Poll(
+        at=now,
+        error=obs.error,
+        backlog=obs.backlog,
+        measured=obs.oldest_age,
+        arrival_rate=learned.arrival_rate,
+        waiting_since=state.waiting_since,
+        target=policy.target_wait if policy is not None else None,
+        startup=startup,
+        paused=decision.paused if decision is not None else False,
+        replicas=replicas,
+        ready=ready if ready is not None else len(obs.workers) if decision is not None else None,
+        desired=decision.desired_replicas if decision is not None else None,
+        max_replicas=policy.max_replicas if policy is not None else None,
+    )
+
+
+def pool_figures(
+    result: PoolResult,
+    ready: Mapping[str, int | None],
+    waits: Mapping[str, Waits] | None = None,
+    versions: Mapping[str, int] | None = None,
+) -> dict[str, QueueFigures]:
+    """:func:`queue_figures` for every queue of a poll; ``ready`` maps a queue to its ready replicas, if known,
+    ``waits`` to its waits, ``versions`` to its current pod template version."""
+    waits, versions = waits or {}, versions or {}
+    return {
+        q.queue: queue_figures(q, ready.get(q.queue), waits.get(q.queue), versions.get(q.queue, 0))
+        for q in result.queues
+    }
 
 
 def scaler_states(result: PoolResult) -> dict[str, dict[str, Any]]:
@@ -109,11 +208,17 @@ def build_status(
             _set(entry, "readyReplicas", update.ready_replicas)
             _set(entry, "desiredReplicas", update.desired_replicas)
             _set(entry, "draining", update.draining)
-            if update.oldest_age is not None:
+            if update.waits is not None:
+                _set_waits(entry, update.waits)
+            elif update.oldest_age is not None:
                 entry["oldestTaskAgeSeconds"] = round(update.oldest_age, 1)
             if update.scaled:
                 entry["lastScaleTime"] = stamp
                 _set(entry, "lastScaleReason", update.reason)
+            if update.versions is not None:
+                entry.pop("versions", None)
+                if update.versions:
+                    entry["versions"] = [_version_entry(v) for v in update.versions]
         queues.append(entry)
 
     status: dict[str, Any] = {
@@ -125,6 +230,14 @@ def build_status(
         "totalReadyReplicas": sum(int(q.get("readyReplicas", 0)) for q in queues),
     }
     status["workers"] = f"{status['totalReadyReplicas']}/{status['totalReplicas']}"  # as kubectl get deploy READY
+    old = sum(
+        v.get("serving", 0) + v.get("stopping", 0)
+        for q in queues
+        for v in q.get("versions") or ()
+        if not v.get("current")
+    )
+    if old:
+        status["rollout"] = f"{old} old worker{'s' if old > 1 else ''} finishing"
     if beat is not None:
         status["beat"] = {k: v for k, v in beat.items() if v is not None}
     if generation is not None:
@@ -172,6 +285,24 @@ def from_wire(status: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def _set(entry: dict[str, Any], key: str, value: object) -> None:
     if value is not None:
         entry[key] = value
+
+
+def _set_waits(entry: dict[str, Any], waits: Waits) -> None:
+    """A queue's waits: figures kept as they were when unknown (a failed poll), the target and the time above it
+    removed when there are none."""
+    if waits.oldest is not None:
+        entry["oldestTaskAgeSeconds"] = round(waits.oldest, 1)
+    _set(entry, "waitSource", waits.source)
+    if waits.p95 is not None:
+        entry["waitP95Seconds"] = round(waits.p95, 1)
+    for key, value in (
+        ("targetWaitSeconds", waits.target),
+        ("waitAboveTargetSince", None if waits.above_since is None else rfc3339(waits.above_since)),
+    ):
+        if value is None:
+            entry.pop(key, None)
+        else:
+            entry[key] = value
 
 
 def _significant(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from workerpool_operator.scaling_loop import PoolKey
+from workerpool_operator.scaling_types import PoolKey
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workerpool_operator import worker_contract as contract
 from workerpool_operator.local.backend import WORKER_MODULE, last_log_line
 from workerpool_operator.spec import WorkerPool
 from workerpool_operator.worker_env import (
@@ -37,7 +38,8 @@ from workerpool_operator.worker_env import (
 )
 
 LOCAL_FLOWER_ADDRESS = "127.0.0.1"
-POD_ONLY = (WORKER_NAME_ENV, BROKER_URL_ENV, STATE_DIR_ENV)  # set per process by the local runtime
+# Set per process by the local runtime, or meaningless without pods (a template's version: the processes run one).
+POD_ONLY = (WORKER_NAME_ENV, BROKER_URL_ENV, STATE_DIR_ENV, contract.TEMPLATE_VERSION.name)
 FLOWER_AUTH_ENV = ("FLOWER_AUTH", "FLOWER_AUTH_PROVIDER", "FLOWER_OAUTH2_REDIRECT_URI")  # useless without the Secrets
 
 

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import redis
 
+from workerpool_operator import exit_codes
 from workerpool_operator.local import demo_app
 from workerpool_operator.local.loadgen import LoadPlan, SendResult, demo_plan, send_plan
 from workerpool_operator.local.runtime import (
@@ -32,7 +33,7 @@ from workerpool_operator.local.runtime import (
     stop_on_signals,
 )
 from workerpool_operator.local.view import Sample
-from workerpool_operator.scaling_loop import PoolResult
+from workerpool_operator.scaling_types import PoolResult
 
 DEMO_FILE = Path("examples") / "demo" / "workerpool.yaml"
 
@@ -43,7 +44,9 @@ def demo_file() -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise LocalError(f"the demo's WorkerPool ({DEMO_FILE}) was not found: run the demo from the repository")
+    raise LocalError(
+        f"the demo's WorkerPool ({DEMO_FILE}) was not found: run the demo from the repository", exit_codes.BAD_INPUT
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -76,6 +79,7 @@ class DemoSummary:
     queues: list[QueueSummary] = field(default_factory=list)
     send_error: str | None = None
     interrupted: bool = False  # stopped before the end (Ctrl-C or --duration)
+    logs: Path | None = None  # the workers' logs, kept after the demo
 
     @property
     def ok(self) -> bool:
@@ -154,6 +158,8 @@ def print_summary(summary: DemoSummary, out: TextIO, plot: Path | None) -> None:
         lines.append(f"the load generator stopped early: {summary.send_error}")
     if plot is not None:
         lines.append(f"plot: {plot}")
+    if summary.logs is not None:
+        lines.append(f"worker logs: {summary.logs}")
     lines.append("next: workerpool-operator local -f examples/demo/workerpool.yaml (your own pool: your YAML)")
     out.write("\n".join(lines) + "\n")
     out.flush()
@@ -240,6 +246,7 @@ async def run_demo(
                 raise LocalError(runtime.failure)
             summary = summarize(client, sent, runtime, time.monotonic() - started, final)
             summary.interrupted = not finished.is_set()
+            summary.logs = runtime.workdir / "logs"
         client.close()
     if plot is not None:
         write_plot(runtime.dashboard.timeline, queues, plot, f"WorkerPool {workerpool.name}: autoscaling on demand")
@@ -268,5 +275,5 @@ def main(args: Any) -> int:
         )
     except LocalError as error:
         print(f"workerpool-operator demo: {error}", file=sys.stderr)
-        return 1
-    return 0 if summary.ok else 1
+        return error.code
+    return exit_codes.OK if summary.ok else exit_codes.FAILED

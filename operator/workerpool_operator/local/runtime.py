@@ -3,7 +3,9 @@
 The wiring: parse the YAML with the operator's spec model, start (or take) a Redis, run the operator's
 observer, engine and :class:`ScalingLoop` over a :class:`LocalProcessBackend`, and show what happens. On
 Ctrl-C or SIGTERM: stop scaling, SIGTERM every worker, wait (bounded) for their warm shutdown, kill what is
-left, stop the embedded Redis. Every failure the user can fix is a :class:`LocalError`: one line, exit 1.
+left, stop the embedded Redis. Every failure the user can fix is a :class:`LocalError`: one line, and the
+command's exit code (workerpool_operator.exit_codes: 2 for a bad file, 3 without redis-server, 1 for workers
+that cannot start).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from typing import Any, TextIO
 
 import yaml
 
+from workerpool_operator import exit_codes
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.local.backend import LocalProcessBackend, WorkerExit, WorkerSettings, inherited_environment
 from workerpool_operator.local.components import ComponentSettings, LocalComponents, local_env, plan_components
 from workerpool_operator.local.embedded_redis import EmbeddedRedis, RedisUnavailable
 from workerpool_operator.local.view import Dashboard, QueueInfo, View, make_view
-from workerpool_operator.scaling_loop import PoolKey, PoolResult, QueuePlan, ScalingLoop
+from workerpool_operator.scaling_loop import ScalingLoop
+from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
 from workerpool_operator.spec import SpecError, WorkerPool
 from workerpool_operator.worker_env import worker_args, worker_environment
 
@@ -37,7 +41,11 @@ START_FAILURES = 3  # workers of one queue failing before they are ready, in a r
 
 
 class LocalError(Exception):
-    """Something the user can fix; ``str()`` is the one line printed."""
+    """Something the user can fix; ``str()`` is the one line printed, ``code`` the exit code."""
+
+    def __init__(self, message: str, code: int = exit_codes.FAILED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --- the WorkerPool file ------------------------------------------------------------------------------------
@@ -48,23 +56,23 @@ def load_pool(path: Path) -> WorkerPool:
     try:
         text = path.read_text()
     except OSError as error:
-        raise LocalError(f"cannot read {path}: {error.strerror or error}") from None
+        raise LocalError(f"cannot read {path}: {error.strerror or error}", exit_codes.BAD_INPUT) from None
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise LocalError(f"{path} is not valid YAML{where}: {problem}") from None
+        raise LocalError(f"{path} is not valid YAML{where}: {problem}", exit_codes.BAD_INPUT) from None
     pools = [doc for doc in documents if isinstance(doc, Mapping) and doc.get("kind") == "WorkerPool"]
     if not pools:
-        raise LocalError(f"{path} holds no WorkerPool (a document with `kind: WorkerPool`)")
+        raise LocalError(f"{path} holds no WorkerPool (a document with `kind: WorkerPool`)", exit_codes.BAD_INPUT)
     try:
         return WorkerPool.from_object(pools[0])
     except SpecError as error:
         problems = str(error).splitlines()
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise LocalError(f"{path}: invalid WorkerPool: {problems[0]}{more}") from None
+        raise LocalError(f"{path}: invalid WorkerPool: {problems[0]}{more}", exit_codes.BAD_INPUT) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +98,7 @@ def plan_pool(pool: WorkerPool, broker_url: str, loglevel: str | None = None) ->
     try:
         broker = spec.broker.to_config(broker_url)
     except SpecError as error:
-        raise LocalError(f"the broker URL cannot be used with this WorkerPool: {error}") from None
+        raise LocalError(f"the broker URL cannot be used with this WorkerPool: {error}", exit_codes.BAD_INPUT) from None
     plans: dict[str, QueuePlan] = {}
     workers: dict[str, WorkerSettings] = {}
     infos: list[QueueInfo] = []
@@ -139,7 +147,7 @@ def redis_for(url: str | None) -> Iterator[tuple[str, str]]:
     try:
         embedded = EmbeddedRedis().start()
     except RedisUnavailable as error:
-        raise LocalError(str(error)) from None
+        raise LocalError(str(error), exit_codes.UNAVAILABLE) from None
     try:
         yield embedded.url, "embedded redis-server"
     finally:
@@ -164,7 +172,7 @@ class LocalRuntime:
         workdir: Path | None = None,
         on_result: Callable[[PoolResult], Awaitable[None]] | None = None,
     ) -> None:
-        from workerpool_operator.observe import Observer
+        from workerpool_operator.observe import DrainWriter, Observer
 
         self.pool = pool
         self.grace = pool.grace if grace is None else grace
@@ -175,7 +183,7 @@ class LocalRuntime:
             self.backend.configure(pool.key, settings)
         self.components = LocalComponents(broker_url, self.workdir)
         self.observer = Observer()
-        self.loop = ScalingLoop(self.backend, self._report, self.observer)
+        self.loop = ScalingLoop(self.backend, self._report, self.observer, DrainWriter(self.observer.connections))
         self.dashboard = Dashboard(title, pool.queues)
         self.dashboard.notes = [
             f"broker {pool.broker.redacted_url} · worker logs in {self.workdir / 'logs'}",
@@ -274,17 +282,21 @@ class LocalRuntime:
             self.backend.kill_all()
             await stopping
             await self.observer.aclose()
-            keep_logs = not self._own_workdir or self.failure is not None
-            self.dashboard.notes = [f"worker logs kept in {self.workdir / 'logs'}"] if keep_logs else []
+            # The logs stay where the first screen said they are; the workers' state files go with them.
+            if self._own_workdir:
+                for child in self.workdir.iterdir() if self.workdir.is_dir() else ():
+                    if child.is_dir() and child.name != "logs":
+                        shutil.rmtree(child, ignore_errors=True)
+                    elif not child.is_dir():
+                        child.unlink(missing_ok=True)
+            self.dashboard.notes = []
             if self.view is not None:
                 for exit_ in self.backend.take_exits():
                     if not (exit_.expected and exit_.returncode == 0):
                         self.dashboard.event(_describe_exit(exit_))
-                self.view.show([self.dashboard.event("stopped")])
+                self.view.show([self.dashboard.event(f"stopped; worker logs kept in {self.workdir / 'logs'}")])
                 self.view.close()
                 self.view = None
-            if not keep_logs:
-                shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _describe_exit(exit_: WorkerExit) -> str:
@@ -354,4 +366,4 @@ def main(args: Any) -> int:
         import sys
 
         print(f"workerpool-operator local: {error}", file=sys.stderr)
-        return 1
+        return error.code

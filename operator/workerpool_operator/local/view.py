@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workerpool_operator.observation import WorkerLoad
-from workerpool_operator.scaling_loop import PoolResult, QueueResult
+from workerpool_operator.scaling_types import PoolResult, QueueResult
 
 SPARK = "▁▂▃▄▅▆▇█"
 THROUGHPUT_WINDOW = 10.0  # seconds of completions the throughput figure averages over
@@ -204,8 +204,17 @@ class LiveView:
         board = self._dashboard
         now = time.time()
         elapsed = int(now - board.started)
-        narrow = self._console.width < 100  # drop the bars and sparklines, keep the figures
-        table = Table(box=box.SIMPLE_HEAD, expand=True, header_style="bold", border_style="dim", pad_edge=False)
+        # Below 120 columns: no bars, sparklines or table edges, so every figure fits whole down to 80 columns
+        # (a terminal's default); the reasons and events wrap rather than end in "…".
+        narrow = self._console.width < 120
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            expand=not narrow,
+            header_style="bold",
+            border_style="dim",
+            pad_edge=False,
+            show_edge=not narrow,
+        )
         table.add_column("queue", style="bold cyan", no_wrap=True)
         table.add_column("pool", no_wrap=True)
         table.add_column("workers", no_wrap=True)
@@ -225,11 +234,11 @@ class LiveView:
                 _backlog_cell(figures, sparkline_width=0 if narrow else 10),
                 "—" if figures.in_flight is None else str(figures.in_flight),
                 f"{figures.throughput:.1f}",
-                _change_cell(figures, now),
+                _change_cell(figures, now, short=narrow),
             )
             reason = Text(figures.error, style="red") if figures.error else Text(figures.reason, style="italic")
             decisions.add_row(info.queue, reason)
-        events = Text(overflow="ellipsis", no_wrap=True)
+        events = Text(overflow="fold")
         for at, message in board.events:
             events.append(time.strftime("%H:%M:%S ", time.localtime(at)), style="dim")
             events.append(message + "\n")
@@ -273,13 +282,14 @@ def _backlog_cell(figures: QueueRow, sparkline_width: int = 10) -> Text:
     return cell
 
 
-def _change_cell(figures: QueueRow, now: float) -> Text:
+def _change_cell(figures: QueueRow, now: float, short: bool = False) -> Text:
     if figures.last_change is None:
         return Text("—", style="dim")
     at, before, after = figures.last_change
     arrow, style = ("↑", "green") if after > before else ("↓", "blue")
     cell = Text(f"{arrow} {before}→{after} ", style=style)
-    cell.append(_ago(now, at), style="dim")
+    ago = _ago(now, at)
+    cell.append(ago.removesuffix(" ago") if short else ago, style="dim")
     return cell
 
 

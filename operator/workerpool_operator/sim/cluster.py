@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 STARTING, READY, TERMINATING, GONE = 0, 1, 2, 3
 # Event kinds, in the order events at the same instant are handled.
-TASK_DONE, POD_READY, GRACE_END, REDELIVER, CONTROL = 0, 1, 2, 3, 4
+TASK_DONE, POD_READY, GRACE_END, REDELIVER, REPORT_TICK, EXITED, CONTROL = 0, 1, 2, 3, 4, 5, 6
+GOLDEN = 0.6180339887498949  # spreads the workers' report phases over the interval without a random stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +43,17 @@ class WorkerModel:
     acks_late: bool = False  # Celery's task_acks_late (default: acknowledged when the task starts)
     grace: float = 30.0  # terminationGracePeriodSeconds
     visibility_timeout: float = 3600.0  # kombu's: a killed acks_late task comes back after this
+    report_interval: float = 2.0  # seconds between a worker's reports (and its reads of its drain request); 0: live
+    exit_seconds: float = 0.0  # seconds from the end of a worker's last task after SIGTERM until its pod is gone
 
     @property
     def hold_limit(self) -> int:
         """Tasks one worker holds at most (running + reserved)."""
         prefetch = self.prefetch_multiplier * self.concurrency
         return prefetch if self.acks_late else prefetch + self.concurrency
+
+
+Report = tuple[int, int, int, bool, float]  # running, reserved, done, draining, when it was published
 
 
 @dataclass(slots=True)
@@ -61,6 +67,9 @@ class Pod:
     reserved: deque[int] = field(default_factory=deque)
     done: int = 0
     draining: bool = False
+    requested: bool = False  # the operator asks this worker to drain (its field in the drain-request hash)
+    report: Report = (0, 0, 0, False, 0.0)  # the last report
+    next_tick: float = math.inf  # when the worker next publishes its report and reads its drain request
 
     @property
     def consuming(self) -> bool:
@@ -69,6 +78,13 @@ class Pod:
     @property
     def held(self) -> int:
         return len(self.running) + len(self.reserved)
+
+    def publish(self, now: float, interval: float) -> None:
+        """The report of its last tick at or before ``now``. The cluster calls it before every change of what the
+        pod holds (and before a read), so the pod's state now is its state at that tick."""
+        tick = self.next_tick + interval * math.floor((now - self.next_tick) / interval)
+        self.report = (len(self.running), len(self.reserved), self.done, self.draining, tick)
+        self.next_tick = tick + interval
 
 
 class Cluster:
@@ -95,6 +111,7 @@ class Cluster:
         self.pod_numbers = 0
         self.pod_seconds_done = 0.0
         self.terminating = 0
+        self.report_interval = model.report_interval
 
     # --- events ---------------------------------------------------------------------------------------
 
@@ -119,6 +136,11 @@ class Cluster:
             self.redelivered += 1
             self.queue.appendleft(task)
             self.dispatch()
+        elif kind == REPORT_TICK:
+            if pod is not None and pod.state == READY:
+                self._read_request(pod)
+        elif kind == EXITED and pod is not None and pod.state == TERMINATING and not pod.running:
+            self._gone(pod)
 
     # --- tasks ----------------------------------------------------------------------------------------
 
@@ -141,6 +163,8 @@ class Cluster:
                 self._take(pod, queue.popleft())
 
     def _take(self, pod: Pod, task: int) -> None:
+        if self.now >= pod.next_tick:
+            pod.publish(self.now, self.report_interval)
         if len(pod.running) < self.concurrency:
             self._start(pod, task)
         else:
@@ -154,12 +178,14 @@ class Cluster:
         heapq.heappush(self.heap, (now + self.tasks[task][1], TASK_DONE, self.sequence, pod.number, task))
 
     def _task_done(self, pod: Pod, task: int) -> None:
+        if self.now >= pod.next_tick:
+            pod.publish(self.now, self.report_interval)
         pod.running.discard(task)
         pod.done += 1
         self.finished += 1
         if pod.state == TERMINATING:
             if not pod.running:
-                self._gone(pod)
+                self._exit(pod)
             return
         if pod.reserved:
             self._start(pod, pod.reserved.popleft())
@@ -174,6 +200,8 @@ class Cluster:
         self.free.extend([pod.number] * (self.hold_limit - pod.held))
 
     def _hand_back(self, pod: Pod) -> None:
+        if self.now >= pod.next_tick:
+            pod.publish(self.now, self.report_interval)
         if pod.reserved:
             self.queue.extendleft(reversed(pod.reserved))
             pod.reserved.clear()
@@ -195,17 +223,48 @@ class Cluster:
     def ready(self, pod: Pod) -> None:
         pod.state = READY
         pod.ready_at = self.now
+        if self.report_interval > 0:  # the first report as it becomes ready (Celery's worker_ready comes before
+            # its event loop takes a task), then one every interval at the worker's own phase
+            pod.report = (0, 0, pod.done, pod.draining, self.now)
+            pod.next_tick = self.now + self.report_interval * (1.0 - (pod.number * GOLDEN) % 1.0)
         self._consume(pod)
 
-    def drain(self, pod: Pod) -> None:
-        if pod.state == READY and not pod.draining:
+    # --- reports and drain requests ---------------------------------------------------------------------
+
+    def report_of(self, pod: Pod) -> Report:
+        """What the operator reads of a ready pod: its last report (live with ``report_interval`` 0)."""
+        if self.report_interval <= 0:
+            return len(pod.running), len(pod.reserved), pod.done, pod.draining, self.now
+        if self.now >= pod.next_tick:
+            pod.publish(self.now, self.report_interval)
+        return pod.report
+
+    def ask_drain(self, pod: Pod, drain: bool = True) -> None:
+        """The operator writes (``drain``) or deletes the pod's drain request; the worker reads it at its next
+        report, drains or takes tasks again, and reports that at once (live with ``report_interval`` 0)."""
+        if pod.state != READY or pod.requested == drain:
+            return
+        pod.requested = drain
+        if self.report_interval <= 0:
+            self._read_request(pod)
+            return
+        if self.now >= pod.next_tick:
+            pod.publish(self.now, self.report_interval)
+        self.push(pod.next_tick, REPORT_TICK, pod.number)
+
+    def _read_request(self, pod: Pod) -> None:
+        if pod.requested == pod.draining:
+            return
+        if self.report_interval > 0 and self.now >= pod.next_tick:
+            pod.publish(self.now, self.report_interval)
+        if pod.requested:
             pod.draining = True
             self._hand_back(pod)
-
-    def undrain(self, pod: Pod) -> None:
-        if pod.state == READY and pod.draining:
+        else:
             pod.draining = False
             self._consume(pod)
+        if self.report_interval > 0:  # the worker reports at once what it does now
+            pod.report = (len(pod.running), len(pod.reserved), pod.done, pod.draining, self.now)
 
     def replicas(self) -> list[Pod]:
         """The Deployment's pods: starting, ready and draining (not those already terminating)."""
@@ -230,16 +289,23 @@ class Cluster:
 
     def terminate(self, pod: Pod) -> None:
         """SIGTERM: a starting pod goes at once; a ready one stops consuming and finishes within the grace."""
-        if pod.state == STARTING or (pod.state == READY and not pod.running and not pod.reserved):
+        if pod.state == STARTING:
             self._gone(pod)
             return
         pod.state = TERMINATING
         self.terminating += 1
         self._hand_back(pod)
-        if not pod.running:
+        if pod.running:
+            self.push(self.now + self.model.grace, GRACE_END, pod.number)
+        else:
+            self._exit(pod)
+
+    def _exit(self, pod: Pod) -> None:
+        """The warm shutdown's last task ended: the process exits and the pod goes after ``exit_seconds``."""
+        if self.model.exit_seconds <= 0:
             self._gone(pod)
         else:
-            self.push(self.now + self.model.grace, GRACE_END, pod.number)
+            self.push(self.now + min(self.model.exit_seconds, self.model.grace), EXITED, pod.number)
 
     def _kill(self, pod: Pod) -> None:
         """The grace period is over: SIGKILL. Running acks_late tasks come back after the visibility timeout."""

@@ -26,10 +26,13 @@ def load_setup(path: str, queue: str | None) -> tuple[str, QueueSetup]:
     try:
         with open(path) as handle:
             documents = [d for d in yaml.safe_load_all(handle) if isinstance(d, dict)]
-    except OSError as exc:
-        raise SimulationError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except OSError as exc:  # worded as `local` words it: one convention for the CLI
+        raise SimulationError(f"cannot read {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise SimulationError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SimulationError(f"{path} is not valid YAML{where}: {problem}") from None
     pools = [d for d in documents if d.get("kind") == "WorkerPool"]
     if len(pools) != 1:
         found = "no WorkerPool" if not pools else f"{len(pools)} WorkerPools"
@@ -113,7 +116,7 @@ def run_command(
         f"queue {setup.name} of WorkerPool {pool}: concurrency {setup.concurrency}, prefetch multiplier "
         f"{setup.prefetch_multiplier}, policy {p.policy}, replicas {p.min_replicas}..{p.max_replicas}, poll every "
         f"{setup.poll_interval:g}s, grace {setup.grace:g}s, drain timeout {p.drain_timeout:g}s",
-        f"trace {trace_path}: {len(tasks):,} tasks over {trace.end / 3600:.2f} h; pod start-up {startup_delay}; "
+        f"trace {trace_path}: {len(tasks):,} tasks over {trace.end / 3600:.2f} h; pod start-up {startup_delay} s; "
         f"acks_late {'on' if acks_late else 'off'}; seed {seed}",
         "",
         format_summary(results),

@@ -31,6 +31,7 @@ from typing import Literal
 from cronsim import CronSim
 
 from workerpool_operator.engine import QueueState, ScalingPolicy, decide
+from workerpool_operator.engine.execute import Actions, actions
 from workerpool_operator.observation import QueueObservation, WorkerLoad
 from workerpool_operator.sim.cluster import CONTROL, READY, Cluster, WorkerModel
 from workerpool_operator.sim.keda_model import KedaSettings, KedaState, hpa_sync, keda_poll
@@ -39,6 +40,8 @@ from workerpool_operator.sim.trace import parse_distribution
 PolicyName = Literal["ours", "keda"]
 
 POLL, KEDA_POLL, HPA_SYNC = 0, 1, 2
+REPORT_INTERVAL = 2.0  # seconds between a worker's reports (reports.DEFAULT_INTERVAL)
+EXIT_SECONDS = 2.0  # SIGTERM (or the end of the last task) to a worker's exit: measured by bench/bench_calibrate.py
 EPOCH = 1_767_571_200.0  # 2026-01-05T00:00:00Z, a Monday: simulated time 0, for cron schedules and reports
 
 TIMELINE_COLUMNS = (
@@ -71,6 +74,15 @@ class TimelineRow:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """One poll of our policy, as ``simulate(..., record_polls=True)`` keeps it: what it saw and what it did."""
+
+    at: float  # unix time (simulated time + EPOCH), the engine's ``now``
+    observation: QueueObservation  # replicas included
+    actions: Actions
+
+
 @dataclass(slots=True)
 class SimResult:
     policy: PolicyName
@@ -90,6 +102,7 @@ class SimResult:
     drains: int = 0  # workers asked to drain
     label: str = ""  # how the summary names this run (default: the policy)
     timeline: list[TimelineRow] = field(default_factory=list)
+    polls: list[Executed] = field(default_factory=list)  # with record_polls: every poll of our policy
 
     def __post_init__(self) -> None:
         self.label = self.label or self.policy
@@ -125,20 +138,29 @@ def simulate(
     visibility_timeout: float = 3600.0,
     seed: int = 1,
     beat: Sequence[str] = (),
+    report_interval: float = REPORT_INTERVAL,
+    exit_seconds: float = EXIT_SECONDS,
+    record_polls: bool = False,
 ) -> SimResult:
     """Run the tasks (sorted (arrival, duration) pairs) through a queue scaled by ``policy``.
 
     ``startup_delay``: seconds from a pod's creation to its first task, a number or a distribution.
     ``beat``: cron expressions of the trace's periodic tasks, announced to our engine as Celery beat announces
     its next fires (``QueueObservation.fires``, an hour ahead): beat-aware capacity. KEDA knows nothing of them.
+    ``record_polls``: keep every poll of our policy in ``SimResult.polls`` (what the scaling loop would be handed).
     """
     if policy not in ("ours", "keda"):
         raise ValueError(f"unknown policy {policy!r}: ours or keda")
     if setup.concurrency < 1 or setup.poll_interval <= 0:
         raise ValueError("concurrency must be >= 1 and the poll interval > 0")
-    model = WorkerModel(setup.concurrency, setup.prefetch_multiplier, acks_late, setup.grace, visibility_timeout)
+    model = WorkerModel(
+        setup.concurrency, setup.prefetch_multiplier, acks_late, setup.grace, visibility_timeout, report_interval,
+        exit_seconds,
+    )  # fmt: skip
     run = _Simulation(tasks, setup, policy, model, _startup(startup_delay, seed), keda)
     run.beat = tuple(beat)
+    if record_polls:
+        run.polls = []
     return run.run(trace_end, initial_replicas, drain_limit)
 
 
@@ -192,6 +214,7 @@ class _Simulation(Cluster):
         self.drains = 0
         self.timeline: list[TimelineRow] = []
         self.beat: tuple[str, ...] = ()
+        self.polls: list[Executed] | None = None  # recording: see simulate(record_polls=)
 
     def run(self, trace_end: float | None, initial_replicas: int | None, drain_limit: float) -> SimResult:
         tasks, n = self.tasks, len(self.tasks)
@@ -258,6 +281,7 @@ class _Simulation(Cluster):
             lost=self.lost,
             drains=self.drains,
             timeline=self.timeline,
+            polls=self.polls or [],
         )
 
     # --- control loops --------------------------------------------------------------------------------
@@ -295,22 +319,29 @@ class _Simulation(Cluster):
         """One poll of the operator: reports in, decision out, applied as the backend applies it."""
         at = EPOCH + now
         ready = sorted((p for p in self.pods.values() if p.state == READY), key=lambda p: p.number)
-        concurrency = self.concurrency
+        concurrency, report_of = self.concurrency, self.report_of
         workers = tuple(
-            WorkerLoad(p.name, len(p.running), len(p.reserved), p.done, at, concurrency, p.draining, EPOCH + p.ready_at)
+            WorkerLoad(p.name, running, reserved, done, EPOCH + reported, concurrency, draining, EPOCH + p.ready_at)
             for p in ready
+            for running, reserved, done, draining, reported in (report_of(p),)
         )
         in_flight = sum(w.running + w.reserved for w in workers)
         fires = announced_fires(self.beat, at) if self.beat else ()
         observation = QueueObservation(self.name, backlog, in_flight, workers, replicas=replicas, fires=fires)
-        decision, self.state = decide(observation, self.state, self.setup.policy, at)
+        before = self.state
+        decision, self.state = decide(observation, before, self.setup.policy, at)
+        todo = actions(before, self.state, decision, replicas, at, workers)
+        if self.polls is not None:
+            self.polls.append(Executed(at, observation, todo))
         by_name = {p.name: p for p in ready}
-        for name in decision.drain:
-            if name in by_name:
-                self.drain(by_name[name])
+        for name in todo.drain:  # every request held, every poll: a worker reads its own at its next report
+            pod = by_name.get(name)
+            if pod is not None and not pod.requested:
+                self.ask_drain(pod)
                 self.drains += 1
-        for name in decision.undrain:
+        for name in todo.release:
             if name in by_name:
-                self.undrain(by_name[name])
-        self._scale(decision.desired_replicas, decision.remove_first)
+                self.ask_drain(by_name[name], False)
+        if todo.scale_to is not None:
+            self._scale(todo.scale_to, todo.remove_first)
         return decision.desired_replicas, decision.reason

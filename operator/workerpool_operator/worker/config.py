@@ -1,8 +1,10 @@
 """The worker's settings, from command-line arguments or ``WORKERPOOL_*`` environment variables.
 
-Pure: parsing and validation only, no Celery import (the probe command and the gevent/eventlet
-monkey-patching both need the settings before anything heavy is imported). An argument wins over
-its environment variable; the environment wins over the default.
+Parsing and validation only, no Celery import (the probe command and the gevent/eventlet monkey-patching both
+need the settings before anything heavy is imported); it reads the broker URL and CA files it is given, and the
+host name for a default worker name. An argument wins over its environment variable; the environment wins over
+the default. The variables' names and meanings are the worker contract's
+(:mod:`workerpool_operator.worker_contract`), which the operator renders from.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from workerpool_operator.reports import DEFAULT_INTERVAL, DEFAULT_TTL
+from workerpool_operator import worker_contract as contract
+from workerpool_operator.reports import DEFAULT_INTERVAL, DEFAULT_TTL, version_number
+from workerpool_operator.worker_contract import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR  # re-exported
+from workerpool_operator.worker_contract import POOLS as POOLS
 
-POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 # Pools the entrypoint runs through `--pool custom`: Celery's own, minus starting prefetched tasks at shutdown.
 POOL_CLASSES = {
     "threads": "workerpool_operator.worker.pools:ThreadPool",
@@ -28,7 +32,6 @@ POOL_CLASSES = {
 }
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("plain", "json")
-DEFAULT_STATE_DIR = "/tmp/workerpool"  # an emptyDir in the pod; readOnlyRootFilesystem-friendly
 DEFAULT_PROBE_MAX_AGE = 30.0
 DEFAULT_BROKER_CHECK_TIMEOUT = 5.0
 
@@ -39,40 +42,8 @@ EX_BROKER = 4  # the broker URL or CA cannot be read, is not a Redis URL, or the
 EX_NO_SCHEDULE = 5  # beat: the app has no beat_schedule and beat has no scheduler: nothing to send
 EX_BEAT_LOCK_LOST = 6  # beat: another beat took the lock (this one could not renew it in time)
 
-# (environment variable, argparse destination, help) for every setting; the single source for the docs.
-ENV_VARS: tuple[tuple[str, str, str], ...] = (
-    ("WORKERPOOL_APP", "app", "the Celery app, as for `celery -A` (module:attribute or module)"),
-    ("WORKERPOOL_QUEUES", "queues", "comma-separated queues to consume (default: the app's default queue)"),
-    ("WORKERPOOL_POOL", "pool", f"execution pool: {', '.join(POOLS)} (default prefork)"),
-    ("WORKERPOOL_CONCURRENCY", "concurrency", "processes, threads or greenlets (default: Celery's, CPU count)"),
-    ("WORKERPOOL_PREFETCH_MULTIPLIER", "prefetch_multiplier", "messages reserved per unit of concurrency"),
-    ("WORKERPOOL_MAX_TASKS_PER_CHILD", "max_tasks_per_child", "recycle a prefork child after N tasks"),
-    (
-        "WORKERPOOL_SOFT_SHUTDOWN_TIMEOUT",
-        "soft_shutdown_timeout",
-        "seconds running tasks get after SIGTERM before they are cancelled (default 0: wait for them)",
-    ),
-    ("WORKERPOOL_LOGLEVEL", "loglevel", "debug, info, warning, error or critical (default info)"),
-    (
-        "WORKERPOOL_LOG_FORMAT",
-        "log_format",
-        "plain (Celery's) or json (one JSON object per line, the operator's --log-format json keys)",
-    ),
-    ("WORKERPOOL_WORKER_NAME", "worker_name", "this worker's name in reports (default: the hostname, the pod name)"),
-    ("WORKERPOOL_BROKER_URL", "broker_url", "overrides the app's broker_url"),
-    ("WORKERPOOL_BROKER_URL_FILE", "broker_url_file", "a file holding the broker URL (a mounted Secret)"),
-    (
-        "WORKERPOOL_BROKER_CA_FILE",
-        "broker_ca_file",
-        "a CA bundle (PEM) to verify a rediss:// broker with (a mounted Secret; default: the app's TLS settings,"
-        " else the system CAs)",
-    ),
-    ("WORKERPOOL_STATE_DIR", "state_dir", f"where the probe files live (default {DEFAULT_STATE_DIR})"),
-    ("WORKERPOOL_REPORT_INTERVAL", "report_interval", f"seconds between reports (default {DEFAULT_INTERVAL:g})"),
-    ("WORKERPOOL_REPORT_TTL", "report_ttl", f"seconds a report stays valid (default {DEFAULT_TTL:g})"),
-    ("WORKERPOOL_TASK_EVENTS", "task_events", "1: send task events (celery worker -E), for Flower (default 0)"),
-    ("WORKERPOOL_EXTRA_ARGS", "extra_args", "more `celery worker` arguments, shell-quoted"),
-)
+# (environment variable, argparse destination, help) for every setting: the worker contract's.
+ENV_VARS: tuple[tuple[str, str, str], ...] = contract.table(contract.WORKER)
 
 
 class ConfigError(Exception):
@@ -102,6 +73,7 @@ class WorkerConfig:
     report_ttl: float = DEFAULT_TTL
     task_events: bool = False
     extra_args: tuple[str, ...] = ()
+    template_version: int = 0  # the pod template's version, as reports carry it (reports.version_number)
 
     def celery_argv(self, pool_name: str | None = None) -> list[str]:
         """The ``celery worker`` command line these settings stand for (without ``-A``: the app is loaded).
@@ -140,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "extra_args",
         nargs=argparse.REMAINDER,
-        help="after `--`: more `celery worker` arguments [env WORKERPOOL_EXTRA_ARGS]",
+        help=f"after `--`: more `celery worker` arguments [env {contract.EXTRA_ARGS.name}]",
     )
 
 
@@ -176,11 +148,11 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
     extra: list[str] = list(getattr(args, "extra_args", None) or [])
     if extra and extra[0] == "--":
         extra = extra[1:]
-    if not extra and environ.get("WORKERPOOL_EXTRA_ARGS"):
+    if not extra and environ.get(contract.EXTRA_ARGS.name):
         try:
-            extra = shlex.split(environ["WORKERPOOL_EXTRA_ARGS"])
+            extra = shlex.split(environ[contract.EXTRA_ARGS.name])
         except ValueError as error:
-            raise ConfigError(f"WORKERPOOL_EXTRA_ARGS cannot be parsed: {error}") from None
+            raise ConfigError(f"{contract.EXTRA_ARGS.name} cannot be parsed: {error}") from None
 
     report_interval = parse_seconds(raw("report_interval"), name_of("report_interval"), DEFAULT_INTERVAL, minimum=0.05)
     report_ttl = parse_seconds(raw("report_ttl"), name_of("report_ttl"), DEFAULT_TTL, minimum=1.0)
@@ -207,6 +179,7 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
         report_ttl=report_ttl,
         task_events=parse_flag(raw("task_events"), name_of("task_events")),
         extra_args=tuple(extra),
+        template_version=version_number(raw("template_version")),
     )
 
 

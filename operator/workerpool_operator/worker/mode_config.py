@@ -1,8 +1,9 @@
 """The settings of the entrypoint's other modes, ``workerpool-worker beat`` and ``workerpool-worker flower``.
 
-Pure, like :mod:`workerpool_operator.worker.config` (whose helpers and exit codes they share): an argument wins
-over its ``WORKERPOOL_*`` variable, the variable over the default. Flower's own options are not here: Flower reads
-them from its ``FLOWER_*`` variables and the arguments after ``--``.
+Like :mod:`workerpool_operator.worker.config` (whose helpers and exit codes they share): an argument wins over its
+``WORKERPOOL_*`` variable (named in :mod:`workerpool_operator.worker_contract`), the variable over the default.
+Flower's own options are not here: Flower reads them from its ``FLOWER_*`` variables and the arguments after
+``--``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workerpool_operator import beat_forecast
+from workerpool_operator import worker_contract as contract
 from workerpool_operator.worker.config import (
-    DEFAULT_STATE_DIR,
     ConfigError,
     _Parser,
     parse_integer,
@@ -25,51 +26,17 @@ from workerpool_operator.worker.config import (
     read_broker_url,
     require_app,
 )
+from workerpool_operator.worker_contract import DEFAULT_STATE_DIR
 
-DEFAULT_SCHEDULE_FILE = "/tmp/celerybeat-schedule"  # the pod's /tmp: an emptyDir, writable under a read-only root
-DEFAULT_MAX_INTERVAL = 5
+DEFAULT_SCHEDULE_FILE = contract.DEFAULT_SCHEDULE_FILE
+DEFAULT_MAX_INTERVAL = contract.DEFAULT_MAX_INTERVAL
 DEFAULT_HEARTBEAT = 2.0
-DEFAULT_LOCK_TTL = 30.0
+DEFAULT_LOCK_TTL = contract.DEFAULT_LOCK_TTL
 
-# (environment variable, argparse destination, help), as config.ENV_VARS: the single source for the docs.
-SHARED_ENV_VARS: tuple[tuple[str, str, str], ...] = (
-    ("WORKERPOOL_APP", "app", "the Celery app, as for `celery -A` (module:attribute or module)"),
-    ("WORKERPOOL_LOGLEVEL", "loglevel", "debug, info, warning, error or critical (default info)"),
-    ("WORKERPOOL_WORKER_NAME", "worker_name", "this process's name (default: the hostname, the pod name)"),
-    ("WORKERPOOL_BROKER_URL", "broker_url", "overrides the app's broker_url"),
-    ("WORKERPOOL_BROKER_URL_FILE", "broker_url_file", "a file holding the broker URL (a mounted Secret)"),
-    ("WORKERPOOL_BROKER_CA_FILE", "broker_ca_file", "a CA bundle (PEM) to verify a rediss:// broker with"),
-    ("WORKERPOOL_STATE_DIR", "state_dir", f"where the probe files live (default {DEFAULT_STATE_DIR})"),
-)
-BEAT_ENV_VARS: tuple[tuple[str, str, str], ...] = (
-    *SHARED_ENV_VARS,
-    (
-        "WORKERPOOL_BEAT_SCHEDULER",
-        "scheduler",
-        "the beat scheduler class, like django_celery_beat.schedulers:DatabaseScheduler (default: the app's)",
-    ),
-    (
-        "WORKERPOOL_BEAT_SCHEDULE_FILE",
-        "schedule_file",
-        f"the default scheduler's schedule file (default {DEFAULT_SCHEDULE_FILE})",
-    ),
-    (
-        "WORKERPOOL_BEAT_MAX_INTERVAL",
-        "max_interval",
-        f"most seconds between two looks at the schedule, and between heartbeats (default {DEFAULT_MAX_INTERVAL})",
-    ),
-    (
-        "WORKERPOOL_BEAT_LOCK_TTL",
-        "lock_ttl",
-        f"seconds the beat lock outlives a beat that stopped renewing it (default {DEFAULT_LOCK_TTL:g})",
-    ),
-    (
-        "WORKERPOOL_BEAT_FORECAST_HORIZON",
-        "forecast_horizon",
-        f"seconds of fire times published ahead (default {beat_forecast.DEFAULT_HORIZON:g}; 0: publish none)",
-    ),
-)
-FLOWER_ENV_VARS = SHARED_ENV_VARS
+# (environment variable, argparse destination, help), as config.ENV_VARS: the worker contract's.
+SHARED_ENV_VARS: tuple[tuple[str, str, str], ...] = contract.table(contract.SHARED)
+BEAT_ENV_VARS: tuple[tuple[str, str, str], ...] = contract.table(contract.BEAT)
+FLOWER_ENV_VARS = contract.table(contract.FLOWER)
 
 
 @dataclass(frozen=True, slots=True)

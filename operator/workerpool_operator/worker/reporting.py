@@ -90,6 +90,8 @@ class LoadReporter:
         global_keyprefix: str = "",
         draining: Callable[[], Collection[str]] = frozenset,
         started: float = 0.0,
+        stopping: Callable[[], bool] = bool,
+        version: int = 0,
     ) -> None:
         self.client = client
         self.worker = worker
@@ -102,6 +104,8 @@ class LoadReporter:
         self.drain_keys = {q: drain_key(q, global_keyprefix) for q in self.queues}
         self.draining = draining  # the queues this worker drains now (their consumer is cancelled)
         self.started = started  # when the worker became ready
+        self.stopping = stopping  # whether the worker got SIGTERM and finishes what it runs
+        self.version = version  # the pod template's version (reports.version_number)
         self.requested: frozenset[str] = frozenset()  # queues the operator asked this worker to drain
         self._seen: dict[str, Mapping[bytes | str, bytes | str]] = {}  # each hash as last read
         self._failing = False
@@ -110,6 +114,7 @@ class LoadReporter:
         counts = self.counts()
         done = self.done()
         draining = self.draining()
+        stopping = self.stopping()
         return {
             q: WorkerLoad(
                 worker=self.worker,
@@ -120,6 +125,8 @@ class LoadReporter:
                 concurrency=self.concurrency,
                 draining=q in draining,
                 started=self.started,
+                stopping=stopping,
+                version=self.version,
             )
             for q in self.queues
         }

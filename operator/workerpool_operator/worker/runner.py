@@ -161,6 +161,7 @@ class WorkerSupervisor:
         self.started = 0.0  # when the worker became ready
         self.concurrency = config.concurrency or 0
         self.escalated = False  # the soft-shutdown timeout ran out and we started a cold shutdown
+        self.stopping = False  # SIGTERM came: reported, so the operator counts this worker out of its replicas
         self._stop_deadline: float | None = None
         self._reporter_lock = threading.Lock()
         self._finished = False
@@ -218,6 +219,8 @@ class WorkerSupervisor:
             global_keyprefix=prefix,
             draining=lambda: self.drainer.draining if self.drainer is not None else frozenset(),
             started=self.started,
+            stopping=lambda: self.stopping,
+            version=self.config.template_version,
         )
 
     @staticmethod
@@ -237,8 +240,10 @@ class WorkerSupervisor:
         return max(0, accepted - len(worker_state.active_requests))
 
     def _on_shutting_down(self, sig: str = "", how: str = "", **_: Any) -> None:
-        # Runs inside Celery's signal handler: only unlink a file and note a time here.
+        # Runs inside Celery's signal handler: only unlink a file and note a flag and a time here; the heartbeat
+        # thread reports the flag at its next beat.
         self.files.mark_not_ready()
+        self.stopping = True
         timeout = self.config.soft_shutdown_timeout
         if how == "Warm" and timeout > 0 and self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + timeout
