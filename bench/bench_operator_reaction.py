@@ -19,8 +19,10 @@ period) never holds a burst of 1 to 4 tasks back: the figure is the reaction, no
 
 The cost at rest is what a faster reaction must not raise: Redis commands per second (``INFO commandstats``
 deltas over a quiet window, the bench's own INFO left out) and the operator's CPU seconds per minute, with the
-pool created and idle, and once with no pool at all. The operator runs in its own process on the bench's API
-emulator (bench/operator_harness.py); the emulator notes when each replica write is stored.
+pool created and idle, and once with no pool at all; ``--idle-pools N`` adds N idle pools of one queue on the
+same broker, for that cost at scale (issue 26 compares it at 1,000). The rest window starts once every pool is
+Ready and the operator has stopped writing. The operator runs in its own process on the bench's API emulator
+(bench/operator_harness.py); the emulator notes when each replica write is stored.
 
     .venv/bin/python -m bench.bench_operator_reaction [--trials 50] [--intervals 2,1] [--rest-seconds 60]
         [--seed N] [--idle-pools 0] [--realistic]
