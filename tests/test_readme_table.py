@@ -5,8 +5,8 @@ engine, the simulator or the KEDA model that moves one of its figures must come 
 or this test fails and names the row. (The last round's regression of the kills without draining, 39 -> 141 on
 long-tasks, was caught only by re-running the bench by hand: that column is in the table now.) The rows, their
 settings and how a figure is written come from bench/bench_simulate.py, which prints the same table, so the
-README, the bench and this test cannot disagree. The whole module takes 14 s here (2 CPUs shared, load 2), 7 s
-of it the 24-hour ``daily`` trace; every other row takes about a second or less.
+README, the bench and this test cannot disagree. The whole module takes 16 to 19 s here (2 CPUs shared, load 1
+to 3), 7 s of it the 24-hour ``daily`` trace; every other row takes about a second or less.
 """
 
 from __future__ import annotations
