@@ -10,13 +10,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import attrs
+import kmock
+import redis
+from kmock._internal import rendering
 from tests.conftest import RedisServer
 from tests.kube import KubeCluster
 
@@ -58,12 +64,62 @@ class RequestLog:
         self._stopped = True
 
 
+@attrs.define(kw_only=True)
+class TimedApiServer(BenchApiServer):
+    """The bench's emulator, noting the wall-clock time at which each write setting a Deployment's replicas
+    was stored: when "the replicas changed", without polling the emulator from the bench (which would take
+    CPU from the operator on a small machine)."""
+
+    replica_writes: list[ReplicaWrite] = attrs.field(factory=list, init=False)
+    _written: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        response = await super()._handle(request)
+        replicas = _replicas_written(request)
+        if replicas is not None and request.name is not None:
+            with self._written:
+                self.replica_writes.append(ReplicaWrite(time.time(), str(request.namespace), request.name, replicas))
+                self._written.notify_all()
+        return response
+
+    def wait_for_write(self, name: str, after: float, timeout: float) -> ReplicaWrite | None:
+        """The first write of ``name``'s replicas stored after wall-clock time ``after`` (None: none in time)."""
+
+        def since() -> list[ReplicaWrite]:
+            return [w for w in self.replica_writes if w.name == name and w.at > after]
+
+        with self._written:
+            self._written.wait_for(since, timeout)
+            found = since()
+            return found[0] if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWrite:
+    at: float  # wall-clock seconds (time.time()), as Redis' MONITOR stamps commands
+    namespace: str
+    name: str
+    replicas: int
+
+
+def _replicas_written(request: rendering.Request) -> int | None:
+    """The replicas a PATCH or PUT of a Deployment (or of its scale subresource) sets, if it sets them."""
+    if request.resource is None or request.resource.plural != "deployments" or request.action != kmock.action.UPDATE:
+        return None
+    spec = request.data.get("spec") if isinstance(request.data, dict) else None
+    replicas = spec.get("replicas") if isinstance(spec, dict) else None
+    return replicas if isinstance(replicas, int) else None
+
+
 @contextmanager
-def cluster_and_redis(realistic: bool = False) -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
+def cluster_and_redis(
+    realistic: bool = False, emulator: Callable[..., BenchApiServer] = BenchApiServer
+) -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
     """The emulator (fast at scale; with ``realistic``, objects as a real API server returns them: see
-    bench/api_server.py), a redis-server, and a client that writes as ``kubectl`` would."""
+    bench/api_server.py; ``emulator``: the class, e.g. :class:`TimedApiServer`), a redis-server, and a client
+    that writes as ``kubectl`` would."""
     workdir = Path(tempfile.mkdtemp(prefix="workerpool-bench-"))
-    kube = KubeCluster(workdir, emulator=lambda: BenchApiServer(realistic=realistic)).start()
+    kube = KubeCluster(workdir, emulator=lambda: emulator(realistic=realistic)).start()
     kube.log = RequestLog(kube)  # type: ignore[attr-defined]
     redis = RedisServer(workdir=workdir / "redis").start()
     client = kube.api_client()
@@ -103,6 +159,33 @@ def wait_watching(kube: KubeCluster, plural: str = "workerpools", timeout: float
     raise RuntimeError(f"the operator never watched {plural}: see {kube.kubeconfig.parent / 'operator.log'}")
 
 
+def pools_ready(kube: KubeCluster) -> int:
+    """How many WorkerPools have the condition Ready True."""
+    ready = 0
+    for pool in kube.objects(f"{API_GROUP}/{API_VERSION}/{PLURAL}").values():
+        conditions = (pool.get("status") or {}).get("conditions") or []
+        ready += any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return ready
+
+
+def wait_settled(kube: KubeCluster, pools: int, quiet: float, timeout: float) -> float:
+    """Until ``pools`` WorkerPools are Ready and then the operator writes nothing to the API for ``quiet``
+    seconds (what it still does for the start-up is not rest). Returns the seconds it took."""
+    started = time.monotonic()
+    while pools_ready(kube) < pools:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"only {pools_ready(kube)} of {pools} pools Ready after {timeout:g} s")
+        time.sleep(1.0)
+    writes, since = api_writes(kube), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"the operator still writes {timeout:g} s after the pools were created")
+        time.sleep(1.0)
+        if (now := api_writes(kube)) != writes:
+            writes, since = now, time.monotonic()
+    return time.monotonic() - started
+
+
 def create_secret(api: KubeApi, namespace: str, url: str) -> None:
     body = {
         "apiVersion": "v1",
@@ -114,7 +197,13 @@ def create_secret(api: KubeApi, namespace: str, url: str) -> None:
 
 
 def create_pool(api: KubeApi, namespace: str, name: str, queues: list[str], scaling: dict[str, Any]) -> None:
-    body = {
+    body = pool_body(namespace, name, queues, scaling)
+    api.request("POST", f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}", body=body)
+
+
+def pool_body(namespace: str, name: str, queues: list[str], scaling: dict[str, Any]) -> dict[str, Any]:
+    """A WorkerPool of concurrency-1 queues (up to 1,000 replicas each) on the broker of Secret ``redis``."""
+    return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": "WorkerPool",
         "metadata": {"name": name, "namespace": namespace},
@@ -126,7 +215,48 @@ def create_pool(api: KubeApi, namespace: str, name: str, queues: list[str], scal
             "scaling": scaling,
         },
     }
-    api.request("POST", f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}", body=body)
+
+
+def redis_command_calls(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since the server started (``INFO commandstats``), the bench's own INFO left out."""
+    stats = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+    calls.pop("info", None)
+    return calls
+
+
+@dataclass(frozen=True, slots=True)
+class RestCost:
+    """What the operator costs over a quiet window: Redis commands (per command), its CPU time, API writes."""
+
+    seconds: float
+    commands: dict[str, int]
+    cpu_seconds: float
+    api_writes: int
+
+    @property
+    def commands_per_second(self) -> float:
+        return sum(self.commands.values()) / self.seconds
+
+    @property
+    def cpu_seconds_per_minute(self) -> float:
+        return 60 * self.cpu_seconds / self.seconds
+
+    def by_command(self) -> str:
+        """``llen 2.0/s, hgetall 0.5/s, ...``, busiest first."""
+        ranked = sorted(self.commands.items(), key=lambda item: -item[1])
+        return ", ".join(f"{name} {calls / self.seconds:.1f}/s" for name, calls in ranked if calls) or "none"
+
+
+def measure_rest(pid: int, client: redis.Redis, kube: KubeCluster, seconds: float) -> RestCost:
+    """The operator's cost while nothing happens, over ``seconds``: Redis commands from ``INFO commandstats``
+    deltas, CPU from /proc, writes from the emulator's request log."""
+    writes = api_writes(kube)
+    calls, cpu, started = redis_command_calls(client), process_cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    after_calls, after_cpu, elapsed = redis_command_calls(client), process_cpu_seconds(pid), time.monotonic() - started
+    delta = {name: count - calls.get(name, 0) for name, count in after_calls.items()}
+    return RestCost(elapsed, delta, after_cpu - cpu, api_writes(kube) - writes)
 
 
 def process_cpu_seconds(pid: int) -> float:

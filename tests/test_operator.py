@@ -112,15 +112,45 @@ def test_replicas_follow_real_celery_backlog_up_and_back_down(
     assert metrics.sample("workerpool_scale_events_total", {**labels, "direction": "up", "reason": "wake_from_zero"})
 
 
-def test_no_api_writes_at_steady_state(operator: RunningOperator, redis_server: RedisServer) -> None:
+STATUS_REFRESH = 2.0  # seconds; the operator's default is 30
+
+
+@pytest.fixture
+def short_status_refresh(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A status refresh short enough to watch a whole one (set before the operator starts: list it first)."""
+    monkeypatch.setenv("WORKERPOOL_OPERATOR_STATUS_REFRESH", str(STATUS_REFRESH))
+    return STATUS_REFRESH
+
+
+def _backlog_written(kube: KubeCluster, pool: str) -> int | None:
+    queues = (get_pool(kube, pool).get("status") or {}).get("queues") or [{}]
+    backlog = queues[0].get("backlog")
+    return None if backlog is None else int(backlog)
+
+
+def test_no_api_writes_at_steady_state(
+    short_status_refresh: float, operator: RunningOperator, redis_server: RedisServer
+) -> None:
+    """An idle pool writes nothing over more than a whole status refresh (figures that moved at rest would be
+    written at the refresh); and, so that this can fail, a figure that moves is written at the refresh."""
+    refresh = short_status_refresh
     kube = operator.cluster
     create_secret(kube, "redis", {"url": redis_server.url})
-    create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "minReplicas": 1}]))
+    create_pool(kube, pool_manifest("shop", queues=[{"name": "default", "minReplicas": 1, "maxReplicas": 1}]))
     wait_for(lambda: _ready(kube, "shop") == "True", message="Ready")
-    time.sleep(1.5)  # let the first polls settle
+    time.sleep(refresh + 1.0)  # the first polls, and any figure the start-up left for the refresh
     before = len(_writes(kube))
-    time.sleep(3.0)  # six polls at 0.5 s
+    time.sleep(refresh + 1.5)  # a whole refresh and three polls (0.5 s) more
     assert _writes(kube)[before:] == []
+
+    # The queue wakes (backlog 0 -> 2, written at once); then only a figure moves (2 -> 4, replicas held at max 1).
+    enqueue(redis_server.url, "default", 2)
+    wait_for(lambda: _backlog_written(kube, "shop") == 2, timeout=5, message="the wake written")
+    seen = time.monotonic()
+    enqueue(redis_server.url, "default", 2)
+    time.sleep(max(0.0, seen + refresh - 0.5 - time.monotonic()))
+    assert _backlog_written(kube, "shop") == 2, "a figure alone was written before the refresh"
+    wait_for(lambda: _backlog_written(kube, "shop") == 4, timeout=2.0, message="the figure written at the refresh")
 
 
 def test_removing_a_queue_deletes_its_deployment_and_deleting_the_pool_collects_all(
