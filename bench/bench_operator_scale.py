@@ -5,9 +5,12 @@ loop's lag, the broker poll time, and where the memory goes. Goal: zero writes w
 The operator runs in its own process against the API emulator (bench/api_server.py); all pools share one
 redis-server (one pipelined round trip per poll for all of them). Baseline, same run: the same operator
 with no pool. ``--realistic`` makes the emulator answer with objects as big as a real API server's
-(managedFields, defaulted Deployments, a controller-manager writing Deployment status).
+(managedFields, defaulted Deployments, a controller-manager writing Deployment status at its API QPS,
+``--controller-qps``, 20 as on a real cluster; 0: unbounded). The event loop's lag is measured while the pools are
+created and become Ready, and again at steady state.
 
     .venv/bin/python -m bench.bench_operator_scale [--pools 1000] [--seconds 60] [--poll 5] [--realistic]
+        [--controller-qps 20]
 
 With ``PYTHONTRACEMALLOC=25`` in the environment the operator also traces its allocations (slower and
 bigger: use that run for the memory breakdown only, not for the CPU and RSS figures).
@@ -125,24 +128,38 @@ def _settle(pid: int, seconds: float) -> list[tuple[float, float]]:
 
 
 def run(
-    pools: int, seconds: float, poll: float, realistic: bool, freeze: bool = False, ready_timeout: float = 7200
+    pools: int,
+    seconds: float,
+    poll: float,
+    realistic: bool,
+    freeze: bool = False,
+    ready_timeout: float = 7200,
+    controller_qps: float | None = 20.0,
 ) -> dict[str, Any]:
     port = free_port()
-    with cluster_and_redis(realistic) as (kube, redis, api):
+    with cluster_and_redis(realistic, controller_qps=controller_qps) as (kube, redis, api):
         probe = kube.kubeconfig.parent / "probe.json"
         env = {"WORKERPOOL_OPERATOR_METRICS_PORT": str(port)}
         with operator_process(kube, probe, **env) as operator:
+            operator_started = time.monotonic()
             wait_watching(kube)
             time.sleep(5)
             base = _steady(kube, operator.pid, min(seconds, 30.0))
+            probe_now(operator, probe, memory=False)  # the lag and GC figures from here: the creation's
 
             started = time.monotonic()
+            events0 = kube.emulator.events_posted  # type: ignore[union-attr]
             _create_pools(api, redis.url, pools, poll)
             created = time.monotonic() - started
             progress = _wait_ready(kube, operator.pid, pools, started, ready_timeout)
             converged = time.monotonic() - started
+            ready_peak = process_rss_mib(operator.pid, "VmHWM")
+            since_operator = time.monotonic() - operator_started
+            creating = probe_now(operator, probe, memory=False)  # lag and GC while the pools were created
+            events = kube.emulator.events_posted - events0  # type: ignore[union-attr]
             deployments = len(kube.objects("apps/v1/deployments"))
-            settling = _settle(operator.pid, 35)  # past the controller-manager's writes and the status refresh
+            settling = _settle(operator.pid, 35)  # past the status refresh
+            backlog = kube.emulator.controller_backlog  # type: ignore[union-attr]
             probe_now(operator, probe, memory=False)  # resets the lag and GC figures
             before = scrape(port)
             steady = _steady(kube, operator.pid, seconds)
@@ -150,7 +167,17 @@ def run(
             inside = probe_now(operator, probe)
             frozen = _frozen(kube, operator, probe, seconds) if freeze else None
             status_writes = kube.emulator.status_writes  # type: ignore[union-attr]
+            controller_calls = kube.emulator.controller_calls  # type: ignore[union-attr]
+            steady_events = kube.emulator.events_posted - events0 - events  # type: ignore[union-attr]
     return {
+        "controller_qps": controller_qps,
+        "since_operator": since_operator,
+        "ready_peak": ready_peak,
+        "creating": creating,
+        "events": events,
+        "steady_events": steady_events,
+        "controller_backlog": backlog,
+        "controller_calls": controller_calls,
         "pools": pools,
         "realistic": realistic,
         "poll": poll,
@@ -174,6 +201,7 @@ def report(result: dict[str, Any], seconds: float) -> str:
     base, steady, inside = result["base"], result["steady"], result["inside"]
     pools = result["pools"]
     lag = inside["loop_lag"]
+    creating = result["creating"]["loop_lag"]
     rows: list[list[object]] = [
         ["no pool (baseline)", f"{base['cpu']:.2f}", f"{base['rss']:.0f}", base["writes"], base["lines"]],
         [
@@ -199,7 +227,14 @@ def report(result: dict[str, Any], seconds: float) -> str:
         f"redis-server, poll every {result['poll']:g} s; operator in its own process on the API emulator"
         f"{' (PYTHONTRACEMALLOC: slower and bigger)' if os.environ.get('PYTHONTRACEMALLOC') else ''}. "
         f"Pools created in {result['created']:.0f} s; {_ready_text(result)} "
-        f"({result['status_writes']:,} Deployment status writes by the simulated controller-manager). "
+        f"({result['since_operator']:.0f} s after the operator started; {result['status_writes']:,} Deployment status "
+        f"writes and {result['controller_calls']:,} API calls in all by the simulated controller-manager at "
+        f"{_qps_text(result)}, {result['controller_backlog']:,} Deployments still in its queue at steady state; "
+        f"{result['events']:,} Events posted until all were Ready, {result['steady_events']:,} after). "
+        f"While the pools were created and became Ready: event-loop lag p99 {creating['p99_ms']:.1f} ms, max "
+        f"{creating['max_ms']:.0f} ms; {result['creating']['gc_gen2']['count']} full collections, the longest "
+        f"{result['creating']['gc_gen2']['max_ms']:.0f} ms; peak RSS until all were Ready "
+        f"{result['ready_peak']:.0f} MiB. "
         f"Steady state measured over {seconds:g} s; the operator's peak RSS until then {steady['peak']:.0f} MiB.\n\n"
         + markdown_table(["case", "CPU s/min", "RSS MiB", "API writes/min", "log lines/min"], rows)
         + f"\n\nAt steady state: broker poll {result['poll_ms']:.1f} ms on average ({pools * len(QUEUES):,} "
@@ -220,6 +255,11 @@ def report(result: dict[str, Any], seconds: float) -> str:
         + (_frozen_text(result["frozen"], steady, lag) if result["frozen"] else "")
     )
     return text
+
+
+def _qps_text(result: dict[str, Any]) -> str:
+    qps = result.get("controller_qps")
+    return f"{qps:g} QPS" if qps else "no QPS bound"
 
 
 def _ready_text(result: dict[str, Any]) -> str:
@@ -248,9 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--freeze", action="store_true", help="then measure again after gc.freeze() in the operator")
     parser.add_argument("--ready-timeout", type=float, default=7200, help="seconds to wait for every pool Ready")
+    parser.add_argument(
+        "--controller-qps", type=float, default=20.0, help="the simulated controller-manager's API QPS (0: unbounded)"
+    )
     args = parser.parse_args(argv)
     tracemalloc.stop()  # PYTHONTRACEMALLOC is for the operator's process (it inherits it), not the emulator's
-    result = run(args.pools, args.seconds, args.poll, args.realistic, args.freeze, args.ready_timeout)
+    qps = args.controller_qps or None
+    result = run(args.pools, args.seconds, args.poll, args.realistic, args.freeze, args.ready_timeout, qps)
     if args.json:
         import json
 

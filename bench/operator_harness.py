@@ -113,13 +113,13 @@ def _replicas_written(request: rendering.Request) -> int | None:
 
 @contextmanager
 def cluster_and_redis(
-    realistic: bool = False, emulator: Callable[..., BenchApiServer] = BenchApiServer
+    realistic: bool = False, emulator: Callable[..., BenchApiServer] = BenchApiServer, **options: Any
 ) -> Iterator[tuple[KubeCluster, RedisServer, KubeApi]]:
     """The emulator (fast at scale; with ``realistic``, objects as a real API server returns them: see
-    bench/api_server.py; ``emulator``: the class, e.g. :class:`TimedApiServer`), a redis-server, and a client
-    that writes as ``kubectl`` would."""
+    bench/api_server.py; ``emulator``: the class, e.g. :class:`TimedApiServer`; ``options``: its settings, such as
+    ``controller_qps``), a redis-server, and a client that writes as ``kubectl`` would."""
     workdir = Path(tempfile.mkdtemp(prefix="workerpool-bench-"))
-    kube = KubeCluster(workdir, emulator=lambda: emulator(realistic=realistic)).start()
+    kube = KubeCluster(workdir, emulator=lambda: emulator(realistic=realistic, **options)).start()
     kube.log = RequestLog(kube)  # type: ignore[attr-defined]
     redis = RedisServer(workdir=workdir / "redis").start()
     client = kube.api_client()
@@ -300,6 +300,8 @@ def probe_now(
         time.sleep(0.5)
     time.sleep(0.5)  # written at once, but let the writer close it
     found: dict[str, Any] = json.loads(probe.read_text())
+    if "error" in found:
+        raise RuntimeError(f"the operator's probe failed: {found['error']}")
     return found
 
 

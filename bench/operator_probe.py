@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import tracemalloc
 import types
 from collections.abc import Iterable
@@ -167,7 +168,8 @@ def owners() -> dict[str, dict[str, Any]]:
     loops = _instances(ScalingLoop)
     measure("scaling loop registrations", [loop._pools for loop in loops], sum(len(loop._pools) for loop in loops))
     observers = _instances(Observer)
-    measure("observer: last observations", [observer._brokers for observer in observers])
+    # What observers keep between polls (their connections and logged failures; ``_brokers`` in older layouts).
+    measure("observer: last observations", [vars(observer) for observer in observers])
     plans = _instances(PollPlan)
     measure("observer: cached request plans", plans)
     measure("Prometheus registry (label sets)", [metrics.REGISTRY])
@@ -247,7 +249,10 @@ async def probe(**_: Any) -> None:
             _lags.append(max(0.0, loop.time() - started - LAG_EVERY))
             if requested.is_set():
                 requested.clear()
-                dump()
+                try:
+                    dump()
+                except Exception:  # said in the answer, or the bench would wait for it in vain
+                    _out.write_text(json.dumps({"error": traceback.format_exc()}))
                 _lags.clear()  # the dump itself stalled the loop
 
     _tasks.add(asyncio.create_task(sample(), name="probe"))

@@ -199,3 +199,21 @@ def test_the_scale_benchmarks_emulator_resumes_a_watch_from_its_version(tmp_path
         assert sorted(name for _, name in resumed(None)) == ["new", "old1", "old2"], "from nothing: everything"
     finally:
         cluster.stop()
+
+
+def test_the_scale_benchmarks_controller_manager_keeps_to_its_qps() -> None:
+    """The simulated controller-manager takes every API call from one token bucket, as client-go's limiter does:
+    a burst at once, then ``qps`` a second."""
+    from bench.api_server import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(20.0, 30, clock=lambda: now[0])
+    assert [bucket.delay() for _ in range(30)] == [0.0] * 30  # the burst
+    assert bucket.delay() == pytest.approx(1 / 20)
+    assert bucket.delay(4) == pytest.approx(5 / 20)  # queued behind the one before
+    now[0] = 10.0  # refilled, up to the burst only
+    assert bucket.delay(30) == 0.0
+    assert bucket.delay() == pytest.approx(1 / 20)
+    assert bucket.taken == 66
+    unbounded = TokenBucket(None, 30, clock=lambda: now[0])
+    assert unbounded.delay(1000) == 0.0 and unbounded.taken == 1000
