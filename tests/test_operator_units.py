@@ -55,6 +55,26 @@ async def test_replicas_come_from_the_cache_after_one_read(kube: KubeCluster) ->
         await backend.scale(POOL, "default", 1, ())
 
 
+def test_names_of_pools_sharing_a_namespace_stay_apart() -> None:
+    """Each pool's queue names are kept by pool (no scan of every pool's): replacing or forgetting one pool's
+    leaves the other's names and cached Deployments as they were."""
+    backend = KubeBackend(None)  # type: ignore[arg-type]  # the cache needs no API
+    other = (NS, "other")
+    backend.set_names(POOL, {"default": "shop-default", "mail": "shop-mail"})
+    backend.set_names(other, {"default": "other-default"})
+    for name in ("shop-default", "shop-mail", "other-default"):
+        backend.observe_deployment({"metadata": {"namespace": NS, "name": name}, "spec": {"replicas": 1}})
+    backend.set_names(POOL, {"default": "shop-default", "mail": "shop-mail-2"})  # mail's Deployment renamed
+    assert backend.deployment_name(POOL, "mail") == "shop-mail-2"
+    assert backend.cached(NS, "shop-mail") is None and backend.cached(NS, "shop-default") is not None
+    backend.forget(POOL)
+    assert backend.deployment_name(POOL, "default") is None and backend.cached(NS, "shop-default") is None
+    assert backend.deployment_name(other, "default") == "other-default"
+    assert backend.cached(NS, "other-default") is not None
+    backend.set_names(POOL, {"default": "shop-default"})  # back: a name forgotten can be set again
+    assert backend.deployment_name(POOL, "default") == "shop-default"
+
+
 def test_an_older_watch_event_never_overwrites_newer_facts() -> None:
     backend = KubeBackend(None)  # type: ignore[arg-type]  # the cache needs no API
     meta = {"namespace": NS, "name": "d"}

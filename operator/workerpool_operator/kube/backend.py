@@ -74,6 +74,7 @@ class KubeBackend:
         self._clock = clock
         self._others: dict[tuple[str, str], tuple[tuple[str, ...], float]] = {}  # other writers of the count, when
         self._names: dict[tuple[PoolKey, str], str] = {}
+        self._queues: dict[PoolKey, set[str]] = {}  # the queues of each pool in ``_names`` (no scan of all pools)
         self._replicas: dict[tuple[str, str], Known] = {}
         self._marked: dict[tuple[str, str], set[str]] = {}  # pods given a deletion cost, per Deployment
         self._applying: dict[tuple[str, str], int] = {}  # objects with an apply in flight (drift waits for it)
@@ -85,14 +86,19 @@ class KubeBackend:
     def set_names(self, pool: PoolKey, names: Mapping[str, str], targets: Collection[str] = ()) -> None:
         """The Deployment name of every queue of ``pool`` (replaces the previous mapping); ``targets``: the
         names among them the pool scales without rendering (``scaleTargetRef``)."""
-        for key in [k for k in self._names if k[0] == pool and (k[1] not in names or names[k[1]] != self._names[k])]:
+        known = self._queues.pop(pool, set())
+        for key in [(pool, q) for q in known if q not in names or names[q] != self._names[(pool, q)]]:
             name = self._names.pop(key)
             self._replicas.pop((pool[0], name), None)
             self._marked.pop((pool[0], name), None)
             self._others.pop((pool[0], name), None)
         for queue, name in names.items():
             self._names[(pool, queue)] = name
+        if names:
+            self._queues[pool] = set(names)
         kept = {(pool[0], name) for name in targets}
+        if not kept and not self._targets:
+            return
         for target in [t for t, owner in self._targets.items() if owner == pool and t not in kept]:
             del self._targets[target]
             self._missing.discard(target)
