@@ -6,6 +6,9 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
+
+from workerpool_operator.kube import heap
 from workerpool_operator.kube.heap import SLOW_FREEZES, HeapSettler, collect_and_freeze
 
 
@@ -90,3 +93,46 @@ def test_garbage_waiting_for_the_collector_is_reclaimed_not_frozen_for_good() ->
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_a_freeze_gives_the_memory_freed_back_to_the_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the start-up the C allocator holds, free, what the start-up decoded: the freeze trims it (glibc's
+    ``malloc_trim``, found on this machine's C library; elsewhere, nothing is called)."""
+    assert heap.MALLOC_TRIM is not None, "glibc here: malloc_trim is found"
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    monkeypatch.setattr(heap, "MALLOC_TRIM", trim)
+    try:
+        collect_and_freeze()
+    finally:
+        gc.unfreeze()
+    assert calls == [0]
+    monkeypatch.setattr(heap, "MALLOC_TRIM", None)
+    assert heap.release_free_memory() is False
+
+
+def test_trimming_really_returns_freed_memory() -> None:
+    """What ``malloc_trim`` is for, on the real allocator: big strings allocated and freed in another thread (as
+    ``asyncio.to_thread``'s workers decode the API's answers) leave the process' RSS high until the trim."""
+    import threading
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+    survivors: list[bytearray] = []
+
+    def churn() -> None:
+        kept = [bytearray(4000) for _ in range(50_000)]  # 200 MB in chunks C malloc serves (not Python's arenas)
+        survivors.append(kept[-1])  # the heap's top stays in use, so free() alone cannot shrink the heap
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    worker.join()
+    before = rss_kib()
+    assert heap.release_free_memory()
+    assert rss_kib() < before - 50_000, "more than 50 MB given back"

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
@@ -39,16 +41,46 @@ SLOW_COLLECTION = 0.1  # seconds: a full collection this long says much that liv
 SLOW_FREEZES = 3
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, where the C library is glibc (None elsewhere: musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Give the pages the C allocator holds free back to the system (glibc's ``malloc_trim(0)``); whether it could.
+
+    Python frees its small objects to its own arenas, and gives an arena back once it is empty; everything bigger
+    (a watch event's JSON text, a response, a decoded string) comes from the C allocator, which keeps what was freed
+    for reuse, in the heap of each thread that allocated it (``asyncio.to_thread``'s workers have their own). After
+    the start-up, which decodes every object of the cluster several times, that is hundreds of MiB no one uses
+    (docs/benchmarks.md, "Operator at scale")."""
+    if MALLOC_TRIM is None:
+        return False
+    MALLOC_TRIM(0)
+    return True
+
+
 def collect_and_freeze() -> None:
-    """Reclaim what is garbage now, then move every object still alive out of the collector's walks."""
+    """Reclaim what is garbage now, then move every object still alive out of the collector's walks, and give the
+    memory freed back to the system."""
     started = time.perf_counter()
     unreachable = gc.collect()
     gc.freeze()
+    trimmed = release_free_memory()
     logger.debug(
-        "heap frozen: %d objects outside the collector's walks (%d unreachable reclaimed first, in %.2f s)",
+        "heap frozen: %d objects outside the collector's walks (%d unreachable reclaimed first, in %.2f s)%s",
         gc.get_freeze_count(),
         unreachable,
         time.perf_counter() - started,
+        "; free memory given back" if trimmed else "",
     )
 
 
