@@ -11,6 +11,7 @@ only does I/O.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,25 +39,26 @@ class PlanError(Exception):
 
 
 class Manifests(Mapping[str, dict[str, Any]]):
-    """Rendered manifests by key (queue name, or component), held as compact JSON text: each access returns a
-    new dict, so no caller can change what the plan holds.
+    """Rendered manifests by key (queue name, or component), held as compact JSON text, compressed: each access
+    returns a new dict, so no caller can change what the plan holds.
 
     Why text: a plan lives as long as its pool, and a Deployment as dicts is about 150 objects the garbage
     collector walks in every full collection, where its text is one object it never walks. At 10,000 pools the
     manifests as dicts were 338 MiB and most of the 3.1 million objects of the process; full collections
     stalled the event loop for up to 8 s (docs/benchmarks.md, "Operator at scale"). A manifest is decoded when
-    it is applied or compared with a live object (tens of microseconds)."""
+    it is applied or compared with a live object (tens of microseconds). Compressed (zlib), a queue's Deployment
+    takes about a fifth of its text (its keys repeat); it is decompressed only with those rare uses."""
 
     __slots__ = ("_texts", "kinds", "names")
 
     def __init__(self, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         items = (manifests or {}).items()
-        self._texts = {key: json.dumps(manifest, separators=(",", ":")) for key, manifest in items}
+        self._texts = {key: _packed(manifest) for key, manifest in items}
         self.names = {key: str(manifest["metadata"]["name"]) for key, manifest in items}
         self.kinds = {key: str(manifest["kind"]) for key, manifest in items}
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        manifest: dict[str, Any] = json.loads(self._texts[key])
+        manifest: dict[str, Any] = json.loads(zlib.decompress(self._texts[key]))
         return manifest
 
     def __iter__(self) -> Iterator[str]:
@@ -75,9 +77,18 @@ class Manifests(Mapping[str, dict[str, Any]]):
     def __repr__(self) -> str:
         return f"Manifests({', '.join(f'{k}={self.kinds[k]}/{self.names[k]}' for k in self._texts)})"
 
+    @property
+    def stored_bytes(self) -> int:
+        """What the manifests take as stored (compressed text)."""
+        return sum(map(len, self._texts.values()))
+
     def named(self, kind: str, name: str) -> str | None:
         """The key of the manifest of that kind and name, if the plan has one."""
         return next((key for key, n in self.names.items() if n == name and self.kinds[key] == kind), None)
+
+
+def _packed(manifest: Mapping[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(manifest, separators=(",", ":")).encode())
 
 
 @dataclass(frozen=True, slots=True)
