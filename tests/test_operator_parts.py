@@ -4,6 +4,7 @@ pool service constructed directly (the emulator as the API, a list as the Event 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -65,6 +66,8 @@ def test_a_plans_manifests_cannot_be_changed_through_what_it_hands_out() -> None
         _pool(flower={"auth": {"basicFrom": {"secretKeyRef": {"name": "f", "key": "users"}}}}),
         {"redis": {"url": URL.encode()}},
     )
+    text = sum(len(json.dumps(made.deployments[queue], separators=(",", ":"))) for queue in made.deployments)
+    assert made.deployments.stored_bytes < text / 2, "kept compressed: a manifest's keys repeat"
 
 
 def test_the_secrets_a_pool_reads_each_once() -> None:
@@ -327,6 +330,37 @@ async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster
 
     await service.pool_changed("DELETED", created)
     assert service.records == {}
+
+
+async def test_reporting_many_pools_lets_the_event_loop_run_between_slices(kube: KubeCluster) -> None:
+    """The scaling loop hands the service every pool's result in turn; reporting one rarely waits for anything, so
+    without a pause now and then 10,000 reports would hold the event loop for their whole length."""
+    from workerpool_operator.kube.pools import REPORTS_BETWEEN_YIELDS
+
+    client = api(kube)
+    backend, events = KubeBackend(client), Events()
+
+    async def on_result(result: PoolResult) -> None:
+        return None
+
+    loop = ScalingLoop(backend, on_result, _NoObserver(), _NoObserver())
+    service = PoolService(
+        api=client,
+        loop=loop,
+        reconciler=Reconciler(client, backend, events),
+        reporter=StatusReporter(client, backend, events, lambda: True),
+        secrets=SecretReader(client),
+        events=events,
+        may_write=lambda: True,
+    )
+    ran: list[int] = []
+    asyncio.get_running_loop().call_soon(lambda: ran.append(len(ran)))
+    result = PoolResult(pool=(NS, "unknown"), broker_error=None, queues=(), observed_at=0.0, poll_duration=0.0)
+    for _ in range(REPORTS_BETWEEN_YIELDS - 1):
+        await service.report(result)
+    assert ran == [], "no pause yet: nothing else ran"
+    await service.report(result)
+    assert ran == [0], "the event loop ran what waited"
 
 
 def _secret() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from workerpool_operator.scaling_types import PoolKey, PoolResult
 logger = logging.getLogger(__name__)
 
 LEGACY_FINALIZER = "workerpool.dev/finalizer"  # kopf's, from the first release's per-pool daemon
+REPORTS_BETWEEN_YIELDS = 50  # pools reported in one slice of the event loop (about 10 ms at 10,000 pools)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class PoolService:
         self._reporter, self._secrets, self._events = reporter, secrets, events
         self._may_write, self._clock, self.retry_delay = may_write, clock, retry_delay
         self.records: dict[PoolKey, PoolRecord] = {}
+        self._namespaces: dict[str, set[PoolKey]] = {}  # the records' keys by namespace (check_beats: no scan of all)
+        self._reports = 0  # results reported: the loop is yielded to every REPORTS_BETWEEN_YIELDS
 
     # --- the watch, on every replica ---------------------------------------------------------------------
 
@@ -155,6 +158,7 @@ class PoolService:
         record = self.records.get(key)
         if record is None or record.uid != meta.get("uid"):
             record = self.records[key] = PoolRecord(key, kept)
+            self._namespaces.setdefault(key[0], set()).add(key)
         record.body = kept
         self._reporter.seen(key, body.get("status"))
         if LEGACY_FINALIZER in (meta.get("finalizers") or ()) and self._may_write():
@@ -179,12 +183,17 @@ class PoolService:
         if self._watch is not None:
             self._watch.forget(key)
         record = self.records.pop(key, None)
+        same = self._namespaces.get(key[0], set())
+        same.discard(key)
+        if not same:
+            self._namespaces.pop(key[0], None)
         self._reporter.forget_pool(key, record.queue_names if record else ())
 
     async def check_beats(self, namespace: str) -> None:
         """Flag the pools of ``namespace`` that run beat for the same app on the same broker (status, and a Warning
         Event when that starts), and clear the flag of those that no longer do."""
-        records = {key: r for key, r in self.records.items() if key[0] == namespace}
+        keys = sorted(self._namespaces.get(namespace, ()))
+        records = {key: self.records[key] for key in keys if key in self.records}
         found = duplicate_beats({key: r.plan.beat_identity if r.plan else None for key, r in records.items()})
         for key, others in found.items():
             record = records[key]
@@ -246,7 +255,7 @@ class PoolService:
         assert record.plan is not None
         self._reconciler.adopt(record.plan)
         queues = record.plan.queue_names
-        fresh = record.key not in self._loop.registered()
+        fresh = not self._loop.states(record.key)  # (registered() would list every pool: once per pool served)
         states = self._reporter.persisted_states(record.key, queues) if fresh else None
         self._loop.register(record.key, record.plan.broker, record.plan.queues, states, record.plan.beat_app)
 
@@ -292,7 +301,12 @@ class PoolService:
             self._loop.unregister(key)
 
     async def report(self, result: PoolResult) -> None:
-        """The scaling loop's result handler."""
+        """The scaling loop's result handler. The loop hands it every pool's result in turn, and reporting one
+        rarely waits for anything: every REPORTS_BETWEEN_YIELDS results it lets the event loop run the rest
+        (watch events, the Lease), so 10,000 pools' reports are many short slices rather than one long stall."""
+        self._reports += 1
+        if self._reports % REPORTS_BETWEEN_YIELDS == 0:
+            await asyncio.sleep(0)
         record = self.records.get(result.pool)
         if record is not None and self._may_write():
             await self._reporter.report(result, record)
