@@ -224,6 +224,93 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
     assert reporter.persisted_states((NS, "shop"), ["default"]) == {"default": QueueState()}
 
 
+async def test_a_pool_at_rest_is_reported_once_and_anything_new_in_full(
+    kube: KubeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll that brings what the last one did (the time of the engine's latest recommendation apart, which is
+    never written on its own) builds no status: at 10,000 pools that was most of a tick's CPU. Anything new (the
+    Deployment's ready pods, a backlog) is reported in full, and a figure held back until the refresh is not lost."""
+    from workerpool_operator.kube.status import build_status as real_build
+
+    client = api(kube)
+    client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    clock = [1_800_000_000.0]
+    backend = KubeBackend(client)
+    reporter = StatusReporter(client, backend, Events(), lambda: True, clock=lambda: clock[0], figures_refresh=30)
+    made = plan(_pool(), {"redis": {"url": URL.encode()}})
+    backend.set_names((NS, "shop"), made.deployment_names)
+    built: list[int] = []
+
+    def counting_build(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr("workerpool_operator.kube.reporter.build_status", counting_build)
+
+    class Facts:
+        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, ["default"], None
+        broker_label = made.broker.redacted_url
+        beat_deployment: str | None = None
+        beat_duplicates: tuple[str, ...] = ()
+        targets: dict[str, str] = {}
+        shared_queues: dict[str, tuple[str, ...]] = {}
+        versions = made.versions
+
+        def bounds(self, queue: str) -> tuple[int, int] | None:
+            return made.bounds(queue)
+
+        def shadow(self, queue: str) -> bool:
+            return False
+
+        def drains(self, queue: str) -> bool:
+            return True
+
+        def policy(self, queue: str) -> ScalingPolicy | None:
+            return made.queues[queue].policy
+
+    def poll(in_flight: int = 0) -> PoolResult:
+        observation = QueueObservation("default", in_flight=in_flight, replicas=1)
+        decision = Decision(1, "hold", current_replicas=1, demand=in_flight)
+        state = QueueState(recommendations=((clock[0], 1),))  # its time moves with every poll
+        return PoolResult((NS, "shop"), None, (QueueResult("default", observation, decision, state),), clock[0], 0.01)
+
+    def status() -> dict[str, Any]:
+        found: dict[str, Any] = kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"]["status"]
+        return found
+
+    backend.observe_deployment(
+        {"metadata": {"namespace": NS, "name": "shop-default", "resourceVersion": "5"}, "spec": {"replicas": 1}}
+    )
+    await reporter.report(poll(), Facts())
+    writes = client.writes
+    await reporter.report(poll(), Facts())  # the first at rest: built, found equal, remembered
+    for _ in range(3):
+        clock[0] += 5
+        await reporter.report(poll(), Facts())
+    assert len(built) == 2 and client.writes == writes, "at rest: built twice in all, never written"
+
+    backend.observe_deployment(  # its pod became ready: state, written at once
+        {
+            "metadata": {"namespace": NS, "name": "shop-default", "resourceVersion": "6"},
+            "spec": {"replicas": 1},
+            "status": {"readyReplicas": 1},
+        }
+    )
+    clock[0] += 5
+    await reporter.report(poll(), Facts())
+    assert client.writes == writes + 1 and status()["queues"][0]["readyReplicas"] == 1
+
+    writes = client.writes
+    clock[0] += 5
+    await reporter.report(poll(in_flight=2), Facts())  # a figure: held back until the refresh
+    assert client.writes == writes, "a figure alone waits for the refresh"
+    clock[0] += 5
+    await reporter.report(poll(in_flight=2), Facts())  # the same poll again, but a figure is still to be written
+    clock[0] += 30
+    await reporter.report(poll(in_flight=2), Facts())
+    assert client.writes == writes + 1 and status()["queues"][0]["inFlight"] == 2, "and is written then"
+
+
 async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_warning(kube: KubeCluster) -> None:
     """The leader posts the Warning once the oldest task has been above the target for longer than a start-up
     delay, and writes since when; a new leader reads that from the status it saw, keeps the condition (and its

@@ -32,6 +32,7 @@ from workerpool_operator.kube.status import (
     build_status,
     from_wire,
     merge_patch,
+    pending,
     pool_figures,
     scaler_states,
     to_wire,
@@ -89,6 +90,8 @@ class _Written:
     breaches: dict[str, Breach] = field(default_factory=dict)  # queues whose target is broken now
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     told: Told = field(default_factory=Told)  # what the workload Events said last
+    # What the last poll reported amounted to (see StatusReporter._quiet), when it left nothing to write later.
+    quiet: tuple[Any, ...] | None = None
 
 
 _IDLE = Waits(0.0, None, 0.0, None, None, None)  # a queue without a target that has had nothing waiting lately
@@ -120,6 +123,14 @@ def _watch_waits(
         *pool.key, name, oldest=waits.oldest, p95=waits.p95, target=waits.target, above_target=bool(waits.breach)
     )
     return waits, _wait_event(name, waits, change)
+
+
+def _at_rest(state: QueueState) -> QueueState:
+    """The engine state without the time of its latest recommendation, which moves at every poll at rest."""
+    recommendations = state.recommendations
+    if not recommendations:
+        return state
+    return state._replace(recommendations=(*recommendations[:-1], (0.0, recommendations[-1][1])))
 
 
 def _above_since(status: Mapping[str, Any] | None, queue: str) -> float | None:
@@ -208,6 +219,11 @@ class StatusReporter:
             metrics.record_poll(pool.broker_label, result.poll_duration)
         if result.broker_error is not None:
             metrics.record_observation_error(namespace, name)
+        ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
+        quiet = self._quiet(result, pool, written, ready)
+        if quiet is not None and quiet == written.quiet:
+            return  # the same as the last poll, which left nothing to say, write or record anew
+        written.quiet = None
         if result.broker_error != written.broker_error:
             if result.broker_error is not None:
                 message = f"cannot observe the broker: {result.broker_error}; replicas are held"
@@ -216,7 +232,6 @@ class StatusReporter:
                 await self._events(pool.key, pool.uid, "Normal", "BrokerReachable", "the broker answers again")
         written.broker_error = result.broker_error
         written.observed = True
-        ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
         waits: dict[str, Waits] = {}
         for queue in result.queues:
             waits[queue.queue], event = _watch_waits(pool, queue, ready[queue.queue], written, result.observed_at)
@@ -227,7 +242,49 @@ class StatusReporter:
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self._notes.tell(pool, written.told)
-        await self.write(pool, figures=figures, scaler_state=scaler_states(result))
+        if await self.write(pool, figures=figures, scaler_state=scaler_states(result)) and quiet is not None:
+            written.quiet = quiet
+
+    def _quiet(
+        self, result: PoolResult, pool: PoolFacts, written: _Written, ready: Mapping[str, int | None]
+    ) -> tuple[Any, ...] | None:
+        """All that a poll of a pool at rest brings to the report, for comparing with the last one (``None``: not at
+        rest, or something in it depends on time). Reporting the same again would record the same metrics, post no
+        Event and build the same status but for the time of the engine's latest recommendation, which is never
+        written on its own (``status.write_needed``): at 10,000 pools that was most of a tick's CPU for nothing.
+        A poll with anything in motion (a broker error, a wait being watched, a scale, a drain, a failure, Shadow
+        mode) is reported in full."""
+        if result.broker_error is not None or written.watches or written.status is None or not self._may_write():
+            return None
+        queues: list[tuple[Any, ...]] = []
+        for q in result.queues:
+            policy = pool.policy(q.queue)
+            decision = q.decision
+            if (
+                (policy is not None and policy.target_wait is not None)
+                or pool.shadow(q.queue)
+                or q.observation.error is not None
+                or q.scaled_from is not None
+                or q.scale_error is not None
+                or q.drain_error is not None
+                or q.cancelled
+                or (decision is not None and decision.drain)
+                or q.queue in written.drain_failing
+            ):
+                return None
+            queues.append((q.queue, q.observation, decision, _at_rest(q.state), ready.get(q.queue)))
+        versions = tuple(sorted(pool.versions.items()))
+        beat = self._beat(pool)
+        return (
+            pool.generation,
+            pool.problem,
+            tuple(pool.queue_names),
+            pool.beat_duplicates,
+            versions,
+            None if beat is None else tuple(beat.items()),
+            self._notes.workloads(pool),
+            tuple(queues),
+        )
 
     def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
         """The beat Deployment as the watch last saw it (replica counts ``None`` until it has been seen)."""
@@ -312,12 +369,13 @@ class StatusReporter:
         *,
         figures: Mapping[str, QueueFigures] | None = None,
         scaler_state: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """Write the pool's status if something worth writing changed (and this replica may write)."""
+    ) -> bool:
+        """Write the pool's status if something worth writing changed (and this replica may write). Whether what it
+        would write is written now (nothing left for a later figures refresh)."""
         written = self._pools.setdefault(pool.key, _Written())
         async with written.lock:
             if not self._may_write() or self._pools.get(pool.key) is not written:
-                return
+                return False
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
             )
@@ -348,14 +406,16 @@ class StatusReporter:
             )
             refresh = self.figures_refresh
             if not write_needed(written.status, new, seconds_since_write=now - written.at, figures_refresh=refresh):
-                return
+                return not pending(written.status, new)
+            written.quiet = None
             patch = merge_patch(to_wire(written.status) if written.status else None, to_wire(new))
             if not patch:
-                return
+                return True
             try:
                 await asyncio.to_thread(self._api.patch_pool_status, *pool.key, patch)
             except ApiError as exc:
                 if exc.status == 404:  # deleted meanwhile
-                    return
+                    return False
                 raise
             written.status, written.at = new, now
+            return True

@@ -433,11 +433,17 @@ def write_needed(
     nothing but the time of the latest recommendation moved."""
     if written is None:
         return True
-    if written == new:
+    if written == new or not pending(written, new):  # (the second: the common case at rest, in one comparison)
         return False
     if _significant(written) != _significant(new):
         return True
-    return _without_volatile(written) != _without_volatile(new) and seconds_since_write >= figures_refresh
+    return seconds_since_write >= figures_refresh
+
+
+def pending(written: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` says anything ``written`` does not (state or figures), the time of the engine's latest
+    recommendation apart: what a write, now or at the next figures refresh, would carry."""
+    return written is None or _without_volatile(written) != _without_volatile(new)
 
 
 def _as_plain(value: Any) -> Any:
