@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workerpool_operator.engine import ScalingPolicy
@@ -50,6 +50,7 @@ class PoolRecord:
     secrets_read_at: float = 0.0
     planned_generation: int | None = None  # the generation last planned, whether that worked or not
     beat_duplicates: tuple[str, ...] = ()  # other pools of the namespace running beat for the same app and broker
+    _label: tuple[PoolPlan, str] | None = field(default=None, repr=False, compare=False)  # broker_label, per plan
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -69,7 +70,13 @@ class PoolRecord:
 
     @property
     def broker_label(self) -> str:
-        return self.plan.broker.redacted_url if self.plan is not None else ""
+        """The broker's URL without its password (read at every poll: redacting it anew each time cost more than
+        the rest of a quiet pool's report)."""
+        if self.plan is None:
+            return ""
+        if self._label is None or self._label[0] is not self.plan:
+            self._label = (self.plan, self.plan.broker.redacted_url)
+        return self._label[1]
 
     def bounds(self, queue: str) -> tuple[int, int] | None:
         return self.plan.bounds(queue) if self.plan is not None and queue in self.plan.queues else None
