@@ -4,7 +4,9 @@ pool service constructed directly (the emulator as the API, a list as the Event 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from tests.operator_helpers import NS, api, pool_manifest
 from workerpool_operator.engine import Decision, QueueState, ScalingPolicy
 from workerpool_operator.kube import conditions as cond
 from workerpool_operator.kube.backend import KubeBackend
-from workerpool_operator.kube.plan import PlanError, plan, removed_deployments, secrets_named
+from workerpool_operator.kube.plan import PlanError, PoolPlan, plan, removed_deployments, secrets_named
 from workerpool_operator.kube.pools import PoolService
 from workerpool_operator.kube.reconcile import ApplyError, Reconciler
 from workerpool_operator.kube.reporter import StatusReporter
@@ -309,6 +311,78 @@ async def test_a_pool_at_rest_is_reported_once_and_anything_new_in_full(
     clock[0] += 30
     await reporter.report(poll(in_flight=2), Facts())
     assert client.writes == writes + 1 and status()["queues"][0]["inFlight"] == 2, "and is written then"
+
+
+async def test_the_scaling_loops_reports_write_the_status_in_the_background(kube: KubeCluster) -> None:
+    """The loop reports pools one after the other: a report returns before its status write is done (the tick does
+    not wait an API round trip per pool), the write lands, and one that failed is written again at the next poll."""
+    import threading
+
+    client = api(kube)
+    client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    gate, failures = threading.Event(), [1]
+    real_patch = client.patch_pool_status
+
+    def patch(namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        assert gate.wait(10)
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("the API server went away")
+        return real_patch(namespace, name, body)
+
+    client.patch_pool_status = patch  # type: ignore[method-assign,assignment]
+    clock = [1_800_000_000.0]
+    reporter = StatusReporter(client, KubeBackend(client), Events(), lambda: True, clock=lambda: clock[0])
+    made = plan(_pool(), {"redis": {"url": URL.encode()}})
+    facts = _facts(made)
+    observation = QueueObservation("default", replicas=0)
+    result = PoolResult(
+        (NS, "shop"),
+        None,
+        (QueueResult("default", observation, Decision(0, "idle", current_replicas=0), QueueState()),),
+        clock[0],
+        0.01,
+    )
+
+    def status() -> dict[str, Any] | None:
+        found: dict[str, Any] | None = kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"].get("status")
+        return found
+
+    await reporter.report(result, facts, wait=False)
+    assert status() is None, "returned before the write"
+    gate.set()
+    await reporter.sent()
+    assert status() is None, "the write failed"
+    clock[0] += 5
+    await reporter.report(dataclasses.replace(result, observed_at=clock[0]), facts, wait=False)
+    await reporter.sent()
+    found = status()
+    assert found is not None and found["conditions"][0]["type"] == "Ready", "written again at the next poll"
+
+
+def _facts(made: PoolPlan) -> Any:
+    class Facts:
+        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, ["default"], None
+        broker_label = made.broker.redacted_url
+        beat_deployment: str | None = None
+        beat_duplicates: tuple[str, ...] = ()
+        targets: dict[str, str] = {}
+        shared_queues: dict[str, tuple[str, ...]] = {}
+        versions = made.versions
+
+        def bounds(self, queue: str) -> tuple[int, int] | None:
+            return made.bounds(queue)
+
+        def shadow(self, queue: str) -> bool:
+            return False
+
+        def drains(self, queue: str) -> bool:
+            return True
+
+        def policy(self, queue: str) -> ScalingPolicy | None:
+            return made.queues[queue].policy
+
+    return Facts()
 
 
 async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_warning(kube: KubeCluster) -> None:

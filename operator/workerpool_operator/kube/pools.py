@@ -316,7 +316,7 @@ class PoolService:
             await asyncio.sleep(0)
         record = self.records.get(result.pool)
         if record is not None and self._may_write():
-            await self._reporter.report(result, record)
+            await self._reporter.report(result, record, wait=False)
             if self._watch is not None:
                 await self._watch.observe(result, record)
 

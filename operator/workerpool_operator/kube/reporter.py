@@ -45,6 +45,8 @@ from workerpool_operator.scaling_types import PoolKey, PoolResult, QueueResult
 
 logger = logging.getLogger(__name__)
 
+WRITES_IN_FLIGHT = 16  # status writes of the scaling loop's reports on their way at once (see StatusReporter.report)
+
 
 class PoolFacts(WorkloadFacts, Protocol):
     """What the reporter needs to know of a pool besides a poll (its workloads': ``workloads.WorkloadFacts``)."""
@@ -92,6 +94,7 @@ class _Written:
     told: Told = field(default_factory=Told)  # what the workload Events said last
     # What the last poll reported amounted to (see StatusReporter._quiet), when it left nothing to write later.
     quiet: tuple[Any, ...] | None = None
+    sending: bool = False  # a write of the status is on its way (report(..., wait=False))
 
 
 _IDLE = Waits(0.0, None, 0.0, None, None, None)  # a queue without a target that has had nothing waiting lately
@@ -174,6 +177,8 @@ class StatusReporter:
         self._pools: dict[PoolKey, _Written] = {}
         self._notes = WorkloadNotes(backend, events)
         self._last_poll: dict[str, float] = {}  # broker -> time of the poll last recorded in the histogram
+        self._sending: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
 
     def seen(self, key: PoolKey, status: Mapping[str, Any] | None) -> None:
         """The pool's status as the watch delivered it. Kept while this replica does not write (a standby, or a
@@ -210,8 +215,11 @@ class StatusReporter:
         metrics.forget_pool(key[0], key[1], list(queues))
         self._pools.pop(key, None)
 
-    async def report(self, result: PoolResult, pool: PoolFacts) -> None:
-        """One poll of the pool: metrics, Events on scale decisions and broker changes, status if worth it."""
+    async def report(self, result: PoolResult, pool: PoolFacts, *, wait: bool = True) -> None:
+        """One poll of the pool: metrics, Events on scale decisions and broker changes, status if worth it. With
+        ``wait`` False the status write goes on in the background (at most WRITES_IN_FLIGHT at once) and this
+        returns before it is done: the scaling loop reports its pools one after the other, and waiting for each
+        write held a tick for as many API round trips as pools had news (at start-up, every pool)."""
         written = self._pools.setdefault(result.pool, _Written())
         namespace, name = result.pool
         if self._last_poll.get(pool.broker_label) != result.observed_at:
@@ -242,8 +250,26 @@ class StatusReporter:
         for queue in result.queues:
             await self._record(pool, queue, figures[queue.queue], result)
         await self._notes.tell(pool, written.told)
-        if await self.write(pool, figures=figures, scaler_state=scaler_states(result)) and quiet is not None:
+        if await self.write(pool, figures=figures, scaler_state=scaler_states(result), wait=wait) and quiet is not None:
             written.quiet = quiet
+
+    async def sent(self) -> None:
+        """Until every status write on its way is done."""
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _send(self, pool: PoolKey, written: _Written, patch: dict[str, Any], before: tuple[Any, float]) -> None:
+        """A write ``write(..., wait=False)`` decided on; on failure the status is taken as unwritten again, so the
+        next poll writes it."""
+        try:
+            async with self._slots:
+                await asyncio.to_thread(self._api.patch_pool_status, *pool, patch)
+        except Exception as exc:
+            if not (isinstance(exc, ApiError) and exc.status == 404):  # deleted meanwhile: nothing to write to
+                logger.warning("%s/%s: writing the status failed, writing it again at the next poll: %s", *pool, exc)
+                written.status, written.at = before
+        finally:
+            written.sending = False
 
     def _quiet(
         self, result: PoolResult, pool: PoolFacts, written: _Written, ready: Mapping[str, int | None]
@@ -369,12 +395,14 @@ class StatusReporter:
         *,
         figures: Mapping[str, QueueFigures] | None = None,
         scaler_state: Mapping[str, Mapping[str, Any]] | None = None,
+        wait: bool = True,
     ) -> bool:
         """Write the pool's status if something worth writing changed (and this replica may write). Whether what it
-        would write is written now (nothing left for a later figures refresh)."""
+        would write is written now (nothing left for a later figures refresh). ``wait`` False: the write goes on in
+        the background (see :meth:`report`); while one is on its way, the next waits for a later poll."""
         written = self._pools.setdefault(pool.key, _Written())
         async with written.lock:
-            if not self._may_write() or self._pools.get(pool.key) is not written:
+            if not self._may_write() or self._pools.get(pool.key) is not written or written.sending:
                 return False
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
@@ -410,6 +438,13 @@ class StatusReporter:
             written.quiet = None
             patch = merge_patch(to_wire(written.status) if written.status else None, to_wire(new))
             if not patch:
+                return True
+            if not wait:
+                before = (written.status, written.at)
+                written.status, written.at, written.sending = new, now, True
+                task = asyncio.create_task(self._send(pool.key, written, patch, before))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
                 return True
             try:
                 await asyncio.to_thread(self._api.patch_pool_status, *pool.key, patch)
