@@ -493,6 +493,52 @@ async def test_the_pool_service_serves_only_while_it_may_write(kube: KubeCluster
     assert service.records == {}
 
 
+async def test_pools_arriving_together_are_applied_a_few_at_a_time(kube: KubeCluster) -> None:
+    """At start-up the watch hands every pool over at once: they are applied APPLIES_AT_ONCE at a time, each done
+    before the next starts, so the first pools are served early instead of all at the end."""
+    from workerpool_operator.kube import pools as pools_module
+
+    client = api(kube)
+    client.request("POST", f"/api/v1/namespaces/{NS}/secrets", body=_secret())
+    backend, events = KubeBackend(client), Events()
+    reconciler = Reconciler(client, backend, events)
+    at_once, most = [0], [0]
+    real_apply = reconciler.apply
+
+    async def counting_apply(made: PoolPlan) -> list[str]:
+        at_once[0] += 1
+        most[0] = max(most[0], at_once[0])
+        try:
+            return await real_apply(made)
+        finally:
+            at_once[0] -= 1
+
+    reconciler.apply = counting_apply  # type: ignore[method-assign,assignment]
+
+    async def on_result(result: PoolResult) -> None:
+        return None
+
+    service = PoolService(
+        api=client,
+        loop=ScalingLoop(backend, on_result, _NoObserver(), _NoObserver()),
+        reconciler=reconciler,
+        reporter=StatusReporter(client, backend, events, lambda: True),
+        secrets=SecretReader(client),
+        events=events,
+        may_write=lambda: True,
+    )
+    count = pools_module.APPLIES_AT_ONCE * 2 + 1
+    created = []
+    for number in range(count):
+        body = _pool()
+        body["metadata"] = {"name": f"shop{number}", "namespace": NS}
+        created.append(client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=body))
+    await asyncio.gather(*(service.pool_changed("ADDED", body) for body in created))
+    assert most[0] == pools_module.APPLIES_AT_ONCE, "never more at once, and that many"
+    assert all(record.plan is not None and record.problem is None for record in service.records.values())
+    assert len(kube.objects("apps/v1/deployments", NS)) == 2 * count
+
+
 async def test_reporting_many_pools_lets_the_event_loop_run_between_slices(kube: KubeCluster) -> None:
     """The scaling loop hands the service every pool's result in turn; reporting one rarely waits for anything, so
     without a pause now and then 10,000 reports would hold the event loop for their whole length."""

@@ -35,6 +35,10 @@ from workerpool_operator.scaling_types import PoolKey, PoolResult
 logger = logging.getLogger(__name__)
 
 LEGACY_FINALIZER = "workerpool.dev/finalizer"  # kopf's, from the first release's per-pool daemon
+# Pools planned and applied at once from the watch. kopf hands every pool's event to a worker of its own: at
+# start-up all of them at once, and with no bound every pool's dozen API calls interleaved with every other's, so
+# the first pool was done about when the last was (at 10,000 pools, 40 Ready after 15 minutes on the bench).
+APPLIES_AT_ONCE = 8
 REPORTS_BETWEEN_YIELDS = 50  # pools reported in one slice of the event loop (about 10 ms at 10,000 pools)
 
 
@@ -151,6 +155,7 @@ class PoolService:
         self.records: dict[PoolKey, PoolRecord] = {}
         self._namespaces: dict[str, set[PoolKey]] = {}  # the records' keys by namespace (check_beats: no scan of all)
         self._reports = 0  # results reported: the loop is yielded to every REPORTS_BETWEEN_YIELDS
+        self._applying = asyncio.Semaphore(APPLIES_AT_ONCE)
 
     # --- the watch, on every replica ---------------------------------------------------------------------
 
@@ -174,7 +179,10 @@ class PoolService:
             return  # going: its Deployments go with it
         if record.planned_generation == record.generation:
             return  # nothing a plan depends on changed (a status update); Secrets are the retry loop's
-        await self.refresh(record, apply=True)
+        async with self._applying:  # a few pools at a time, each done before the next starts (APPLIES_AT_ONCE)
+            if self.records.get(key) is not record or record.planned_generation == record.generation:
+                return  # deleted, or planned by a later event, while this one waited
+            await self.refresh(record, apply=True)
         await self.check_beats(key[0])
 
     def plan_of(self, key: PoolKey) -> PoolPlan | None:
