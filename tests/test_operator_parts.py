@@ -359,6 +359,22 @@ async def test_the_scaling_loops_reports_write_the_status_in_the_background(kube
     found = status()
     assert found is not None and found["conditions"][0]["type"] == "Ready", "written again at the next poll"
 
+    # A write that must land (a problem: the pool leaves the loop, no later poll) while one is on its way: it waits
+    # for that one, and lands after it.
+    gate.clear()
+    clock[0] += 5
+    facts.problem = cond.Problem("BrokerSecretMissing", "first")
+    await reporter.report(dataclasses.replace(result, observed_at=clock[0]), facts, wait=False)
+    facts.problem = cond.Problem("BrokerSecretMissing", "second")
+    must = asyncio.create_task(reporter.write(facts))
+    await asyncio.sleep(0.2)
+    assert not must.done(), "waits for the write on its way"
+    gate.set()
+    assert await must
+    await reporter.sent()
+    found = status()
+    assert found is not None and found["conditions"][0]["message"] == "second"
+
 
 def _facts(made: PoolPlan) -> Any:
     class Facts:

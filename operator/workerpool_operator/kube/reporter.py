@@ -94,7 +94,7 @@ class _Written:
     told: Told = field(default_factory=Told)  # what the workload Events said last
     # What the last poll reported amounted to (see StatusReporter._quiet), when it left nothing to write later.
     quiet: tuple[Any, ...] | None = None
-    sending: bool = False  # a write of the status is on its way (report(..., wait=False))
+    sending: asyncio.Task[None] | None = None  # a write of the status on its way (report(..., wait=False))
 
 
 _IDLE = Waits(0.0, None, 0.0, None, None, None)  # a queue without a target that has had nothing waiting lately
@@ -269,7 +269,7 @@ class StatusReporter:
                 logger.warning("%s/%s: writing the status failed, writing it again at the next poll: %s", *pool, exc)
                 written.status, written.at = before
         finally:
-            written.sending = False
+            written.sending = None
 
     def _quiet(
         self, result: PoolResult, pool: PoolFacts, written: _Written, ready: Mapping[str, int | None]
@@ -402,8 +402,12 @@ class StatusReporter:
         the background (see :meth:`report`); while one is on its way, the next waits for a later poll."""
         written = self._pools.setdefault(pool.key, _Written())
         async with written.lock:
-            if not self._may_write() or self._pools.get(pool.key) is not written or written.sending:
+            if not self._may_write() or self._pools.get(pool.key) is not written:
                 return False
+            if written.sending is not None:
+                if not wait:
+                    return False  # the next poll's report writes what is new then
+                await asyncio.wait([written.sending])  # after the one on its way, never beside it
             conditions = cond.conditions_for_problem(
                 pool.problem, broker_error=written.broker_error, observed=written.observed
             )
@@ -441,8 +445,8 @@ class StatusReporter:
                 return True
             if not wait:
                 before = (written.status, written.at)
-                written.status, written.at, written.sending = new, now, True
-                task = asyncio.create_task(self._send(pool.key, written, patch, before))
+                written.status, written.at = new, now
+                written.sending = task = asyncio.create_task(self._send(pool.key, written, patch, before))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
                 return True
