@@ -207,6 +207,11 @@ async def test_a_woken_queue_is_polled_at_once_and_a_busy_one_not_too_often(redi
         assert await loop.run_once() == []
         clock.now += 2.0 * WAKE_MIN_GAP
         assert [r.pool for r in await loop.run_once()] == [A]
+        clock.now += 2.0 * WAKE_MIN_GAP
+        loop.wake(broker, ["emails"])  # while a tick runs: the loop clears its wake-up event after the tick ...
+        clock.now += 0.05
+        assert loop._seconds_to_next_due() == 0.0, "... and must not sleep past a wake-up that is already due"
+        assert A in [r.pool for r in await loop.run_once()]
         loop.unregister(A)
         loop.wake(broker, ["emails"])  # a pool gone wakes nothing
         assert await loop.run_once() == []

@@ -175,8 +175,9 @@ class ScalingLoop:
                 waiter.cancel()
 
     def _seconds_to_next_due(self) -> float:
+        # Every due, those already past included: a wake-up that came while a tick ran is due now.
         now = self._clock()
-        dues = [due for pool in self._pools.values() for q in pool.plans if (due := pool.next_due.get(q, now)) >= now]
+        dues = [pool.next_due.get(q, now) for pool in self._pools.values() for q in pool.plans]
         if not dues:
             return self._tick
         return max(0.0, min(min(dues) - now, self._tick * 25))
