@@ -166,6 +166,23 @@ async def test_wakeups_come_back_after_either_connection_is_killed(redis_server:
         await wait_for(lambda: heard == ["emails", "emails"], timeout=5.0)
 
 
+async def test_a_quiet_subscriber_pings_and_a_silent_one_subscribes_again(redis_server: RedisServer) -> None:
+    broker = BrokerConfig(url=redis_server.url)
+    client = redis_server.client()
+    heard: list[str] = []
+    async with Observer() as observer:
+        observer.enable_wakeups(lambda config, keys: heard.extend(keys))
+        assert observer.wakeups is not None
+        observer.wakeups._keepalive = 0.2
+        first = await observer.wakeups.subscribed(broker)
+        await asyncio.sleep(0.5)  # quiet: PINGed, answered, still the same subscription
+        assert observer.wakeups.redirect_for(broker) == first
+        pinged = client.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)
+        assert pinged >= 1
+        client.client_pause(1000)  # the server answers nothing for a second: no PONG within two keepalives
+        await wait_for(lambda: observer.wakeups.redirect_for(broker) not in (None, first), timeout=5.0)
+
+
 @pytest.mark.parametrize(
     ("rules", "refused"),
     [

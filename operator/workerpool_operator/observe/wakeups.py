@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.observe.connections import BrokerConnections, Redirect, server_of
@@ -190,11 +189,11 @@ class Wakeups:
     async def _listen(self, config: BrokerConfig, subscriber: _Subscriber, connection: AbstractConnection) -> None:
         pinged = False
         while True:
-            try:
-                message = await connection.read_response(timeout=self._keepalive if self._keepalive else math.inf)
-            except (RedisTimeoutError, TimeoutError):
+            # redis-py answers None when a read with its own timeout runs out (and keeps the connection)
+            message = await connection.read_response(timeout=self._keepalive if self._keepalive else math.inf)
+            if message is None:
                 if pinged:
-                    raise ConnectionError("no answer to a PING on the subscribed connection") from None
+                    raise ConnectionError("no answer to a PING on the subscribed connection")
                 await connection.send_command("PING")
                 pinged = True
                 continue
