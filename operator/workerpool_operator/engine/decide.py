@@ -257,6 +257,7 @@ class Decision(_DecisionFields):
 
 _draining_flag = attrgetter("draining")
 _stopping_flag = attrgetter("stopping")
+_reserved = attrgetter("reserved")
 
 
 def _without_stopping(observation: QueueObservation) -> QueueObservation:
@@ -395,7 +396,8 @@ def decide(
         held = learned.busy / (
             learned.completed if learned.completed >= MIN_COMPLETED else learned.completed + learned.running
         )
-    if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
+    if handing or (held is not None and held >= drain.HAND_BACK_AFTER and any(map(_reserved, workers))):
+        # (no worker holds prefetched tasks and none hands back: nothing to hand back, nothing to take back)
         handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
         if hand or take:
             plan = plan._replace(drain=plan.drain + hand, undrain=plan.undrain + take)
