@@ -389,7 +389,7 @@ def decide(
             learned = with_launch(learned, now, plan.added, reported)
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
-        why = _with_plan(text(why), plan)
+        why = (_with_plan, (why, plan))
     held = None
     if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND and learned.busy > 0:
         # learned.held_seconds, inline: task seconds, or before any finished how long the running ones have run
@@ -453,10 +453,15 @@ def _scheduled(
     if window is None or wanted >= scheduled or wanted >= high:
         return wanted, why
     opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
-    return min(scheduled, high), f"schedule {window.source!r} ({opens}): at least {scheduled} workers; {text(why)}"
+    return min(scheduled, high), (_with_schedule, (window.source, opens, scheduled, why))
 
 
-def _with_plan(reason: str, plan: drain.Plan) -> str:
+def _with_schedule(source: str, opens: str, scheduled: int, why: Why) -> str:
+    return f"schedule {source!r} ({opens}): at least {scheduled} workers; {text(why)}"
+
+
+def _with_plan(why: Why, plan: drain.Plan) -> str:
+    reason = text(why)
     if plan.drain:
         reason += f"; drain {len(plan.drain)} ({', '.join(plan.drain)})"
     if plan.undrain:
@@ -493,20 +498,6 @@ def _stabilize(
     return stabilized, (*recommendations[:kept], (now, recommendation))
 
 
-def _awake_bounds(
-    recommendation: int, serving: int, backlog: int, policy: ScalingPolicy, low: int, high: int
-) -> tuple[int, bool, int]:
-    """(recommendation within bounds, asleep, wake threshold): awake, never below one."""
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    if serving == 0 and backlog < wake_at:
-        return low, True, wake_at
-    if recommendation < 1:
-        recommendation = 1
-    if recommendation < low:
-        recommendation = low
-    return (recommendation if recommendation < high else high), False, wake_at
-
-
 def _by_demand(
     observation: QueueObservation,
     state: QueueState,
@@ -521,9 +512,18 @@ def _by_demand(
     target = policy.target_per_replica if policy.target_per_replica > 0 else 1
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
-    recommendation, asleep, wake_at = _awake_bounds(
-        -(-(backlog + in_flight) // target), current, backlog, policy, low, high
-    )
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    asleep = current == 0 and backlog < wake_at
+    if asleep:
+        recommendation = low
+    else:  # awake: never below one
+        recommendation = -(-(backlog + in_flight) // target)
+        if recommendation < 1:
+            recommendation = 1
+        if recommendation < low:
+            recommendation = low
+        if recommendation > high:
+            recommendation = high
     window = policy.scale_down_window
     stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
@@ -632,7 +632,18 @@ def _by_throughput(
     wait if there is one (throughput.py, waits.py); no pod that would be ready only after the work."""
     z = sizes(observation, state.backlog, state.learned.at, policy, now, active, starting, learned, startup, waited,
               surging)  # fmt: skip
-    keep, asleep, wake_at = _awake_bounds(z.keep, serving, z.backlog, policy, low, high)
+    keep = z.keep
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    asleep = serving == 0 and z.backlog < wake_at
+    if asleep:
+        keep = low
+    else:  # awake: never below one
+        if keep < 1:
+            keep = 1
+        if keep < low:
+            keep = low
+        if keep > high:
+            keep = high
     window = policy.scale_down_window if policy.scale_down_window < startup else startup
     stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
     idle_for = 0.0 if idle_since is None else now - idle_since
