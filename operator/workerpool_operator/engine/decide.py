@@ -290,8 +290,9 @@ def decide(
 
     One function, longer than the project's 80 lines, on purpose: it runs for every due queue at every tick, and
     each helper call it saves counts. bench/bench_engine.py measures 10,000 queues in every situation (half on
-    each policy) at 150 ms best on a shared 2-core machine (docs/benchmarks.md), against a 50 ms target it
-    misses; the old demand-only engine took 40-59 ms in the same setting. Split further, it would be slower.
+    each policy): 92 ms best on a quiet shared 2-core machine before issue 22's speed-ups, about 10 % less after
+    them (81 ms by that ratio; docs/benchmarks.md), against a 50 ms target it still misses. Split further, it
+    would be slower.
     """
     current = observation.replicas
     if policy.paused:
