@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import RedisServer
 from tests.test_scaling_loop import POLICY, Clock, RecordingBackend, make_loop
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.observe import Observer
+from workerpool_operator.observe import BrokerConnection, Observer
+from workerpool_operator.observe.connections import Redirect
 from workerpool_operator.observe.stalls import StallMeter, wait_responsive
 from workerpool_operator.observe.wakeups import invalidated_keys
 from workerpool_operator.scaling_loop import WAKE_MIN_GAP
@@ -97,6 +98,17 @@ async def test_a_stalled_loop_does_not_read_as_a_broker_outage(redis_server: Red
     assert observed.queues["emails"].backlog == 1
 
 
+def test_a_connection_to_another_server_never_redirects_to_our_subscriber() -> None:
+    broker = BrokerConnection.connect(BrokerConfig(url="redis://127.0.0.1:6390/0"), 4)
+    connection = broker.pool.make_connection()  # type: ignore[no-untyped-call]
+    assert broker._tracks_for(connection, Redirect(7, "127.0.0.1", 6390))
+    # After a sentinel failover the polls go to the new master, while the subscriber may still be on the old
+    # one: client ids are per server, and that id there may be another client's (a worker's pub/sub connection).
+    assert not broker._tracks_for(connection, Redirect(7, "10.0.0.2", 6379))
+    broker.tracking[connection] = 7
+    assert not broker._tracks_for(connection, Redirect(7, "127.0.0.1", 6390)), "sent once per connection"
+
+
 # --- the broker's messages ---------------------------------------------------------------------------
 
 
@@ -141,7 +153,7 @@ async def test_wakeups_come_back_after_either_connection_is_killed(redis_server:
         wakeups = observer.enable_wakeups(lambda config, keys: heard.extend(keys))
         await observer.observe({broker: ["emails"]}, 1.0)
         first = await wakeups.subscribed(broker)
-        client.client_kill_filter(_id=str(first))  # the subscriber's connection goes
+        client.client_kill_filter(_id=str(first.client_id))  # the subscriber's connection goes
         await wait_for(lambda: wakeups.redirect_for(broker) not in (None, first), timeout=5.0)
         await observer.observe({broker: ["emails"]}, 1.0)  # the polling connection redirects to the new one
         client.lpush("emails", "m1")

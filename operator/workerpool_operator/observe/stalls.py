@@ -24,7 +24,7 @@ class StallMeter:
     ``stalled()`` is the total so far, the stall going on at that instant included (a timer callback that runs
     right after a stall sees it, even before the heartbeat has run)."""
 
-    def __init__(self, period: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, period: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
         self.period = period
         self.clock = clock
         self._stalled = 0.0

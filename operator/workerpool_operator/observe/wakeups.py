@@ -43,7 +43,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workerpool_operator.brokers import BrokerConfig
-from workerpool_operator.observe.connections import BrokerConnections
+from workerpool_operator.observe.connections import BrokerConnections, Redirect, server_of
 from workerpool_operator.observe.failures import describe_failure, scrub
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,6 @@ RETRY_BROKEN = 1.0  # first wait before connecting again after the subscriber's 
 RETRY_UNAVAILABLE = 600.0  # wait before trying again on a broker that refused wake-ups
 
 WakeHandler = Callable[[BrokerConfig, Collection[str]], None]  # a broker and the keys that changed
-
-
-def tracking_command(redirect: int) -> tuple[str, ...]:
-    """The command a polling connection sends once so that the keys it reads are tracked for ``redirect``."""
-    return ("CLIENT", "TRACKING", "ON", "REDIRECT", str(redirect))
 
 
 def invalidated_keys(message: object) -> list[str] | None:
@@ -79,7 +74,7 @@ class _Subscriber:
     """One broker's invalidation subscriber."""
 
     task: asyncio.Task[None] | None = None
-    redirect: int | None = None  # the subscribed connection's CLIENT ID, while it is subscribed
+    redirect: Redirect | None = None  # the subscribed connection's CLIENT ID and server, while it is subscribed
     unavailable: str | None = None  # why the broker gave no wake-ups, while it gives none
     retry_at: float = 0.0
     messages: int = 0  # invalidation messages received (tests and benches read it)
@@ -106,7 +101,7 @@ class Wakeups:
         self._clock = clock
         self._subscribers: dict[BrokerConfig, _Subscriber] = {}
 
-    def redirect_for(self, config: BrokerConfig) -> int | None:
+    def redirect_for(self, config: BrokerConfig) -> Redirect | None:
         subscriber = self._subscribers.get(config)
         if subscriber is None:
             subscriber = self._subscribers[config] = _Subscriber()
@@ -131,8 +126,8 @@ class Wakeups:
         subscriber = self._subscribers.get(config)
         return subscriber.messages if subscriber is not None else 0
 
-    async def subscribed(self, config: BrokerConfig, timeout: float = 5.0) -> int:  # noqa: ASYNC109
-        """Wait until ``config``'s subscriber is subscribed (starting it); its connection id."""
+    async def subscribed(self, config: BrokerConfig, timeout: float = 5.0) -> Redirect:  # noqa: ASYNC109
+        """Wait until ``config``'s subscriber is subscribed (starting it); where tracking goes."""
         self.redirect_for(config)
         subscriber = self._subscribers[config]
         async with asyncio.timeout(timeout):
@@ -163,10 +158,10 @@ class Wakeups:
                 connection = self._connections.get(config).pool.make_connection()  # type: ignore[no-untyped-call]
                 await connection.connect()
                 await connection.send_command("CLIENT", "ID")
-                redirect = int(await connection.read_response())
+                client_id = int(await connection.read_response())
                 await connection.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
                 await connection.read_response()
-                subscriber.redirect = redirect
+                subscriber.redirect = Redirect(client_id, *server_of(connection))
                 subscriber.connected.set()
                 if subscriber.unavailable is not None:
                     log.info("wake-ups on %s work again", config.redacted_url)
