@@ -12,6 +12,11 @@ MULTI/EXEC. The expected reaction is therefore half an interval plus the overhea
 PATCH, and the table states both. The seed is fresh on each run and printed (``--seed`` draws the same phases
 and bursts again; the poll's own timing is the operator's).
 
+With wake-ups (``WORKERPOOL_OPERATOR_WAKEUPS``, on by default) the broker names the queue a burst changed and the
+operator reads it at once, so the phase matters only for a burst landing within a quarter interval of the last
+poll (the least gap after a poll, ``scaling_loop.WAKE_MIN_GAP``); the rows with wake-ups off are the polling-only
+baseline, measured by the same script in the same run.
+
 The pool runs at the defaults: no ``scaleUp`` or stabilisation setting, only ``maxReplicas`` raised (the bursts
 accumulate: no worker runs them) and, in the second row, ``pollIntervalSeconds: 1``. Each burst lands at
 least one ``scaleUp.periodSeconds`` after the previous scale-up, so the default step limit (4 pods or 100 % per
@@ -25,7 +30,7 @@ Ready and the operator has stopped writing. The operator runs in its own process
 (bench/operator_harness.py); the emulator notes when each replica write is stored.
 
     .venv/bin/python -m bench.bench_operator_reaction [--trials 50] [--intervals 2,1] [--rest-seconds 60]
-        [--seed N] [--idle-pools 0] [--realistic]
+        [--seed N] [--idle-pools 0] [--realistic] [--wakeups on,off]
 """
 
 from __future__ import annotations
@@ -193,6 +198,7 @@ class Trial:
 class Configuration:
     label: str
     scaling: dict[str, Any]
+    wakeups: bool = True  # WORKERPOOL_OPERATOR_WAKEUPS: off, the operator learns of a burst at its next poll only
 
     @property
     def pool(self) -> WorkerPool:
@@ -220,7 +226,7 @@ def run(configuration: Configuration, args: argparse.Namespace, rng: random.Rand
     load_start = os.getloadavg()[0]
     with (
         cluster_and_redis(realistic=args.realistic, emulator=TimedApiServer) as (kube, server, api),
-        operator_process(kube) as process,
+        operator_process(kube, WORKERPOOL_OPERATOR_WAKEUPS=str(configuration.wakeups).lower()) as process,
     ):
         wait_watching(kube)
         client = server.client()
@@ -339,11 +345,12 @@ def row(outcome: Outcome) -> list[str]:
     overheads = [o for t in trials if (o := t.overhead) is not None]
     interval = outcome.configuration.interval
     expected = interval / 2 + statistics.mean(overheads) if overheads else math.nan
+    shown = f"{expected:.2f}" if not outcome.configuration.wakeups else "woken"
     return [
         outcome.configuration.label,
         str(len(trials)),
         distribution(reactions),
-        f"{statistics.mean(reactions):.2f} ({expected:.2f})",
+        f"{statistics.mean(reactions):.2f} ({shown})",
         distribution(overheads, unit=0.001, digits=0) if overheads else "-",
         f"{outcome.rest.commands_per_second:.2f}",
         f"{outcome.rest.cpu_seconds_per_minute:.2f}",
@@ -355,8 +362,8 @@ HEADER = [
     "run",
     "trials",
     "reaction, burst in Redis -> replicas stored (s)",
-    "mean (expected: ½ poll + mean overhead) (s)",
-    "overhead, poll's read -> replicas stored (ms)",
+    "mean (expected without wake-ups: ½ poll + mean overhead) (s)",
+    "overhead, the first read after the landing -> replicas stored (ms)",
     "Redis commands/s at rest",
     "operator CPU s/min at rest",
     "API writes at rest",
@@ -407,6 +414,14 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, seed: int) -> str:
     )
 
 
+def configuration(interval: float, wakeups: bool) -> Configuration:
+    """The pool at the defaults but ``interval``, the operator with wake-ups or without."""
+    off = "" if wakeups else ", wake-ups off"
+    if interval == DEFAULT_POLL_INTERVAL:
+        return Configuration(f"defaults (poll {DEFAULT_POLL_INTERVAL:g} s{off})", {}, wakeups)
+    return Configuration(f"pollIntervalSeconds: {interval:g}{off}", {"pollIntervalSeconds": interval}, wakeups)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=50)
@@ -415,15 +430,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
     parser.add_argument("--idle-pools", type=int, default=0, help="idle pools of one queue beside the bench's")
     parser.add_argument("--realistic", action="store_true", help="objects as a real API server returns them")
+    parser.add_argument("--wakeups", default="on,off", help="a row per setting of WORKERPOOL_OPERATOR_WAKEUPS")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     print(f"seed {seed}", flush=True)
     rng = random.Random(seed)
     configurations = [
-        Configuration(f"defaults (poll {DEFAULT_POLL_INTERVAL:g} s)", {})
-        if float(value) == DEFAULT_POLL_INTERVAL
-        else Configuration(f"pollIntervalSeconds: {value}", {"pollIntervalSeconds": float(value)})
+        configuration(float(value), wakeups == "on")
         for value in args.intervals.split(",")
+        for wakeups in args.wakeups.split(",")
     ]
     outcomes = [run(configuration, args, rng, bare=i == 0) for i, configuration in enumerate(configurations)]
     record("Operator reaction time", report(outcomes, args, seed))

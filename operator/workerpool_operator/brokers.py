@@ -126,6 +126,13 @@ class BrokerConfig:
         """The list a message of ``priority`` is pushed to (what kombu's ``_q_for_pri`` computes)."""
         return priority_key(queue, priority, self.priority_steps, self.separator, self.global_keyprefix)
 
+    def queue_of_key(self, key: str) -> str | None:
+        """The queue whose priority list ``key`` could be (the inverse of :meth:`priority_keys`): ``None`` for a key
+        outside ``global_keyprefix``. Other keys give a name no queue has, which callers ignore."""
+        if not key.startswith(self.global_keyprefix):
+            return None
+        return key[len(self.global_keyprefix) :].split(self.separator, 1)[0]
+
 
 def priority_keys(
     queue: str,

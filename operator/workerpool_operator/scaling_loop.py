@@ -14,6 +14,11 @@ Shadow mode (``QueuePlan.shadow``) is decided like any other, and its actions ar
 instead of carried out: nothing is written, save taking back the drain requests an active mode left (its workers
 would otherwise take no task until those expire). A shadow decision drains nothing (``drain_timeout`` 0): the count
 it shows is the one a scale-down would settle at, not the steps of a drain its workers never received.
+
+Wake-ups: :meth:`ScalingLoop.wake` takes the keys a broker says changed (``observe/wakeups.py``) and brings the
+polls of the queues that read them forward, to now, but never nearer than ``WAKE_MIN_GAP`` of an interval to the
+queue's last poll: a burst on a quiet queue is acted on within a round trip, and a busy queue, whose every poll
+is followed by a change, is polled at most ``1 / WAKE_MIN_GAP`` times per interval.
 """
 
 from __future__ import annotations
@@ -40,9 +45,12 @@ from workerpool_operator.scaling_types import (
     ResultHandler,
     WorkloadBackend,
 )
+from workerpool_operator.wake_index import WakeIndex
 from workerpool_operator.worker_groups import Grouping, group_observation, grouping
 
 logger = logging.getLogger(__name__)
+
+WAKE_MIN_GAP = 0.25  # of a queue's poll interval: the least time between its last poll and one a wake-up brings
 
 
 def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[BrokerConfig]) -> frozenset[BrokerConfig]:
@@ -59,6 +67,7 @@ class _Registration:
     states: dict[str, QueueState]
     beat_app: str | None = None  # the app whose beat forecast announces this pool's periodic work
     next_due: dict[str, float] = field(default_factory=dict)
+    polled_at: dict[str, float] = field(default_factory=dict)
     groups: Grouping = field(default_factory=lambda: grouping({}))
 
 
@@ -86,6 +95,7 @@ class ScalingLoop:
         self._pools: dict[PoolKey, _Registration] = {}
         self._wakeup = asyncio.Event()
         self._connected: frozenset[BrokerConfig] = frozenset()  # brokers the observer may hold connections to
+        self._readers = WakeIndex()  # which pool's queue reads which key: what a wake-up wakes
 
     # --- registry ------------------------------------------------------------------------------------
 
@@ -112,11 +122,16 @@ class ScalingLoop:
         )
         if previous is not None:
             pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}
+            pool.polled_at = {q: t for q, t in previous.polled_at.items() if q in plans}
+            self._readers.forget(previous.broker, key, previous.groups.polled)
         self._pools[key] = pool
+        self._readers.add(broker, key, pool.groups.polled)
         self._wakeup.set()
 
     def unregister(self, key: PoolKey) -> None:
-        self._pools.pop(key, None)
+        pool = self._pools.pop(key, None)
+        if pool is not None:
+            self._readers.forget(pool.broker, key, pool.groups.polled)
 
     def registered(self) -> list[PoolKey]:
         return list(self._pools)
@@ -124,6 +139,25 @@ class ScalingLoop:
     def states(self, key: PoolKey) -> dict[str, QueueState]:
         pool = self._pools.get(key)
         return dict(pool.states) if pool is not None else {}
+
+    # --- wake-ups ------------------------------------------------------------------------------------
+
+    def wake(self, broker: BrokerConfig, keys: Collection[str]) -> None:
+        """Keys of ``broker`` changed: poll the queues that read them now (``WAKE_MIN_GAP`` after their last poll
+        at the soonest). Keys no queue reads are ignored."""
+        now = self._clock()
+        woken = False
+        for pool_key, planned in self._readers.readers(broker, keys):
+            pool = self._pools.get(pool_key)
+            if pool is None or planned not in pool.plans:
+                continue
+            due = pool.next_due.get(planned, now)
+            soonest = max(now, pool.polled_at.get(planned, 0.0) + pool.plans[planned].interval * WAKE_MIN_GAP)
+            if soonest < due:
+                pool.next_due[planned] = soonest
+                woken = True
+        if woken:
+            self._wakeup.set()
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -141,8 +175,9 @@ class ScalingLoop:
                 waiter.cancel()
 
     def _seconds_to_next_due(self) -> float:
+        # Every due, those already past included: a wake-up that came while a tick ran is due now.
         now = self._clock()
-        dues = [due for pool in self._pools.values() for q in pool.plans if (due := pool.next_due.get(q, now)) >= now]
+        dues = [pool.next_due.get(q, now) for pool in self._pools.values() for q in pool.plans]
         if not dues:
             return self._tick
         return max(0.0, min(min(dues) - now, self._tick * 25))
@@ -158,6 +193,7 @@ class ScalingLoop:
                 due[pool.key] = queues
                 for queue in queues:
                     pool.next_due[queue] = now + pool.plans[queue].interval
+                    pool.polled_at[queue] = now
         if not due:
             return []
 

@@ -1,7 +1,8 @@
 """The scaling engine: how many workers each queue needs, and which of them to let go. Pure and deterministic.
 
-- ``decide.py``: ``decide(observation, state, policy, now) -> (decision, new_state)`` and its types
-  (``ScalingPolicy``, ``QueueState``, ``Decision``), the two policies (``throughput``, ``demand``);
+- ``policy.py``: ``ScalingPolicy``, one queue's rules, and the two policies' names (``throughput``, ``demand``);
+- ``decide.py``: ``decide(observation, state, policy, now) -> (decision, new_state)``, its types (``QueueState``,
+  ``Decision``) and the two policies;
 - ``forecast.py``: what the worker reports teach (task seconds, arrival rate, start-up delay);
 - ``drain.py``: scale-down without killing (which workers drain, when one is removed, when taken back);
 - ``schedules.py``: capacity ahead of known spikes (cron windows, and any other source of ``Window`` values).

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
 from workerpool_operator.engine import drain, spikes
 from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, drain_seconds, learn, with_launch
-from workerpool_operator.engine.schedules import Schedule, cron_windows, floor
+from workerpool_operator.engine.policy import DEMAND, POLICIES, THROUGHPUT, ScalingPolicy
+from workerpool_operator.engine.schedules import cron_windows, floor
 from workerpool_operator.engine.spikes import Spike
 from workerpool_operator.engine.throughput import GATHER_POLLS, POLL_GUESS, Sizes, gathering, lets_gather, sizes
 from workerpool_operator.engine.waits import tail_wait
@@ -45,38 +45,8 @@ from workerpool_operator.observation import QueueObservation
 
 __all__ = ["DEMAND", "POLICIES", "THROUGHPUT", "Decision", "QueueState", "ScalingPolicy", "Stamped", "decide"]
 
-DEMAND, THROUGHPUT = "demand", "throughput"
-POLICIES = (THROUGHPUT, DEMAND)
 SCHEDULE_MARGIN = 10.0  # seconds added to the start-up delay when a schedule's floor is applied ahead
 RESTART_GAP = 30.0  # seconds without a decision after which the scale-down window starts again from what runs
-
-
-@dataclass(frozen=True, slots=True)
-class ScalingPolicy:
-    """One queue's scaling rules, resolved from the WorkerPool spec (pool-wide defaults + queue overrides).
-
-    Durations are seconds. The defaults here are the product's defaults and match the CRD's.
-    """
-
-    min_replicas: int = 0
-    max_replicas: int = 10
-    target_per_replica: int = 1  # tasks (waiting + in flight) one replica should carry; spec default: concurrency
-    scale_up_pods: int = 4  # a scale-up adds at most max(scale_up_pods, scale_up_percent% of current) ...
-    scale_up_percent: int = 100
-    scale_up_period: float = 10.0  # ... per this many seconds
-    scale_down_window: float = 60.0  # stabilization: scale down to the highest recommendation in the window
-    idle_before_zero: float = 120.0  # no backlog and nothing in flight for this long before going to zero
-    activation_backlog: int = 1  # backlog that wakes a queue from zero
-    fallback_failure_threshold: int = 3  # failed observations in a row before the fallback applies
-    fallback_replicas: int | None = None  # floor held after that many failures; None: hold current replicas
-    paused: bool = False  # no scaling at all while set
-    drain_timeout: float = 3600.0  # longest a worker may drain before it is removed anyway; 0: no draining
-    policy: str = THROUGHPUT  # THROUGHPUT or DEMAND
-    startup_seconds: float = 30.0  # expected seconds from a scale-up to the new worker's report, until learned
-    schedules: tuple[Schedule, ...] = ()  # cron windows with a replica floor
-    # The longest a task should wait before it starts (a p95), in seconds; None: as soon as workers can be had.
-    # The throughput policy then keeps the waits under it with the fewest replica-seconds (waits.py).
-    target_wait: float | None = None
 
 
 Stamped = tuple[float, int]  # (time, replicas)
@@ -211,11 +181,19 @@ def _draining(value: object) -> tuple[tuple[str, float], ...]:
 Direction = Literal["up", "down", "none"]
 
 
-class Decision(NamedTuple):
-    """What to do with one queue, and why. (Immutable; a NamedTuple for speed, as ``QueueState``.)"""
+# A decision's reason, or how to write it: a formatter and its arguments, called only when the reason is read.
+# decide() runs for every queue at every poll, and formatting its figures cost about a tenth of it (issue 22).
+Why = str | tuple[Callable[..., str], tuple[Any, ...]]
 
+
+def text(why: Why) -> str:
+    """The reason a ``Why`` stands for."""
+    return why if isinstance(why, str) else why[0](*why[1])
+
+
+class _DecisionFields(NamedTuple):
     desired_replicas: int
-    reason: str  # one line a human can read, for status, Events and logs
+    why: Why  # the reason, or how to write it (read ``reason``)
     remove_first: tuple[str, ...] = ()  # when scaling down: workers to remove, idlest first
     current_replicas: int = 0
     demand: int | None = None  # backlog + in flight; None when the observation failed or scaling is paused
@@ -228,6 +206,41 @@ class Decision(NamedTuple):
     # knows the task duration; None otherwise), and the target it is held to (None: no target).
     predicted_wait: float | None = None
     target_wait: float | None = None
+
+
+class Decision(_DecisionFields):
+    """What to do with one queue, and why. (Immutable; a NamedTuple for speed, as ``QueueState``.)
+
+    ``reason`` is one line a human can read, for status, Events and logs; the engine leaves it unformatted
+    (``why``) until it is read. Built as ``Decision(desired, reason, ...)``, ``reason`` a string or a ``Why``."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        desired_replicas: int,
+        reason: Why,
+        remove_first: tuple[str, ...] = (),
+        current_replicas: int = 0,
+        demand: int | None = None,
+        recommendation: int | None = None,
+        fallback_active: bool = False,
+        paused: bool = False,
+        drain: tuple[str, ...] = (),
+        undrain: tuple[str, ...] = (),
+        predicted_wait: float | None = None,
+        target_wait: float | None = None,
+    ) -> Decision:
+        return tuple.__new__(
+            cls,
+            (desired_replicas, reason, remove_first, current_replicas, demand, recommendation, fallback_active,
+             paused, drain, undrain, predicted_wait, target_wait),
+        )  # fmt: skip
+
+    @property
+    def reason(self) -> str:
+        why = self.why
+        return why if isinstance(why, str) else why[0](*why[1])
 
     @property
     def changed(self) -> bool:
@@ -244,6 +257,7 @@ class Decision(NamedTuple):
 
 _draining_flag = attrgetter("draining")
 _stopping_flag = attrgetter("stopping")
+_reserved = attrgetter("reserved")
 
 
 def _without_stopping(observation: QueueObservation) -> QueueObservation:
@@ -263,7 +277,7 @@ class _Wanted(NamedTuple):
     """What a policy asks for: workers serving (not draining), and why."""
 
     workers: int
-    reason: str
+    why: Why
     recommendation: int
     recommendations: tuple[Stamped, ...]
     wait: float | None  # the newest waiting task's predicted wait (None: no prediction)
@@ -276,8 +290,9 @@ def decide(
 
     One function, longer than the project's 80 lines, on purpose: it runs for every due queue at every tick, and
     each helper call it saves counts. bench/bench_engine.py measures 10,000 queues in every situation (half on
-    each policy) at 150 ms best on a shared 2-core machine (docs/benchmarks.md), against a 50 ms target it
-    misses; the old demand-only engine took 40-59 ms in the same setting. Split further, it would be slower.
+    each policy): 92 ms best on a quiet shared 2-core machine before issue 22's speed-ups, about 10 % less after
+    them (81 ms by that ratio; docs/benchmarks.md), against a 50 ms target it still misses. Split further, it
+    would be slower.
     """
     current = observation.replicas
     if policy.paused:
@@ -359,9 +374,9 @@ def decide(
             observation, state, policy, now, serving, reporting - len(draining), starting, learned, startup,
             idle_since, low, high, waited, surging,
         )  # fmt: skip
-    workers_wanted, reason = wanted.workers, wanted.reason
+    workers_wanted, why = wanted.workers, wanted.why
     if policy.schedules or observation.fires:
-        workers_wanted, reason = _scheduled(policy, observation, remembered, now, startup, workers_wanted, reason, high)
+        workers_wanted, why = _scheduled(policy, observation, remembered, now, startup, workers_wanted, why, high)
 
     if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not
         plan = _new(drain.Plan, (workers_wanted, (), (), (), (), workers_wanted - current, 0, ""))
@@ -375,22 +390,25 @@ def decide(
             learned = with_launch(learned, now, plan.added, reported)
         scale_ups = (*scale_ups, (now, serving))
     if plan.drain or plan.undrain or plan.note:
-        reason = _with_plan(reason, plan)
+        why = (_with_plan, (why, plan))
     held = None
     if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND and learned.busy > 0:
         # learned.held_seconds, inline: task seconds, or before any finished how long the running ones have run
         held = learned.busy / (
             learned.completed if learned.completed >= MIN_COMPLETED else learned.completed + learned.running
         )
-    if handing or (held is not None and held >= drain.HAND_BACK_AFTER):
+    if handing or (held is not None and held >= drain.HAND_BACK_AFTER and any(map(_reserved, workers))):
+        # (no worker holds prefetched tasks and none hands back: nothing to hand back, nothing to take back)
         handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
         if hand or take:
             plan = plan._replace(drain=plan.drain + hand, undrain=plan.undrain + take)
             if hand:
-                reason += f"; {len(hand)} busy worker{'s' if len(hand) > 1 else ''} hand back what they prefetched"
+                why = (
+                    f"{text(why)}; {len(hand)} busy worker{'s' if len(hand) > 1 else ''} hand back what they prefetched"
+                )
     decision = _new(
         Decision,
-        (plan.desired_replicas, reason, plan.remove_first, current, demand, wanted.recommendation, False, False,
+        (plan.desired_replicas, why, plan.remove_first, current, demand, wanted.recommendation, False, False,
          plan.drain, plan.undrain, wanted.wait, policy.target_wait),
     )  # fmt: skip
     if plan.remove_first and plan.desired_replicas < current and policy.drain_timeout > 0:
@@ -405,10 +423,14 @@ def decide(
 def _stay_asleep(
     observation: QueueObservation, state: QueueState, policy: ScalingPolicy
 ) -> tuple[Decision, QueueState]:
-    reason = f"asleep: backlog {observation.backlog} below activation {max(policy.activation_backlog, 1)}"
+    why = (_asleep, (observation.backlog, policy.activation_backlog if policy.activation_backlog > 1 else 1))
     demand = observation.backlog + observation.in_flight
     asleep = QueueState(0, state.idle_since if not demand else None, (), state.scale_ups, (), state.learned, (), ())
-    return Decision(0, reason, (), 0, demand, 0), asleep
+    return _new(Decision, (0, why, (), 0, demand, 0, False, False, (), (), None, None)), asleep
+
+
+def _asleep(backlog: int, wake_at: int) -> str:
+    return f"asleep: backlog {backlog} below activation {wake_at}"
 
 
 def _scheduled(
@@ -418,9 +440,9 @@ def _scheduled(
     now: float,
     startup: float,
     wanted: int,
-    reason: str,
+    why: Why,
     high: int,
-) -> tuple[int, str]:
+) -> tuple[int, Why]:
     """The floor of the schedules and of the announced fires, from one start-up delay (and a margin) before each
     window opens; a fire's window is sized from the demand its source brought last time."""
     lead = startup + SCHEDULE_MARGIN
@@ -430,12 +452,17 @@ def _scheduled(
     target = policy.target_per_replica if policy.target_per_replica > 0 else 1
     scheduled, window = floor(windows, now, lead, size=lambda tasks: -(-tasks // target))
     if window is None or wanted >= scheduled or wanted >= high:
-        return wanted, reason
+        return wanted, why
     opens = "open" if now >= window.start else f"opens in {window.start - now:.0f}s"
-    return min(scheduled, high), f"schedule {window.source!r} ({opens}): at least {scheduled} workers; {reason}"
+    return min(scheduled, high), (_with_schedule, (window.source, opens, scheduled, why))
 
 
-def _with_plan(reason: str, plan: drain.Plan) -> str:
+def _with_schedule(source: str, opens: str, scheduled: int, why: Why) -> str:
+    return f"schedule {source!r} ({opens}): at least {scheduled} workers; {text(why)}"
+
+
+def _with_plan(why: Why, plan: drain.Plan) -> str:
+    reason = text(why)
     if plan.drain:
         reason += f"; drain {len(plan.drain)} ({', '.join(plan.drain)})"
     if plan.undrain:
@@ -472,20 +499,6 @@ def _stabilize(
     return stabilized, (*recommendations[:kept], (now, recommendation))
 
 
-def _awake_bounds(
-    recommendation: int, serving: int, backlog: int, policy: ScalingPolicy, low: int, high: int
-) -> tuple[int, bool, int]:
-    """(recommendation within bounds, asleep, wake threshold): awake, never below one."""
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    if serving == 0 and backlog < wake_at:
-        return low, True, wake_at
-    if recommendation < 1:
-        recommendation = 1
-    if recommendation < low:
-        recommendation = low
-    return (recommendation if recommendation < high else high), False, wake_at
-
-
 def _by_demand(
     observation: QueueObservation,
     state: QueueState,
@@ -500,10 +513,18 @@ def _by_demand(
     target = policy.target_per_replica if policy.target_per_replica > 0 else 1
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
-    load = f"backlog {backlog}, in-flight {in_flight}, target {target} per replica"
-    recommendation, asleep, wake_at = _awake_bounds(
-        -(-(backlog + in_flight) // target), current, backlog, policy, low, high
-    )
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    asleep = current == 0 and backlog < wake_at
+    if asleep:
+        recommendation = low
+    else:  # awake: never below one
+        recommendation = -(-(backlog + in_flight) // target)
+        if recommendation < 1:
+            recommendation = 1
+        if recommendation < low:
+            recommendation = low
+        if recommendation > high:
+            recommendation = high
     window = policy.scale_down_window
     stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
@@ -527,6 +548,35 @@ def _by_demand(
     to_zero = low == 0 and current > 0 and idle_since is not None and idle_for >= policy.idle_before_zero
     desired = min(max(0 if to_zero else desired, low), high)
 
+    why = (
+        _demand_reason,
+        (desired, current, backlog, in_flight, target, wake_at, stabilized, recommendation, limited, to_zero, asleep,
+         idle_since is not None and low == 0, idle_for, low, high, window, policy),
+    )  # fmt: skip
+    return _new(_Wanted, (desired, why, recommendation, recommendations, None))
+
+
+def _demand_reason(
+    desired: int,
+    current: int,
+    backlog: int,
+    in_flight: int,
+    target: int,
+    wake_at: int,
+    stabilized: int,
+    recommendation: int,
+    limited: bool,
+    to_zero: bool,
+    asleep: bool,
+    idling: bool,
+    idle_for: float,
+    low: int,
+    high: int,
+    window: float,
+    policy: ScalingPolicy,
+) -> str:
+    """The demand policy's reason (``_by_demand``), written when read."""
+    load = f"backlog {backlog}, in-flight {in_flight}, target {target} per replica"
     if desired > current:
         if current == 0 and backlog >= wake_at:
             reason = f"wake from zero: backlog {backlog} >= activation {wake_at}; {load}"
@@ -552,15 +602,15 @@ def _by_demand(
         reason = f"asleep: backlog {backlog} below activation {wake_at}"
     elif recommendation < current:
         reason = f"hold {current}: {load} asks for {recommendation}; scale-down window {window:g}s"
-        if idle_since is not None and low == 0:
+        if idling:
             reason += f"; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     elif limited:
         reason = f"hold {current}: {load} asks for {stabilized}; step limit reached for this period"
-    elif idle_since is not None and low == 0:
+    elif idling:
         reason = f"hold {current}: {load}; idle {idle_for:.0f}s of {policy.idle_before_zero:g}s before zero"
     else:
         reason = f"steady: {load}"
-    return _new(_Wanted, (desired, reason, recommendation, recommendations, None))
+    return reason
 
 
 def _by_throughput(
@@ -583,23 +633,35 @@ def _by_throughput(
     wait if there is one (throughput.py, waits.py); no pod that would be ready only after the work."""
     z = sizes(observation, state.backlog, state.learned.at, policy, now, active, starting, learned, startup, waited,
               surging)  # fmt: skip
-    keep, asleep, wake_at = _awake_bounds(z.keep, serving, z.backlog, policy, low, high)
+    keep = z.keep
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    asleep = serving == 0 and z.backlog < wake_at
+    if asleep:
+        keep = low
+    else:  # awake: never below one
+        if keep < 1:
+            keep = 1
+        if keep < low:
+            keep = low
+        if keep > high:
+            keep = high
     window = policy.scale_down_window if policy.scale_down_window < startup else startup
     stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
     idle_for = 0.0 if idle_since is None else now - idle_since
     target, poll, backlog = z.target, z.poll, z.backlog
+    why: Why
     told = False  # whether the reason already says the predicted wait
     if low == 0 and serving > 0 and idle_since is not None and idle_for >= z.zero_after:
         wanted, wait = 0, 0.0
-        reason = f"scale to zero: no backlog and nothing in flight for {idle_for:.0f}s"
+        why = f"scale to zero: no backlog and nothing in flight for {idle_for:.0f}s"
         if z.zero_after < policy.idle_before_zero:
-            reason += f" (a new worker in {startup:.0f}s costs less than an idle one waiting for the next task)"
+            why += f" (a new worker in {startup:.0f}s costs less than an idle one waiting for the next task)"
     elif asleep:
         wanted, wait = low, 0.0
-        reason = f"asleep: backlog {backlog} below activation {wake_at}"
+        why = (_asleep, (backlog, wake_at))
     elif serving == 0 and waited is not None and gathering(z, waited, startup):
         wanted, wait = 0, waited + startup
-        reason = (
+        why = (
             f"gather: backlog {backlog}, waited at most {waited:.0f}s; a worker started within "
             f"{(target or 0.0) - waited - startup - GATHER_POLLS * poll:.0f}s keeps the wait within {target:g}s"
         )
@@ -610,17 +672,24 @@ def _by_throughput(
             if serving == 0
             else tail_wait(z.ahead, active * z.per_worker, wanted * z.per_worker, startup)
         )
-        reason = (
-            f"scale up to {wanted}: {z.figures}; {z.left:.0f} tasks still there when a new worker is ready in "
-            f"{startup:.0f}s"
-        )
+        why = (_scale_up_reason, (wanted, z, startup))
     else:
-        wanted, wait, reason, told = _serving(z, serving, active, starting, keep, stabilized, window, low, startup)
+        wanted, wait, why, told = _serving(z, serving, active, starting, keep, stabilized, window, low, startup)
     if policy.target_wait is not None and backlog and not told:
-        limit = policy.target_wait
-        reason += f"; predicted wait {wait:.0f}s {'<=' if wait <= limit else '>'} {limit:g}s"
+        why = (_with_wait, (why, wait, policy.target_wait))
     wanted = min(max(wanted, low), high)
-    return _new(_Wanted, (wanted, reason, keep, recommendations, wait))
+    return _new(_Wanted, (wanted, why, keep, recommendations, wait))
+
+
+def _scale_up_reason(wanted: int, z: Sizes, startup: float) -> str:
+    return (
+        f"scale up to {wanted}: {z.figures}; {z.left:.0f} tasks still there when a new worker is ready in "
+        f"{startup:.0f}s"
+    )
+
+
+def _with_wait(why: Why, wait: float, limit: float) -> str:
+    return f"{text(why)}; predicted wait {wait:.0f}s {'<=' if wait <= limit else '>'} {limit:g}s"
 
 
 def _serving(
@@ -633,7 +702,7 @@ def _serving(
     window: float,
     low: int,
     startup: float,
-) -> tuple[int, float, str, bool]:
+) -> tuple[int, float, Why, bool]:
     """Workers serve and none is added: how many stay, the newest task's predicted wait, why, and whether the
     reason says that wait."""
     wanted = stabilized if stabilized < serving else serving
@@ -646,23 +715,49 @@ def _serving(
     )
     target, backlog = z.target, z.backlog
     if target is not None and low == 0 and wanted <= 1 and not backlog and lets_gather(z, startup):
-        gather = target - startup - GATHER_POLLS * z.poll
-        return 0, wait, f"scale to zero: {z.figures}; tasks may gather for {gather:.0f}s before a worker must " \
-            f"start (target {target:g}s)", False  # fmt: skip
+        return 0, wait, (_gather_reason, (z, startup, target)), False
     if wanted < serving:
-        reason = f"scale down to {wanted}: {z.figures} need {keep}"
-        if stabilized > keep:
-            reason += f"; highest need in the last {window:.0f}s: {stabilized}"
-        return wanted, wait, reason, False
+        return wanted, wait, (_scale_down_reason, (wanted, z, keep, stabilized, window)), False
     if target is not None and backlog:
-        sign = "<=" if wait <= target else ">"
-        return wanted, wait, f"hold {serving}: backlog {backlog}, predicted wait {wait:.0f}s {sign} {target:g}s " \
-            f"with {serving} workers", True  # fmt: skip
+        return wanted, wait, (_hold_wait_reason, (serving, backlog, wait, target)), True
     if (z.work and z.up <= serving < keep) or z.left <= 0 < z.up - serving:
-        took = drain_seconds(z.work, z.rate, z.task_seconds, z.slots, active or 1)
-        return wanted, wait, f"hold {serving}: backlog {backlog} + in-flight {z.in_flight} done in {took:.0f}s by " \
-            f"{active} workers; a new worker needs {startup:.0f}s", False  # fmt: skip
-    return wanted, wait, f"steady: {z.figures}; {serving} workers", False
+        return wanted, wait, (_hold_drain_reason, (z, serving, active, startup)), False
+    return wanted, wait, (_steady_reason, (z, serving)), False
+
+
+# The throughput policy's reasons (``_serving``), written when read.
+
+
+def _gather_reason(z: Sizes, startup: float, target: float) -> str:
+    gather = target - startup - GATHER_POLLS * z.poll
+    return (
+        f"scale to zero: {z.figures}; tasks may gather for {gather:.0f}s before a worker must start "
+        f"(target {target:g}s)"
+    )
+
+
+def _scale_down_reason(wanted: int, z: Sizes, keep: int, stabilized: int, window: float) -> str:
+    reason = f"scale down to {wanted}: {z.figures} need {keep}"
+    if stabilized > keep:
+        reason += f"; highest need in the last {window:.0f}s: {stabilized}"
+    return reason
+
+
+def _hold_wait_reason(serving: int, backlog: int, wait: float, target: float) -> str:
+    sign = "<=" if wait <= target else ">"
+    return f"hold {serving}: backlog {backlog}, predicted wait {wait:.0f}s {sign} {target:g}s with {serving} workers"
+
+
+def _hold_drain_reason(z: Sizes, serving: int, active: int, startup: float) -> str:
+    took = drain_seconds(z.work, z.rate, z.task_seconds, z.slots, active or 1)
+    return (
+        f"hold {serving}: backlog {z.backlog} + in-flight {z.in_flight} done in {took:.0f}s by {active} workers; "
+        f"a new worker needs {startup:.0f}s"
+    )
+
+
+def _steady_reason(z: Sizes, serving: int) -> str:
+    return f"steady: {z.figures}; {serving} workers"
 
 
 def _on_failure(

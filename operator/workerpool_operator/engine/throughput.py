@@ -34,7 +34,7 @@ from workerpool_operator.engine.waits import (
 from workerpool_operator.observation import QueueObservation
 
 if TYPE_CHECKING:
-    from workerpool_operator.engine.decide import ScalingPolicy
+    from workerpool_operator.engine.policy import ScalingPolicy
 
 POLL_GUESS = 2.0  # seconds between polls, until two polls tell
 GATHER_POLLS = 2  # under a target, a worker starts this many polls before the oldest task must

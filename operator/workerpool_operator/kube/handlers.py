@@ -111,6 +111,8 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     reporter = StatusReporter(api, backend, events, may_write, figures_refresh=config.status_refresh)
     observer = Observer()
     loop = ScalingLoop(backend, lambda result: memo.pools.report(result), observer, DrainWriter(observer.connections))
+    if config.wakeups:
+        observer.enable_wakeups(loop.wake)
     reconciler = Reconciler(api, backend, events)
     watch = WorkersWatch(api, events, may_write, protect_after=config.protect_busy_after)
     memo.pools = PoolService(

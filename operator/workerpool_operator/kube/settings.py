@@ -75,6 +75,11 @@ class OperatorSettings(BaseSettings):
         '`karpenter.sh/do-not-disrupt` and `cluster-autoscaler.kubernetes.io/safe-to-evict: "false"` (removed once '
         "it is idle); `0` marks none",
     )
+    wakeups: bool = Field(
+        default=True,
+        description="ask each broker to say when a polled queue changes (Redis client tracking, see Wake-ups), so "
+        "a burst is acted on at once instead of at the next poll; `false`: poll only",
+    )
     crd_wait: Seconds = Field(
         default=15.0,
         description="`run` only: seconds to wait at start for the API server to serve WorkerPools before exiting "

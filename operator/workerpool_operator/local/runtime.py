@@ -184,6 +184,7 @@ class LocalRuntime:
         self.components = LocalComponents(broker_url, self.workdir)
         self.observer = Observer()
         self.loop = ScalingLoop(self.backend, self._report, self.observer, DrainWriter(self.observer.connections))
+        self.observer.enable_wakeups(self.loop.wake)
         self.dashboard = Dashboard(title, pool.queues)
         self.dashboard.notes = [
             f"broker {pool.broker.redacted_url} · worker logs in {self.workdir / 'logs'}",

@@ -10,9 +10,10 @@ in C. Our own timeout and the next poll are the retry: redis-py retries nothing 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import hiredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection
@@ -31,6 +32,26 @@ _READ_SIZE = 1 << 20
 _NOT_ENOUGH_DATA = object()
 
 
+class Redirect(NamedTuple):
+    """Where a polling connection's tracking goes: the subscriber's client id, on the server it is connected to. A
+    connection to another server (a sentinel failover moved the master) must not use it: ids are per server, and
+    another server's client of that id would receive the messages."""
+
+    client_id: int
+    host: str
+    port: int
+
+
+def server_of(connection: AbstractConnection) -> tuple[str, int]:
+    """The address a connection is connected to (a sentinel-managed one: the master it found)."""
+    return str(getattr(connection, "host", "")), int(getattr(connection, "port", 0))
+
+
+def tracking_command(redirect: int) -> tuple[str, ...]:
+    """The command a polling connection sends once so that the keys it reads are tracked for ``redirect``."""
+    return ("CLIENT", "TRACKING", "ON", "REDIRECT", str(redirect))
+
+
 @dataclass
 class BrokerConnection:
     """One broker's connection pool (and sentinel manager), kept for the observer's lifetime."""
@@ -40,6 +61,9 @@ class BrokerConnection:
     pool: ConnectionPool
     sentinel: Sentinel | None = None
     last_queues: dict[str, QueueObservation] = field(default_factory=dict)  # the last good poll
+    # The wake-up subscriber each connection's reads are tracked for (``wakeups.py``); forgotten on a reconnect.
+    tracking: weakref.WeakKeyDictionary[AbstractConnection, int] = field(default_factory=weakref.WeakKeyDictionary)
+    tracking_refused: str | None = None  # the broker's answer to the last CLIENT TRACKING, when it refused it
 
     @classmethod
     def connect(cls, config: BrokerConfig, max_connections: int) -> BrokerConnection:
@@ -85,21 +109,45 @@ class BrokerConnection:
         pool = ConnectionPool(host=endpoint.host, port=endpoint.port, max_connections=max_connections, **common)
         return cls(config=config, address=address, pool=pool)
 
-    async def round_trip(self, plan: PollPlan) -> list[object]:
-        """Send the plan's request on one connection and read every reply."""
+    async def round_trip(self, plan: PollPlan, redirect: Redirect | None = None) -> list[object]:
+        """Send the plan's request on one connection and read every reply. With ``redirect`` (a wake-up
+        subscriber's connection), the connection's reads are tracked for it: ``CLIENT TRACKING ON`` goes in front
+        of the request when this connection, on the subscriber's server, has not sent it for that subscriber yet
+        (its answer is not returned; a refusal is kept in ``tracking_refused``)."""
         if isinstance(self.pool, SentinelConnectionPool):
             # Ask the sentinels where the master is now: a changed address drops idle connections,
             # so the request below goes to the new master (one small round trip to a sentinel).
             await self.pool.get_master_address()  # type: ignore[no-untyped-call]
         connection: AbstractConnection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(plan.payload, check_health=False)
-            return await read_all(connection, plan.reply_count)
+            if redirect is None or not self._tracks_for(connection, redirect):
+                await connection.send_packed_command(plan.payload, check_health=False)
+                return await read_all(connection, plan.reply_count)
+            tracking = hiredis.pack_command(cast(Any, tracking_command(redirect.client_id)))
+            await connection.send_packed_command(tracking + plan.payload, check_health=False)
+            answer, *replies = await read_all(connection, plan.reply_count + 1)
+            if isinstance(answer, ResponseError):
+                self.tracking_refused = str(answer)
+            else:
+                self.tracking_refused = None
+                connection.register_connect_callback(self._untrack)  # type: ignore[no-untyped-call]  # after a reconnect, tracking is off
+                self.tracking[connection] = redirect.client_id
+            return replies
         except BaseException:
             await connection.disconnect(nowait=True)  # unread replies would poison the next poll
             raise
         finally:
             await self.pool.release(connection)
+
+    def _tracks_for(self, connection: AbstractConnection, redirect: Redirect) -> bool:
+        """Whether ``CLIENT TRACKING ON REDIRECT`` must go in front of this connection's request."""
+        if server_of(connection) != (redirect.host, redirect.port):
+            return False  # another server (a failover): that id is not our subscriber's there
+        return self.tracking.get(connection) != redirect.client_id
+
+    def _untrack(self, connection: AbstractConnection) -> None:
+        """A connection (re)connected: the server knows of no tracking on it."""
+        self.tracking.pop(connection, None)
 
     async def aclose(self) -> None:
         await self.pool.disconnect()

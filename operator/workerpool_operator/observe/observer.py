@@ -19,6 +19,8 @@ from workerpool_operator.observation import BrokerObservation, QueueObservation
 from workerpool_operator.observe.connections import DEFAULT_MAX_CONNECTIONS, BrokerConnections
 from workerpool_operator.observe.failures import describe_failure, scrub
 from workerpool_operator.observe.replies import poll_plan, read_replies
+from workerpool_operator.observe.stalls import StallMeter, wait_responsive
+from workerpool_operator.observe.wakeups import WakeHandler, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ class Observer:
     LINDEX per list and the transfer of those messages; measured in bench/bench_observe.py). Without it, only the
     queues a poll names in ``aged`` (the scaling loop's: those with a target wait) have theirs read.
     ``connections``: the brokers' connections, to share with a :class:`~.drains.DrainWriter` (default: its own).
+
+    A broker's ``timeout`` counts only the time the event loop could have read its reply (:mod:`.stalls`): a
+    stall of the operator's own loop never reads as a broker outage. :meth:`enable_wakeups` makes every
+    broker tell which polled keys changed (:mod:`.wakeups`).
     """
 
     def __init__(
@@ -46,6 +52,14 @@ class Observer:
         self.connections = connections or BrokerConnections(max_connections)
         self._failing: dict[BrokerConfig, str] = {}  # the last reason, so a lasting failure is logged once
         self._problems_logged: set[str] = set()  # problems that would repeat with every poll: logged once each
+        self.stalls = StallMeter()
+        self.wakeups: Wakeups | None = None
+
+    def enable_wakeups(self, handler: WakeHandler) -> Wakeups:
+        """From now on, every broker polled hands the keys of its polled queues that change to ``handler``
+        (a broker and the keys; :mod:`.wakeups` says how, and what it needs of the broker)."""
+        self.wakeups = Wakeups(self.connections, handler)
+        return self.wakeups
 
     async def observe(
         self,
@@ -100,11 +114,15 @@ class Observer:
         apps = tuple(sorted(set(beat_apps)))
         oldest = tuple(sorted(set(aged))) if aged and not self.read_oldest_age else ()
         started = time.monotonic()
+        self.stalls.start()
         try:
-            async with asyncio.timeout(timeout):
-                broker = self.connections.get(config)
-                plan = poll_plan(config, names, self.read_oldest_age, apps, oldest)
-                replies = await broker.round_trip(plan)
+            broker = self.connections.get(config)
+            plan = poll_plan(config, names, self.read_oldest_age, apps, oldest)
+            redirect = self.wakeups.redirect_for(config) if self.wakeups is not None else None
+            replies = await wait_responsive(broker.round_trip(plan, redirect), timeout, self.stalls)
+            if broker.tracking_refused is not None and self.wakeups is not None:
+                self.wakeups.refused(config, broker.tracking_refused)
+                broker.tracking_refused = None
             problems: list[str] = []
             observed = read_replies(plan, replies, self.report_ttl, previous=broker.last_queues, problems=problems)
             broker.last_queues = dict(observed)  # our own copy: callers may change theirs
@@ -120,12 +138,15 @@ class Observer:
 
     async def forget(self, keep: Collection[BrokerConfig] = ()) -> None:
         """Close the pools of brokers not in ``keep`` (for example after a Secret changed the URL)."""
+        if self.wakeups is not None:
+            await self.wakeups.forget(keep)
         await self.connections.forget(keep)
         for config in [config for config in self._failing if config not in keep]:
             del self._failing[config]
 
     async def aclose(self) -> None:
         await self.forget()
+        await self.stalls.stop()
 
     async def __aenter__(self) -> Observer:
         return self
