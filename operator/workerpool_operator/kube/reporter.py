@@ -157,6 +157,54 @@ def _wait_event(queue: str, waits: Waits, change: Change) -> tuple[str, str, str
     return "Normal", "WaitWithinTarget", f"queue {queue}: {oldest}, within the {waits.target:g}s target again"
 
 
+def _rest_digest(
+    result: PoolResult, pool: PoolFacts, written: _Written, ready: Mapping[str, int | None], rest: tuple[Any, ...]
+) -> tuple[Any, ...] | None:
+    """All that a poll of a pool at rest brings to the report, for comparing with the last one (``None``: not at
+    rest, or something in it depends on time); ``rest``: what else the report reads (the beat, the workloads).
+    Reporting the same again would record the same metrics, post no Event and build the same status but for the time
+    of the engine's latest recommendation, which is never written on its own (``status.write_needed``): at 10,000
+    pools that was most of a tick's CPU for nothing. A poll with anything in motion (a broker error, a wait being
+    watched, a scale, a drain, a failure, Shadow mode) is reported in full."""
+    if result.broker_error is not None or written.watches or written.status is None:
+        return None
+    queues: list[tuple[Any, ...]] = []
+    for q in result.queues:
+        policy = pool.policy(q.queue)
+        decision = q.decision
+        if (
+            (policy is not None and policy.target_wait is not None)
+            or pool.shadow(q.queue)
+            or q.observation.error is not None
+            or q.scaled_from is not None
+            or q.scale_error is not None
+            or q.drain_error is not None
+            or q.cancelled
+            or (decision is not None and decision.drain)
+            or q.queue in written.drain_failing
+        ):
+            return None
+        queues.append((q.queue, q.observation, decision, _at_rest(q.state), ready.get(q.queue)))
+    versions = tuple(sorted(pool.versions.items()))
+    return (pool.generation, pool.problem, tuple(pool.queue_names), pool.beat_duplicates, versions, rest, tuple(queues))
+
+
+async def _send_status(
+    api: KubeApi, slots: asyncio.Semaphore, pool: PoolKey, written: _Written, patch: dict[str, Any], before: Any
+) -> None:
+    """A write ``write(..., wait=False)`` decided on; on failure the status is taken as unwritten again, so the next
+    poll writes it."""
+    try:
+        async with slots:
+            await asyncio.to_thread(api.patch_pool_status, *pool, patch)
+    except Exception as exc:
+        if not (isinstance(exc, ApiError) and exc.status == 404):  # deleted meanwhile: nothing to write to
+            logger.warning("%s/%s: writing the status failed, writing it again at the next poll: %s", *pool, exc)
+            written.status, written.at = before
+    finally:
+        written.sending = None
+
+
 class StatusReporter:
     def __init__(
         self,
@@ -217,9 +265,8 @@ class StatusReporter:
 
     async def report(self, result: PoolResult, pool: PoolFacts, *, wait: bool = True) -> None:
         """One poll of the pool: metrics, Events on scale decisions and broker changes, status if worth it. With
-        ``wait`` False the status write goes on in the background (at most WRITES_IN_FLIGHT at once) and this
-        returns before it is done: the scaling loop reports its pools one after the other, and waiting for each
-        write held a tick for as many API round trips as pools had news (at start-up, every pool)."""
+        ``wait`` False the status write goes on in the background (at most WRITES_IN_FLIGHT at once): waiting for
+        each write held the scaling loop's tick for as many API round trips as pools had news."""
         written = self._pools.setdefault(result.pool, _Written())
         namespace, name = result.pool
         if self._last_poll.get(pool.broker_label) != result.observed_at:
@@ -228,7 +275,9 @@ class StatusReporter:
         if result.broker_error is not None:
             metrics.record_observation_error(namespace, name)
         ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
-        quiet = self._quiet(result, pool, written, ready)
+        beat = self._beat(pool)
+        rest = (None if beat is None else tuple(beat.items()), self._notes.workloads(pool))
+        quiet = _rest_digest(result, pool, written, ready, rest) if self._may_write() else None
         if quiet is not None and quiet == written.quiet:
             return  # the same as the last poll, which left nothing to say, write or record anew
         written.quiet = None
@@ -257,60 +306,6 @@ class StatusReporter:
         """Until every status write on its way is done."""
         while self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
-
-    async def _send(self, pool: PoolKey, written: _Written, patch: dict[str, Any], before: tuple[Any, float]) -> None:
-        """A write ``write(..., wait=False)`` decided on; on failure the status is taken as unwritten again, so the
-        next poll writes it."""
-        try:
-            async with self._slots:
-                await asyncio.to_thread(self._api.patch_pool_status, *pool, patch)
-        except Exception as exc:
-            if not (isinstance(exc, ApiError) and exc.status == 404):  # deleted meanwhile: nothing to write to
-                logger.warning("%s/%s: writing the status failed, writing it again at the next poll: %s", *pool, exc)
-                written.status, written.at = before
-        finally:
-            written.sending = None
-
-    def _quiet(
-        self, result: PoolResult, pool: PoolFacts, written: _Written, ready: Mapping[str, int | None]
-    ) -> tuple[Any, ...] | None:
-        """All that a poll of a pool at rest brings to the report, for comparing with the last one (``None``: not at
-        rest, or something in it depends on time). Reporting the same again would record the same metrics, post no
-        Event and build the same status but for the time of the engine's latest recommendation, which is never
-        written on its own (``status.write_needed``): at 10,000 pools that was most of a tick's CPU for nothing.
-        A poll with anything in motion (a broker error, a wait being watched, a scale, a drain, a failure, Shadow
-        mode) is reported in full."""
-        if result.broker_error is not None or written.watches or written.status is None or not self._may_write():
-            return None
-        queues: list[tuple[Any, ...]] = []
-        for q in result.queues:
-            policy = pool.policy(q.queue)
-            decision = q.decision
-            if (
-                (policy is not None and policy.target_wait is not None)
-                or pool.shadow(q.queue)
-                or q.observation.error is not None
-                or q.scaled_from is not None
-                or q.scale_error is not None
-                or q.drain_error is not None
-                or q.cancelled
-                or (decision is not None and decision.drain)
-                or q.queue in written.drain_failing
-            ):
-                return None
-            queues.append((q.queue, q.observation, decision, _at_rest(q.state), ready.get(q.queue)))
-        versions = tuple(sorted(pool.versions.items()))
-        beat = self._beat(pool)
-        return (
-            pool.generation,
-            pool.problem,
-            tuple(pool.queue_names),
-            pool.beat_duplicates,
-            versions,
-            None if beat is None else tuple(beat.items()),
-            self._notes.workloads(pool),
-            tuple(queues),
-        )
 
     def _beat(self, pool: PoolFacts) -> dict[str, Any] | None:
         """The beat Deployment as the watch last saw it (replica counts ``None`` until it has been seen)."""
@@ -446,7 +441,9 @@ class StatusReporter:
             if not wait:
                 before = (written.status, written.at)
                 written.status, written.at = new, now
-                written.sending = task = asyncio.create_task(self._send(pool.key, written, patch, before))
+                written.sending = task = asyncio.create_task(
+                    _send_status(self._api, self._slots, pool.key, written, patch, before)
+                )
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
                 return True
