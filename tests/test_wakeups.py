@@ -207,6 +207,11 @@ async def test_a_broker_that_refuses_wakeups_is_polled_as_before(
             await asyncio.sleep(0.05)
         assert observed.queues["emails"].backlog == 5
         assert observer.wakeups is not None and observer.wakeups.redirect_for(broker) is None
+        for subscriber in observer.wakeups._subscribers.values():
+            subscriber.retry_at = 0.0  # ten minutes on: tried again, refused again, and not logged again
+        for _ in range(3):
+            await observer.observe({broker: ["emails"]}, 1.0)
+            await asyncio.sleep(0.1)
     warnings = [r.getMessage() for r in caplog.records if "no wake-ups" in r.getMessage()]
     assert len(warnings) == 1 and refused in warnings[0], warnings
     assert "secret" not in warnings[0]

@@ -52,6 +52,8 @@ KEEPALIVE = 60.0  # seconds without a message after which the subscriber PINGs (
 RETRY_BROKEN = 1.0  # first wait before connecting again after the subscriber's connection broke (doubles to 30 s)
 RETRY_UNAVAILABLE = 600.0  # wait before trying again on a broker that refused wake-ups
 
+TRACKING_REFUSED = "CLIENT TRACKING refused"  # a refusal that a new subscription does not undo: logged once
+
 WakeHandler = Callable[[BrokerConfig, Collection[str]], None]  # a broker and the keys that changed
 
 
@@ -117,7 +119,7 @@ class Wakeups:
         subscriber = self._subscribers.get(config)
         if subscriber is None:
             return
-        self._give_up(config, subscriber, f"CLIENT TRACKING refused: {reason}")
+        self._give_up(config, subscriber, f"{TRACKING_REFUSED}: {reason}")
         if subscriber.task is not None:
             subscriber.task.cancel()
 
@@ -162,9 +164,9 @@ class Wakeups:
                 await connection.read_response()
                 subscriber.redirect = Redirect(client_id, *server_of(connection))
                 subscriber.connected.set()
-                if subscriber.unavailable is not None:
-                    log.info("wake-ups on %s work again", config.redacted_url)
-                subscriber.unavailable = None
+                if subscriber.unavailable is not None and not subscriber.unavailable.startswith(TRACKING_REFUSED):
+                    log.info("wake-ups on %s work again", config.redacted_url)  # (a refusal of tracking stays)
+                    subscriber.unavailable = None
                 backoff = RETRY_BROKEN
                 await self._listen(config, subscriber, connection)
             except asyncio.CancelledError:
