@@ -235,3 +235,13 @@ def test_the_state_stays_small(policy: ScalingPolicy, steps: list[tuple[int, int
         assert all(t >= now - policy.scale_up_period for t, _ in state.scale_ups)
         assert len(state.scale_ups) <= len(steps) and len(state.learned.launches) <= policy.max_replicas + 1
         assert len(state.recommendations) <= max(policy.scale_down_window, 1.0) / 0.5 + 2
+
+
+def test_a_busy_time_too_small_to_divide_by_is_no_task_time() -> None:
+    """Found by the property above: 5e-324 s of busy time over 2 tasks underflows to 0 s a task."""
+    learned = Learned(busy=5e-324, completed=2.0)
+    state = QueueState(learned=learned)
+    policy = ScalingPolicy(max_replicas=1, target_per_replica=1, startup_seconds=5.0)
+    decision, _ = decide(QueueObservation("q", 3, 0, replicas=0), state, policy, NOW)
+    assert decision.desired_replicas == 1
+    assert learned.task_seconds is None

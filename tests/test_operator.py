@@ -208,6 +208,7 @@ def test_drift_is_put_back(operator: RunningOperator, redis_server: RedisServer)
     client.request("PATCH", path, body=edit, content_type="application/merge-patch+json")
     image = lambda: deployments(kube)["shop-default"]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
     wait_for(lambda: image() == "registry.example/shop-worker:1.2", message="manual edit reverted")
+    wait_for(lambda: len(events(kube, "DeploymentRestored")) == 1, message="the Event (posted after the apply)")
     (restored,) = events(kube, "DeploymentRestored")
     message = restored["message"]
     assert message.startswith("queue default: spec.template.spec.containers[worker].image changed by OpenAPI-Generator")
@@ -219,7 +220,9 @@ def test_drift_is_put_back(operator: RunningOperator, redis_server: RedisServer)
     client.request("DELETE", path)
     wait_for(lambda: "shop-default" in deployments(kube), message="Deployment recreated")
     assert replicas(kube, "shop-default") == 2
-    assert len(events(kube, "DeploymentRestored")) == 2
+    wait_for(lambda: len(events(kube, "DeploymentRestored")) == 2, message="a second Event, for the recreation")
+    time.sleep(1.0)
+    assert len(events(kube, "DeploymentRestored")) == 2, "one Event per repair"
 
 
 @pytest.fixture

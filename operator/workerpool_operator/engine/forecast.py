@@ -69,7 +69,8 @@ class Learned(NamedTuple):
     @property
     def task_seconds(self) -> float | None:
         """Seconds one task holds a slot; None until some tasks have finished."""
-        return self.busy / self.completed if self.completed >= MIN_COMPLETED and self.busy > 0 else None
+        seconds = self.busy / self.completed if self.completed >= MIN_COMPLETED and self.busy > 0 else 0.0
+        return seconds if seconds > 0.0 else None  # (a busy time so small that the quotient underflows: none)
 
     @property
     def held_seconds(self) -> float | None:

@@ -87,7 +87,9 @@ def sizes(
     """The figures for one queue at one poll. ``backlog_before`` and ``polled``: the backlog and the time of the
     last poll; ``waited``: the longest any waiting task can have waited (None: unknown, or nothing waits);
     ``surging``: how long arrivals have run above their usual rate."""
-    task_seconds = learned.busy / learned.completed if learned.completed > 0.0 and learned.busy > 0.0 else 1.0
+    task_seconds = learned.busy / learned.completed if learned.completed > 0.0 and learned.busy > 0.0 else 0.0
+    if not task_seconds > 0.0:  # nothing learned, or busy time so small that the quotient underflows to 0
+        task_seconds = 1.0
     rate = learned.arrival_rate if learned.arrival_rate > 0.0 else 0.0
     recent = learned.recent_rate if learned.recent_rate > 0.0 else 0.0
     slots = policy.target_per_replica if policy.target_per_replica > 0 else 1
