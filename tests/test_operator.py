@@ -161,13 +161,13 @@ def test_removing_a_queue_deletes_its_deployment_and_deleting_the_pool_collects_
     queues: list[dict[str, Any]] = [{"name": "default"}, {"name": "mail", "minReplicas": 2}]
     create_pool(kube, pool_manifest("shop", queues=queues))
     wait_for(lambda: set(deployments(kube)) == {"shop-default", "shop-mail"}, message="two Deployments")
-    assert replicas(kube, "shop-mail") == 2
+    wait_for(lambda: replicas(kube, "shop-mail") == 2, message="the mail queue at its minimum")
 
     patch_pool(kube, "shop", {"spec": {"queues": [{"name": "mail", "minReplicas": 3}]}})
     wait_for(lambda: set(deployments(kube)) == {"shop-mail"}, message="default removed")
     wait_for(lambda: replicas(kube, "shop-mail") == 3, message="brought inside the new bounds")
     wait_for(lambda: [q["name"] for q in get_pool(kube, "shop")["status"]["queues"]] == ["mail"])
-    assert events(kube, "QueueRemoved")
+    wait_for(lambda: events(kube, "QueueRemoved"), message="the QueueRemoved Event")
 
     delete_pool(kube, "shop")
     wait_for(lambda: not deployments(kube), message="Deployments garbage-collected")

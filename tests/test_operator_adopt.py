@@ -171,8 +171,13 @@ def test_a_missing_deployment_is_a_condition_and_an_event_and_is_scaled_once_it_
     found = wait_for(lambda: condition(kube, "shop", "ScaleTargetsFound") or {}, message="the condition")
     assert found["status"] == "False" and found["reason"] == "ScaleTargetNotFound"
     assert f"Deployment {TARGET} not found" in found["message"]
-    ready = condition(kube, "shop", "Ready") or {}
-    assert (ready.get("status"), ready.get("reason")) == ("False", "ScaleTargetNotFound")
+    wait_for(  # Ready follows at the first poll (the condition above comes with the apply)
+        lambda: (
+            ((ready := condition(kube, "shop", "Ready") or {}).get("status"), ready.get("reason"))
+            == ("False", "ScaleTargetNotFound")
+        ),
+        message="Ready=False ScaleTargetNotFound",
+    )
     time.sleep(1.5)  # polls go on: one Event, not one per poll
     assert len(events(kube, "ScaleTargetNotFound")) == 1
 
