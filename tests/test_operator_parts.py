@@ -180,37 +180,17 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
     )
     made = plan(_pool(), {"redis": {"url": URL.encode()}})
 
-    class Facts:
-        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, made.queue_names, None
-        broker_label = made.broker.redacted_url
-
-        beat_deployment: str | None = None
-        beat_duplicates: tuple[str, ...] = ()
-        targets: dict[str, str] = {}
-        shared_queues: dict[str, tuple[str, ...]] = {}
-        versions = made.versions
-
-        def bounds(self, queue: str) -> tuple[int, int] | None:
-            return made.bounds(queue)
-
-        def shadow(self, queue: str) -> bool:
-            return False
-
-        def drains(self, queue: str) -> bool:
-            return True
-
-        def policy(self, queue: str) -> ScalingPolicy | None:
-            return made.queues[queue].policy
+    facts = _facts(made, made.queue_names)
 
     observation = QueueObservation("default", backlog=4, replicas=1)
     decision = Decision(2, "scale up: backlog 4", current_replicas=1, demand=4)
     queue = QueueResult("default", observation, decision, QueueState(), scaled_from=1)
     result = PoolResult((NS, "shop"), None, (queue,), observed_at=clock[0], poll_duration=0.01)
 
-    await reporter.report(result, Facts())
+    await reporter.report(result, facts)
     assert "status" not in kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"], "a standby writes nothing"
     may_write[0] = True
-    await reporter.report(result, Facts())
+    await reporter.report(result, facts)
     status = kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"]["status"]
     assert status["queues"][0]["replicas"] == 2 and status["queues"][0]["lastScaleReason"] == "scale up: backlog 4"
     assert status["conditions"][0]["status"] == "True" and status["observedGeneration"] == 3
@@ -219,9 +199,9 @@ async def test_the_reporter_writes_only_what_changed_and_only_when_it_may(kube: 
     writes = client.writes
     held = QueueResult("default", observation, decision._replace(desired_replicas=1), QueueState())
     steady = PoolResult((NS, "shop"), None, (held,), clock[0], 0.01)
-    await reporter.report(steady, Facts())
+    await reporter.report(steady, facts)
     assert client.writes == writes + 1, "a change of replicas is state: written at once"
-    await reporter.report(steady, Facts())
+    await reporter.report(steady, facts)
     assert client.writes == writes + 1, "nothing changed: nothing written"
     assert reporter.persisted_states((NS, "shop"), ["default"]) == {"default": QueueState()}
 
@@ -249,26 +229,7 @@ async def test_a_pool_at_rest_is_reported_once_and_anything_new_in_full(
 
     monkeypatch.setattr("workerpool_operator.kube.reporter.build_status", counting_build)
 
-    class Facts:
-        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, ["default"], None
-        broker_label = made.broker.redacted_url
-        beat_deployment: str | None = None
-        beat_duplicates: tuple[str, ...] = ()
-        targets: dict[str, str] = {}
-        shared_queues: dict[str, tuple[str, ...]] = {}
-        versions = made.versions
-
-        def bounds(self, queue: str) -> tuple[int, int] | None:
-            return made.bounds(queue)
-
-        def shadow(self, queue: str) -> bool:
-            return False
-
-        def drains(self, queue: str) -> bool:
-            return True
-
-        def policy(self, queue: str) -> ScalingPolicy | None:
-            return made.queues[queue].policy
+    facts = _facts(made)
 
     def poll(in_flight: int = 0) -> PoolResult:
         observation = QueueObservation("default", in_flight=in_flight, replicas=1)
@@ -283,12 +244,12 @@ async def test_a_pool_at_rest_is_reported_once_and_anything_new_in_full(
     backend.observe_deployment(
         {"metadata": {"namespace": NS, "name": "shop-default", "resourceVersion": "5"}, "spec": {"replicas": 1}}
     )
-    await reporter.report(poll(), Facts())
+    await reporter.report(poll(), facts)
     writes = client.writes
-    await reporter.report(poll(), Facts())  # the first at rest: built, found equal, remembered
+    await reporter.report(poll(), facts)  # the first at rest: built, found equal, remembered
     for _ in range(3):
         clock[0] += 5
-        await reporter.report(poll(), Facts())
+        await reporter.report(poll(), facts)
     assert len(built) == 2 and client.writes == writes, "at rest: built twice in all, never written"
 
     backend.observe_deployment(  # its pod became ready: state, written at once
@@ -299,17 +260,17 @@ async def test_a_pool_at_rest_is_reported_once_and_anything_new_in_full(
         }
     )
     clock[0] += 5
-    await reporter.report(poll(), Facts())
+    await reporter.report(poll(), facts)
     assert client.writes == writes + 1 and status()["queues"][0]["readyReplicas"] == 1
 
     writes = client.writes
     clock[0] += 5
-    await reporter.report(poll(in_flight=2), Facts())  # a figure: held back until the refresh
+    await reporter.report(poll(in_flight=2), facts)  # a figure: held back until the refresh
     assert client.writes == writes, "a figure alone waits for the refresh"
     clock[0] += 5
-    await reporter.report(poll(in_flight=2), Facts())  # the same poll again, but a figure is still to be written
+    await reporter.report(poll(in_flight=2), facts)  # the same poll again, but a figure is still to be written
     clock[0] += 30
-    await reporter.report(poll(in_flight=2), Facts())
+    await reporter.report(poll(in_flight=2), facts)
     assert client.writes == writes + 1 and status()["queues"][0]["inFlight"] == 2, "and is written then"
 
 
@@ -376,9 +337,12 @@ async def test_the_scaling_loops_reports_write_the_status_in_the_background(kube
     assert found is not None and found["conditions"][0]["message"] == "second"
 
 
-def _facts(made: PoolPlan) -> Any:
+def _facts(made: PoolPlan, queue_names: list[str] | None = None) -> Any:
+    """What the reporter needs to know of the test pool besides a poll (``reporter.PoolFacts``)."""
+    names = queue_names if queue_names is not None else ["default"]
+
     class Facts:
-        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, ["default"], None
+        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, names, None
         broker_label = made.broker.redacted_url
         beat_deployment: str | None = None
         beat_duplicates: tuple[str, ...] = ()
@@ -412,26 +376,7 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
     made = plan(manifest, made_secrets())
     clock = [1_800_000_000.0]
 
-    class Facts:
-        key, uid, generation, queue_names, problem = (NS, "shop"), "uid-1", 3, made.queue_names, None
-        broker_label = made.broker.redacted_url
-        beat_deployment: str | None = None
-        beat_duplicates: tuple[str, ...] = ()
-        targets: dict[str, str] = {}
-        shared_queues: dict[str, tuple[str, ...]] = {}
-        versions = made.versions
-
-        def bounds(self, queue: str) -> tuple[int, int] | None:
-            return made.bounds(queue)
-
-        def policy(self, queue: str) -> ScalingPolicy | None:
-            return made.queues[queue].policy
-
-        def shadow(self, queue: str) -> bool:
-            return False
-
-        def drains(self, queue: str) -> bool:
-            return True
+    facts = _facts(made, made.queue_names)
 
     def poll(age: float | None) -> PoolResult:
         workers = tuple(WorkerLoad(f"w{number}", running=2, concurrency=2) for number in range(5))
@@ -449,7 +394,7 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
     leader_events = Events()
     leader = StatusReporter(client, KubeBackend(client), leader_events, lambda: True, clock=lambda: clock[0])
     for age in (4.0, 12.0, 18.0):  # above the target since 2 s before the second poll, broken 6 s later
-        await leader.report(poll(age), Facts())
+        await leader.report(poll(age), facts)
         clock[0] += 6
     assert [(t, r) for t, r, _ in leader_events if r.startswith("Wait")] == [("Warning", "WaitAboveTarget")]
     broken = cond.condition(status()["conditions"], "WaitsWithinTarget")
@@ -459,7 +404,7 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
     follower_events = Events()
     follower = StatusReporter(client, KubeBackend(client), follower_events, lambda: True, clock=lambda: clock[0])
     follower.seen((NS, "shop"), kube.objects("workerpool.dev/v1alpha1/workerpools", NS)["shop"]["status"])
-    await follower.report(poll(24.0), Facts())
+    await follower.report(poll(24.0), facts)
     assert [r for _, r, _ in follower_events if r.startswith("Wait")] == [], "no second Warning"
     still = cond.condition(status()["conditions"], "WaitsWithinTarget")
     assert still is not None and (still["status"], still["lastTransitionTime"]) == (
@@ -467,7 +412,7 @@ async def test_a_new_leader_goes_on_with_a_broken_target_wait_without_a_second_w
         broken["lastTransitionTime"],
     )
     clock[0] += 2
-    await follower.report(poll(None), Facts())
+    await follower.report(poll(None), facts)
     assert [(t, r) for t, r, _ in follower_events] == [("Normal", "WaitWithinTarget")]
     kept = cond.condition(status()["conditions"], "WaitsWithinTarget")
     assert kept is not None and (kept["status"], kept["reason"]) == ("True", "WithinTarget")
