@@ -499,6 +499,20 @@ def _stabilize(
     return stabilized, (*recommendations[:kept], (now, recommendation))
 
 
+def _awake_bounds(
+    recommendation: int, serving: int, backlog: int, policy: ScalingPolicy, low: int, high: int
+) -> tuple[int, bool, int]:
+    """(recommendation within bounds, asleep, wake threshold): awake, never below one."""
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    if serving == 0 and backlog < wake_at:
+        return low, True, wake_at
+    if recommendation < 1:
+        recommendation = 1
+    if recommendation < low:
+        recommendation = low
+    return (recommendation if recommendation < high else high), False, wake_at
+
+
 def _by_demand(
     observation: QueueObservation,
     state: QueueState,
@@ -513,18 +527,9 @@ def _by_demand(
     target = policy.target_per_replica if policy.target_per_replica > 0 else 1
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    asleep = current == 0 and backlog < wake_at
-    if asleep:
-        recommendation = low
-    else:  # awake: never below one
-        recommendation = -(-(backlog + in_flight) // target)
-        if recommendation < 1:
-            recommendation = 1
-        if recommendation < low:
-            recommendation = low
-        if recommendation > high:
-            recommendation = high
+    recommendation, asleep, wake_at = _awake_bounds(
+        -(-(backlog + in_flight) // target), current, backlog, policy, low, high
+    )
     window = policy.scale_down_window
     stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
@@ -633,18 +638,7 @@ def _by_throughput(
     wait if there is one (throughput.py, waits.py); no pod that would be ready only after the work."""
     z = sizes(observation, state.backlog, state.learned.at, policy, now, active, starting, learned, startup, waited,
               surging)  # fmt: skip
-    keep = z.keep
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    asleep = serving == 0 and z.backlog < wake_at
-    if asleep:
-        keep = low
-    else:  # awake: never below one
-        if keep < 1:
-            keep = 1
-        if keep < low:
-            keep = low
-        if keep > high:
-            keep = high
+    keep, asleep, wake_at = _awake_bounds(z.keep, serving, z.backlog, policy, low, high)
     window = policy.scale_down_window if policy.scale_down_window < startup else startup
     stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
     idle_for = 0.0 if idle_since is None else now - idle_since
