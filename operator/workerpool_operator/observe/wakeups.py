@@ -78,7 +78,6 @@ class _Subscriber:
     redirect: Redirect | None = None  # the subscribed connection's CLIENT ID and server, while it is subscribed
     unavailable: str | None = None  # why the broker gave no wake-ups, while it gives none
     retry_at: float = 0.0
-    messages: int = 0  # invalidation messages received (tests and benches read it)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -122,10 +121,6 @@ class Wakeups:
         self._give_up(config, subscriber, f"{TRACKING_REFUSED}: {reason}")
         if subscriber.task is not None:
             subscriber.task.cancel()
-
-    def messages(self, config: BrokerConfig) -> int:
-        subscriber = self._subscribers.get(config)
-        return subscriber.messages if subscriber is not None else 0
 
     async def subscribed(self, config: BrokerConfig, timeout: float = 5.0) -> Redirect:  # noqa: ASYNC109
         """Wait until ``config``'s subscriber is subscribed (starting it); where tracking goes."""
@@ -203,7 +198,6 @@ class Wakeups:
             keys = invalidated_keys(message)
             if keys is None:
                 continue
-            subscriber.messages += 1
             try:
                 self._handler(config, keys)
             except Exception:
