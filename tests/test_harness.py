@@ -224,7 +224,8 @@ def test_the_scale_benchmarks_emulator_answers_as_the_test_emulator_without_kmoc
     third of its CPU at 1,000 pools): the same requests get the same statuses and bodies from both emulators,
     errors included, and each answer is kept for the request log as kmock's path keeps it."""
     from bench.api_server import BenchApiServer
-    from tests.http_client import APPLY, STRATEGIC, Http
+
+    from tests.http_client import STRATEGIC, Http
 
     def replies(emulator: Any, folder: Path) -> tuple[list[tuple[int, Any]], list[int | None]]:
         folder.mkdir()
@@ -275,7 +276,8 @@ def test_the_scale_benchmarks_emulator_answers_as_the_test_emulator_without_kmoc
 
     bench, bench_answers = replies(Direct, tmp_path / "bench")
     test, test_answers = replies(ThroughKmock, tmp_path / "kmock")
-    assert [status for status, _ in bench] == [201, 409, 200, 404, 200, 200, 200, 409, 200, 409, 200, 400, 422, 200, 200, 200, 200, 404]
+    statuses = [status for status, _ in bench]
+    assert statuses == [201, 409, 200, 404, 200, 200, 200, 409, 200, 409, 200, 400, 422, 200, 200, 200, 200, 404]
     assert bench == test
     assert bench_answers == test_answers and None not in bench_answers
 

@@ -166,7 +166,7 @@ def test_two_pools_running_beat_for_one_app_on_one_broker_are_both_told(
 
     wait_for(lambda: reason("shop") == reason("shop-copy") == "DuplicateBeat", message="both told")
     assert "WorkerPool shop-copy in this namespace also runs beat" in beat_condition(kube, "shop")["message"]  # type: ignore[index]
-    # another database of the broker is another broker (its condition is written in the background, maybe a moment later)
+    # another database of the broker is another broker (its condition is written in the background: maybe later)
     wait_for(lambda: reason("elsewhere") == "BeatNotReady", message="elsewhere not told")
     assert {e["involvedObject"]["name"] for e in events(kube, "DuplicateBeat")} == {"shop", "shop-copy"}
 
