@@ -68,8 +68,7 @@ async def measure(url: str, pools: int, ticks: int) -> tuple[list[float], list[f
         stop = asyncio.Event()
         beat = asyncio.create_task(heartbeat(lags, stop))
         for _ in range(ticks):
-            for pool in loop._pools.values():
-                pool.next_due.clear()  # every queue due
+            loop.make_all_due()
             await asyncio.sleep(0.05)
             started = time.perf_counter()
             await loop.run_once()

@@ -342,3 +342,47 @@ async def test_a_shadow_queue_decides_and_reports_but_writes_nothing(redis_serve
     assert backend.calls == [(A, "q", 5, ())]
     (queue,) = reports[-1].queues
     assert queue.shadow is not None and queue.shadow.scale_to == 1 and queue.shadow.remove_first
+
+
+async def test_each_queue_is_polled_at_its_own_due_once_whatever_moved_it(redis_server: RedisServer, observer) -> None:
+    """The loop keeps every queue's next poll in one schedule, soonest first, and drops entries that no longer
+    hold: a queue woken early is not polled again at its old time, a queue that left its pool's plan or a pool
+    unregistered is not polled, a queue new to a plan is polled at once, and the wait until the next tick is the
+    soonest due that still holds."""
+    broker = BrokerConfig(url=redis_server.url)
+    backend = RecordingBackend({(A, "q1"): 0, (A, "q2"): 0, (A, "q3"): 0, (B, "q4"): 0})
+    reports: list[PoolResult] = []
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, reports)
+
+    def polled() -> list[tuple[PoolKey, str]]:
+        taken = [(r.pool, q.queue) for r in reports for q in r.queues]
+        reports.clear()
+        return taken
+
+    loop.register(A, broker, {"q1": QueuePlan(POLICY, 2.0), "q2": QueuePlan(POLICY, 4.0)})
+    loop.register(B, broker, {"q4": QueuePlan(POLICY, 2.0)})
+    await loop.run_once()
+    assert polled() == [(A, "q1"), (A, "q2"), (B, "q4")]
+    assert loop._seconds_to_next_due() == pytest.approx(2.0)
+
+    clock.now += 1.0
+    loop.wake(broker, ["q1"])  # q1 due now, instead of in 1 s
+    await loop.run_once()
+    assert polled() == [(A, "q1")]
+    clock.now += 1.0  # q1's old due: not polled again (its next is 1 s away); B's q4 is due
+    await loop.run_once()
+    assert polled() == [(B, "q4")]
+    assert loop._seconds_to_next_due() == pytest.approx(1.0)
+
+    loop.register(A, broker, {"q1": QueuePlan(POLICY, 2.0), "q3": QueuePlan(POLICY, 2.0)})  # q2 gone, q3 new
+    loop.unregister(B)
+    assert loop._seconds_to_next_due() == 0.0, "a queue new to the plan is due at once"
+    await loop.run_once()
+    assert polled() == [(A, "q3")]
+    clock.now += 10.0  # every due passed: q2 and B's q4 are not polled any more
+    await loop.run_once()
+    assert polled() == [(A, "q1"), (A, "q3")]
+    loop.make_all_due()
+    await loop.run_once()
+    assert polled() == [(A, "q1"), (A, "q3")]

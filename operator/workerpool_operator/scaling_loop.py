@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -97,6 +99,12 @@ class ScalingLoop:
         self._wakeup = asyncio.Event()
         self._connected: frozenset[BrokerConfig] = frozenset()  # brokers the observer may hold connections to
         self._readers = WakeIndex()  # which pool's queue reads which key: what a wake-up wakes
+        # Every queue's next poll, soonest first: (due, order, pool, queue). A tick takes the entries due and a
+        # wait looks at the first, instead of a pass over every queue of every pool (30,000 at 10,000 pools, each
+        # tick, and ticks come every few milliseconds when pools' phases differ). An entry whose due is no longer
+        # its queue's ``next_due`` (polled, woken earlier, unregistered) is dropped when it comes up.
+        self._dues: list[tuple[float, int, PoolKey, str]] = []
+        self._order = itertools.count()
 
     # --- registry ------------------------------------------------------------------------------------
 
@@ -122,10 +130,13 @@ class ScalingLoop:
             groups=grouping({queue: plan.celery_queues for queue, plan in plans.items()}),
         )
         if previous is not None:
-            pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}
+            pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}  # their entries still hold
             pool.polled_at = {q: t for q, t in previous.polled_at.items() if q in plans}
             self._readers.forget(previous.broker, key, previous.groups.polled)
         self._pools[key] = pool
+        for queue in plans:
+            if queue not in pool.next_due:
+                self._schedule(pool, queue, 0.0)  # new: due at once
         self._readers.add(broker, key, pool.groups.polled)
         self._wakeup.set()
 
@@ -155,7 +166,7 @@ class ScalingLoop:
             due = pool.next_due.get(planned, now)
             soonest = max(now, pool.polled_at.get(planned, 0.0) + pool.plans[planned].interval * WAKE_MIN_GAP)
             if soonest < due:
-                pool.next_due[planned] = soonest
+                self._schedule(pool, planned, soonest)
                 woken = True
         if woken:
             self._wakeup.set()
@@ -175,28 +186,50 @@ class ScalingLoop:
             for waiter in waiters:
                 waiter.cancel()
 
+    def _schedule(self, pool: _Registration, queue: str, at: float) -> None:
+        pool.next_due[queue] = at
+        heapq.heappush(self._dues, (at, next(self._order), pool.key, queue))
+
+    def _current(self, entry: tuple[float, int, PoolKey, str]) -> bool:
+        """Whether a due entry is still its queue's next poll."""
+        at, _, key, queue = entry
+        pool = self._pools.get(key)
+        return pool is not None and queue in pool.plans and pool.next_due.get(queue) == at
+
     def _seconds_to_next_due(self) -> float:
-        # Every due, those already past included: a wake-up that came while a tick ran is due now.
-        now = self._clock()
-        dues = [pool.next_due.get(q, now) for pool in self._pools.values() for q in pool.plans]
+        # The soonest due, past ones included: a wake-up that came while a tick ran is due now.
+        dues = self._dues
+        while dues and not self._current(dues[0]):
+            heapq.heappop(dues)
         if not dues:
             return self._tick
-        return max(0.0, min(min(dues) - now, self._tick * 25))
+        return max(0.0, min(dues[0][0] - self._clock(), self._tick * 25))
+
+    def make_all_due(self) -> None:
+        """Every queue of every pool due now (the loop-stall benchmark's worst tick)."""
+        for pool in self._pools.values():
+            for queue in pool.plans:
+                self._schedule(pool, queue, 0.0)
 
     async def run_once(self) -> list[PoolResult]:
         """One tick: observe and scale every queue that is due. Returns what was reported."""
         await self._forget_unused_brokers()
         now = self._clock()
-        due: dict[PoolKey, list[str]] = {}
-        for pool in self._pools.values():
-            queues = [q for q in pool.plans if pool.next_due.get(q, 0.0) <= now]
-            if queues:
-                due[pool.key] = queues
-                for queue in queues:
-                    pool.next_due[queue] = now + pool.plans[queue].interval
-                    pool.polled_at[queue] = now
-        if not due:
+        taken: dict[PoolKey, set[str]] = {}
+        dues = self._dues
+        while dues and dues[0][0] <= now:
+            entry = heapq.heappop(dues)
+            if self._current(entry):
+                taken.setdefault(entry[2], set()).add(entry[3])
+        if not taken:
             return []
+        due: dict[PoolKey, list[str]] = {}
+        for key, chosen in taken.items():
+            pool = self._pools[key]
+            due[key] = queues = [q for q in pool.plans if q in chosen]  # in the plan's order
+            for queue in queues:
+                self._schedule(pool, queue, now + pool.plans[queue].interval)
+                pool.polled_at[queue] = now
 
         wanted: dict[BrokerConfig, set[str]] = {}
         beats: dict[BrokerConfig, set[str]] = {}
