@@ -20,12 +20,30 @@ from workerpool_operator.observe.stalls import StallMeter, wait_responsive
 from workerpool_operator.observe.wakeups import invalidated_keys
 from workerpool_operator.scaling_loop import WAKE_MIN_GAP
 from workerpool_operator.scaling_types import PoolKey, PoolResult, QueuePlan
+from workerpool_operator.wake_index import WakeIndex
 
 A: PoolKey = ("apps", "a")
 B: PoolKey = ("apps", "b")
 
 
 # --- pure parts --------------------------------------------------------------------------------------
+
+
+def test_the_wake_index_names_every_reader_of_a_key_and_forgets_one_pool_at_a_time() -> None:
+    broker, other = BrokerConfig(url="redis://a:6379/0"), BrokerConfig(url="redis://a:6379/1")
+    index = WakeIndex()
+    index.add(broker, A, {"work": ["emails", "reports"], "mail": ["emails"]})  # a group on two Celery queues
+    index.add(broker, B, {"emails": ["emails"]})
+    index.add(other, B, {"emails": ["emails"]})
+    assert list(index.readers(broker, ["emails"])) == [(A, "work"), (A, "mail"), (B, "emails")]
+    assert list(index.readers(broker, ["reports\x06\x163", "nothing"])) == [(A, "work")]  # a priority list
+    index.add(broker, B, {"emails": ["emails"]})  # registered again: still one reader
+    assert list(index.readers(broker, ["emails"])) == [(A, "work"), (A, "mail"), (B, "emails")]
+    index.forget(broker, A, {"work": ["emails", "reports"], "mail": ["emails"]})
+    assert list(index.readers(broker, ["emails", "reports"])) == [(B, "emails")]
+    assert list(index.readers(other, ["emails"])) == [(B, "emails")], "another database is another broker"
+    index.forget(broker, B, {"emails": ["emails"]})
+    assert list(index.readers(broker, ["emails"])) == []
 
 
 @pytest.mark.parametrize("prefix", ["", "app1:"])
