@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -134,11 +135,14 @@ def run(
     freeze: bool = False,
     ready_timeout: float = 7200,
     controller_qps: float | None = 20.0,
+    operator_source: Path | None = None,
 ) -> dict[str, Any]:
     port = free_port()
     with cluster_and_redis(realistic, controller_qps=controller_qps) as (kube, redis, api):
         probe = kube.kubeconfig.parent / "probe.json"
         env = {"WORKERPOOL_OPERATOR_METRICS_PORT": str(port)}
+        if operator_source is not None:  # another version's package first on the operator's path
+            env["PYTHONPATH"] = os.pathsep.join([str(operator_source / "operator"), os.environ.get("PYTHONPATH", "")])
         with operator_process(kube, probe, **env) as operator:
             operator_started = time.monotonic()
             wait_watching(kube)
@@ -290,16 +294,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--controller-qps", type=float, default=20.0, help="the simulated controller-manager's API QPS (0: unbounded)"
     )
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        help="run the operator of this checkout (its operator/ folder) instead of this one's: a before/after pair, "
+        "same bench script, same session",
+    )
     args = parser.parse_args(argv)
     tracemalloc.stop()  # PYTHONTRACEMALLOC is for the operator's process (it inherits it), not the emulator's
     qps = args.controller_qps or None
-    result = run(args.pools, args.seconds, args.poll, args.realistic, args.freeze, args.ready_timeout, qps)
+    result = run(
+        args.pools, args.seconds, args.poll, args.realistic, args.freeze, args.ready_timeout, qps, args.operator_source
+    )
     if args.json:
         import json
 
         args.json.write_text(json.dumps(result, indent=1))
     kind = "realistic" if args.realistic else "plain"
-    record(f"Operator at scale: {args.pools:,} pools, {kind} API objects", report(result, args.seconds))
+    title = f"Operator at scale: {args.pools:,} pools, {kind} API objects"
+    if args.operator_source is not None:
+        commit = subprocess.run(
+            ["git", "-C", str(args.operator_source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        title += f", the operator of {commit or 'another checkout'}"
+    record(title, report(result, args.seconds))
 
 
 if __name__ == "__main__":
