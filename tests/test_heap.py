@@ -4,12 +4,13 @@ the count grew by a tenth."""
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
 
 import pytest
 
 from workerpool_operator.kube import heap
-from workerpool_operator.kube.heap import SLOW_FREEZES, HeapSettler, collect_and_freeze
+from workerpool_operator.kube.heap import SLOW_FREEZES, SURGE, SURGE_MIN, HeapSettler, collect_and_freeze
 
 
 def test_the_heap_is_frozen_once_the_pool_count_settles_and_again_only_after_it_grew() -> None:
@@ -18,44 +19,64 @@ def test_the_heap_is_frozen_once_the_pool_count_settles_and_again_only_after_it_
     settler = HeapSettler(lambda: pools[0], freeze=lambda: freezes.append(pools[0]))
 
     assert not settler.check(), "no pool yet"
-    for count in (300, 700, 1000):  # the start-up's listing arrives
+    for count in (300, 700, 900):  # the start-up's listing arrives (fewer than SURGE_MIN: no freeze before it settles)
         pools[0] = count
         assert not settler.check(), "still changing"
-    assert settler.check() and freezes == [1000], "unchanged for one interval: frozen"
+    assert settler.check() and freezes == [900], "unchanged for one interval: frozen"
     assert not settler.check(), "nothing new"
 
-    pools[0] = 1050  # a few pools more: not worth a freeze
+    pools[0] = 950  # a few pools more: not worth a freeze
     assert not settler.check() and not settler.check()
-    pools[0] = 1100
+    pools[0] = 990
     assert not settler.check(), "changed since the last check"
-    assert settler.check() and freezes == [1000, 1100], "a tenth more, settled: frozen again"
+    assert settler.check() and freezes == [900, 990], "a tenth more, settled: frozen again"
 
-    pools[0] = 900  # pools deleted: nothing to freeze
+    pools[0] = 800  # pools deleted: nothing to freeze
     assert not settler.check() and not settler.check()
+
+
+def test_a_long_start_up_freezes_at_each_surge_before_it_settles() -> None:
+    """10,000 pools known in a minute and served over ten: the count (known plus served) keeps moving for ten
+    minutes. Each quarter more (and SURGE_MIN at least) is frozen while it moves, so no more than about a fifth of
+    the objects is left to each full collection; then the settled count is frozen as before."""
+    pools = [0]
+    freezes: list[int] = []
+    settler = HeapSettler(lambda: pools[0], freeze=lambda: freezes.append(pools[0]))
+    for count in range(400, 20_001, 400):  # every check sees more
+        pools[0] = count
+        settler.check()
+    assert SURGE_MIN <= freezes[0] < SURGE_MIN + 400 and freezes[-1] < 20_000
+    for before, after in itertools.pairwise(freezes):
+        assert after >= before * (1 + SURGE) and after < before * (1 + SURGE) + 400 + SURGE_MIN, (before, after)
+    assert len(freezes) <= 14
+    assert freezes[-1] > 20_000 / 1.1
+    assert not settler.check(), "settled within a tenth of the last freeze: not worth one more"
+    settler.collection_took(0.5)
+    assert settler.check() and freezes[-1] == 20_000, "settled, and a full collection was slow: frozen"
 
 
 def test_a_slow_full_collection_freezes_again_once_the_pool_count_holds() -> None:
     """What a pool brings arrives after it (its Deployments, their status, metrics): at 10,000 pools a freeze at
     the pool count alone left most objects to walk."""
-    pools = [1000]
+    pools = [900]
     freezes: list[int] = []
     settler = HeapSettler(lambda: pools[0], freeze=lambda: freezes.append(pools[0]), slow=0.1)
     settler.check()
-    assert settler.check() and freezes == [1000]
+    assert settler.check() and freezes == [900]
     settler.collection_took(0.05)
     assert not settler.check(), "a quick collection: nothing to do"
     settler.collection_took(0.8)
-    pools[0] = 1001
+    pools[0] = 901
     assert not settler.check(), "slow, but the count moved: wait until it holds"
-    assert settler.check() and freezes == [1000, 1001], "slow and settled: frozen again"
+    assert settler.check() and freezes == [900, 901], "slow and settled: frozen again"
     assert not settler.check() and settler.slow_collection == 0.0
     for _ in range(5):  # slow collections go on (short-lived objects): a few more freezes, then no more
         settler.collection_took(0.8)
         settler.check()
     assert len(freezes) == 2 + SLOW_FREEZES - 1
-    pools[0] = 1200
+    pools[0] = 1000
     settler.check()
-    assert settler.check() and freezes[-1] == 1200, "grown by a tenth: frozen, and slow freezes allowed again"
+    assert settler.check() and freezes[-1] == 1000, "grown by a tenth: frozen, and slow freezes allowed again"
     settler.collection_took(0.8)
     assert settler.check()
 

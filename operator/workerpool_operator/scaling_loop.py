@@ -148,6 +148,11 @@ class ScalingLoop:
     def registered(self) -> list[PoolKey]:
         return list(self._pools)
 
+    @property
+    def pool_count(self) -> int:
+        """How many pools are registered."""
+        return len(self._pools)
+
     def states(self, key: PoolKey) -> dict[str, QueueState]:
         pool = self._pools.get(key)
         return dict(pool.states) if pool is not None else {}

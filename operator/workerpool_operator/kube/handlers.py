@@ -131,7 +131,7 @@ async def start(memo: kopf.Memo, **_: Any) -> None:
     memo.tasks = [
         asyncio.create_task(loop.run(stop), name="scaling loop"),
         asyncio.create_task(memo.pools.run_retries(stop), name="retries"),
-        asyncio.create_task(HeapSettler(lambda: len(memo.pools.records)).run(stop), name="heap"),
+        asyncio.create_task(HeapSettler(lambda: len(memo.pools.records) + loop.pool_count).run(stop), name="heap"),
     ]
     if elector is not None:
         memo.tasks.append(asyncio.create_task(elector.run(stop), name="leader election"))

@@ -7,9 +7,16 @@ objects live as long as their pool. ``gc.freeze()`` moves every object alive int
 no collection walks: measured on the scale bench, the longest collection at 10,000 pools went from 8.3 s to
 0.6 s (docs/benchmarks.md, "Operator at scale").
 
-When: once the number of pools known has stopped changing for one check interval (the start-up's listing is
-through) and has grown by a tenth since the last freeze, so a cluster that keeps adding pools freezes again now
-and then, never per pool; and, the pool count settled, again after a full collection that took longer than
+The count: pools known plus pools served (planned, applied and in the scaling loop). At 10,000 pools every pool
+is known within a minute and served over the next ten: a count of known pools alone settled early, spent its
+freezes, and left the million objects of the pools served later to every full collection (30 a minute at
+steady state, 26 s of the 60, the longest 1 s).
+
+When: once the count has stopped changing for one check interval (the start-up's listing is through) and has
+grown by a tenth since the last freeze, so a cluster that keeps adding pools freezes again now and then, never
+per pool; while it still changes, whenever it has grown by ``SURGE`` (a quarter, and ``SURGE_MIN`` at least)
+since the last freeze, so a long start-up never lets more than about a fifth of its objects pile up for each
+full collection to walk; and, the count settled, again after a full collection that took longer than
 ``SLOW_COLLECTION``: what a pool brings keeps arriving after the pool itself (its Deployments, their status
 writes, its metrics, kopf's state for each), and at 10,000 pools a freeze at the pool count alone left 1.8 of
 2.5 million objects to walk (full collections of up to 2 s). After a freeze full collections walk only what came
@@ -39,6 +46,8 @@ SLOW_COLLECTION = 0.1  # seconds: a full collection this long says much that liv
 # collections walk short-lived objects (a poll's observations and decisions at 10,000 pools), which a freeze
 # cannot help, and each freeze would keep for good the cycles alive at that instant that die later.
 SLOW_FREEZES = 3
+SURGE = 0.25  # growth since the last freeze that freezes before the count settles
+SURGE_MIN = 1000  # and at least this much (pools known plus served): a small cluster waits until it settles
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -85,7 +94,8 @@ def collect_and_freeze() -> None:
 
 
 class HeapSettler:
-    """Freezes the heap after the pool count settles; ``count()`` is how many pools this replica knows."""
+    """Freezes the heap after the pool count settles; ``count()`` is how many pools this replica knows plus how
+    many it serves."""
 
     def __init__(
         self,
@@ -94,9 +104,12 @@ class HeapSettler:
         growth: float = 0.1,
         freeze: Callable[[], None] = collect_and_freeze,
         slow: float = SLOW_COLLECTION,
+        surge: float = SURGE,
+        surge_min: int = SURGE_MIN,
     ) -> None:
         self._count = count
         self._growth = growth
+        self._surge, self._surge_min = surge, surge_min
         self._freeze = freeze
         self._slow = slow
         self._last_seen: int | None = None
@@ -107,11 +120,18 @@ class HeapSettler:
 
     def check(self) -> bool:
         """One check: freeze now if the count is as it was at the last check, and it grew enough or a full
-        collection was slow; whether it did."""
+        collection was slow, or, settled or not, if it surged; whether it did."""
         now, before = self._count(), self._last_seen
         self._last_seen = now
-        if now == 0 or now != before:
+        if now == 0:
             return False
+        if now != before:
+            if now < self.frozen_at * (1 + self._surge) or now - self.frozen_at < self._surge_min:
+                return False
+            logger.info("%d pools known and served, and more coming: freezing the heap", now)
+            self._freeze()
+            self.frozen_at, self.slow_freezes, self.slow_collection = now, 0, 0.0
+            return True
         grew = now >= self.frozen_at * (1 + self._growth) - 1e-9
         slow = bool(self.slow_collection) and self.slow_freezes < SLOW_FREEZES
         if not grew and not slow:
