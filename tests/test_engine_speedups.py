@@ -8,7 +8,8 @@ decision (each field, its reason read as text) and every new state is hashed; th
 engine as it was before the speed-ups (commit 5424ef2), so any change of behaviour fails here.
 
 ``DIGEST_WITHOUT_TARGET`` is that of the queues without a target wait alone: a change meant for queues with a
-target must leave it as it is.
+target must leave it as it is. ``DIGEST`` was recorded again when queues with a target were meant to decide
+differently (a backlog may lag the arrivals, issue 22), ``DIGEST_WITHOUT_TARGET`` staying as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from workerpool_operator.observation import QueueObservation, WorkerLoad
 
 QUEUES = 320
 POLLS = 12
-DIGEST = "4dc0ae9e450e014202667d61cf2692f7ddbd8d82b560ba1feeed4363d5832b4a"
+DIGEST = "7a89c8d94e22cb1dee30186161daf9391f438815cf6162580e53f97c36b291fc"
 DIGEST_WITHOUT_TARGET = "93b71fb1ac624093db340b550ee32cef9d46a15026115997ea641349b52138c9"
 
 
