@@ -15,6 +15,7 @@ from workerpool_operator.engine.waits import (
     duty_share,
     flow_rate,
     for_target,
+    lag_seconds,
     starting_in,
     starting_work,
     surge_arrivals,
@@ -69,6 +70,25 @@ def test_a_target_asks_for_the_fewest_workers_that_start_every_task_within_it() 
     # a backlog whose tasks all came as long ago as the oldest (30 s): kept workers work it off in the 30 s left
     old = for_target(900, 0, 0, 0.0, 20.0, 1, 0, 0.0, 10.0, 60.0, 30.0)
     assert old.keep == pytest.approx(900 / (20 * 30))
+
+
+def test_under_a_target_a_backlog_may_lag_a_flow_by_a_few_start_ups_of_it() -> None:
+    # 40 tasks/s on workers of 4 tasks/s: the flow alone needs 10. Within 58 s, start-up 10 s: the backlog may
+    # lag the arrivals by 20 s of them (two start-ups; a quarter of the 48 s left after one is less)
+    assert lag_seconds(58.0, 10.0) == 20.0
+    assert lag_seconds(298.0, 10.0) == 72.0  # a longer target: a quarter of what is left after a start-up
+    assert lag_seconds(30.0, 10.0) == 10.0  # never more than half of it
+    # 700 waiting, room for 100 more: 100 / (4 x 20) = 1.25 workers fewer than the flow's 10
+    near = for_target(700, 0, 0, 40.0, 4.0, 10, 0, 0.0, 10.0, 58.0, 0.0)
+    assert near.keep == pytest.approx(10 - 100 / (4 * 20))
+    # the smaller the backlog, the fewer; at the lag, as many as the flow needs
+    assert for_target(100, 0, 0, 40.0, 4.0, 10, 0, 0.0, 10.0, 58.0, 0.0).keep == pytest.approx(10 - 700 / 80)
+    assert for_target(800, 0, 0, 40.0, 4.0, 10, 0, 0.0, 10.0, 58.0, 0.0).keep == pytest.approx(10.0)
+    # past it, enough to get through it within the 38 s its tasks have left once its newest is 20 s old (once
+    # the arrivals stop it may be), not within the 58 s of a newest task that has just come
+    assert for_target(2000, 0, 0, 40.0, 4.0, 10, 0, 0.0, 10.0, 58.0, 0.0).keep == pytest.approx(2000 / (4 * 38))
+    # no flow: nothing lags it, and the backlog keeps its own age
+    assert for_target(700, 0, 0, 0.0, 4.0, 10, 0, 0.0, 10.0, 58.0, 0.0).keep == pytest.approx(700 / (4 * 58))
 
 
 def test_one_worker_for_a_light_flow_is_needed_only_part_of_the_time_under_a_target() -> None:
@@ -165,6 +185,22 @@ def test_a_target_lets_a_backlog_wait_when_the_workers_there_start_it_in_time() 
     without, _ = decide(observe(900, workers), state, dataclasses.replace(wide, target_wait=None), NOW)
     assert without.desired_replicas > 3  # as fast as workers can be had: more pods
     assert without.target_wait is None
+
+
+def test_a_target_lets_the_workers_fall_short_of_a_flow_while_the_backlog_stays_young() -> None:
+    """40 tasks/s of 1 s on workers of 4 slots: the flow needs 10 workers, and 10 are busy. Under 60 s one may go:
+    the 700 waiting (17.5 s of arrivals) may grow to 20 s of them before a worker must come back, and the newest
+    of them still starts in 20 s."""
+    busy = tuple(worker(f"w{i}", 4, 100, NOW - 0.5) for i in range(10))
+    state = known(1.0, busy, 740, rate=40.0, backlog=700, recommendations=((NOW - 20.0, 10),))
+    policy = ScalingPolicy(max_replicas=50, target_per_replica=4, target_wait=60.0)
+    decision, _ = decide(observe(700, busy), state, policy, NOW)
+    assert decision.desired_replicas == 10 and decision.drain == ("w0",), decision.reason
+    assert decision.reason.startswith("scale down to 9:")
+    assert decision.predicted_wait is not None and decision.predicted_wait <= 60.0
+    assert decision.predicted_wait == pytest.approx(700 / (9 * 4))
+    without, _ = decide(observe(700, busy), state, dataclasses.replace(policy, target_wait=None), NOW)
+    assert without.desired_replicas > 10  # without a target: the backlog done within half a start-up
 
 
 def test_a_target_no_longer_than_what_the_defaults_give_changes_nothing() -> None:

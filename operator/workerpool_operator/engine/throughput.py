@@ -12,9 +12,11 @@ from (``decide._by_throughput``):
   not at all (an idle worker costs more than a new one once it has idled a start-up);
 - with a **target wait** longer than what those sizes give (pods ready in a start-up, the backlog done within half
   a start-up more), the fewest workers that still start every task within it (``waits.for_target``), never more
-  than the sizes above: waits grow up to the target and replica-seconds fall as it grows. Under such a target an
-  empty queue may let tasks gather until a worker must start (``gathering``), and the last worker may go while
-  tasks still flow when it is needed only part of the time (``lets_gather``).
+  than the sizes above: waits grow up to the target and replica-seconds fall as it grows. A backlog behind a flow
+  may lag it by a few start-ups of its arrivals (``waits.lag_seconds``): the workers need not match the flow at
+  once, rounded up, while it is younger than that. Under such a target an empty queue may let tasks gather until
+  a worker must start (``gathering``), and the last worker may go while tasks still flow when it is needed only
+  part of the time (``lets_gather``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 HEDGE_FLOOR = 0.5  # a surge is expected to go on for at least this share of the span asked about
+# Under a target, the backlog may lag the arrivals by this many start-ups of them, or by this share of what the
+# target leaves after a start-up if that is more, but never by more than half of it (``lag_seconds``).
+LAG_STARTUPS = 2.0
+LAG_SHARE = 0.25
 Launches = Sequence[tuple[float, int]]  # (time of a scale-up, pods) whose workers do not report yet
 
 
@@ -115,8 +119,23 @@ def for_target(
     Fewer workers (``keep``) must also get through the whole backlog within ``within`` less ``waited``: how long
     the tasks in it have waited when a burst among them makes them all count as old as the oldest (0 otherwise:
     the counts do not say when the tasks between the oldest and the newest came), so that a scale-down does not
-    leave them behind."""
+    leave them behind.
+
+    A backlog behind a flow may lag it by ``lag_seconds`` of its arrivals: while it holds fewer tasks than that,
+    the workers may fall short of the flow by as many as would fill the room left within that lag (the shortfall
+    shrinks as the backlog grows, so the backlog nears the lag without passing it), instead of matching the flow
+    at once as the defaults do, rounded up. The tasks of such a backlog then count as at least that old
+    (``waited``): once the arrivals stop, its newest task may be."""
     keep = flow / per_worker
+    if queued > 0.0 and flow > 0.0:
+        lag = lag_seconds(within, startup)
+        room = flow * lag - queued
+        if room > 0.0:
+            keep -= room / (per_worker * lag)
+            if keep < 0.0:
+                keep = 0.0
+        if waited < lag:
+            waited = lag
     if queued > 0.0 and waited < within:
         floor = queued / (per_worker * (within - waited))
         if floor > keep:
@@ -137,6 +156,19 @@ def for_target(
         elif ahead > served * per_worker:
             reachable = False  # new pods cannot help that task: too late for it
     return TargetNeed(keep, up, reachable)
+
+
+def lag_seconds(within: float, startup: float) -> float:
+    """Seconds of arrivals a backlog may lag them by under a target that leaves ``within`` seconds to start a task
+    (``for_target``): ``LAG_STARTUPS`` start-ups, or ``LAG_SHARE`` of what is left after one start-up if more,
+    at most half of that: the other half is what the backlog's tasks still have once its newest is that old."""
+    half = (within - startup) * 0.5
+    if half <= 0.0:
+        return 0.0
+    lag = half * 2.0 * LAG_SHARE
+    if lag < LAG_STARTUPS * startup:
+        lag = LAG_STARTUPS * startup
+    return lag if lag < half else half
 
 
 def starting_in(launches: Launches, starting: int, now: float, startup: float) -> float:
