@@ -386,3 +386,29 @@ async def test_each_queue_is_polled_at_its_own_due_once_whatever_moved_it(redis_
     loop.make_all_due()
     await loop.run_once()
     assert polled() == [(A, "q1"), (A, "q3")]
+
+
+async def test_a_broker_no_pool_uses_any_more_is_let_go_at_the_next_tick(redis_server: RedisServer, observer) -> None:
+    """A pool whose Secret now names another broker (another database here), or that is gone: the connections to
+    the broker it used are closed at the next tick once no other pool uses it, and kept while one does."""
+    first, second = BrokerConfig(url=redis_server.url), BrokerConfig(url=redis_server.url.rsplit("/", 1)[0] + "/5")
+    backend = RecordingBackend({(A, "q"): 0, (B, "q"): 0})
+    clock = Clock()
+    loop = make_loop(backend, observer, clock, [])
+    loop.register(A, first, {"q": QueuePlan(POLICY, 1.0)})
+    loop.register(B, first, {"q": QueuePlan(POLICY, 1.0)})
+    await loop.run_once()
+    assert first in observer.connections
+
+    loop.register(A, second, {"q": QueuePlan(POLICY, 1.0)})  # A's Secret changed; B still uses the first
+    clock.now += 1.0
+    await loop.run_once()
+    assert first in observer.connections and second in observer.connections
+    loop.unregister(B)
+    clock.now += 1.0
+    await loop.run_once()
+    assert first not in observer.connections, "no pool uses it any more"
+    assert second in observer.connections
+    loop.unregister(A)
+    await loop.run_once()
+    assert second not in observer.connections

@@ -105,6 +105,8 @@ class ScalingLoop:
         # its queue's ``next_due`` (polled, woken earlier, unregistered) is dropped when it comes up.
         self._dues: list[tuple[float, int, PoolKey, str]] = []
         self._order = itertools.count()
+        self._users: dict[BrokerConfig, int] = {}  # registered pools by broker (a tick asks which are in use)
+        self._unused = False  # a broker lost its last pool since the last tick
 
     # --- registry ------------------------------------------------------------------------------------
 
@@ -133,7 +135,9 @@ class ScalingLoop:
             pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}  # their entries still hold
             pool.polled_at = {q: t for q, t in previous.polled_at.items() if q in plans}
             self._readers.forget(previous.broker, key, previous.groups.polled)
+            self._release(previous.broker)
         self._pools[key] = pool
+        self._users[broker] = self._users.get(broker, 0) + 1
         for queue in plans:
             if queue not in pool.next_due:
                 self._schedule(pool, queue, 0.0)  # new: due at once
@@ -144,6 +148,15 @@ class ScalingLoop:
         pool = self._pools.pop(key, None)
         if pool is not None:
             self._readers.forget(pool.broker, key, pool.groups.polled)
+            self._release(pool.broker)
+
+    def _release(self, broker: BrokerConfig) -> None:
+        users = self._users[broker] - 1
+        if users:
+            self._users[broker] = users
+        else:
+            del self._users[broker]
+            self._unused = True
 
     def registered(self) -> list[PoolKey]:
         return list(self._pools)
@@ -276,13 +289,16 @@ class ScalingLoop:
     async def _forget_unused_brokers(self) -> None:
         """Close the connections of brokers no registered pool uses any more (between polls, so never a
         connection in use)."""
-        in_use = {pool.broker for pool in self._pools.values()}
+        if not self._unused:
+            return
+        self._unused = False
+        in_use = self._users.keys()
         unused = brokers_to_forget(self._connected, in_use)
         if not unused:
             return
         self._connected -= unused
         try:
-            await self._observer.forget(keep=in_use)
+            await self._observer.forget(keep=frozenset(in_use))
         except Exception:
             logger.exception("closing the connections of brokers no longer used failed")
 
