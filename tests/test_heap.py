@@ -3,6 +3,7 @@ the count grew by a tenth."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import weakref
@@ -10,7 +11,14 @@ import weakref
 import pytest
 
 from workerpool_operator.kube import heap
-from workerpool_operator.kube.heap import SLOW_FREEZES, SURGE, SURGE_MIN, HeapSettler, collect_and_freeze
+from workerpool_operator.kube.heap import (
+    FULL_COLLECTION_EVERY,
+    SLOW_FREEZES,
+    SURGE,
+    SURGE_MIN,
+    HeapSettler,
+    collect_and_freeze,
+)
 
 
 def test_the_heap_is_frozen_once_the_pool_count_settles_and_again_only_after_it_grew() -> None:
@@ -79,6 +87,31 @@ def test_a_slow_full_collection_freezes_again_once_the_pool_count_holds() -> Non
     assert settler.check() and freezes[-1] == 1000, "grown by a tenth: frozen, and slow freezes allowed again"
     settler.collection_took(0.8)
     assert settler.check()
+
+
+async def test_full_collections_are_rarer_while_the_settler_runs() -> None:
+    """Python's full collection every 10 young ones (once enough was promoted) ran 100 times a minute at 10,000
+    pools; while the settler runs, every FULL_COLLECTION_EVERY at most; the threshold is put back after."""
+
+    def full_collections_while_keeping(count: int) -> int:
+        before = gc.get_stats()[2]["collections"]
+        kept = [[] for _ in range(count)]  # objects that live on: they fill the young generations and move up
+        del kept
+        return int(gc.get_stats()[2]["collections"] - before)
+
+    young, middle, full = gc.get_threshold()
+    allocations = young * middle * 50  # 5 full collections' worth at the default 10
+    gc.collect()
+    assert full_collections_while_keeping(allocations) >= 2, "the control: Python's default collects in full"
+    stop = asyncio.Event()
+    task = asyncio.create_task(HeapSettler(lambda: 0).run(stop, every=0.01))
+    await asyncio.sleep(0.05)
+    assert gc.get_threshold() == (young, middle, FULL_COLLECTION_EVERY)
+    gc.collect()
+    assert full_collections_while_keeping(allocations) == 0
+    stop.set()
+    await task
+    assert gc.get_threshold() == (young, middle, full)
 
 
 def test_the_settler_hears_of_real_full_collections() -> None:

@@ -46,6 +46,13 @@ SLOW_COLLECTION = 0.1  # seconds: a full collection this long says much that liv
 # collections walk short-lived objects (a poll's observations and decisions at 10,000 pools), which a freeze
 # cannot help, and each freeze would keep for good the cycles alive at that instant that die later.
 SLOW_FREEZES = 3
+# Young (generation 1) collections between two full ones, where Python's default is 10. A full collection also
+# waits until the objects promoted to the old generation since the last one reach a quarter of those it kept. Once
+# the heap is frozen, those it kept are few (200,000 of 2 million objects at 10,000 pools), and each poll's state,
+# which lives a poll interval and is freed by its reference count but counted when promoted, reached that quarter
+# every 0.6 s: 100 full collections a minute, 15 s of CPU (docs/benchmarks.md, "Operator at scale"). Ten times
+# rarer; a reference cycle that dies waits up to ten times longer to be reclaimed.
+FULL_COLLECTION_EVERY = 100
 SURGE = 0.25  # growth since the last freeze that freezes before the count settles
 SURGE_MIN = 1000  # and at least this much (pools known plus served): a small cluster waits until it settles
 
@@ -161,6 +168,10 @@ class HeapSettler:
             self.collection_took(time.perf_counter() - self._collection_started)
 
     async def run(self, stop: asyncio.Event, every: float = 30.0) -> None:
+        """Check every ``every`` seconds until ``stop``; meanwhile full collections come every
+        ``FULL_COLLECTION_EVERY`` young ones at most."""
+        young, middle, full = gc.get_threshold()
+        gc.set_threshold(young, middle, max(full, FULL_COLLECTION_EVERY))
         gc.callbacks.append(self._on_collection)
         try:
             while not stop.is_set():
@@ -169,3 +180,4 @@ class HeapSettler:
                     await asyncio.wait_for(stop.wait(), timeout=every)
         finally:
             gc.callbacks.remove(self._on_collection)
+            gc.set_threshold(young, middle, full)
