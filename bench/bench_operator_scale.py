@@ -142,7 +142,8 @@ def run(
         probe = kube.kubeconfig.parent / "probe.json"
         env = {"WORKERPOOL_OPERATOR_METRICS_PORT": str(port)}
         if operator_source is not None:  # another version's package first on the operator's path
-            env["PYTHONPATH"] = os.pathsep.join([str(operator_source / "operator"), os.environ.get("PYTHONPATH", "")])
+            paths = [str(operator_source / "operator"), os.environ.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
         with operator_process(kube, probe, **env) as operator:
             operator_started = time.monotonic()
             wait_watching(kube)
