@@ -95,7 +95,8 @@ async def test_full_collections_are_rarer_while_the_settler_runs() -> None:
 
     def full_collections_while_keeping(count: int) -> int:
         before = gc.get_stats()[2]["collections"]
-        kept = [[] for _ in range(count)]  # objects that live on: they fill the young generations and move up
+        # objects that live on: they fill the young generations and move up
+        kept: list[list[object]] = [[] for _ in range(count)]
         del kept
         return int(gc.get_stats()[2]["collections"] - before)
 

@@ -296,11 +296,13 @@ class ScalingLoop:
         unused = brokers_to_forget(self._connected, in_use)
         if not unused:
             return
-        self._connected -= unused
         try:
             await self._observer.forget(keep=frozenset(in_use))
         except Exception:
+            self._unused = True  # tried again at the next tick
             logger.exception("closing the connections of brokers no longer used failed")
+        else:
+            self._connected -= unused
 
     async def _scale_pool(
         self,
