@@ -430,7 +430,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 def _apply_body(text: str) -> Any:
     """An apply's body: YAML, of which JSON is a part. The server converts YAML to JSON and decodes that; JSON,
     what clients send (kopf, the official client, kubectl), is decoded as JSON here too, without the YAML
-    parser (whose YAML 1.1 rules differ from JSON's on a few numbers, and which is 50 times slower)."""
+    parser (whose YAML 1.1 rules differ from JSON's on a few numbers, and which, in pure Python, took 180 times as
+    long on a small Deployment)."""
     try:
         return json.loads(text)
     except ValueError:
