@@ -35,6 +35,8 @@ PURE = [
     "failures.py",
     "scaling_types.py",
     "worker_groups.py",
+    "wake_index.py",
+    "poll_schedule.py",
     "crd_keywords.py",
     "engine/execute.py",
     "observe/replies.py",

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -37,6 +35,7 @@ from workerpool_operator.brokers import BrokerConfig
 from workerpool_operator.engine import QueueState, decide
 from workerpool_operator.engine.execute import Actions, actions
 from workerpool_operator.observation import BrokerObservation
+from workerpool_operator.poll_schedule import PollSchedule
 from workerpool_operator.scaling_types import (
     BrokerObserver,
     DrainSender,
@@ -62,6 +61,28 @@ def brokers_to_forget(connected: Collection[BrokerConfig], in_use: Collection[Br
     return frozenset(connected) - frozenset(in_use)
 
 
+class BrokerUsers:
+    """How many registered pools use each broker; ``lost_one``: a broker lost its last pool since it was cleared."""
+
+    def __init__(self) -> None:
+        self._count: dict[BrokerConfig, int] = {}
+        self.lost_one = False
+
+    def add(self, broker: BrokerConfig) -> None:
+        self._count[broker] = self._count.get(broker, 0) + 1
+
+    def release(self, broker: BrokerConfig) -> None:
+        left = self._count[broker] - 1
+        if left:
+            self._count[broker] = left
+        else:
+            del self._count[broker]
+            self.lost_one = True
+
+    def in_use(self) -> frozenset[BrokerConfig]:
+        return frozenset(self._count)
+
+
 @dataclass
 class _Registration:
     key: PoolKey
@@ -69,7 +90,6 @@ class _Registration:
     plans: dict[str, QueuePlan]
     states: dict[str, QueueState]
     beat_app: str | None = None  # the app whose beat forecast announces this pool's periodic work
-    next_due: dict[str, float] = field(default_factory=dict)
     polled_at: dict[str, float] = field(default_factory=dict)
     groups: Grouping = field(default_factory=lambda: grouping({}))
 
@@ -99,14 +119,8 @@ class ScalingLoop:
         self._wakeup = asyncio.Event()
         self._connected: frozenset[BrokerConfig] = frozenset()  # brokers the observer may hold connections to
         self._readers = WakeIndex()  # which pool's queue reads which key: what a wake-up wakes
-        # Every queue's next poll, soonest first: (due, order, pool, queue). A tick takes the entries due and a
-        # wait looks at the first, instead of a pass over every queue of every pool (30,000 at 10,000 pools, each
-        # tick, and ticks come every few milliseconds when pools' phases differ). An entry whose due is no longer
-        # its queue's ``next_due`` (polled, woken earlier, unregistered) is dropped when it comes up.
-        self._dues: list[tuple[float, int, PoolKey, str]] = []
-        self._order = itertools.count()
-        self._users: dict[BrokerConfig, int] = {}  # registered pools by broker (a tick asks which are in use)
-        self._unused = False  # a broker lost its last pool since the last tick
+        self._schedule = PollSchedule()  # every queue's next poll
+        self._users = BrokerUsers()  # a tick asks which brokers are in use
 
     # --- registry ------------------------------------------------------------------------------------
 
@@ -132,15 +146,15 @@ class ScalingLoop:
             groups=grouping({queue: plan.celery_queues for queue, plan in plans.items()}),
         )
         if previous is not None:
-            pool.next_due = {q: t for q, t in previous.next_due.items() if q in plans}  # their entries still hold
+            self._schedule.forget(key, [queue for queue in previous.plans if queue not in plans])
             pool.polled_at = {q: t for q, t in previous.polled_at.items() if q in plans}
             self._readers.forget(previous.broker, key, previous.groups.polled)
-            self._release(previous.broker)
+            self._users.release(previous.broker)
         self._pools[key] = pool
-        self._users[broker] = self._users.get(broker, 0) + 1
+        self._users.add(broker)
         for queue in plans:
-            if queue not in pool.next_due:
-                self._schedule(pool, queue, 0.0)  # new: due at once
+            if self._schedule.next_poll(key, queue) is None:
+                self._schedule.put(key, queue, 0.0)  # new: due at once
         self._readers.add(broker, key, pool.groups.polled)
         self._wakeup.set()
 
@@ -148,15 +162,8 @@ class ScalingLoop:
         pool = self._pools.pop(key, None)
         if pool is not None:
             self._readers.forget(pool.broker, key, pool.groups.polled)
-            self._release(pool.broker)
-
-    def _release(self, broker: BrokerConfig) -> None:
-        users = self._users[broker] - 1
-        if users:
-            self._users[broker] = users
-        else:
-            del self._users[broker]
-            self._unused = True
+            self._schedule.forget(key, pool.plans)
+            self._users.release(pool.broker)
 
     def registered(self) -> list[PoolKey]:
         return list(self._pools)
@@ -181,10 +188,11 @@ class ScalingLoop:
             pool = self._pools.get(pool_key)
             if pool is None or planned not in pool.plans:
                 continue
-            due = pool.next_due.get(planned, now)
+            due = self._schedule.next_poll(pool_key, planned)
+            due = now if due is None else due
             soonest = max(now, pool.polled_at.get(planned, 0.0) + pool.plans[planned].interval * WAKE_MIN_GAP)
             if soonest < due:
-                self._schedule(pool, planned, soonest)
+                self._schedule.put(pool_key, planned, soonest)
                 woken = True
         if woken:
             self._wakeup.set()
@@ -204,41 +212,24 @@ class ScalingLoop:
             for waiter in waiters:
                 waiter.cancel()
 
-    def _schedule(self, pool: _Registration, queue: str, at: float) -> None:
-        pool.next_due[queue] = at
-        heapq.heappush(self._dues, (at, next(self._order), pool.key, queue))
-
-    def _current(self, entry: tuple[float, int, PoolKey, str]) -> bool:
-        """Whether a due entry is still its queue's next poll."""
-        at, _, key, queue = entry
-        pool = self._pools.get(key)
-        return pool is not None and queue in pool.plans and pool.next_due.get(queue) == at
-
     def _seconds_to_next_due(self) -> float:
         # The soonest due, past ones included: a wake-up that came while a tick ran is due now.
-        dues = self._dues
-        while dues and not self._current(dues[0]):
-            heapq.heappop(dues)
-        if not dues:
+        soonest = self._schedule.soonest()
+        if soonest is None:
             return self._tick
-        return max(0.0, min(dues[0][0] - self._clock(), self._tick * 25))
+        return max(0.0, min(soonest - self._clock(), self._tick * 25))
 
     def make_all_due(self) -> None:
         """Every queue of every pool due now (the loop-stall benchmark's worst tick)."""
         for pool in self._pools.values():
             for queue in pool.plans:
-                self._schedule(pool, queue, 0.0)
+                self._schedule.put(pool.key, queue, 0.0)
 
     async def run_once(self) -> list[PoolResult]:
         """One tick: observe and scale every queue that is due. Returns what was reported."""
         await self._forget_unused_brokers()
         now = self._clock()
-        taken: dict[PoolKey, set[str]] = {}
-        dues = self._dues
-        while dues and dues[0][0] <= now:
-            entry = heapq.heappop(dues)
-            if self._current(entry):
-                taken.setdefault(entry[2], set()).add(entry[3])
+        taken = self._schedule.take_due(now)
         if not taken:
             return []
         due: dict[PoolKey, list[str]] = {}
@@ -246,20 +237,10 @@ class ScalingLoop:
             pool = self._pools[key]
             due[key] = queues = [q for q in pool.plans if q in chosen]  # in the plan's order
             for queue in queues:
-                self._schedule(pool, queue, now + pool.plans[queue].interval)
+                self._schedule.put(key, queue, now + pool.plans[queue].interval)
                 pool.polled_at[queue] = now
 
-        wanted: dict[BrokerConfig, set[str]] = {}
-        beats: dict[BrokerConfig, set[str]] = {}
-        aged: dict[BrokerConfig, set[str]] = {}  # queues with a target wait: their oldest task's age is read
-        for key, queues in due.items():
-            pool = self._pools[key]
-            wanted.setdefault(pool.broker, set()).update(pool.groups.to_poll(queues))
-            if pool.beat_app is not None:
-                beats.setdefault(pool.broker, set()).add(pool.beat_app)
-            for queue in queues:
-                if pool.plans[queue].policy.target_wait is not None:  # a group: the Celery queues it counts
-                    aged.setdefault(pool.broker, set()).update(pool.groups.counts[queue])
+        wanted, beats, aged = _reads([(self._pools[key], queues) for key, queues in due.items()])
         self._connected |= wanted.keys()
         started = time.monotonic()
         observed = await self._observer.observe(wanted, self._observe_timeout, beats, aged)
@@ -289,17 +270,17 @@ class ScalingLoop:
     async def _forget_unused_brokers(self) -> None:
         """Close the connections of brokers no registered pool uses any more (between polls, so never a
         connection in use)."""
-        if not self._unused:
+        if not self._users.lost_one:
             return
-        self._unused = False
-        in_use = self._users.keys()
+        self._users.lost_one = False
+        in_use = self._users.in_use()
         unused = brokers_to_forget(self._connected, in_use)
         if not unused:
             return
         try:
-            await self._observer.forget(keep=frozenset(in_use))
+            await self._observer.forget(keep=in_use)
         except Exception:
-            self._unused = True  # tried again at the next tick
+            self._users.lost_one = True  # tried again at the next tick
             logger.exception("closing the connections of brokers no longer used failed")
         else:
             self._connected -= unused
@@ -385,3 +366,22 @@ async def send_drains(
         raise failed
     logger.warning("sending drain requests for %s/%s queue %s failed: %s", *pool.key, queue, failed)
     return str(failed) or type(failed).__name__
+
+
+Reads = dict[BrokerConfig, set[str]]
+
+
+def _reads(due: Sequence[tuple[_Registration, Sequence[str]]]) -> tuple[Reads, Reads, Reads]:
+    """What a tick reads of each broker for the queues due: the Celery queues they poll, the apps whose beat
+    forecast they read, and the Celery queues whose oldest task's age is read (the queues with a target wait)."""
+    wanted: Reads = {}
+    beats: Reads = {}
+    aged: Reads = {}
+    for pool, queues in due:
+        wanted.setdefault(pool.broker, set()).update(pool.groups.to_poll(queues))
+        if pool.beat_app is not None:
+            beats.setdefault(pool.broker, set()).add(pool.beat_app)
+        for queue in queues:
+            if pool.plans[queue].policy.target_wait is not None:  # a group: the Celery queues it counts
+                aged.setdefault(pool.broker, set()).update(pool.groups.counts[queue])
+    return wanted, beats, aged
