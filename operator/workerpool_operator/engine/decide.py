@@ -290,9 +290,8 @@ def decide(
 
     One function, longer than the project's 80 lines, on purpose: it runs for every due queue at every tick, and
     each helper call it saves counts. bench/bench_engine.py measures 10,000 queues in every situation (half on
-    each policy): 92 ms best on a quiet shared 2-core machine before issue 22's speed-ups, about 10 % less after
-    them (81 ms by that ratio; docs/benchmarks.md), against a 50 ms target it still misses. Split further, it
-    would be slower.
+    each policy): 97 ms best on a quiet shared 2-core machine (docs/benchmarks.md), against a 50 ms target it
+    still misses by about twice. Split further, it would be slower.
     """
     current = observation.replicas
     if policy.paused:
