@@ -158,10 +158,16 @@ def _wait_event(queue: str, waits: Waits, change: Change) -> tuple[str, str, str
 
 
 def _rest_digest(
-    result: PoolResult, pool: PoolFacts, written: _Written, ready: Mapping[str, int | None], rest: tuple[Any, ...]
+    result: PoolResult,
+    pool: PoolFacts,
+    written: _Written,
+    ready: Mapping[str, int | None],
+    beat: Callable[[PoolFacts], Mapping[str, Any] | None],
+    workloads: Callable[[PoolFacts], Any],
 ) -> tuple[Any, ...] | None:
     """All that a poll of a pool at rest brings to the report, for comparing with the last one (``None``: not at
-    rest, or something in it depends on time); ``rest``: what else the report reads (the beat, the workloads).
+    rest, or something in it depends on time); ``beat`` and ``workloads``: what else the report reads (the beat
+    Deployment, the workloads' notes), asked only of a pool at rest.
     Reporting the same again would record the same metrics, post no Event and build the same status but for the time
     of the engine's latest recommendation, which is never written on its own (``status.write_needed``): at 10,000
     pools that was most of a tick's CPU for nothing. A poll with anything in motion (a broker error, a wait being
@@ -186,7 +192,17 @@ def _rest_digest(
             return None
         queues.append((q.queue, q.observation, decision, _at_rest(q.state), ready.get(q.queue)))
     versions = tuple(sorted(pool.versions.items()))
-    return (pool.generation, pool.problem, tuple(pool.queue_names), pool.beat_duplicates, versions, rest, tuple(queues))
+    live_beat = beat(pool)
+    return (
+        pool.generation,
+        pool.problem,
+        tuple(pool.queue_names),
+        pool.beat_duplicates,
+        versions,
+        None if live_beat is None else tuple(live_beat.items()),
+        workloads(pool),
+        tuple(queues),
+    )
 
 
 async def _send_status(
@@ -275,9 +291,9 @@ class StatusReporter:
         if result.broker_error is not None:
             metrics.record_observation_error(namespace, name)
         ready = {q.queue: self._ready(result.pool, q.queue) for q in result.queues}
-        beat = self._beat(pool)
-        rest = (None if beat is None else tuple(beat.items()), self._notes.workloads(pool))
-        quiet = _rest_digest(result, pool, written, ready, rest) if self._may_write() else None
+        quiet = (
+            _rest_digest(result, pool, written, ready, self._beat, self._notes.workloads) if self._may_write() else None
+        )
         if quiet is not None and quiet == written.quiet:
             return  # the same as the last poll, which left nothing to say, write or record anew
         written.quiet = None
