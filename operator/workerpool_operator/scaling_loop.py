@@ -253,7 +253,7 @@ class ScalingLoop:
             results = await asyncio.gather(
                 *(
                     self._scale_pool(key, queues, observed, observed_at, duration)
-                    for key, queues in pools[start:][:SLICE]
+                    for key, queues in pools[start : start + SLICE]
                 )
             )
             for result in results:
