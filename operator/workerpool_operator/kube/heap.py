@@ -133,18 +133,16 @@ class HeapSettler:
         if now == 0:
             return False
         if now != before:
-            if now < self.frozen_at * (1 + self._surge) or now - self.frozen_at < self._surge_min:
-                return False
-            logger.info("%d pools known and served, and more coming: freezing the heap", now)
-            self._freeze()
-            self.frozen_at, self.slow_freezes, self.slow_collection = now, 0, 0.0
-            return True
-        grew = now >= self.frozen_at * (1 + self._growth) - 1e-9
-        slow = bool(self.slow_collection) and self.slow_freezes < SLOW_FREEZES
-        if not grew and not slow:
+            surged = now >= self.frozen_at * (1 + self._surge) and now - self.frozen_at >= self._surge_min
+            grew = slow = False
+        else:
+            surged = False
+            grew = now >= self.frozen_at * (1 + self._growth) - 1e-9
+            slow = bool(self.slow_collection) and self.slow_freezes < SLOW_FREEZES
+        if not surged and not grew and not slow:
             return False
-        if grew:
-            logger.info("%d pools known and settled: freezing the heap", now)
+        if surged or grew:
+            logger.info("%d pools known and served, %s: freezing the heap", now, "more coming" if surged else "settled")
             self.slow_freezes = 0
         else:
             logger.debug("a full collection took %.2f s: freezing the heap again", self.slow_collection)
