@@ -290,8 +290,8 @@ def decide(
 
     One function, longer than the project's 80 lines, on purpose: it runs for every due queue at every tick, and
     each helper call it saves counts. bench/bench_engine.py measures 10,000 queues in every situation (half on
-    each policy): 97 ms best on a quiet shared 2-core machine (docs/benchmarks.md), against a 50 ms target it
-    still misses by about twice. Split further, it would be slower.
+    each policy): about 70 ms best on a quiet shared 2-core machine (docs/benchmarks.md), against a 50 ms target
+    it still misses. Split further, it would be slower.
     """
     current = observation.replicas
     if policy.paused:
@@ -307,7 +307,12 @@ def decide(
         reporting_names = {w.worker for w in workers}
         leaving = tuple(name for name in leaving if name in reporting_names)
         workers = tuple(w for w in workers if w.worker not in leaving)
-    if any(map(_stopping_flag, workers)):
+    flagged = False  # whether a worker reports stopping or draining (rare): one loop for both; a loop over the
+    for worker in workers:  # slots costs a third of any(map(attrgetter)) in CPython 3.11, and this runs always
+        if worker.stopping or worker.draining:
+            flagged = True
+            break
+    if flagged and any(map(_stopping_flag, workers)):
         # Stopping (SIGTERM: replaced by a rollout, evicted): not part of the replicas any more (the Deployment counts
         # their replacements), and what they run is theirs to finish, not demand for the others.
         observation = _without_stopping(observation)
@@ -328,7 +333,7 @@ def decide(
     ):  # asleep, and staying so: the common case of many queues, kept cheap
         return _stay_asleep(observation, state, policy)
     handing = state.handing_back
-    if draining or handing or any(map(_draining_flag, workers)):
+    if draining or handing or (flagged and any(map(_draining_flag, workers))):
         draining = drain.still_draining(workers, draining, now, handing)
     serving = current - len(draining)
     reporting = len(workers)
@@ -373,23 +378,28 @@ def decide(
             observation, state, policy, now, serving, reporting - len(draining), starting, learned, startup,
             idle_since, low, high, waited, surging,
         )  # fmt: skip
-    workers_wanted, why = wanted.workers, wanted.why
+    workers_wanted, why, recommendation, recommendations, wait = wanted
     if policy.schedules or observation.fires:
         workers_wanted, why = _scheduled(policy, observation, remembered, now, startup, workers_wanted, why, high)
 
-    if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not
-        plan = _new(drain.Plan, (workers_wanted, (), (), (), (), workers_wanted - current, 0, ""))
+    plan: drain.Plan | None = None
+    remove_first: tuple[str, ...]
+    to_drain: tuple[str, ...]
+    to_undrain: tuple[str, ...]
+    if not draining and workers_wanted >= current:  # nothing to drain or remove: add, or not (no Plan to build)
+        desired, remove_first, to_drain, to_undrain, added = workers_wanted, (), (), (), workers_wanted - current
     else:
         plan = drain.plan(workers_wanted, current, workers, draining, policy.drain_timeout, now)
+        desired, remove_first, to_drain, to_undrain, draining, added, _, _ = plan
+        if to_drain or to_undrain or plan.note:
+            why = (_with_plan, (why, plan))
     scale_ups = state.scale_ups
     if scale_ups and scale_ups[0][0] <= now - policy.scale_up_period:  # times rise: a few at most
         scale_ups = tuple(item for item in scale_ups if item[0] > now - policy.scale_up_period)
-    if plan.added:
+    if added:
         if policy.policy != DEMAND:
-            learned = with_launch(learned, now, plan.added, reported)
+            learned = with_launch(learned, now, added, reported)
         scale_ups = (*scale_ups, (now, serving))
-    if plan.drain or plan.undrain or plan.note:
-        why = (_with_plan, (why, plan))
     held = None
     if learned.running and policy.drain_timeout > 0 and policy.policy != DEMAND and learned.busy > 0:
         # learned.held_seconds, inline: task seconds, or before any finished how long the running ones have run
@@ -398,24 +408,26 @@ def decide(
         )
     if handing or (held is not None and held >= drain.HAND_BACK_AFTER and any(map(_reserved, workers))):
         # (no worker holds prefetched tasks and none hands back: nothing to hand back, nothing to take back)
+        if plan is None:
+            plan = _new(drain.Plan, (desired, remove_first, to_drain, to_undrain, draining, added, 0, ""))
         handing, hand, take = drain.hand_back(workers, handing, plan, held, policy)
         if hand or take:
-            plan = plan._replace(drain=plan.drain + hand, undrain=plan.undrain + take)
+            to_drain, to_undrain = to_drain + hand, to_undrain + take
             if hand:
                 why = (
                     f"{text(why)}; {len(hand)} busy worker{'s' if len(hand) > 1 else ''} hand back what they prefetched"
                 )
     decision = _new(
         Decision,
-        (plan.desired_replicas, why, plan.remove_first, current, demand, wanted.recommendation, False, False,
-         plan.drain, plan.undrain, wanted.wait, policy.target_wait),
+        (desired, why, remove_first, current, demand, recommendation, False, False, to_drain, to_undrain, wait,
+         policy.target_wait),
     )  # fmt: skip
-    if plan.remove_first and plan.desired_replicas < current and policy.drain_timeout > 0:
-        leaving = leaving + plan.remove_first  # drained: their requests must outlast them (no draining: none)
+    if remove_first and desired < current and policy.drain_timeout > 0:
+        leaving = leaving + remove_first  # drained: their requests must outlast them (no draining: none)
     return decision, _new(
         QueueState,
-        (0, idle_since, wanted.recommendations, scale_ups, plan.draining, learned, handing, remembered, leaving,
-         waiting_since, surging_since, backlog),
+        (0, idle_since, recommendations, scale_ups, draining, learned, handing, remembered, leaving, waiting_since,
+         surging_since, backlog),
     )  # fmt: skip
 
 
@@ -479,37 +491,28 @@ def _stabilize(
     restart, an outage), counts ``serving`` as a recommendation made now: no scale-down at once after it."""
     if window <= 0:
         return recommendation, ()
-    since = now - window
-    if serving == 0:
-        recommendations = ()  # asleep or waking: what was recommended before the queue slept is stale
-        stabilized = recommendation
-    else:
-        if not recommendations or now - recommendations[-1][0] > (window if window > RESTART_GAP else RESTART_GAP):
-            recommendations = ((now, min(serving, high)),)
-        elif recommendations[0][0] <= since:  # times rise along the tuple
-            first = 1
-            while first < len(recommendations) and recommendations[first][0] <= since:
-                first += 1
-            recommendations = recommendations[first:]
-        stabilized = max(recommendation, recommendations[0][1]) if recommendations else recommendation
-    kept = len(recommendations)
+    if serving == 0:  # asleep or waking: what was recommended before the queue slept is stale
+        return recommendation, ((now, recommendation),)
+    # (conditional expressions rather than min/max, and a tuple concatenation in the common case where nothing
+    # is dropped: the same values, at half the cost; this runs for every queue at every poll)
+    if not recommendations or now - recommendations[-1][0] > (window if window > RESTART_GAP else RESTART_GAP):
+        recommendations = ((now, serving if serving < high else high),)
+    elif recommendations[0][0] <= now - window:  # times rise along the tuple
+        since = now - window
+        first = 1
+        while first < len(recommendations) and recommendations[first][0] <= since:
+            first += 1
+        recommendations = recommendations[first:]
+    if not recommendations:
+        return recommendation, ((now, recommendation),)
+    highest = recommendations[0][1]
+    stabilized = highest if highest > recommendation else recommendation
+    if recommendations[-1][1] > recommendation:  # values fall along the tuple: every one stays
+        return stabilized, recommendations + ((now, recommendation),)  # noqa: RUF005 (faster than *)
+    kept = len(recommendations) - 1
     while kept and recommendations[kept - 1][1] <= recommendation:
         kept -= 1
-    return stabilized, (*recommendations[:kept], (now, recommendation))
-
-
-def _awake_bounds(
-    recommendation: int, serving: int, backlog: int, policy: ScalingPolicy, low: int, high: int
-) -> tuple[int, bool, int]:
-    """(recommendation within bounds, asleep, wake threshold): awake, never below one."""
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    if serving == 0 and backlog < wake_at:
-        return low, True, wake_at
-    if recommendation < 1:
-        recommendation = 1
-    if recommendation < low:
-        recommendation = low
-    return (recommendation if recommendation < high else high), False, wake_at
+    return stabilized, recommendations[:kept] + ((now, recommendation),)  # noqa: RUF005 (faster than *)
 
 
 def _by_demand(
@@ -526,9 +529,19 @@ def _by_demand(
     target = policy.target_per_replica if policy.target_per_replica > 0 else 1
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
-    recommendation, asleep, wake_at = _awake_bounds(
-        -(-(backlog + in_flight) // target), current, backlog, policy, low, high
-    )
+    # _awake_bounds, inline (a call per queue saved): asleep, or awake and never below one, within bounds
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    asleep = current == 0 and backlog < wake_at
+    if asleep:
+        recommendation = low
+    else:
+        recommendation = -(-(backlog + in_flight) // target)
+        if recommendation < 1:
+            recommendation = 1
+        if recommendation < low:
+            recommendation = low
+        if recommendation > high:
+            recommendation = high
     window = policy.scale_down_window
     stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
@@ -550,7 +563,9 @@ def _by_demand(
         desired = limit if limited else stabilized
     idle_for = 0.0 if idle_since is None else now - idle_since
     to_zero = low == 0 and current > 0 and idle_since is not None and idle_for >= policy.idle_before_zero
-    desired = min(max(0 if to_zero else desired, low), high)
+    if to_zero:
+        desired = 0
+    desired = low if desired < low else high if desired > high else desired  # (high >= low; no min/max calls)
 
     why = (
         _demand_reason,
@@ -637,11 +652,23 @@ def _by_throughput(
     wait if there is one (throughput.py, waits.py); no pod that would be ready only after the work."""
     z = sizes(observation, state.backlog, state.learned.at, policy, now, active, starting, learned, startup, waited,
               surging)  # fmt: skip
-    keep, asleep, wake_at = _awake_bounds(z.keep, serving, z.backlog, policy, low, high)
+    # _awake_bounds, inline (a call per queue saved): asleep, or awake and never below one, within bounds
+    target, poll, backlog = z.target, z.poll, z.backlog
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    asleep = serving == 0 and backlog < wake_at
+    if asleep:
+        keep = low
+    else:
+        keep = z.keep
+        if keep < 1:
+            keep = 1
+        if keep < low:
+            keep = low
+        if keep > high:
+            keep = high
     window = policy.scale_down_window if policy.scale_down_window < startup else startup
     stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
     idle_for = 0.0 if idle_since is None else now - idle_since
-    target, poll, backlog = z.target, z.poll, z.backlog
     why: Why
     told = False  # whether the reason already says the predicted wait
     if low == 0 and serving > 0 and idle_since is not None and idle_for >= z.zero_after:
@@ -670,7 +697,7 @@ def _by_throughput(
         wanted, wait, why, told = _serving(z, serving, active, starting, keep, stabilized, window, low, startup)
     if policy.target_wait is not None and backlog and not told:
         why = (_with_wait, (why, wait, policy.target_wait))
-    wanted = min(max(wanted, low), high)
+    wanted = low if wanted < low else high if wanted > high else wanted  # (high >= low; no min/max calls)
     return _new(_Wanted, (wanted, why, keep, recommendations, wait))
 
 

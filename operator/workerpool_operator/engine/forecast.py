@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from operator import attrgetter, mul, sub
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from workerpool_operator.observation import WorkerLoad
@@ -40,13 +40,10 @@ FORGET_RATE = 0.01  # tasks/s: below this an idle queue's arrival rate is taken 
 FIRST_REPORT = 1.0  # seconds from a worker's start within which its report is the one it sends as it starts
 LAUNCH_MEMORY = 1800.0  # seconds a scale-up waits for its workers before it is no longer a start-up sample
 
-_done = attrgetter("done")
 _running = attrgetter("running")
-_heartbeat = attrgetter("heartbeat")
 _name = attrgetter("worker")
 _started = attrgetter("started")
 _exp = math.exp
-_mul, _sub = mul, sub
 _new = tuple.__new__  # a NamedTuple built in C, every field in order (tests/test_engine_builds.py checks each build)
 
 
@@ -154,8 +151,11 @@ def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, 
     )
     if at is None and not outstanding and not launches and (not workers or not any(map(_running, workers))):
         return previous  # idle, no baseline: nothing to learn, nothing to change
-    running = sum(map(_running, workers)) if workers else 0
-    done = sum(map(_done, workers)) if workers else 0
+    # One walk for both sums: in CPython 3.11 a loop over the slots costs a third of sum(map(attrgetter)) twice.
+    running = done = 0
+    for worker in workers:
+        running += worker.running
+        done += worker.done
     if launches:  # scale-ups waiting for their workers: time the ones that came
         if workers:
             latest = max(map(_started, workers))
@@ -189,7 +189,10 @@ def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, 
         fade = _exp(-elapsed / SERVICE_HORIZON)
         if workers and workers[0].heartbeat:  # each worker's running tasks, from one of its reports to the next
             if same and newest_start < at - elapsed:  # no worker new since the poll before: no first report
-                held = sum(map(_mul, map(_running, seen), map(_sub, map(_heartbeat, workers), map(_heartbeat, seen))))
+                # (a loop, twice as fast as sum() over maps here: the same additions in the same order as sum() in 3.11)
+                held: float = 0  # (an int, as sum() starts)
+                for was, worker in zip(seen, workers, strict=True):  # (same: as many)
+                    held += was.running * (worker.heartbeat - was.heartbeat)
             else:
                 held = _slot_seconds(seen, workers)
         else:  # reports without a time (older tests, hand-made observations): the polls' own times
