@@ -164,6 +164,62 @@ async def test_the_reconciler_applies_a_plan_and_refuses_what_the_api_refuses(ku
     assert kube.objects("apps/v1/deployments", NS)["shop-mail"] == before, "a refused write changes nothing"
 
 
+class Counted(list[tuple[str, str]]):
+    """Every request a KubeApi sends, as (method, path)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        sent = client.request
+
+        def request(method: str, path: str, **kwargs: Any) -> Any:
+            self.append((method, path))
+            return sent(method, path, **kwargs)
+
+        client.request = request
+
+
+async def test_a_pool_never_applied_is_created_without_reads_or_lists(kube: KubeCluster) -> None:
+    """A new pool's objects are applied as creations at once (no read finding each missing, no list of what its
+    spec dropped): 6 writes for two queues where a pool applied before also sends 2 reads and 2 lists."""
+    client = api(kube)
+    sent = Counted(client)
+    reconciler = Reconciler(client, KubeBackend(client), Events())
+    created = client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    sent.clear()
+    assert await reconciler.apply(plan(created, made_secrets()), fresh=True) == []
+    live = kube.objects("apps/v1/deployments", NS)
+    assert {n: d["spec"]["replicas"] for n, d in live.items()} == {"shop-default": 0, "shop-mail": 1}
+    assert [method for method, _ in sent] == ["PATCH"] * 4, sent  # per Deployment: the apply, the scaler's apply
+
+    other = api(kube)
+    again = Counted(other)
+    assert await Reconciler(other, KubeBackend(other), Events()).apply(plan(created, made_secrets())) == []
+    assert sorted(method for method, _ in again) == ["GET"] * 4 + ["PATCH"] * 2, again  # 2 reads, 2 lists
+
+
+async def test_a_fresh_creation_that_finds_its_deployment_there_reads_it_and_keeps_its_count(
+    kube: KubeCluster,
+) -> None:
+    """The operator restarted before it wrote the pool's status: its Deployments are there, one scaled to 4 by the
+    scaler. The creation's apply conflicts with the scaler's count (and changes nothing); the Deployment is read
+    and updated as any other, its count kept. The one at its low bound is applied as it is."""
+    client = api(kube)
+    created = client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    made = plan(created, made_secrets())
+    await Reconciler(client, KubeBackend(client), Events()).apply(made, fresh=True)
+    client.apply_replicas(NS, "shop-default", 4)
+
+    restarted = api(kube)
+    sent = Counted(restarted)
+    events = Events()
+    assert await Reconciler(restarted, KubeBackend(restarted), events).apply(made, fresh=True) == []
+    live = kube.objects("apps/v1/deployments", NS)
+    assert {n: d["spec"]["replicas"] for n, d in live.items()} == {"shop-default": 4, "shop-mail": 1}
+    reads = [path for method, path in sent if method == "GET"]
+    assert reads == [f"/apis/apps/v1/namespaces/{NS}/deployments/shop-default"], sent
+    assert events == [], "a conflict of the creation is not a field taken back"
+
+
 def _respond(status: dict[str, Any]) -> Any:
     import kmock
 
@@ -466,11 +522,11 @@ async def test_pools_arriving_together_are_applied_a_few_at_a_time(kube: KubeClu
     at_once, most = [0], [0]
     real_apply = reconciler.apply
 
-    async def counting_apply(made: PoolPlan) -> list[str]:
+    async def counting_apply(made: PoolPlan, *, fresh: bool = False) -> list[str]:
         at_once[0] += 1
         most[0] = max(most[0], at_once[0])
         try:
-            return await real_apply(made)
+            return await real_apply(made, fresh=fresh)
         finally:
             at_once[0] -= 1
 

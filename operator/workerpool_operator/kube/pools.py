@@ -69,6 +69,12 @@ class PoolRecord:
         return int_or_none(self.meta.get("generation"))
 
     @property
+    def never_applied(self) -> bool:
+        """Generation 1 and no ``observedGeneration``: its spec never changed and no operator wrote its status, so
+        nothing was ever rendered from another spec (reconcile.py: no read before each creation, nothing to list)."""
+        return self.generation == 1 and "observedGeneration" not in (self.body.get("status") or {})
+
+    @property
     def queue_names(self) -> list[str]:
         return self.plan.queue_names if self.plan is not None else []
 
@@ -247,7 +253,7 @@ class PoolService:
     async def _apply(self, record: PoolRecord) -> None:
         assert record.plan is not None
         try:
-            removed = await self._reconciler.apply(record.plan)
+            removed = await self._reconciler.apply(record.plan, fresh=record.never_applied)
         except ApplyError as exc:
             await self._set_problem(record, exc.problem, retry=True)
             return
