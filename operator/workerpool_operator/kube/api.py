@@ -32,6 +32,12 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # Server-Side Apply (JSON is YAML)
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 COMPONENT = "workerpool-operator"
+# Threads the API calls run in (the event loop's default executor, kube/handlers.py) and connections kept to the API
+# server, one per thread. The calls wait on the network nearly all their time, with the GIL released; asyncio's
+# default, min(32, CPUs + 4), is 6 threads on a 2-CPU node, and the client keeps 5 connections per CPU (10): at
+# 10,000 new pools their start-ups, status writes and the scaling loop's writes queued behind 6 threads
+# (docs/benchmarks.md: all Ready 300 -> 259 s after the first was created, with APPLIES_AT_ONCE 16).
+API_THREADS = 16
 
 
 class ApiError(Exception):
@@ -130,7 +136,11 @@ class KubeApi:
     def __init__(
         self, client: kubernetes.client.ApiClient | None = None, timeout: float = 30.0, identity: str = ""
     ) -> None:
-        self._client = client or kubernetes.client.ApiClient(load_configuration())
+        if client is None:
+            configuration = load_configuration()
+            configuration.connection_pool_maxsize = API_THREADS
+            client = kubernetes.client.ApiClient(configuration)
+        self._client = client
         if identity:  # which replica made a request, in the API server's audit log
             self._client.user_agent = f"{COMPONENT}/{__version__} ({identity})"
         self._events = kubernetes.client.CoreV1Api(self._client)

@@ -14,6 +14,7 @@ only the leader writes; without one this process writes alone. kopf itself never
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
 import threading
@@ -25,7 +26,7 @@ import kopf
 
 from workerpool_operator import API_GROUP, API_VERSION, PLURAL
 from workerpool_operator.kube import metrics
-from workerpool_operator.kube.api import KubeApi
+from workerpool_operator.kube.api import API_THREADS, KubeApi
 from workerpool_operator.kube.backend import KubeBackend
 from workerpool_operator.kube.drift import DriftRepair
 from workerpool_operator.kube.events import ApiEvents
@@ -94,6 +95,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def start(memo: kopf.Memo, **_: Any) -> None:
     """The operator's parts, and the tasks that run beside kopf's watches for as long as the operator runs."""
     config = operator_settings(memo)
+    # every API call runs in a thread of this executor (KubeApi is synchronous): API_THREADS says why so many
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube-api")
+    asyncio.get_running_loop().set_default_executor(executor)
     metrics.serve(config.metrics_port)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"  # the pod's name, and this process
     api = KubeApi(identity=identity)
