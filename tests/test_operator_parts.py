@@ -608,3 +608,62 @@ class _NoObserver:
 
     async def send_drains(self, *args: Any) -> None:
         return None
+
+
+async def test_drift_repair_skips_the_version_its_own_apply_answered_with(
+    kube: KubeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch event of the version our apply returned is not compared again (every manifest field was ours);
+    the scaler's version is, and a hand edit after our apply is still found and applied again."""
+    from workerpool_operator.kube import drift as drift_module
+
+    client = api(kube)
+    backend, events = KubeBackend(client), Events()
+    reconciler = Reconciler(client, backend, events)
+    created = client.request("POST", f"/apis/workerpool.dev/v1alpha1/namespaces/{NS}/workerpools", body=_pool())
+    made = plan(created, made_secrets())
+    await reconciler.apply_object(made, made.deployments["mail"], bounds=made.bounds("mail"), fresh=True)
+    scaled = kube.objects("apps/v1/deployments", NS)["shop-mail"]  # the creation's apply, then the scaler's
+    compared: list[str] = []
+    real_edits = drift_module.edits
+
+    def counting_edits(obj: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+        compared.append(str(obj["metadata"]["resourceVersion"]))
+        return real_edits(obj, manifest)
+
+    monkeypatch.setattr(drift_module, "edits", counting_edits)
+    repair = drift_module.DriftRepair(client, backend, events, reconciler, lambda key: changed, lambda: True)
+    changed = plan(
+        {**created, "spec": {**created["spec"], "queues": [{"name": "mail", "minReplicas": 1, "concurrency": 3}]}},
+        made_secrets(),
+    )
+    applied = await reconciler.apply_object(changed, changed.deployments["mail"], bounds=changed.bounds("mail"))
+    assert int(applied["metadata"]["resourceVersion"]) > int(scaled["metadata"]["resourceVersion"])
+    await repair.deployment_changed("MODIFIED", scaled)  # older than what the cache knows: skipped, as before
+    await repair.deployment_changed("MODIFIED", applied)
+    assert compared == [], "the apply's own answer is not compared again"
+
+    edited = client.merge_patch(
+        f"/apis/apps/v1/namespaces/{NS}/deployments/shop-mail", {"spec": {"revisionHistoryLimit": 7}}
+    )
+    assert backend.cached(NS, "shop-mail").applied  # type: ignore[union-attr]
+    await repair.deployment_changed("MODIFIED", edited)
+    assert compared == [edited["metadata"]["resourceVersion"]]
+    assert [reason for _, reason, _ in events] == ["DeploymentRestored"], events
+    assert kube.objects("apps/v1/deployments", NS)["shop-mail"]["spec"]["revisionHistoryLimit"] != 7
+
+
+def test_the_api_client_keeps_a_connection_for_each_thread_of_api_calls(
+    kube: KubeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """API calls run in API_THREADS threads at once (kube/handlers.py); with fewer pooled connections than that,
+    urllib3 opens a connection for each call over the pool's size and throws it away after."""
+    from workerpool_operator.kube.api import API_THREADS, KubeApi
+
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    client = KubeApi()
+    try:
+        pool = client._client.rest_client.pool_manager.connection_pool_kw
+        assert pool["maxsize"] == API_THREADS
+    finally:
+        client.close()

@@ -41,6 +41,7 @@ class Known:
     scaler_owns: bool = True  # the scaler's field manager holds spec.replicas (see reconcile.py)
     legacy: bool = False  # still written by merge patches of a version before 0.3 (see fields.legacy_entries)
     others: tuple[str, ...] = ()  # other field managers holding spec.replicas (an HPA, kubectl scale, a deploy tool)
+    applied: bool = False  # this version is the answer to our apply of the manifest: every field of it is ours
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Known:
@@ -119,8 +120,9 @@ class KubeBackend:
     def deployment_name(self, pool: PoolKey, queue: str) -> str | None:
         return self._names.get((pool, queue))
 
-    def observe_deployment(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
-        """Feed a Deployment seen by the watch (or returned by a write) into the replica cache."""
+    def observe_deployment(self, obj: Mapping[str, Any], deleted: bool = False, applied: bool = False) -> None:
+        """Feed a Deployment seen by the watch (or returned by a write; ``applied``: by our apply of its manifest)
+        into the replica cache."""
         meta = obj.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if deleted:
@@ -134,7 +136,7 @@ class KubeBackend:
         known = self._replicas.get(key)
         if known is not None and known.version is not None and version is not None and version < known.version:
             return
-        self._replicas[key] = found = Known.of(obj)
+        self._replicas[key] = found = Known.of(obj) if not applied else dataclasses.replace(Known.of(obj), applied=True)
         if found.others and not found.scaler_owns and known is not None and known.scaler_owns:  # taken from it
             self._others[key] = (found.others, self._clock())
 
@@ -158,7 +160,9 @@ class KubeBackend:
         if known is None or (known.version is not None and version is not None and version < known.version):
             return
         replicas = int((scale.get("spec") or {}).get("replicas", known.replicas))
-        self._replicas[key] = dataclasses.replace(known, replicas=replicas, version=version, scaler_owns=True)
+        self._replicas[key] = dataclasses.replace(
+            known, replicas=replicas, version=version, scaler_owns=True, applied=False
+        )
 
     def cached(self, namespace: str, name: str) -> Known | None:
         return self._replicas.get((namespace, name))

@@ -221,9 +221,9 @@ class Reconciler:
         """The scaler's apply of the count (``fields.SCALER_MANAGER``, the ``scale`` subresource)."""
         self._backend.observe_scale(await asyncio.to_thread(self._api.apply_replicas, namespace, name, replicas))
 
-    def _observe(self, obj: Mapping[str, Any]) -> None:
-        if obj.get("kind") == "Deployment":
-            self._backend.observe_deployment(obj)
+    def _observe(self, applied: Mapping[str, Any]) -> None:
+        if applied.get("kind") == "Deployment":
+            self._backend.observe_deployment(applied, applied=True)
 
     async def _delete_removed(self, plan: PoolPlan) -> list[str]:
         namespace, name = plan.key
