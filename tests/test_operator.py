@@ -79,6 +79,23 @@ def test_pool_gets_one_deployment_per_queue_exactly_as_rendered(
     assert condition(kube, "shop", "BrokerReachable")["status"] == "True"  # type: ignore[index]
 
 
+def test_a_new_pools_first_status_is_its_first_polls(operator: RunningOperator, redis_server: RedisServer) -> None:
+    """A new pool is applied with 2 writes per Deployment (the apply, the scaler's) and no read, and its first
+    status write already says what its first poll saw (Ready), with the generation it observed."""
+    kube = operator.cluster
+    create_secret(kube, "redis", {"url": redis_server.url})
+    created = create_pool(kube, pool_manifest("fresh", queues=[{"name": "default"}, {"name": "mail"}]))
+    wait_for(lambda: _ready(kube, "fresh") == "True", message="Ready")
+    time.sleep(0.5)  # (a later write would come after the report that made it Ready)
+    mine = [r for r in kube.requests() if "fresh" in str(r.url)]
+    statuses = [r for r in mine if str(r.url).split("?")[0].endswith("/workerpools/fresh/status")]
+    first = statuses[0].data["status"]
+    ready = next(c for c in first["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and first["observedGeneration"] == created["metadata"]["generation"]
+    reads = [str(r.url) for r in mine if str(r.method) in ("GET", "method.GET") and "/deployments/" in str(r.url)]
+    assert reads == [], reads
+
+
 def test_replicas_follow_real_celery_backlog_up_and_back_down(
     operator: RunningOperator, redis_server: RedisServer
 ) -> None:
