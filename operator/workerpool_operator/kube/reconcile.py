@@ -20,7 +20,7 @@ A pool never applied before (generation 1, no ``observedGeneration``: no operato
 object to remove and almost surely none of its objects yet: each is applied as a creation at once, without the read
 that would find it missing (a Deployment's first apply fails with a conflict when one exists with another count or
 another writer's fields; only then is it read and updated), and nothing is listed to find what its spec dropped. At
-10,000 new pools that is 5 of a start-up's 13 API calls a pool (docs/benchmarks.md).
+10,000 new pools that was 5 of the 14 API calls a new pool took (docs/benchmarks.md).
 
 A queue that names its Deployment (``scaleTargetRef``) has nothing applied: the Deployment is the user's. An active
 queue's scaler takes its replica count as it is (or moved into the bounds) with its own apply of the ``scale``
