@@ -515,6 +515,20 @@ def _stabilize(
     return stabilized, recommendations[:kept] + ((now, recommendation),)  # noqa: RUF005 (faster than *)
 
 
+def _awake_bounds(
+    recommendation: int, serving: int, backlog: int, policy: ScalingPolicy, low: int, high: int
+) -> tuple[int, bool, int]:
+    """(recommendation within bounds, asleep, wake threshold): awake, never below one."""
+    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
+    if serving == 0 and backlog < wake_at:
+        return low, True, wake_at
+    if recommendation < 1:
+        recommendation = 1
+    if recommendation < low:
+        recommendation = low
+    return (recommendation if recommendation < high else high), False, wake_at
+
+
 def _by_demand(
     observation: QueueObservation,
     state: QueueState,
@@ -529,19 +543,9 @@ def _by_demand(
     target = policy.target_per_replica if policy.target_per_replica > 0 else 1
     backlog = observation.backlog if observation.backlog > 0 else 0
     in_flight = observation.in_flight if observation.in_flight > 0 else 0
-    # _awake_bounds, inline (a call per queue saved): asleep, or awake and never below one, within bounds
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    asleep = current == 0 and backlog < wake_at
-    if asleep:
-        recommendation = low
-    else:
-        recommendation = -(-(backlog + in_flight) // target)
-        if recommendation < 1:
-            recommendation = 1
-        if recommendation < low:
-            recommendation = low
-        if recommendation > high:
-            recommendation = high
+    recommendation, asleep, wake_at = _awake_bounds(
+        -(-(backlog + in_flight) // target), current, backlog, policy, low, high
+    )
     window = policy.scale_down_window
     stabilized, recommendations = _stabilize(state.recommendations, recommendation, current, high, window, now)
 
@@ -652,20 +656,8 @@ def _by_throughput(
     wait if there is one (throughput.py, waits.py); no pod that would be ready only after the work."""
     z = sizes(observation, state.backlog, state.learned.at, policy, now, active, starting, learned, startup, waited,
               surging)  # fmt: skip
-    # _awake_bounds, inline (a call per queue saved): asleep, or awake and never below one, within bounds
     target, poll, backlog = z.target, z.poll, z.backlog
-    wake_at = policy.activation_backlog if policy.activation_backlog > 1 else 1
-    asleep = serving == 0 and backlog < wake_at
-    if asleep:
-        keep = low
-    else:
-        keep = z.keep
-        if keep < 1:
-            keep = 1
-        if keep < low:
-            keep = low
-        if keep > high:
-            keep = high
+    keep, asleep, wake_at = _awake_bounds(z.keep, serving, backlog, policy, low, high)
     window = policy.scale_down_window if policy.scale_down_window < startup else startup
     stabilized, recommendations = _stabilize(state.recommendations, keep, serving, high, window, now)
     idle_for = 0.0 if idle_since is None else now - idle_since
