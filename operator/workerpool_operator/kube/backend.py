@@ -20,9 +20,10 @@ contest: the scaler's first apply takes it, or shares it while both say the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,14 +168,19 @@ class KubeBackend:
     def cached(self, namespace: str, name: str) -> Known | None:
         return self._replicas.get((namespace, name))
 
-    def applying(self, namespace: str, name: str, started: bool) -> None:
-        """An apply of the object starts or ends: until it ends, its watch events may predate it."""
+    @contextlib.contextmanager
+    def applying(self, namespace: str, name: str) -> Iterator[None]:
+        """An apply of the object is in flight for the ``with`` block: meanwhile its watch events may predate it."""
         key = (namespace, name)
-        count = self._applying.get(key, 0) + (1 if started else -1)
-        if count > 0:
-            self._applying[key] = count
-        else:
-            self._applying.pop(key, None)
+        self._applying[key] = self._applying.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            count = self._applying[key] - 1
+            if count > 0:
+                self._applying[key] = count
+            else:
+                del self._applying[key]
 
     def is_applying(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self._applying

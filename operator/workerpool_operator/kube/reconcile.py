@@ -138,26 +138,21 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         known = self._backend.cached(namespace, name) if kind == "Deployment" else None
         if known is None and fresh and not force:
-            self._backend.applying(namespace, name, True)
             try:
-                return await self._create(manifest, bounds, replicas)
+                with self._backend.applying(namespace, name):
+                    return await self._create(manifest, bounds, replicas)
             except ApiError as exc:
                 if exc.status != CONFLICT:
                     raise  # (a creation that conflicts changed nothing: the object is there; read it, and update)
-            finally:
-                self._backend.applying(namespace, name, False)
         if known is None:
             live = await asyncio.to_thread(self._api.get_object, kind, namespace, name)
             if live is not None and kind == "Deployment":
                 self._backend.observe_deployment(live)
             known = None if live is None else Known.of(live)
-        self._backend.applying(namespace, name, True)
-        try:
+        with self._backend.applying(namespace, name):
             if known is None:
                 return await self._create(manifest, bounds, replicas)
             return await self._update(plan, manifest, known, bounds, force)
-        finally:
-            self._backend.applying(namespace, name, False)
 
     async def _create(
         self, manifest: Mapping[str, Any], bounds: tuple[int, int] | None, replicas: int | None
