@@ -45,7 +45,7 @@ class Known:
     applied: bool = False  # this version is the answer to our apply of the manifest: every field of it is ours
 
     @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> Known:
+    def of(cls, obj: Mapping[str, Any], applied: bool = False) -> Known:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
         scaler = fields.entry(obj, fields.SCALER_MANAGER, subresource="scale")
@@ -56,6 +56,7 @@ class Known:
             scaler_owns=scaler is not None and fields.holds(scaler, REPLICAS),  # (its paths: the object's)
             legacy=bool(fields.legacy_entries(obj)),
             others=tuple(fields.owners(obj, REPLICAS, besides=OURS)),
+            applied=applied,
         )
 
 
@@ -137,7 +138,7 @@ class KubeBackend:
         known = self._replicas.get(key)
         if known is not None and known.version is not None and version is not None and version < known.version:
             return
-        self._replicas[key] = found = Known.of(obj) if not applied else dataclasses.replace(Known.of(obj), applied=True)
+        self._replicas[key] = found = Known.of(obj, applied)
         if found.others and not found.scaler_owns and known is not None and known.scaler_owns:  # taken from it
             self._others[key] = (found.others, self._clock())
 

@@ -253,8 +253,9 @@ class PoolService:
 
     async def _apply(self, record: PoolRecord) -> None:
         assert record.plan is not None
+        fresh = record.never_applied
         try:
-            removed = await self._reconciler.apply(record.plan, fresh=record.never_applied)
+            removed = await self._reconciler.apply(record.plan, fresh=fresh)
         except ApplyError as exc:
             await self._set_problem(record, exc.problem, retry=True)
             return
@@ -263,7 +264,7 @@ class PoolService:
             record.retry_at = self._clock() + self.retry_delay
             return
         self._reporter.forget_queues(record.key, removed)
-        first = record.never_applied and record.problem is None
+        first = fresh and record.problem is None
         self._serve(record)
         record.retry_at = None
         if record.problem is not None:
