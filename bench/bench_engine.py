@@ -4,20 +4,32 @@ Target (issue 5, again issue 22): 10,000 queues in under 50 ms. The baseline, me
 engine must do per queue: read backlog and in-flight and compute ceil(demand / target). The ratio says what
 the policy (window, step limit, idle clock, reasons, state) costs on top of that.
 
-    .venv/bin/python -m bench.bench_engine [--queues 10000] [--rounds 15]
+It times the pure Python engine, then builds the package as the operator image does (the engine compiled by
+mypyc, setup.py) and times that in a fresh interpreter, by the same functions on the same workload.
+
+    .venv/bin/python -m bench.bench_engine [--queues 10000] [--rounds 15] [--pure-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import random
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bench.report import markdown_table, record
 from workerpool_operator.engine import POLICIES, QueueState, ScalingPolicy, decide
 from workerpool_operator.observation import QueueObservation, WorkerLoad
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def reports(queue: int, busy: list[int], done: list[int], draining: bool, step: int) -> tuple[WorkerLoad, ...]:
@@ -88,46 +100,103 @@ def best_and_median(run: object, rounds: int) -> tuple[float, float]:
     return min(timings) * 1000, statistics.median(timings) * 1000
 
 
+def measure(queues: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """(best, median) CPU ms of the baseline and of decide() on the workload, mixed and per policy."""
+    observations, states, policies = workload(queues)
+    figures = {
+        "baseline": best_and_median(lambda: baseline(observations, policies), rounds),
+        "mixed": best_and_median(lambda: engine(observations, states, policies), rounds),
+    }
+    for name in POLICIES:
+        pinned = [dataclasses.replace(p, policy=name) for p in policies]
+        figures[name] = best_and_median(lambda pinned=pinned: engine(observations, states, pinned), rounds)
+    return figures
+
+
+def compiled_figures(queues: int, rounds: int) -> tuple[dict[str, tuple[float, float]], str]:
+    """The same measurement in a fresh interpreter that loads the compiled engine: the package built as the
+    operator image builds it (``WORKERPOOL_OPERATOR_COMPILE=1``, setup.py) and installed in a folder of its own.
+    Returns the figures and the first compiled module's file name (to show which engine ran)."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        env = {**os.environ, "WORKERPOOL_OPERATOR_COMPILE": "1"}
+        source = root / "source"  # (a copy: no build/ folder left in the checkout, none of its reused)
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md", "setup.py"):
+            shutil.copy(REPO / name, source / name)
+        shutil.copytree(
+            REPO / "operator", source / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+        pip = [sys.executable, "-m", "pip", "--quiet"]
+        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(root), str(source)], check=True, env=env)
+        (wheel,) = root.glob("*.whl")
+        subprocess.run([*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)], check=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "bench.bench_engine", "--queues", str(queues), "--rounds", str(rounds), "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(root / "site")},
+            cwd=REPO,
+        )
+    answer = json.loads(run.stdout)
+    return {k: tuple(v) for k, v in answer["figures"].items()}, answer["engine"]  # type: ignore[misc]
+
+
+def rows(figures: dict[str, tuple[float, float]], queues: int, label: str) -> list[list[str]]:
+    per_queue = 1000 / queues
+
+    def row(case: str, key: str, target: str = "-") -> list[str]:
+        best, median = figures[key]
+        return [f"{case}{label}", f"{best:.1f}", f"{median:.1f}", f"{best * per_queue:.2f}", target]
+
+    return [
+        row("baseline: ceil(demand/target)", "baseline"),
+        row("decide(), half on each policy", "mixed", "< 50 ms"),
+        *[row(f"decide(), every queue on {name}", name) for name in POLICIES],
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queues", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--pure-only", action="store_true", help="do not build and time the compiled engine")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (the compiled run's answer)
     args = parser.parse_args()
+    if args.json:
+        engine_file = sys.modules[decide.__module__].__file__
+        print(json.dumps({"figures": measure(args.queues, args.rounds), "engine": Path(engine_file or "").name}))
+        return
     observations, states, policies = workload(args.queues)
-    base_best, base_median = best_and_median(lambda: baseline(observations, policies), args.rounds)
-    best, median = best_and_median(lambda: engine(observations, states, policies), args.rounds)
-    by_policy = {}
-    for name in POLICIES:
-        pinned = [dataclasses.replace(p, policy=name) for p in policies]
-        by_policy[name] = best_and_median(lambda pinned=pinned: engine(observations, states, pinned), args.rounds)
     directions = {"up": 0, "down": 0, "none": 0}
     for o, s, p in zip(observations, states, policies, strict=True):
         directions[decide(o, s, p, 1010.0)[0].direction] += 1
-    per_queue = 1000 / args.queues
+    pure = measure(args.queues, args.rounds)
+    table_rows = rows(pure, args.queues, ", pure Python" if not args.pure_only else "")
+    compiled_note = ""
+    if not args.pure_only:
+        compiled, engine_file = compiled_figures(args.queues, args.rounds)
+        table_rows += rows(compiled, args.queues, ", compiled (the operator image)")
+        compiled_note = (
+            f" Compiled: the package built as the operator image builds it (`WORKERPOOL_OPERATOR_COMPILE=1`, "
+            f"setup.py), timed by the same functions in a fresh interpreter that loaded `{engine_file}`; "
+            f"pure / compiled: {pure['mixed'][0] / compiled['mixed'][0]:.2f}x (best), compiled decide / its "
+            f"baseline: {compiled['mixed'][0] / compiled['baseline'][0]:.1f}x. The compiled median "
+            f"{'meets' if compiled['mixed'][1] < 50 else 'misses'} the 50 ms target."
+        )
     table = markdown_table(
-        ["case", f"best of {args.rounds} (CPU ms)", "median (CPU ms)", "per queue (µs)", "target"],
-        [
-            [
-                "baseline: ceil(demand/target)",
-                f"{base_best:.1f}",
-                f"{base_median:.1f}",
-                f"{base_best * per_queue:.2f}",
-                "-",
-            ],
-            ["decide(), half on each policy", f"{best:.1f}", f"{median:.1f}", f"{best * per_queue:.2f}", "< 50 ms"],
-            *[
-                [f"decide(), every queue on {name}", f"{b:.1f}", f"{m:.1f}", f"{b * per_queue:.2f}", "-"]
-                for name, (b, m) in by_policy.items()
-            ],
-        ],
+        ["case", f"best of {args.rounds} (CPU ms)", "median (CPU ms)", "per queue (µs)", "target"], table_rows
     )
+    best, median = pure["mixed"]
     verdict = "meets" if median < 50 else "misses"
     body = (
         f"`decide` for {args.queues:,} queues (mixed: {directions['up']} scaling up, {directions['down']} down, "
         f"{directions['none']} holding, drains included; half on each policy and half with a target wait of 60 s, "
         f"which only throughput uses; 2 % failed observations; workers report every 2 s)."
         f"\n\n{table}\n\n"
-        f"decide / baseline: {best / base_best:.1f}x. The median {verdict} the 50 ms target on this machine."
+        f"decide / baseline: {best / pure['baseline'][0]:.1f}x. The pure Python median {verdict} the 50 ms target "
+        f"on this machine.{compiled_note}"
     )
     record("Scaling engine: decide() for many queues", body)
 

@@ -192,8 +192,13 @@ def test_identical_inputs_give_identical_outputs(
     observation: QueueObservation, state: QueueState, policy: ScalingPolicy, paused: bool
 ) -> None:
     if paused:
-        policy = ScalingPolicy(**{**{f: getattr(policy, f) for f in policy.__slots__}, "paused": True})
-    twin_observation = QueueObservation(**{f: getattr(observation, f) for f in observation.__slots__})
+        policy = ScalingPolicy(
+            **{**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}, "paused": True}
+        )
+    # (field by field, not by __slots__: the compiled engine's classes have none)
+    twin_observation = QueueObservation(
+        **{f.name: getattr(observation, f.name) for f in dataclasses.fields(observation)}
+    )
     twin_state = QueueState.from_dict(json.loads(json.dumps(state.to_dict())))
     first = decide(observation, state, policy, NOW)
     second = decide(twin_observation, twin_state, policy, NOW)

@@ -34,6 +34,8 @@ def test_operator_image_runs_the_operator_as_the_chart_expects() -> None:
     assert command[0] == "run"
     installs = " ".join(arg for op, arg in steps if op == "RUN")
     assert "pip install ." in installs and "[worker]" not in installs, "the operator needs no Celery"
+    assert "WORKERPOOL_OPERATOR_COMPILE=1 pip install ." in installs, "the engine compiled (setup.py)"
+    assert "gcc" not in " ".join(arg for op, arg in stages(text)["operator"] if op == "RUN"), "no compiler shipped"
 
 
 def test_the_two_images_share_one_build_stage() -> None:
@@ -41,7 +43,7 @@ def test_the_two_images_share_one_build_stage() -> None:
     named = stages(text)
     assert {"operator", "worker"} <= set(named)
     copies = [arg for steps in named.values() for op, arg in steps if op == "COPY" and not arg.startswith("--from")]
-    assert copies == ["pyproject.toml README.md ./", "operator ./operator"], (
+    assert copies == ["pyproject.toml README.md setup.py ./", "operator ./operator"], (
         "the source goes in once, in one build stage"
     )
     assert named["build-worker"][0] == ("FROM", "build AS build-worker")

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
+from mypy_extensions import mypyc_attr
+
 from workerpool_operator.engine import drain, spikes
 from workerpool_operator.engine.forecast import MIN_COMPLETED, Learned, drain_seconds, learn, with_launch
 from workerpool_operator.engine.policy import DEMAND, POLICIES, THROUGHPUT, ScalingPolicy
@@ -208,6 +210,7 @@ class _DecisionFields(NamedTuple):
     target_wait: float | None = None
 
 
+@mypyc_attr(native_class=False)  # compiled (setup.py): a NamedTuple's subclass stays a Python class
 class Decision(_DecisionFields):
     """What to do with one queue, and why. (Immutable; a NamedTuple for speed, as ``QueueState``.)
 

@@ -189,8 +189,9 @@ def learn(previous: Learned, workers: tuple[WorkerLoad, ...], outstanding: int, 
         fade = _exp(-elapsed / SERVICE_HORIZON)
         if workers and workers[0].heartbeat:  # each worker's running tasks, from one of its reports to the next
             if same and newest_start < at - elapsed:  # no worker new since the poll before: no first report
-                # (a loop, twice as fast as sum() over maps here: the same additions in the same order as sum() in 3.11)
-                held: float = 0  # (an int, as sum() starts)
+                # (a loop, twice as fast as sum() over maps here: the same additions in the same order as sum() in 3.11;
+                # a float from the start, for the compiled engine: 0.0 + x is x as 0 + x is)
+                held = 0.0
                 for was, worker in zip(seen, workers, strict=True):  # (same: as many)
                     held += was.running * (worker.heartbeat - was.heartbeat)
             else:
