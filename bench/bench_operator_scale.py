@@ -164,7 +164,7 @@ def run(
             deployments = len(kube.objects("apps/v1/deployments"))
             settling = _settle(operator.pid, 35)  # past the status refresh
             backlog = kube.emulator.controller_backlog  # type: ignore[union-attr]
-            probe_now(operator, probe, memory=False)  # resets the lag and GC figures
+            settled = probe_now(operator, probe, memory=False)  # resets the lag and GC figures
             before = scrape(port)
             steady = _steady(kube, operator.pid, seconds)
             after = scrape(port)
@@ -190,6 +190,7 @@ def run(
         "ready": progress[-1][1],
         "progress": progress,
         "settling": settling,
+        "settled_pymalloc": settled.get("pymalloc"),
         "deployments": deployments,
         "status_writes": status_writes,
         "base": base,
@@ -239,6 +240,7 @@ def report(result: dict[str, Any], seconds: float) -> str:
         f"{creating['max_ms']:.0f} ms; {result['creating']['gc_gen2']['count']} full collections, the longest "
         f"{result['creating']['gc_gen2']['max_ms']:.0f} ms; peak RSS until all were Ready "
         f"{result['ready_peak']:.0f} MiB. "
+        f"{_pymalloc_text(result)}"
         f"Steady state measured over {seconds:g} s; the operator's peak RSS until then {steady['peak']:.0f} MiB.\n\n"
         + markdown_table(["case", "CPU s/min", "RSS MiB", "API writes/min", "log lines/min"], rows)
         + f"\n\nAt steady state: broker poll {result['poll_ms']:.1f} ms on average ({pools * len(QUEUES):,} "
@@ -259,6 +261,23 @@ def report(result: dict[str, Any], seconds: float) -> str:
         + (_frozen_text(result["frozen"], steady, lag) if result["frozen"] else "")
     )
     return text
+
+
+def _pymalloc_text(result: dict[str, Any]) -> str:
+    """What Python's small-object allocator held when all were Ready and once settled: the memory it keeps from
+    the system (its 1 MiB arenas, given back only when empty) against the bytes of live objects in them."""
+    ready, settled = result["creating"].get("pymalloc"), result.get("settled_pymalloc")
+    if not ready or not settled:
+        return ""
+
+    def held(figures: dict[str, int]) -> str:
+        arenas = figures.get("arenas allocated current", 0)
+        return f"{arenas} MiB of arenas, {figures.get('bytes in allocated blocks', 0) / 2**20:.0f} MiB live"
+
+    return (
+        f"Python's allocator when all were Ready: {held(ready)}, {result['creating'].get('tasks', 0):,} asyncio tasks "
+        f"(kopf's per-object workers among them); once settled: {held(settled)}. "
+    )
 
 
 def _qps_text(result: dict[str, Any]) -> str:

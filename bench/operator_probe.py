@@ -3,7 +3,8 @@ from inside it: the event loop's lag, garbage-collector pauses, and on SIGUSR1 w
 
     python -m bench.operator_probe OUT.json run [kopf run options...]
 
-On SIGUSR1 it writes OUT.json: the loop lag and GC pauses since the last dump, the deep size of what each
+On SIGUSR1 it writes OUT.json: the loop lag and GC pauses since the last dump, pymalloc's arenas against its live
+bytes (fragmentation), the number of asyncio tasks, the deep size of what each
 owner holds (our pool records field by field, the replica cache, the scaling loop, the observer and its
 request plans, kopf's per-object memories, the Prometheus registry), and, when tracemalloc runs
 (``PYTHONTRACEMALLOC=N`` in the environment), the traced memory grouped by the code that allocated it.
@@ -19,8 +20,10 @@ import asyncio
 import gc
 import importlib
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -198,6 +201,28 @@ def allocation_sites(limit: int = 40) -> list[dict[str, Any]]:
     return [{"owner": name, "MiB": size / 2**20} for name, size in ranked]
 
 
+def pymalloc() -> dict[str, int]:
+    """pymalloc's own figures, from ``sys._debugmallocstats`` (which writes to the C stderr): its arenas (the
+    memory it holds from the system) against the bytes in live blocks, so fragmentation shows."""
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    figures = {}
+    for line in text.splitlines():
+        name, sep, value = line.rpartition("=")
+        if sep and name.strip() and value.strip().replace(",", "").isdigit():
+            figures[name.strip().lstrip("# ").strip()] = int(value.strip().replace(",", ""))
+    return figures
+
+
 def dump() -> None:
     started = time.perf_counter()
     lags = sorted(_lags)
@@ -211,6 +236,8 @@ def dump() -> None:
             "mean_ms": 1000 * sum(lags) / len(lags) if lags else None,
         },
         "gc_gen2": {"count": len(_gc_pauses), "total_s": sum(_gc_pauses), "max_ms": 1000 * max(_gc_pauses, default=0)},
+        "pymalloc": pymalloc(),
+        "tasks": len(asyncio.all_tasks()),  # kopf's per-object workers among them
     }
     if not light:
         report |= {
