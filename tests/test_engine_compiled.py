@@ -93,7 +93,7 @@ def test_the_compiled_wheel_carries_each_hot_module_as_an_extension(compiled: tu
 
 def test_the_compiled_engine_passes_the_engines_tests(compiled: tuple[Path, Path]) -> None:
     _, site = compiled
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site), "WORKERPOOL_TEST_COMPILED": "1"}  # (test_engine_speedups checks it)
     loaded = subprocess.run(
         [
             sys.executable,

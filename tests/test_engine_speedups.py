@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import random
+import sys
 
 from bench.bench_engine import workload
 
@@ -109,6 +111,13 @@ def digest(queues: int = QUEUES, polls: int = POLLS, without_target: bool = Fals
             h.update(repr((i, step, described(decision), state)).encode())
             observation = moved_on(rng, observation, decision, state, step + 1)
     return h.hexdigest()
+
+
+def test_the_engine_under_test_is_the_one_asked_for() -> None:
+    """tests/test_engine_compiled.py runs this file against the compiled build with ``WORKERPOOL_TEST_COMPILED=1``:
+    the digests below then come from the compiled modules, and otherwise from the source."""
+    compiled = (sys.modules[decide.__module__].__file__ or "").endswith(".so")
+    assert compiled == (os.environ.get("WORKERPOOL_TEST_COMPILED") == "1")
 
 
 def test_decisions_and_states_are_those_of_the_engine_before_the_speedups() -> None:
