@@ -26,7 +26,8 @@ FROM build AS build-operator
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-RUN WORKERPOOL_OPERATOR_COMPILE=1 pip install .
+RUN WORKERPOOL_OPERATOR_COMPILE=1 pip install . \
+    && python -c "import sys, workerpool_operator.engine; assert sys.modules['workerpool_operator.engine.decide'].__file__.endswith('.so')"
 
 FROM build AS build-worker
 RUN pip install ".[worker]"

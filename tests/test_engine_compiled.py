@@ -79,6 +79,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return wheel, site
 
 
+@pytest.mark.timeout(900)  # (it builds the wheel: the fixture's time counts here)
 def test_the_compiled_wheel_carries_each_hot_module_as_an_extension(compiled: tuple[Path, Path]) -> None:
     wheel, _ = compiled
     with zipfile.ZipFile(wheel) as archive:
@@ -91,6 +92,7 @@ def test_the_compiled_wheel_carries_each_hot_module_as_an_extension(compiled: tu
     assert "workerpool_operator/engine/schedules.py" in names
 
 
+@pytest.mark.timeout(900)  # (the build, then 160 tests in a fresh interpreter, on a busy CI machine)
 def test_the_compiled_engine_passes_the_engines_tests(compiled: tuple[Path, Path]) -> None:
     _, site = compiled
     env = {**os.environ, "PYTHONPATH": str(site), "WORKERPOOL_TEST_COMPILED": "1"}  # (test_engine_speedups checks it)
@@ -120,4 +122,4 @@ def test_the_compiled_engine_passes_the_engines_tests(compiled: tuple[Path, Path
         cwd=REPO,
     )
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and "failed" not in run.stdout
+    assert " passed" in run.stdout
