@@ -264,19 +264,18 @@ class PoolService:
             record.retry_at = self._clock() + self.retry_delay
             return
         self._reporter.forget_queues(record.key, removed)
-        first = fresh and record.problem is None
         self._serve(record)
         record.retry_at = None
-        if record.problem is not None:
-            problem, record.problem = record.problem, None
+        problem, record.problem = record.problem, None
+        if problem is not None:
             await self._events(
                 record.key, record.uid, "Normal", "Resolved", f"{problem.reason} resolved: scaling again"
             )
-        if not first:
-            await self._reporter.write(record)
         # A new pool's first status is its first poll's report, due at once (ScalingLoop.register): a write here
         # would say only "not observed yet", and, still on its way when that report came, hold the report's back
         # for a poll interval (StatusReporter.write). At 10,000 new pools: a write and its watch event less a pool.
+        if not fresh or problem is not None:
+            await self._reporter.write(record)
 
     def _serve(self, record: PoolRecord) -> None:
         """Put the pool in the scaling loop; a pool not there yet starts from the engine state in its status."""
