@@ -100,9 +100,10 @@ def best_and_median(run: object, rounds: int) -> tuple[float, float]:
     return min(timings) * 1000, statistics.median(timings) * 1000
 
 
-def measure(queues: int, rounds: int) -> dict[str, tuple[float, float]]:
+def measure(
+    observations: list[QueueObservation], states: list[QueueState], policies: list[ScalingPolicy], rounds: int
+) -> dict[str, tuple[float, float]]:
     """(best, median) CPU ms of the baseline and of decide() on the workload, mixed and per policy."""
-    observations, states, policies = workload(queues)
     figures = {
         "baseline": best_and_median(lambda: baseline(observations, policies), rounds),
         "mixed": best_and_median(lambda: engine(observations, states, policies), rounds),
@@ -113,30 +114,40 @@ def measure(queues: int, rounds: int) -> dict[str, tuple[float, float]]:
     return figures
 
 
+def build_compiled(root: Path) -> tuple[Path, Path]:
+    """The package built as the operator image builds it (``WORKERPOOL_OPERATOR_COMPILE=1``, setup.py: pip with
+    build isolation) from a copy of the source in ``root`` (no build/ folder left in the checkout, none of its
+    reused), and installed in a folder of its own: (the wheel, that folder). tests/test_engine_compiled.py too."""
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "setup.py"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "operator", source / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+
+    def run(*args: str, **env: str) -> None:
+        done = subprocess.run([*pip, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        if done.returncode:
+            raise RuntimeError(f"pip {args[0]} failed:\n{done.stderr}")
+
+    run("wheel", "--no-deps", "-w", str(root / "dist"), str(source), WORKERPOOL_OPERATOR_COMPILE="1")
+    (wheel,) = (root / "dist").glob("*.whl")
+    site = root / "site"
+    run("install", "--no-deps", "--target", str(site), str(wheel))
+    return wheel, site
+
+
 def compiled_figures(queues: int, rounds: int) -> tuple[dict[str, tuple[float, float]], str]:
-    """The same measurement in a fresh interpreter that loads the compiled engine: the package built as the
-    operator image builds it (``WORKERPOOL_OPERATOR_COMPILE=1``, setup.py) and installed in a folder of its own.
-    Returns the figures and the first compiled module's file name (to show which engine ran)."""
+    """The same measurement in a fresh interpreter that loads the compiled engine (``build_compiled``). Returns the
+    figures and the compiled decide module's file name (to show which engine ran)."""
     with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        env = {**os.environ, "WORKERPOOL_OPERATOR_COMPILE": "1"}
-        source = root / "source"  # (a copy: no build/ folder left in the checkout, none of its reused)
-        source.mkdir()
-        for name in ("pyproject.toml", "README.md", "setup.py"):
-            shutil.copy(REPO / name, source / name)
-        shutil.copytree(
-            REPO / "operator", source / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-        )
-        pip = [sys.executable, "-m", "pip", "--quiet"]
-        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(root), str(source)], check=True, env=env)
-        (wheel,) = root.glob("*.whl")
-        subprocess.run([*pip, "install", "--no-deps", "--target", str(root / "site"), str(wheel)], check=True)
+        _, site = build_compiled(Path(folder))
         run = subprocess.run(
             [sys.executable, "-m", "bench.bench_engine", "--queues", str(queues), "--rounds", str(rounds), "--json"],
             check=True,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(root / "site")},
+            env={**os.environ, "PYTHONPATH": str(site)},
             cwd=REPO,
         )
     answer = json.loads(run.stdout)
@@ -164,15 +175,16 @@ def main() -> None:
     parser.add_argument("--pure-only", action="store_true", help="do not build and time the compiled engine")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (the compiled run's answer)
     args = parser.parse_args()
+    observations, states, policies = workload(args.queues)
     if args.json:
         engine_file = sys.modules[decide.__module__].__file__
-        print(json.dumps({"figures": measure(args.queues, args.rounds), "engine": Path(engine_file or "").name}))
+        figures = measure(observations, states, policies, args.rounds)
+        print(json.dumps({"figures": figures, "engine": Path(engine_file or "").name}))
         return
-    observations, states, policies = workload(args.queues)
     directions = {"up": 0, "down": 0, "none": 0}
     for o, s, p in zip(observations, states, policies, strict=True):
         directions[decide(o, s, p, 1010.0)[0].direction] += 1
-    pure = measure(args.queues, args.rounds)
+    pure = measure(observations, states, policies, args.rounds)
     table_rows = rows(pure, args.queues, ", pure Python" if not args.pure_only else "")
     compiled_note = ""
     if not args.pure_only:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from bench.bench_engine import build_compiled
 
 from tests.conftest import REPO
 
@@ -52,31 +52,7 @@ def compiled_modules() -> list[str]:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the folder it is installed in)."""
-    root = tmp_path_factory.mktemp("compiled")
-    source = root / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "setup.py"):
-        shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "operator", source / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    env = {**os.environ, "WORKERPOOL_OPERATOR_COMPILE": "1"}
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(root / "dist"), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert built.returncode == 0, built.stderr
-    (wheel,) = (root / "dist").glob("*.whl")
-    site = root / "site"
-    installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert installed.returncode == 0, installed.stderr
-    return wheel, site
+    return build_compiled(tmp_path_factory.mktemp("compiled"))
 
 
 @pytest.mark.timeout(900)  # (it builds the wheel: the fixture's time counts here)
