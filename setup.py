@@ -28,11 +28,12 @@ COMPILED = [
     "operator/workerpool_operator/engine/throughput.py",
     "operator/workerpool_operator/engine/waits.py",
 ]
+COMPILE = os.environ.get("WORKERPOOL_OPERATOR_COMPILE", "") == "1"
 MYPY = "mypy>=2.4,<2.5"  # the compiler, the version tests/test_engine_compiled.py was run with
 
 
 def compiled() -> list[Extension]:
-    if os.environ.get("WORKERPOOL_OPERATOR_COMPILE", "") != "1":
+    if not COMPILE:
         return []
     try:
         from mypyc.build import mypycify
@@ -50,5 +51,5 @@ def compiled() -> list[Extension]:
 
 setup(
     ext_modules=compiled(),
-    setup_requires=[MYPY] if os.environ.get("WORKERPOOL_OPERATOR_COMPILE", "") == "1" else [],
+    setup_requires=[MYPY] if COMPILE else [],
 )
